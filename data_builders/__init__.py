@@ -1,0 +1,1 @@
+"""TFDS dataset builders that write event-segmented episodes as ArrayRecord."""

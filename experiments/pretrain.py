@@ -1,0 +1,128 @@
+"""WALL-WM pretraining config: `experiments/pretrain.py:size=tiny,mode=event`.
+
+`arg` only switches things that change several fields at once (model size, training mode);
+single fields are overridden on the command line (`--config.total_steps=100`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Model sizes. `base` is about pi0's scale (So400m-class ViT, ~2B backbone, ~300M expert);
+# `large` has a ~7B backbone and exists for pod-scale (AOT) checks.
+_SIZES = {
+    "tiny": dict(patch=8, vit_width=64, vit_depth=2, vit_heads=2, vit_mlp=128,
+                 width=64, depth=2, heads=2, kv_heads=1, head_dim=32, mlp=128,
+                 expert_width=32, expert_mlp=64),
+    "small": dict(patch=16, vit_width=384, vit_depth=6, vit_heads=6, vit_mlp=1536,
+                  width=512, depth=8, heads=8, kv_heads=2, head_dim=64, mlp=2048,
+                  expert_width=256, expert_mlp=1024),
+    "base": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
+                 width=2048, depth=18, heads=8, kv_heads=1, head_dim=256, mlp=16384,
+                 expert_width=1024, expert_mlp=4096),
+    "large": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
+                  width=4096, depth=32, heads=32, kv_heads=8, head_dim=128, mlp=14336,
+                  expert_width=2048, expert_mlp=8192),
+}
+
+
+def _parse_arg(arg: str | None) -> dict[str, str]:
+    out = {"size": "tiny", "mode": "event"}
+    for item in filter(None, (arg or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"config arg '{item}' must look like key=value")
+        key, value = item.split("=", 1)
+        if key not in out:
+            raise ValueError(f"unknown config arg '{key}'; expected one of {sorted(out)}")
+        out[key] = value
+    if out["size"] not in _SIZES:
+        raise ValueError(f"size='{out['size']}' is not one of {sorted(_SIZES)}")
+    if out["mode"] not in ("event", "unified", "chunk"):
+        raise ValueError(f"mode='{out['mode']}' must be event, unified or chunk")
+    return out
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """Return the full training config for the given `size=...,mode=...` switches."""
+    args = _parse_arg(arg)
+    s = _SIZES[args["size"]]
+    config = ml_collections.ConfigDict()
+    config.size = args["size"]
+    config.mode = args["mode"]
+    config.seed = 0
+    config.total_steps = 300
+    config.batch_size = 32
+    config.log_every_steps = 10
+    config.eval_every_steps = 0  # 0: evaluate only at the end
+    config.init_from = ""
+
+    config.data = ml_collections.ConfigDict()
+    config.data.data_dir = ""
+    config.data.builder_config = "demo"
+    config.data.image_size = 64
+    config.data.max_event_len = 32  # Tmax: longest chunk of an event predicted at once
+    config.data.instruction_len = 16
+    config.data.caption_len = 12
+    config.data.world_size = 16  # side of the low-resolution event-end frame
+    config.data.duration_bins = (1, 2, 4, 8, 12, 16, 24, 32)  # upper edges (inclusive)
+    config.data.norm_mode = "mean_std"  # or "quantile"
+    config.data.num_workers = 0
+    config.data.split = "train"
+
+    config.model = ml_collections.ConfigDict()
+    config.model.vocab_size = 512
+    config.model.state_dim = 4
+    config.model.action_dim = 4
+    config.model.image_size = config.data.get_ref("image_size")
+    config.model.patch_size = s["patch"]
+    config.model.vit_width = s["vit_width"]
+    config.model.vit_depth = s["vit_depth"]
+    config.model.vit_heads = s["vit_heads"]
+    config.model.vit_mlp_dim = s["vit_mlp"]
+    config.model.width = s["width"]
+    config.model.depth = s["depth"]
+    config.model.num_heads = s["heads"]
+    config.model.num_kv_heads = s["kv_heads"]
+    config.model.head_dim = s["head_dim"]
+    config.model.mlp_dim = s["mlp"]
+    config.model.expert_width = s["expert_width"]
+    config.model.expert_mlp_dim = s["expert_mlp"]
+    config.model.scan_layers = True
+    config.model.remat_policy = "none"  # none | full | dots_saveable
+    config.model.max_event_len = config.data.get_ref("max_event_len")
+    config.model.num_duration_bins = len(config.data.duration_bins)
+    config.model.world_size = config.data.get_ref("world_size")
+    config.model.flow_beta_a = 1.5
+    config.model.flow_beta_b = 1.0
+    config.model.num_flow_steps = 10
+    config.model.dtype = "float32"  # compute dtype; params are always float32
+    config.model.loss_weights = ml_collections.ConfigDict(
+        dict(action=1.0, caption=0.1, duration=0.1, world=0.1))
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adamw"
+    config.optimizer.learning_rate = 3e-4
+    config.optimizer.warmup_steps = 20
+    config.optimizer.weight_decay = 1e-4
+    config.optimizer.grad_clip = 1.0
+
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # (logical axis, mesh axes) pairs, first match wins; unnamed axes are replicated.
+    config.sharding_rules = (
+        ("batch", ("data", "fsdp")),
+        ("embed", "fsdp"),
+        ("mlp", "tensor"),
+        ("heads", "tensor"),
+        ("kv_heads", "tensor"),
+        ("vocab", "tensor"),
+    )
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.every_steps = 100
+    config.checkpoint.keep = 3
+    config.checkpoint.async_save = True
+
+    config.eval = ml_collections.ConfigDict()
+    config.eval.episodes_per_task = 3
+    config.eval.max_steps = 200
+    return config

@@ -1,0 +1,43 @@
+"""Package definition for wallwm_jax: event-grounded World Action Model pretraining in JAX."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="wallwm_jax",
+    version="0.1.0",
+    description="WALL-WM: event-grounded World Action Model pretraining in JAX/Flax",
+    license="Apache-2.0",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(
+        include=["wallwm_jax", "wallwm_jax.*", "data_builders", "data_builders.*", "experiments"]
+    ),
+    install_requires=[
+        "jax>=0.10.0,<0.13",
+        "flax>=0.12.0,<0.13",
+        "optax>=0.2.5,<0.3",
+        "orbax-checkpoint>=0.12.0,<0.13",
+        "grain>=0.2.12,<0.3",
+        "tensorflow-datasets>=4.9.9,<4.10",
+        "array-record>=0.8.0,<0.9",
+        "ml-collections>=1.1.0,<1.2",
+        "chex>=0.1.90,<0.2",
+        "numpy>=1.26,<3",
+        "sentencepiece>=0.2.0,<0.3",
+        "pillow>=10,<14",
+        "tqdm>=4.66,<5",
+        "tensorboardX>=2.6,<2.7",
+        "scikit-learn>=1.5,<2",
+        "etils>=1.10,<2",
+    ],
+    extras_require={
+        "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],
+        "dev": [
+            "metaworld>=3.1.0,<3.2",
+            "mujoco>=3.3.0,<4",
+            "gymnasium>=1.1,<1.5",
+            "pytest>=8,<10",
+            "pytest-timeout>=2.3,<3",
+            "ruff>=0.6,<1",
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""Data layer: event samples, normalisation, tokenisation and the Grain input pipeline."""

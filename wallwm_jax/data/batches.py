@@ -1,0 +1,57 @@
+"""Batch dataclasses: the contract between the input pipeline and the model.
+
+Every array carries its shape in the field comment; `check` validates a batch against the
+model config at the boundary so a mismatch names the field instead of failing inside XLA.
+"""
+
+from __future__ import annotations
+
+import flax.struct
+import numpy as np
+
+
+@flax.struct.dataclass
+class Observation:
+    """What the policy sees at one step (B = batch)."""
+
+    image: np.ndarray  # uint8 [B, H, W, 3] scene camera
+    state: np.ndarray  # float32 [B, S] normalised robot state
+    instruction: np.ndarray  # int32 [B, Li] task instruction tokens, 0 = padding
+    caption: np.ndarray  # int32 [B, Lc] event caption tokens (BOS ... EOS), 0 = padding
+
+
+@flax.struct.dataclass
+class EventBatch:
+    """Event-grounded training example: observation inside event k -> rest of event k."""
+
+    obs: Observation
+    actions: np.ndarray  # float32 [B, Tmax, A] normalised remaining actions of the event
+    action_mask: np.ndarray  # bool [B, Tmax] True on real (not padded) steps
+    duration_bin: np.ndarray  # int32 [B] bin of the number of remaining steps
+    end_image: np.ndarray  # uint8 [B, h, w, 3] low-resolution frame at the event's end
+
+
+def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, action_dim: int,
+                      max_event_len: int, world_size: int) -> None:
+    """Raise ValueError naming the first field whose shape disagrees with the config."""
+    b = batch.obs.image.shape[0]
+    expected = {
+        "obs.image": (b, image_size, image_size, 3),
+        "obs.state": (b, state_dim),
+        "actions": (b, max_event_len, action_dim),
+        "action_mask": (b, max_event_len),
+        "duration_bin": (b,),
+        "end_image": (b, world_size, world_size, 3),
+    }
+    actual = {
+        "obs.image": batch.obs.image.shape,
+        "obs.state": batch.obs.state.shape,
+        "actions": batch.actions.shape,
+        "action_mask": batch.action_mask.shape,
+        "duration_bin": batch.duration_bin.shape,
+        "end_image": batch.end_image.shape,
+    }
+    for name, shape in expected.items():
+        if tuple(actual[name]) != shape:
+            raise ValueError(f"batch field '{name}' has shape {tuple(actual[name])}, "
+                             f"expected {shape} from the config")

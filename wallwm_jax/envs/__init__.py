@@ -1,0 +1,1 @@
+"""Simulator environments (MetaWorld/MuJoCo) with scripted experts and ground-truth phases."""

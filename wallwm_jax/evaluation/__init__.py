@@ -1,0 +1,1 @@
+"""Offline metrics and closed-loop evaluation in MetaWorld."""

@@ -1,0 +1,1 @@
+"""WALL-WM network: vision encoder, decoder backbone, flow-matching action expert, heads."""

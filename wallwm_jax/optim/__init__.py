@@ -1,0 +1,1 @@
+"""Optimizers: Muon (sharding-aware) with AdamW for non-matrix parameters."""
