@@ -1,0 +1,193 @@
+"""Grain input pipeline: event-dataset episodes -> `EventBatch`es, sharded per JAX process.
+
+Sampling is index-based: global sample `i` is a pure function of `(seed, i)`, so a restart, an
+epoch boundary or a different number of workers never changes which samples a step sees.
+Process `p` of `P` reads samples `p, p+P, p+2P, ...`, so the hosts' shares of one global
+batch are disjoint and together cover it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from wallwm_jax.data import statistics
+from wallwm_jax.data.batches import EventBatch, Observation
+from wallwm_jax.data.episodes import EpisodeSource, open_dataset
+from wallwm_jax.data.tokenizer import Tokenizer
+
+_MAX_SAMPLES = 2**40  # effectively infinite; sampling is with replacement
+
+
+@dataclasses.dataclass(frozen=True)
+class EventIndex:
+    """One row per event of a dataset split (episode number, event number, start, end)."""
+
+    episode: np.ndarray  # int64 [N]
+    event: np.ndarray  # int64 [N]
+    start: np.ndarray  # int64 [N]
+    end: np.ndarray  # int64 [N], exclusive
+
+    def __len__(self) -> int:
+        return len(self.episode)
+
+
+def build_event_index(source: EpisodeSource) -> EventIndex:
+    """Scan every episode of `source` once and list its events."""
+    rows = []
+    for e in range(len(source)):
+        ep = source[e]
+        for k, (s, t) in enumerate(zip(ep["events/start"], ep["events/end"], strict=True)):
+            rows.append((e, k, int(s), int(t)))
+    if not rows:
+        raise ValueError(f"dataset {source.dataset_dir} has no events to sample from")
+    cols = np.asarray(rows, dtype=np.int64).T
+    return EventIndex(*cols)
+
+
+def duration_bin(remaining: int, edges: tuple[int, ...]) -> int:
+    """Index of the first bin whose upper edge is >= `remaining` (the last bin catches all)."""
+    for b, edge in enumerate(edges):
+        if remaining <= edge:
+            return b
+    return len(edges) - 1
+
+
+def bin_to_steps(bin_index: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    """Number of steps a predicted duration bin stands for (its upper edge)."""
+    return np.asarray(edges)[np.asarray(bin_index)]
+
+
+class EventSampler:
+    """Map a global sample index to one event-layout training example (a dict of arrays).
+
+    Picklable, so Grain worker processes can run it; decoded episodes are kept in a small
+    per-process LRU cache because consecutive samples often hit the same episode.
+    """
+
+    def __init__(self, source: EpisodeSource, index: EventIndex, tokenizer_path: str,
+                 norm_stats: dict[str, dict[str, np.ndarray]],
+                 data_cfg: ml_collections.ConfigDict, *, seed: int,
+                 event_probs: np.ndarray | None = None, cache_size: int = 64):
+        self.source = source
+        self.index = index
+        self.tokenizer_path = tokenizer_path
+        self.norm_stats = norm_stats
+        self.cfg = data_cfg
+        self.seed = seed
+        self.event_probs = event_probs
+        self.cache_size = cache_size
+        self._tokenizer: Tokenizer | None = None
+        self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_tokenizer"] = None
+        state["_cache"] = OrderedDict()
+        return state
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    def _episode(self, e: int) -> dict[str, Any]:
+        if e in self._cache:
+            self._cache.move_to_end(e)
+            return self._cache[e]
+        ep = self.source[e]
+        self._cache[e] = ep
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return ep
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, int(i)])
+        n = len(self.index)
+        row = int(rng.choice(n, p=self.event_probs)) if self.event_probs is not None else int(
+            rng.integers(n))
+        e, k = int(self.index.episode[row]), int(self.index.event[row])
+        start, end = int(self.index.start[row]), int(self.index.end[row])
+        t = int(rng.integers(start, end))
+        return self.make_sample(self._episode(e), k, t, end)
+
+    def make_sample(self, ep: dict[str, Any], k: int, t: int, end: int) -> dict[str, np.ndarray]:
+        """Observation at step t inside event k -> the remaining actions of event k."""
+        cfg = self.cfg
+        tmax = cfg.max_event_len
+        images = ep["steps/observation/image"]
+        if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
+            raise ValueError(f"{self.source.dataset_dir}: field 'steps/observation/image' has "
+                             f"frames of shape {images.shape[1:]}, expected "
+                             f"{(cfg.image_size, cfg.image_size, 3)} from data.image_size")
+        actions = ep["steps/action"][t:min(end, t + tmax)]
+        chunk = np.zeros((tmax, actions.shape[-1]), np.float32)
+        chunk[: len(actions)] = statistics.normalize(actions, self.norm_stats["action"],
+                                                     cfg.norm_mode)
+        mask = np.zeros((tmax,), bool)
+        mask[: len(actions)] = True
+        end_frame = Image.fromarray(images[end - 1]).resize(
+            (cfg.world_size, cfg.world_size), Image.BILINEAR)
+        state = statistics.normalize(ep["steps/observation/state"][t],
+                                     self.norm_stats["state"], cfg.norm_mode)
+        return {
+            "image": images[t],
+            "state": np.asarray(state, np.float32),
+            "instruction": self.tokenizer.encode(ep["episode_metadata/instruction"],
+                                                 cfg.instruction_len),
+            "caption": self.tokenizer.encode(ep["events/caption"][k], cfg.caption_len),
+            "actions": chunk,
+            "action_mask": mask,
+            "duration_bin": np.int32(duration_bin(end - t, tuple(cfg.duration_bins))),
+            "end_image": np.asarray(end_frame, np.uint8),
+        }
+
+
+def to_event_batch(batch: dict[str, np.ndarray]) -> EventBatch:
+    """Wrap a dict of stacked sample arrays as the `EventBatch` the model consumes."""
+    obs = Observation(image=batch["image"], state=batch["state"],
+                      instruction=batch["instruction"], caption=batch["caption"])
+    return EventBatch(obs=obs, actions=batch["actions"], action_mask=batch["action_mask"],
+                      duration_bin=batch["duration_bin"], end_image=batch["end_image"])
+
+
+@dataclasses.dataclass
+class InputPipeline:
+    """The per-host iterator plus what the rest of the stack needs to know about the data."""
+
+    iterator: grain.DatasetIterator
+    sampler: EventSampler
+    dataset_dir: str
+    per_host_batch: int
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return next(self.iterator)
+
+
+def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int,
+                  split: str = "train", dataset_dir: str | None = None) -> InputPipeline:
+    """Build the per-host Grain iterator of event batches for this JAX process."""
+    process_count, process_index = jax.process_count(), jax.process_index()
+    if global_batch % process_count:
+        raise ValueError(f"batch_size={global_batch} is not divisible by the number of "
+                         f"processes ({process_count})")
+    per_host = global_batch // process_count
+    dataset_dir = dataset_dir or data_cfg.data_dir
+    source = open_dataset(dataset_dir, split)
+    index = build_event_index(source)
+    sampler = EventSampler(source, index, f"{dataset_dir}/tokenizer.model",
+                           statistics.load_norm_stats(dataset_dir), data_cfg, seed=seed)
+    ds = grain.MapDataset.range(_MAX_SAMPLES)[process_index::process_count]
+    ds = ds.map(sampler).batch(per_host, drop_remainder=True)
+    it_ds = ds.to_iter_dataset()
+    if data_cfg.num_workers > 0:
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+    return InputPipeline(iter(it_ds), sampler, dataset_dir, per_host)

@@ -1,0 +1,48 @@
+"""One logging path for training: `metrics.jsonl` plus TensorBoard event files (tensorboardX)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import numpy as np
+from tensorboardX import SummaryWriter
+
+
+class MetricLogger:
+    """Writes one JSON object per logged step and the same scalars to TensorBoard."""
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, total_steps: int):
+        self.every = max(1, int(config.log_every_steps))
+        self.total_steps = total_steps
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
+        self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def log(self, step: int, metrics: dict[str, Any], **extra: float) -> None:
+        """Record a train step's metrics (every `log_every_steps`, and the last step)."""
+        if step % self.every and step != self.total_steps:
+            return
+        row = {"step": int(step)}
+        row.update({k: float(np.asarray(v)) for k, v in metrics.items()})
+        row.update({k: float(v) for k, v in extra.items()})
+        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.flush()
+        for key, value in row.items():
+            if key != "step":
+                self._tb.add_scalar(key, value, step)
+
+    def scalar(self, step: int, name: str, value: float) -> None:
+        self._tb.add_scalar(name, float(value), step)
+
+    def close(self) -> None:
+        self._jsonl.close()
+        self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+    """All rows of `metrics.jsonl`, in the order they were written."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
