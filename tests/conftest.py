@@ -8,3 +8,9 @@ os.environ["XLA_FLAGS"] = (
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """'No tests collected' (exit 5) is a failure for this project, never a pass."""
+    if exitstatus == 5:
+        session.exitstatus = 1
