@@ -88,6 +88,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 def main(argv: list[str]) -> None:
     del argv
     from data_builders.metaworld_events import build
+    from wallwm_jax.data.episodes import open_dataset
     from wallwm_jax.evaluation.closed_loop import evaluate_closed_loop
     from wallwm_jax.evaluation.offline import evaluate_offline
     from wallwm_jax.export import export_bundle
@@ -132,11 +133,10 @@ def main(argv: list[str]) -> None:
     timings["closed_loop_eval"] = time.time() - t
 
     first, last = loss_drop(run_dir)
-    with open(os.path.join(dataset_dir, "build_report.json")) as f:
-        report = json.load(f)
+    n_train, n_val = (len(open_dataset(dataset_dir, split)) for split in ("train", "val"))
     summary = {
         "dataset": dataset_dir,
-        "episodes": report.get("episodes", "?"),
+        "episodes": f"{n_train} train / {n_val} val",
         "train_steps": f"{result['first_step']} -> {result['last_step']}"
                        + (" (resumed)" if result["first_step"] else ""),
         "loss_first_10pct": f"{first:.4f}",

@@ -16,6 +16,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from wallwm_jax.data import statistics
@@ -189,5 +190,7 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     ds = ds.map(sampler).batch(per_host, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if data_cfg.num_workers > 0:
+        if not flags.FLAGS.is_parsed():  # Grain workers read absl flags (e.g. under pytest)
+            flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
     return InputPipeline(iter(it_ds), sampler, dataset_dir, per_host)

@@ -1,0 +1,79 @@
+"""Training loop: loss falls, resume is exact, NaN stops cleanly, wrong model size is named."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from wallwm_jax import checkpoint as ckpt
+from wallwm_jax.train import NonFiniteLossError, train_and_evaluate
+from wallwm_jax.train_log import read_metrics
+
+
+def _losses(workdir):
+    rows = {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+    return [rows[s] for s in sorted(rows)]
+
+
+def test_resume_equals_straight_run(tiny_config, tmp_path):
+    straight = train_and_evaluate(tiny_config, str(tmp_path / "straight"))
+    assert straight["last_step"] == 6 and len(straight["losses"]) == 6
+
+    tiny_config.total_steps = 3
+    half = train_and_evaluate(tiny_config, str(tmp_path / "split"))
+    assert half["last_step"] == 3
+    tiny_config.total_steps = 6
+    rest = train_and_evaluate(tiny_config, str(tmp_path / "split"))
+    assert rest["first_step"] == 3 and rest["last_step"] == 6
+
+    assert _losses(tmp_path / "straight") == _losses(tmp_path / "split")
+    for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(rest["params"]),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "split" / "checkpoints") if d.isdigit())
+    assert steps == [3, 6]
+
+
+def test_metrics_and_tensorboard_are_written(tiny_config, tmp_path):
+    tiny_config.total_steps = 2
+    train_and_evaluate(tiny_config, str(tmp_path))
+    rows = read_metrics(str(tmp_path))
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("loss", "loss/action", "loss/caption", "loss/duration", "loss/world",
+                "grad_norm", "step_time", "data_time", "lr"):
+        assert key in rows[0], key
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
+    tiny_config.total_steps = 3
+    train_and_evaluate(tiny_config, str(tmp_path))
+    tiny_config.total_steps = 6
+    tiny_config.model.loss_weights.world = float("nan")
+    with pytest.raises(NonFiniteLossError, match=r"step 4.*loss/world"):
+        train_and_evaluate(tiny_config, str(tmp_path))
+    manager = ckpt.make_manager(str(tmp_path / "checkpoints"), tiny_config.checkpoint)
+    assert manager.latest_step() == 3
+    manager.close()
+
+
+def test_restore_into_other_model_size_names_parameter(tiny_config, tmp_path):
+    tiny_config.total_steps = 3
+    train_and_evaluate(tiny_config, str(tmp_path))
+    tiny_config.total_steps = 6
+    tiny_config.model.mlp_dim = 2 * tiny_config.model.mlp_dim
+    with pytest.raises(ValueError, match=r"parameter .*(mlp|Mlp|MLP).* has shape"):
+        train_and_evaluate(tiny_config, str(tmp_path))
+
+
+def test_checkpoint_assets_carry_config_and_stats(tiny_config, tmp_path):
+    tiny_config.total_steps = 3
+    train_and_evaluate(tiny_config, str(tmp_path))
+    assets = ckpt.read_assets(str(tmp_path / "checkpoints"))
+    assert assets["config"]["model"]["width"] == tiny_config.model.width
+    with open(os.path.join(tiny_config.data.data_dir, "norm_stats.json")) as f:
+        stats = json.load(f)
+    np.testing.assert_allclose(assets["norm_stats"]["action"]["mean"], stats["action"]["mean"])
+    assert len(assets["tokenizer_model_b64"]) > 100
