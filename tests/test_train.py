@@ -21,10 +21,8 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
     straight = train_and_evaluate(tiny_config, str(tmp_path / "straight"))
     assert straight["last_step"] == 6 and len(straight["losses"]) == 6
 
-    tiny_config.total_steps = 3
-    half = train_and_evaluate(tiny_config, str(tmp_path / "split"))
+    half = train_and_evaluate(tiny_config, str(tmp_path / "split"), stop_after=3)
     assert half["last_step"] == 3
-    tiny_config.total_steps = 6
     rest = train_and_evaluate(tiny_config, str(tmp_path / "split"))
     assert rest["first_step"] == 3 and rest["last_step"] == 6
 
@@ -48,9 +46,7 @@ def test_metrics_and_tensorboard_are_written(tiny_config, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
-    tiny_config.total_steps = 3
-    train_and_evaluate(tiny_config, str(tmp_path))
-    tiny_config.total_steps = 6
+    train_and_evaluate(tiny_config, str(tmp_path), stop_after=3)
     tiny_config.model.loss_weights.world = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"step 4.*loss/world"):
         train_and_evaluate(tiny_config, str(tmp_path))
@@ -60,9 +56,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
 
 
 def test_restore_into_other_model_size_names_parameter(tiny_config, tmp_path):
-    tiny_config.total_steps = 3
-    train_and_evaluate(tiny_config, str(tmp_path))
-    tiny_config.total_steps = 6
+    train_and_evaluate(tiny_config, str(tmp_path), stop_after=3)
     tiny_config.model.mlp_dim = 2 * tiny_config.model.mlp_dim
     with pytest.raises(ValueError, match=r"parameter .*(mlp|Mlp|MLP).* has shape"):
         train_and_evaluate(tiny_config, str(tmp_path))

@@ -69,8 +69,13 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (resuming from the latest checkpoint in `workdir` if any); return a summary."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       stop_after: int | None = None) -> dict[str, Any]:
+    """Train (resuming from the latest checkpoint in `workdir` if any); return a summary.
+
+    `stop_after` ends the run early at that step (with a checkpoint) as an interruption
+    would, without changing the config, so the schedule matches an uninterrupted run.
+    """
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_threefry_partitionable", True)
 
@@ -164,14 +169,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             pbar.update(1)
             pbar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
             done = step == config.total_steps
-            if step % config.checkpoint.every_steps == 0 or done or preemption.requested:
+            interrupt = preemption.requested or step == stop_after
+            if step % config.checkpoint.every_steps == 0 or done or interrupt:
                 t_save = time.perf_counter()
                 ckpt.save(manager, step, params, {"step": state.step,
                                                   "opt_state": state.opt_state},
                           data_iter, assets, force=True)
                 logger.scalar(step, "checkpoint/blocking_s", time.perf_counter() - t_save)
-            if preemption.requested:
-                print(f"SIGTERM: saved checkpoint at step {step}; exiting")
+            if interrupt:
+                print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
     pbar.close()
     manager.wait_until_finished()

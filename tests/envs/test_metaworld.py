@@ -1,0 +1,70 @@
+"""MetaWorld tasks: seeded positions, upright images, expert success, phase events tiling."""
+
+import numpy as np
+import pytest
+
+from wallwm_jax.envs.metaworld import (
+    DEMO_TASKS,
+    MetaWorldTask,
+    rollout_expert,
+    segment_phases,
+)
+
+
+def test_segment_phases_tiles_and_merges_short_runs():
+    phases = ["a"] * 3 + ["b"] + ["a"] * 2 + ["c"] * 4 + ["d"]
+    events = segment_phases(phases)
+    assert events[0][0] == 0 and events[-1][1] == len(phases)
+    assert all(e0[1] == e1[0] for e0, e1 in zip(events, events[1:], strict=False))
+    assert all(end - start >= 2 for start, end, _ in events)
+    assert [p for _, _, p in events] == ["a", "c"]  # "b" and "d" absorbed, the two "a" joined
+
+
+def test_segment_phases_short_first_run_joins_next():
+    assert segment_phases(["x", "y", "y", "y"]) == [(0, 4, "y")]
+
+
+def test_positions_vary_with_seed_and_images_are_upright():
+    env = MetaWorldTask("push-v3", seed=0, image_size=32)
+    try:
+        a = env.reset()
+        puck_a = env._obs[4:7].copy()
+        env.reset(seed=1)
+        puck_b = env._obs[4:7].copy()
+        env.reset(seed=0)
+        np.testing.assert_allclose(env._obs[4:7], puck_a)
+        assert not np.allclose(puck_a, puck_b)
+        assert a["image"].shape == (32, 32, 3) and a["image"].dtype == np.uint8
+        assert a["state"].shape == (4,) and a["state"].dtype == np.float32
+        # Upright corner2 view: the brown table top sits in the lower half of the frame
+        # (MuJoCo's raw frame is upside down and puts it in the upper half).
+        image = a["image"].astype(float)
+        wood_rows = np.nonzero(image[..., 0] > image[..., 2] + 30)[0]
+        assert wood_rows.size > 50 and wood_rows.mean() > 16
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize("task", DEMO_TASKS)
+def test_expert_succeeds_and_events_tile(task):
+    successes = 0
+    for seed in range(3):
+        ep = rollout_expert(task, seed=seed, image_size=16, max_steps=200)
+        successes += ep["success"]
+        t = len(ep["actions"])
+        assert ep["images"].shape == (t, 16, 16, 3)
+        assert ep["images"].mean() > 50  # rendered, not black (a later env in one process)
+        assert ep["states"].shape == (t, 4) and ep["actions"].shape == (t, 4)
+        assert np.abs(ep["actions"]).max() <= 1.0
+        events = ep["events"]
+        assert events[0][0] == 0 and events[-1][1] == t
+        assert all(e0[1] == e1[0] for e0, e1 in zip(events, events[1:], strict=False))
+        assert all(end > start for start, end, _ in events)
+        if ep["success"]:
+            assert events[-1][2] == "hold" and events[-1][1] - events[-1][0] == 5
+    assert successes >= 3 * 0.8
+
+
+def test_push_expert_goes_through_its_phases_in_order():
+    ep = rollout_expert("push-v3", seed=3, image_size=16)
+    assert [p for _, _, p in ep["events"]] == ["reach", "grasp", "push", "hold"]

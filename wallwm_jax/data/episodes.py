@@ -1,0 +1,146 @@
+"""Random-access, validated episodes of an event dataset on disk (a Grain data source).
+
+Reads a TFDS version directory (ArrayRecord) without TensorFlow and returns each episode as
+one flat dict keyed by feature path, e.g. "steps/observation/image" -> uint8 [T, H, W, 3].
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# Flat feature path -> (numpy dtype or str, per-step trailing shape or None for [E] events).
+STEP_FEATURES = {
+    "steps/observation/image": np.uint8,
+    "steps/observation/state": np.float32,
+    "steps/action": np.float32,
+    "steps/is_first": np.bool_,
+    "steps/is_last": np.bool_,
+}
+EVENT_FEATURES = {
+    "events/start": np.int32,
+    "events/end": np.int32,
+    "events/caption": str,
+    "events/phase": str,
+}
+METADATA_FEATURES = ("episode_metadata/task", "episode_metadata/instruction",
+                     "episode_metadata/success")
+FEATURE_NAMES = (*STEP_FEATURES, *METADATA_FEATURES, *EVENT_FEATURES)
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _text(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def to_flat_episode(raw: dict) -> dict:
+    """Nested TFDS example (lists per step) -> flat dict of stacked numpy arrays / str."""
+    flat = _flatten(raw)
+    episode = {}
+    for name, dtype in STEP_FEATURES.items():
+        episode[name] = np.asarray(np.stack(flat[name]) if len(flat[name]) else flat[name],
+                                   dtype=dtype)
+    for name, dtype in EVENT_FEATURES.items():
+        values = flat[name]
+        episode[name] = ([_text(v) for v in values] if dtype is str
+                         else np.asarray(values, dtype=dtype).reshape(-1))
+    episode["episode_metadata/task"] = _text(flat["episode_metadata/task"])
+    episode["episode_metadata/instruction"] = _text(flat["episode_metadata/instruction"])
+    episode["episode_metadata/success"] = bool(flat["episode_metadata/success"])
+    return episode
+
+
+def validate_episode(episode: dict, *, image_shape: tuple[int, int, int] | None = None) -> None:
+    """Raise ValueError("field '<name>': ...") at the first field that breaks the contract.
+
+    Contract: T >= 1 steps with images [T,H,W,3], states/actions [T,4] finite; events tile
+    [0, T) in order with none empty; one caption and phase per event.
+    """
+    missing = [name for name in FEATURE_NAMES if name not in episode]
+    if missing:
+        raise ValueError(f"field '{missing[0]}': missing from the episode")
+    images = episode["steps/observation/image"]
+    t = len(episode["steps/action"])
+    if t == 0:
+        raise ValueError("field 'steps/action': episode has no steps")
+    expected = {"steps/observation/image": (t, *(image_shape or images.shape[1:])),
+                "steps/observation/state": (t, 4), "steps/action": (t, 4),
+                "steps/is_first": (t,), "steps/is_last": (t,)}
+    for name, shape in expected.items():
+        if tuple(episode[name].shape) != tuple(shape):
+            raise ValueError(f"field '{name}': shape {tuple(episode[name].shape)}, "
+                             f"expected {tuple(shape)}")
+    for name in ("steps/observation/state", "steps/action"):
+        bad = ~np.isfinite(episode[name])
+        if bad.any():
+            step = int(np.argwhere(bad)[0][0])
+            raise ValueError(f"field '{name}': non-finite value (NaN/Inf) at step {step}")
+    start, end = episode["events/start"], episode["events/end"]
+    n = len(start)
+    for name in ("events/end", "events/caption", "events/phase"):
+        if len(episode[name]) != n:
+            raise ValueError(f"field '{name}': {len(episode[name])} entries for {n} events")
+    if n == 0:
+        raise ValueError("field 'events/start': episode has no events")
+    if start[0] != 0:
+        raise ValueError(f"field 'events/start': first event starts at {start[0]}, not 0")
+    if end[-1] != t:
+        raise ValueError(f"field 'events/end': last event ends at {end[-1]}, not T={t}")
+    for k in range(n):
+        if end[k] <= start[k]:
+            raise ValueError(f"field 'events/end': event {k} is empty "
+                             f"[{start[k]}, {end[k]})")
+        if k + 1 < n and start[k + 1] != end[k]:
+            raise ValueError(f"field 'events/start': event {k + 1} starts at {start[k + 1]} "
+                             f"but event {k} ends at {end[k]} (events must tile [0, T))")
+
+
+class EpisodeSource:
+    """Grain-compatible random-access source of validated flat episodes of one split."""
+
+    def __init__(self, dataset_dir: str, split: str = "train"):
+        import tensorflow_datasets as tfds
+
+        self.dataset_dir = os.fspath(dataset_dir)
+        self.split = split
+        if not os.path.exists(os.path.join(self.dataset_dir, "dataset_info.json")):
+            raise FileNotFoundError(
+                f"no built dataset at {self.dataset_dir} (expected dataset_info.json there; "
+                "build it with data_builders.metaworld_events.build)")
+        builder = tfds.builder_from_directory(self.dataset_dir)
+        if split not in builder.info.splits:
+            raise ValueError(f"{self.dataset_dir} has no split {split!r}; "
+                             f"available: {sorted(builder.info.splits)}")
+        self._source = builder.as_data_source(split=split)
+        self.image_shape = tuple(
+            builder.info.features["steps"]["observation"]["image"].shape)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        episode = to_flat_episode(self._source[index])
+        try:
+            validate_episode(episode, image_shape=self.image_shape)
+        except ValueError as err:
+            raise ValueError(f"{self.dataset_dir} split '{self.split}' episode {index}: "
+                             f"{err}") from None
+        return episode
+
+    def __repr__(self) -> str:
+        return f"EpisodeSource({self.dataset_dir!r}, split={self.split!r}, len={len(self)})"
+
+
+def open_dataset(dataset_dir: str, split: str = "train") -> EpisodeSource:
+    """The episodes of `split` in a built dataset version directory."""
+    return EpisodeSource(dataset_dir, split)

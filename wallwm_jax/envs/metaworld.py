@@ -1,0 +1,305 @@
+"""MetaWorld tasks with scripted experts and ground-truth phases: the embedded data source.
+
+`MetaWorldTask` wraps one MuJoCo task (seeded object/goal positions, upright camera images);
+`rollout_expert` runs the scripted expert and labels every step with the expert's phase.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+
+import numpy as np
+
+if "MUJOCO_GL" not in os.environ and not os.environ.get("DISPLAY"):
+    # Headless machine: MuJoCo must pick an offscreen GL backend before it is imported.
+    os.environ["MUJOCO_GL"] = "egl"
+
+DEMO_TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3")
+MT10_TASKS = (
+    "reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3",
+    "drawer-close-v3", "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3",
+    "window-close-v3",
+)
+# task -> (object, target) as they are named in captions and instructions.
+TASK_OBJECTS: dict[str, tuple[str, str]] = {
+    "reach-v3": ("goal point", "goal point"),
+    "push-v3": ("puck", "goal"),
+    "pick-place-v3": ("puck", "goal"),
+    "door-open-v3": ("door handle", "door"),
+    "drawer-open-v3": ("drawer handle", "drawer"),
+    "drawer-close-v3": ("drawer handle", "drawer"),
+    "button-press-topdown-v3": ("button", "button"),
+    "peg-insert-side-v3": ("peg", "hole"),
+    "window-open-v3": ("window handle", "window"),
+    "window-close-v3": ("window handle", "window"),
+}
+HOLD = "hold"  # phase of the steps the rollout keeps after the task has succeeded
+SETTLE_STEPS = 5  # steps kept after success so the last event shows the finished task
+MIN_EVENT_STEPS = 2
+
+
+def _xy(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a[:2] - b[:2]))
+
+
+# Phase functions mirror the `_desired_pos` branches of metaworld.policies (same thresholds).
+# Arguments: hand xyz, gripper opening, object xyz, goal xyz from the full observation.
+PhaseFn = Callable[[np.ndarray, float, np.ndarray, np.ndarray], str]
+
+
+def _phase_reach(hand, grip, obj, goal):
+    return "reach"
+
+
+def _phase_push(hand, grip, obj, goal):
+    puck = obj + np.array([-0.005, 0.0, 0.0])
+    if _xy(hand, puck) > 0.02:
+        return "reach"
+    if abs(hand[2] - puck[2]) > 0.04:
+        return "grasp"  # drops onto the puck while closing the gripper
+    return "push"
+
+
+def _phase_pick_place(hand, grip, obj, goal):
+    puck = obj + np.array([-0.005, 0.0, 0.0])
+    if _xy(hand, puck) > 0.02:
+        return "reach"
+    if (abs(hand[2] - puck[2]) > 0.05 and puck[2] < 0.04) or grip > 0.73:
+        return "grasp"
+    return "transport"
+
+
+def _phase_door_open(hand, grip, obj, goal):
+    door = obj - np.array([0.05, 0.0, 0.0])
+    if _xy(hand, door) > 0.12:
+        return "reach"
+    if abs(hand[2] - door[2]) > 0.04:
+        return "lower"
+    return "pull"
+
+
+def _phase_drawer_open(hand, grip, obj, goal):
+    drawer = obj + np.array([0.0, 0.0, -0.02])
+    if _xy(hand, drawer) > 0.06:
+        return "reach"
+    if abs(hand[2] - drawer[2]) > 0.04:
+        return "lower"
+    return "pull"
+
+
+def _phase_drawer_close(hand, grip, obj, goal):
+    drawer = obj + np.array([0.0, 0.0, -0.02])
+    if hand[1] > drawer[1]:
+        return "reach"  # rises, then moves above the front of the drawer
+    if abs(hand[2] - drawer[2]) > 0.04:
+        return "lower"
+    return "push"
+
+
+def _phase_button_topdown(hand, grip, obj, goal):
+    return "reach" if _xy(hand, obj) > 0.04 else "press"
+
+
+def _phase_peg_insert_side(hand, grip, obj, goal):
+    hole = np.array([-0.35, goal[1], 0.16])
+    if _xy(hand, obj) > 0.04:
+        return "reach"
+    if abs(hand[2] - obj[2]) > 0.025:
+        return "grasp"
+    if np.linalg.norm(obj[1:] - hole[1:]) > 0.03:
+        return "transport"
+    return "insert"
+
+
+def _phase_window(dx: float) -> PhaseFn:
+    def phase(hand, grip, obj, goal):
+        window = obj + np.array([dx, -0.03, -0.08])
+        if _xy(hand, window) > 0.04:
+            return "reach"
+        if abs(hand[2] - window[2]) > 0.02:
+            return "lower"
+        return "slide"
+    return phase
+
+
+PHASE_FNS: dict[str, PhaseFn] = {
+    "reach-v3": _phase_reach,
+    "push-v3": _phase_push,
+    "pick-place-v3": _phase_pick_place,
+    "door-open-v3": _phase_door_open,
+    "drawer-open-v3": _phase_drawer_open,
+    "drawer-close-v3": _phase_drawer_close,
+    "button-press-topdown-v3": _phase_button_topdown,
+    "peg-insert-side-v3": _phase_peg_insert_side,
+    "window-open-v3": _phase_window(-0.03),
+    "window-close-v3": _phase_window(+0.03),
+}
+
+
+def _policy_class_name(task: str) -> str:
+    words = task.replace("-v3", "").replace("insert", "insertion").split("-")
+    return "Sawyer" + "".join(w.capitalize() for w in words) + "V3Policy"
+
+
+@functools.cache
+def _import_mujoco_envs():
+    """Import MetaWorld, falling back from EGL to OSMesa when EGL cannot start."""
+    try:
+        import mujoco
+        from metaworld import env_dict, policies
+
+        if os.environ.get("MUJOCO_GL") == "egl":  # probe: EGL can import yet fail to start
+            mujoco.GLContext(8, 8).free()
+    except Exception as err:  # any EGL start-up failure means: try OSMesa
+        if os.environ.get("MUJOCO_GL") != "egl":
+            raise
+        print(f"[metaworld] EGL rendering failed ({err}); falling back to MUJOCO_GL=osmesa",
+              file=sys.stderr)
+        os.environ["MUJOCO_GL"] = "osmesa"
+        for name in [m for m in sys.modules if m.startswith(("mujoco", "metaworld"))]:
+            del sys.modules[name]
+        from metaworld import env_dict, policies
+    return env_dict, policies
+
+
+class MetaWorldTask:
+    """One MetaWorld task; object and goal positions are drawn from `seed` at each reset."""
+
+    def __init__(self, task: str, *, seed: int, image_size: int = 64, camera: str = "corner2",
+                 fast_render: bool = True):
+        if task not in PHASE_FNS:
+            raise ValueError(f"unknown MetaWorld task {task!r}; known: {sorted(PHASE_FNS)}")
+        env_dict, policies = _import_mujoco_envs()
+        self.task = task
+        self.image_size = image_size
+        self._env = env_dict.ALL_V3_ENVIRONMENTS[task](
+            render_mode="rgb_array", camera_name=camera, width=image_size, height=image_size)
+        # What MetaWorld's benchmarks do in set_task, minus the fixed list of 50 goals:
+        # goals visible to the expert, and a fresh position vector from the env's seeded RNG.
+        self._env._partially_observable = False
+        del self._env.sawyer_observation_space  # cached with zero goal bounds; recompute
+        self._env._freeze_rand_vec = False
+        self._env.seeded_rand_vec = True
+        self._env._set_task_called = True
+        self._env.max_path_length = 10_000  # the rollout, not MetaWorld, decides the horizon
+        self._fast_render_pending = fast_render
+        self._policy = getattr(policies, _policy_class_name(task))()
+        self._phase_fn = PHASE_FNS[task]
+        self._seed = seed
+        self._obs: np.ndarray | None = None
+        self._succeeded = False
+
+    def _obs_dict(self) -> dict[str, np.ndarray]:
+        if self._fast_render_pending:
+            # Shadows and reflections cost ~4x render time under software GL (Mesa llvmpipe)
+            # and carry little information at 64x64. The viewer must be created after the
+            # first reset (creating it earlier renders black frames in later envs).
+            import mujoco
+
+            self._env.render()
+            viewer = self._env.mujoco_renderer.viewer
+            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            self._fast_render_pending = False
+        image = np.ascontiguousarray(self._env.render()[::-1])  # MuJoCo renders upside down
+        return {"image": image.astype(np.uint8), "state": self._obs[:4].astype(np.float32)}
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Reset with new positions; returns {'image': uint8[H,W,3], 'state': float32[4]}."""
+        self._env.seed(self._seed if seed is None else seed)
+        self._obs, _ = self._env.reset()
+        self._succeeded = False
+        return self._obs_dict()
+
+    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
+        """Apply a float[4] action (xyz delta, gripper); returns (observation, success)."""
+        action = np.clip(np.asarray(action, np.float32), -1.0, 1.0)
+        self._obs, _, _, _, info = self._env.step(action)
+        success = bool(info["success"])
+        self._succeeded |= success
+        return self._obs_dict(), success
+
+    def expert_action(self) -> np.ndarray:
+        """The scripted expert's float32[4] action for the current full observation."""
+        return np.asarray(self._policy.get_action(self._obs.copy()), np.float32)
+
+    def phase(self) -> str:
+        """The expert's current phase from privileged positions (hand, gripper, object, goal)."""
+        if self._succeeded:
+            return HOLD
+        obs = self._obs
+        return self._phase_fn(obs[:3].copy(), float(obs[3]), obs[4:7].copy(), obs[-3:].copy())
+
+    def close(self) -> None:
+        self._env.close()
+
+
+def segment_phases(phases: list[str], min_len: int = MIN_EVENT_STEPS) -> list[tuple[int, int, str]]:
+    """Maximal runs of equal phase as (start, end_exclusive, phase), tiling [0, T).
+
+    Runs shorter than `min_len` are merged into the previous run (into the next one at the
+    start of the episode), so chattering at a branch threshold does not make tiny events.
+    """
+    runs: list[list] = []
+    for t, name in enumerate(phases):
+        if runs and runs[-1][2] == name:
+            runs[-1][1] = t + 1
+        else:
+            runs.append([t, t + 1, name])
+    merged: list[list] = []
+    for run in runs:
+        if merged and (run[1] - run[0] < min_len or merged[-1][2] == run[2]):
+            merged[-1][1] = run[1]
+        else:
+            merged.append(run)
+    if len(merged) > 1 and merged[0][1] - merged[0][0] < min_len:
+        merged[1][0] = 0
+        merged.pop(0)
+    return [(s, e, p) for s, e, p in merged]
+
+
+def rollout_expert(task: str, *, seed: int, image_size: int = 64,
+                   max_steps: int = 200) -> dict:
+    """Run the scripted expert once; T = steps taken (stops SETTLE_STEPS after success).
+
+    Returns images uint8[T,H,W,3], states float32[T,4], actions float32[T,4] in [-1, 1],
+    phases (T names), events [(start, end_exclusive, phase)], success (bool).
+    """
+    env = MetaWorldTask(task, seed=seed, image_size=image_size)
+    try:
+        obs = env.reset()
+        images, states, actions, phases = [], [], [], []
+        success_at = None
+        for t in range(max_steps):
+            action = np.clip(env.expert_action(), -1.0, 1.0)
+            images.append(obs["image"])
+            states.append(obs["state"])
+            actions.append(action)
+            phases.append(env.phase())
+            obs, success = env.step(action)
+            if success and success_at is None:
+                success_at = t
+            if success_at is not None and t >= success_at + SETTLE_STEPS:
+                break
+    finally:
+        env.close()
+    return {
+        "images": np.stack(images), "states": np.stack(states),
+        "actions": np.stack(actions).astype(np.float32), "phases": phases,
+        "events": segment_phases(phases), "success": success_at is not None,
+    }
+
+
+if __name__ == "__main__":
+    import time
+
+    for name in DEMO_TASKS:
+        t0 = time.perf_counter()
+        ep = rollout_expert(name, seed=0, max_steps=100)
+        dt = time.perf_counter() - t0
+        print(f"{name}: {len(ep['actions'])} steps in {dt:.2f}s "
+              f"({100 * dt / len(ep['actions']):.2f}s/100 steps), success={ep['success']}, "
+              f"events={[(s, e, p) for s, e, p in ep['events']]}")
