@@ -21,6 +21,19 @@ from etils import epath
 ITEMS = ("params", "train_state", "data_iter", "assets")
 
 
+def _handlers() -> dict[str, Any]:
+    """Explicit handlers, so metadata (saved shapes) can be read before restoring."""
+    return {"params": ocp.StandardCheckpointHandler(),
+            "train_state": ocp.StandardCheckpointHandler(),
+            "data_iter": grain.checkpoint.CheckpointHandler(),
+            "assets": ocp.JsonCheckpointHandler()}
+
+
+def _read_only(directory: str) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(epath.Path(directory), item_handlers=_handlers(),
+                                 options=ocp.CheckpointManagerOptions(read_only=True))
+
+
 def make_manager(directory: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
     """A CheckpointManager that keeps the latest `cfg.keep` saves (async when configured)."""
     options = ocp.CheckpointManagerOptions(
@@ -29,7 +42,8 @@ def make_manager(directory: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoi
         enable_async_checkpointing=cfg.async_save,
         create=True,
     )
-    return ocp.CheckpointManager(epath.Path(directory), options=options, item_names=ITEMS)
+    return ocp.CheckpointManager(epath.Path(directory), options=options,
+                                 item_handlers=_handlers())
 
 
 def make_assets(config: ml_collections.ConfigDict, norm_stats: dict[str, Any],
@@ -72,8 +86,7 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_params: Any,
 
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
     """Restore only the `params` item (fine-tuning, export) from a checkpoint directory."""
-    with ocp.CheckpointManager(epath.Path(directory), item_names=ITEMS,
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    with _read_only(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no finished checkpoint in {directory}")
@@ -109,8 +122,7 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params:
 
 def read_assets(directory: str, step: int | None = None) -> dict[str, Any]:
     """Read the assets item (config, norm stats, tokenizer) of a checkpoint."""
-    with ocp.CheckpointManager(epath.Path(directory), item_names=ITEMS,
-                               options=ocp.CheckpointManagerOptions(read_only=True)) as mngr:
+    with _read_only(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no finished checkpoint in {directory}")

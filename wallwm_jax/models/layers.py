@@ -1,0 +1,95 @@
+"""Small building blocks shared by the ViT and the decoder, all with logical axis names.
+
+Params are float32; `dtype` is the compute dtype. Logical names used here: embed, mlp,
+heads, kv_heads, head_dim, vocab, patch, layers (added by nn.scan), expert_embed, expert_mlp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+Axes = tuple[str | None, ...]
+
+
+def partitioned(init: Any, axes: Axes) -> Any:
+    """Initializer whose params carry logical axis names (one per dim)."""
+    return nn.with_logical_partitioning(init, axes)
+
+
+def dense(features: int | Sequence[int], axes: Axes, *, dtype: Dtype,
+          axis: int | Sequence[int] = -1, use_bias: bool = False, name: str | None = None,
+          init: Any = None) -> nn.DenseGeneral:
+    """DenseGeneral with kernel axes `axes` (inputs then outputs); the bias gets the outputs.
+
+    `init` defaults to lecun_normal."""
+    init = nn.initializers.lecun_normal() if init is None else init
+    n_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features, axis=axis, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+        kernel_init=partitioned(init, axes),
+        bias_init=partitioned(nn.initializers.zeros_init(), axes[-n_out:]), name=name)
+
+
+def rms_norm(axis_name: str, dtype: Dtype, name: str | None = None) -> nn.RMSNorm:
+    return nn.RMSNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name,
+                      scale_init=partitioned(nn.initializers.ones_init(), (axis_name,)))
+
+
+def layer_norm(axis_name: str, dtype: Dtype, name: str | None = None) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name,
+                        scale_init=partitioned(nn.initializers.ones_init(), (axis_name,)),
+                        bias_init=partitioned(nn.initializers.zeros_init(), (axis_name,)))
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding. x: [B, T, N, H] (H even), positions: int [B, T]."""
+    half = x.shape[-1] // 2
+    freq = max_wavelength ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None, None] * freq  # [B, T, 1, half]
+    sin, cos = jnp.sin(angles), jnp.cos(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array,
+              mask: jax.Array | None = None) -> jax.Array:
+    """Softmax attention via `jax.nn.dot_product_attention` (cuDNN on GPU when it applies).
+
+    q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: bool [B, T, S] or None.
+    Returns [B, T, N, H].
+    """
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=None if mask is None else mask[:, None, :, :], implementation=None)
+
+
+class GatedMLP(nn.Module):
+    """GeGLU MLP: down(gelu(gate(x)) * up(x)). x: [B, T, width] -> [B, T, width]."""
+
+    hidden: int
+    embed_axis: str = "embed"
+    mlp_axis: str = "mlp"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        axes = (self.embed_axis, self.mlp_axis)
+        gate = dense(self.hidden, axes, dtype=self.dtype, name="gate")(x)
+        up = dense(self.hidden, axes, dtype=self.dtype, name="up")(x)
+        return dense(width, axes[::-1], dtype=self.dtype, name="down")(nn.gelu(gate) * up)
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, min_period: float = 4e-3,
+                         max_period: float = 4.0) -> jax.Array:
+    """Flow time t: [B] in [0, 1] -> [B, dim] sin/cos features over log-spaced periods."""
+    fraction = jnp.linspace(0.0, 1.0, dim // 2)
+    period = min_period * (max_period / min_period) ** fraction
+    angles = t.astype(jnp.float32)[:, None] * (2 * jnp.pi / period)[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)

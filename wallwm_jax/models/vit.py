@@ -1,0 +1,68 @@
+"""SigLIP-style vision encoder: uint8 camera image -> image tokens at the backbone width."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from wallwm_jax.models.layers import Dtype, attention, dense, layer_norm, partitioned
+
+
+class ViTBlock(nn.Module):
+    """Pre-LN transformer block: x + MHA(LN(x)); x + MLP(LN(x)). x: [B, N, D]."""
+
+    num_heads: int
+    mlp_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        head_dim = width // self.num_heads
+        h = layer_norm("embed", self.dtype, name="ln_attn")(x)
+        qkv_axes = ("embed", "heads", "head_dim")
+        q, k, v = (dense((self.num_heads, head_dim), qkv_axes, dtype=self.dtype, use_bias=True,
+                         name=n)(h) for n in ("query", "key", "value"))
+        out = attention(q, k, v)
+        x = x + dense(width, ("heads", "head_dim", "embed"), axis=(-2, -1), dtype=self.dtype,
+                      use_bias=True, name="out")(out)
+        h = layer_norm("embed", self.dtype, name="ln_mlp")(x)
+        h = dense(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype, use_bias=True,
+                  name="mlp_in")(h)
+        h = dense(width, ("mlp", "embed"), dtype=self.dtype, use_bias=True,
+                  name="mlp_out")(nn.gelu(h))
+        return x + h
+
+
+class ViT(nn.Module):
+    """image uint8 [B, H, W, 3] -> tokens [B, (H/p)*(W/p), out_width] in the compute dtype."""
+
+    patch_size: int
+    width: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    out_width: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, image: jax.Array) -> jax.Array:
+        x = image.astype(jnp.float32) / 127.5 - 1.0
+        p = self.patch_size
+        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, name="patch_embed",
+                    kernel_init=partitioned(nn.initializers.lecun_normal(),
+                                            (None, None, None, "embed")),
+                    bias_init=partitioned(nn.initializers.zeros_init(), ("embed",)))(x)
+        b, gh, gw, d = x.shape
+        x = x.reshape(b, gh * gw, d)
+        pos = self.param("pos_embedding",
+                         partitioned(nn.initializers.normal(0.02), ("patch", "embed")),
+                         (gh * gw, d), jnp.float32)
+        x = x + pos.astype(self.dtype)[None]
+        for i in range(self.depth):
+            x = ViTBlock(self.num_heads, self.mlp_dim, self.dtype, name=f"block_{i}")(x)
+        x = layer_norm("embed", self.dtype, name="ln_final")(x)
+        return dense(self.out_width, (None, "embed"), dtype=self.dtype, use_bias=True,
+                     name="to_backbone")(x)
