@@ -34,8 +34,10 @@ def save_norm_stats(path: str, stats: dict) -> None:
     if os.path.isdir(path):
         path = os.path.join(path, NORM_STATS_FILE)
     tmp = f"{path}.tmp"
+    plain = {key: {name: np.asarray(v).tolist() for name, v in group.items()}
+             for key, group in stats.items()}
     with open(tmp, "w") as f:
-        json.dump(stats, f, indent=1)
+        json.dump(plain, f, indent=1)
     os.replace(tmp, path)  # atomic: a crash never leaves a half-written file
 
 
