@@ -11,7 +11,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _run_demo(workdir):
     cmd = [sys.executable, "-m", "wallwm_jax.demo", "--workdir", str(workdir),
            "--tasks", "reach-v3", "--episodes_per_task", "3", "--steps", "4",
-           "--batch_size", "8", "--eval_episodes", "1", "--eval_max_steps", "20",
+           "--batch_size", "8", "--eval_episodes", "1", "--eval_max_steps", "120",
            "--image_size", "32", "--build_workers", "1"]
     env = dict(os.environ, XLA_FLAGS="")  # the demo itself runs on one CPU device
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900, env=env)

@@ -223,14 +223,10 @@ def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.Con
         f"(step {manager.latest_step()}) in {manager.directory} is intact")
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config, e.g. experiments/pretrain.py:size=tiny,mode=event")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-
-
 def main(argv: list[str]) -> None:
+    """CLI entry point: `--config` (ml_collections config file) and `--workdir`."""
     del argv
-    summary = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
     losses = summary["losses"]
     if losses:
         print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
@@ -238,5 +234,10 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    # Flags are defined only when run as a program, so importing this module (the demo,
+    # tests) never clashes with the importer's own flags.
+    config_flags.DEFINE_config_file(
+        "config", None, "Experiment config, e.g. experiments/pretrain.py:size=tiny,mode=event")
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)
