@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from wallwm_jax.envs import metaworld as mw  # sets MUJOCO_GL before MuJoCo is imported
 
@@ -87,6 +87,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)  # Orbax/TFDS info lines would bury the progress bars
     from data_builders.metaworld_events import build
     from wallwm_jax.data.episodes import open_dataset
     from wallwm_jax.evaluation.closed_loop import evaluate_closed_loop

@@ -75,6 +75,9 @@ def main() -> None:
     parser.add_argument("--export", required=True, help="export bundle directory")
     parser.add_argument("--task", default="reach-v3", help="MetaWorld task to observe")
     args = parser.parse_args()
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)
 
     from wallwm_jax.data import captions
     from wallwm_jax.envs.metaworld import MetaWorldTask
