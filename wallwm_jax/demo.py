@@ -23,8 +23,8 @@ from wallwm_jax.envs import metaworld as mw  # sets MUJOCO_GL before MuJoCo is i
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset, run and export go.")
 _TASKS = flags.DEFINE_list("tasks", list(mw.DEMO_TASKS), "MetaWorld tasks (v3 names).")
-_EPISODES = flags.DEFINE_integer("episodes_per_task", 12, "Expert episodes per task.")
-_STEPS = flags.DEFINE_integer("steps", 400, "Training steps.")
+_EPISODES = flags.DEFINE_integer("episodes_per_task", 20, "Expert episodes per task.")
+_STEPS = flags.DEFINE_integer("steps", 1500, "Training steps.")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _SIZE = flags.DEFINE_string("size", "tiny", "Model size (experiments/pretrain.py sizes).")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 3, "Closed-loop episodes per task.")
