@@ -20,6 +20,7 @@ from typing import Any
 from absl import app, flags, logging
 
 from wallwm_jax.envs import metaworld as mw  # sets MUJOCO_GL before MuJoCo is imported
+from wallwm_jax.evaluation.closed_loop import results_markdown
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset, run and export go.")
 _TASKS = flags.DEFINE_list("tasks", list(mw.DEMO_TASKS), "MetaWorld tasks (v3 names).")
@@ -75,11 +76,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 "val_action_mse", "val_duration_acc", "checkpoint_dir", "export_dir",
                 "fresh_process_chunk"):
         lines.append(f"| {key} | {summary[key]} |")
-    lines += ["", "| task | policy success | expert success | policy steps | expert steps |",
-              "|---|---|---|---|---|"]
-    for task, row in summary["closed_loop"].items():
-        lines.append(f"| {task} | {row['policy_success']:.0%} | {row['expert_success']:.0%} | "
-                     f"{row['policy_steps']:.0f} | {row['expert_steps']:.0f} |")
+    lines += ["", results_markdown(summary["closed_loop"])]
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
     lines += ["", f"stage times: {timings}"]
     return "\n".join(lines)

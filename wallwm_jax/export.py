@@ -58,3 +58,40 @@ def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[s
                                       abstract)
     norm_stats = statistics.load_norm_stats(export_dir)
     return params, config, norm_stats, os.path.join(export_dir, "tokenizer.model")
+
+
+def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | None = None) -> str:
+    """Turn a training checkpoint (params + assets items) into an export bundle."""
+    import base64
+    import tempfile
+
+    from wallwm_jax import checkpoint as ckpt
+
+    assets = ckpt.read_assets(checkpoint_dir, step)
+    config = ml_collections.ConfigDict(assets["config"])
+    abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
+    params = ckpt.restore_params(checkpoint_dir, abstract, step)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer_path = os.path.join(tmp, "tokenizer.model")
+        with open(tokenizer_path, "wb") as f:
+            f.write(base64.b64decode(assets["tokenizer_model_b64"]))
+        return export_bundle(export_dir, params, config, assets["norm_stats"], tokenizer_path)
+
+
+def main() -> None:
+    """`python -m wallwm_jax.export --checkpoint_dir RUN/checkpoints --out EXPORT_DIR`."""
+    import argparse
+
+    from absl import logging
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--checkpoint_dir", required=True)
+    parser.add_argument("--out", required=True, help="export directory to write")
+    parser.add_argument("--step", type=int, default=None, help="default: latest finished")
+    args = parser.parse_args()
+    logging.set_verbosity(logging.WARNING)
+    print(export_from_checkpoint(args.checkpoint_dir, args.out, args.step))
+
+
+if __name__ == "__main__":
+    main()

@@ -68,3 +68,14 @@ def evaluate_closed_loop(policy: Any, tasks: Sequence[str], *, episodes_per_task
         results[task] = row
     pbar.close()
     return results
+
+
+def results_markdown(results: dict[str, dict[str, float]]) -> str:
+    """Per-task table of policy vs expert success and episode lengths."""
+    lines = ["| task | policy success | expert success | policy steps | expert steps |",
+             "|---|---|---|---|---|"]
+    for task, row in results.items():
+        lines.append(f"| {task} | {row['policy_success']:.0%} | "
+                     f"{row.get('expert_success', float('nan')):.0%} | "
+                     f"{row['policy_steps']:.0f} | {row.get('expert_steps', float('nan')):.0f} |")
+    return "\n".join(lines)
