@@ -71,3 +71,18 @@ def test_checkpoint_assets_carry_config_and_stats(tiny_config, tmp_path):
         stats = json.load(f)
     np.testing.assert_allclose(assets["norm_stats"]["action"]["mean"], stats["action"]["mean"])
     assert len(assets["tokenizer_model_b64"]) > 100
+
+
+def test_muon_trains_and_resumes(tiny_config, tmp_path):
+    tiny_config.optimizer.name = "muon"
+    tiny_config.optimizer.learning_rate = 0.02
+    tiny_config.total_steps = 4
+    tiny_config.checkpoint.every_steps = 2
+    straight = train_and_evaluate(tiny_config, str(tmp_path / "a"))
+    assert all(np.isfinite(straight["losses"]))
+    train_and_evaluate(tiny_config, str(tmp_path / "b"), stop_after=2)
+    resumed = train_and_evaluate(tiny_config, str(tmp_path / "b"))
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"]),
+                    strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
