@@ -27,13 +27,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
-from jax.sharding import Mesh, NamedSharding  # noqa: E402
-from jax.sharding import PartitionSpec as P  # noqa: E402
+from jax.sharding import Mesh  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
 from wallwm_jax.data.batches import EventBatch, Observation  # noqa: E402
 from wallwm_jax.models.wallwm import compute_loss, init_params, param_logical_axes  # noqa: E402
 from wallwm_jax.optim import DEFAULT_RULES, muon, plan_params  # noqa: E402
+from wallwm_jax.sharding import logical_to_sharding, opt_state_sharding  # noqa: E402
 
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter", "all-reduce")
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1,
@@ -61,47 +61,6 @@ def fsdp_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))
 
 
-def logical_to_sharding(logical, shapes, rules, mesh):
-    """Map logical axis names to mesh axes (first rule wins, a mesh axis used once per array,
-    dimensions that do not divide stay replicated)."""
-    table = dict(rules)
-
-    def one(spec, leaf):
-        used, out = set(), []
-        for name, dim in zip(spec, leaf.shape, strict=True):
-            axes = table.get(name)
-            axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-            axes = tuple(a for a in axes if a not in used and mesh.shape[a] > 1)
-            size = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
-            if axes and dim % size == 0:
-                used.update(axes)
-                out.append(axes[0] if len(axes) == 1 else axes)
-            else:
-                out.append(None)
-        return NamedSharding(mesh, P(*out))
-
-    return jax.tree.map(one, logical, shapes, is_leaf=lambda x: isinstance(x, P))
-
-
-def shardings_by_path(state_shapes, param_shapes, param_shardings, mesh):
-    """Give each optimizer-state leaf the sharding of the parameter whose path ends its own
-    path (same shape); everything else (counts, coefficients) is replicated."""
-    by_path = {}
-    for (path, leaf), s in zip(jax.tree_util.tree_flatten_with_path(param_shapes)[0],
-                               jax.tree.leaves(param_shardings), strict=True):
-        by_path[tuple(k.key for k in path)] = (leaf.shape, s)
-
-    def one(path, leaf):
-        keys = tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
-        for start in range(len(keys)):
-            hit = by_path.get(keys[start:])
-            if hit and hit[0] == leaf.shape:
-                return hit[1]
-        return NamedSharding(mesh, P())
-
-    return jax.tree_util.tree_map_with_path(one, state_shapes)
-
-
 def optax_dimension_numbers(plans):
     dims = optax.contrib.MuonDimensionNumbers
     return jax.tree.map(lambda pl: dims(pl.in_axes, pl.out_axes) if pl.group == "muon" else None,
@@ -127,7 +86,7 @@ def optimizer_step(tx):
 
 def compiled_step(tx, shapes, shardings, mesh):
     state_shapes = jax.eval_shape(tx.init, shapes)
-    state_sh = shardings_by_path(state_shapes, shapes, shardings, mesh)
+    state_sh = opt_state_sharding(state_shapes, shapes, shardings, mesh)
     sds = lambda t, s: jax.tree.map(lambda x, y: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                       sharding=y), t, s)
     jitted = jax.jit(optimizer_step(tx), out_shardings=(shardings, state_sh),
@@ -140,8 +99,8 @@ def hlo_and_time(size: str, run_time: bool, repeats: int = 3) -> dict:
     cfg = get_config(f"size={size}")
     mesh = fsdp_mesh()
     shapes = jax.eval_shape(lambda: init_params(cfg.model, jax.random.key(0)))
-    shardings = logical_to_sharding(param_logical_axes(cfg.model), shapes, cfg.sharding_rules,
-                                    mesh)
+    shardings = logical_to_sharding(param_logical_axes(cfg.model), mesh, cfg.sharding_rules,
+                                    shapes)
     result = {"params": int(sum(np.prod(x.shape) for x in jax.tree.leaves(shapes)))}
     for name, tx in make_optimizers(cfg, shapes, shardings).items():
         compiled, state_sh = compiled_step(tx, shapes, shardings, mesh)

@@ -53,3 +53,32 @@ def test_logical_rules_map_params_to_mesh_axes():
     assert out["w"].spec == PartitionSpec("fsdp", "tensor")
     assert out["b"].spec == PartitionSpec("tensor")
     assert out["n"].spec == PartitionSpec(None)
+
+
+def test_indivisible_dimension_stays_replicated():
+    mesh = sharding.make_mesh(mesh_cfg(data=1, fsdp=8))
+    specs = {"a": PartitionSpec("embed", None), "b": PartitionSpec("embed", None)}
+    shapes = {"a": jax.ShapeDtypeStruct((16, 3), np.float32),
+              "b": jax.ShapeDtypeStruct((12, 3), np.float32)}
+    out = sharding.logical_to_sharding(specs, mesh, (("embed", "fsdp"),), shapes)
+    assert out["a"].spec == PartitionSpec("fsdp", None)
+    assert out["b"].spec == PartitionSpec(None, None)  # 12 rows do not split 8 ways
+
+
+def test_optimizer_state_follows_parameter_paths():
+    import optax
+
+    mesh = sharding.make_mesh(mesh_cfg(data=1, fsdp=4, tensor=2))
+    params = {"w": jax.ShapeDtypeStruct((8, 8), np.float32),
+              "v": jax.ShapeDtypeStruct((8, 8), np.float32)}
+    specs = {"w": PartitionSpec("embed", "mlp"), "v": PartitionSpec("mlp", "embed")}
+    shard = sharding.logical_to_sharding(specs, mesh, (("embed", "fsdp"), ("mlp", "tensor")),
+                                         params)
+    state = jax.eval_shape(optax.adam(1e-3).init, params)
+    out = sharding.opt_state_sharding(state, params, shard, mesh)
+    mu, nu = out[0].mu, out[0].nu
+    # Same shape, different layouts: each moment must follow its own parameter.
+    assert mu["w"].spec == PartitionSpec("fsdp", "tensor")
+    assert mu["v"].spec == PartitionSpec("tensor", "fsdp")
+    assert nu["v"].spec == PartitionSpec("tensor", "fsdp")
+    assert out[0].count.spec == PartitionSpec()

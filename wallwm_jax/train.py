@@ -100,13 +100,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
 
     # ---------------------------------------------------------------- Sharding
-    param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules)
     abstract_params = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
+    param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules,
+                                                  abstract_params)
     abstract_params = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         abstract_params, param_sharding)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sharding = _opt_state_sharding(abstract_opt, abstract_params, param_sharding, mesh)
+    opt_sharding = sharding.opt_state_sharding(abstract_opt, abstract_params, param_sharding,
+                                               mesh)
     state_sharding = TrainState(step=sharding.replicated(mesh), opt_state=opt_sharding)
 
     @functools.partial(jax.jit, out_shardings=(param_sharding, state_sharding))
@@ -192,23 +194,6 @@ def make_lr(config: ml_collections.ConfigDict) -> optax.Schedule:
     from wallwm_jax.optim.factory import learning_rate_schedule
 
     return learning_rate_schedule(config.optimizer, config.total_steps)
-
-
-def _opt_state_sharding(abstract_opt: Any, abstract_params: Any, param_sharding: Any,
-                        mesh: jax.sharding.Mesh) -> Any:
-    """Optimizer-state leaves shaped like a parameter get its sharding; others are replicated."""
-    by_shape: dict[tuple[int, ...], Any] = {}
-    for p, s in zip(jax.tree.leaves(abstract_params), jax.tree.leaves(param_sharding),
-                    strict=True):
-        by_shape.setdefault(tuple(p.shape), s)
-
-    def pick(leaf: Any) -> Any:
-        if leaf.ndim == 0:
-            return sharding.replicated(mesh)
-        return by_shape.get(tuple(leaf.shape), sharding.replicated(mesh))
-
-    # Exact structure match first (mu/nu trees mirror params), shape lookup as a fallback.
-    return jax.tree.map(pick, abstract_opt)
 
 
 def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.ConfigDict,
