@@ -40,3 +40,9 @@ def make_batch(cfg, batch_size=4, seed=0):
 @pytest.fixture
 def tiny_batch(tiny_cfg):
     return make_batch(tiny_cfg)
+
+
+@pytest.fixture
+def batch_factory():
+    """`make_batch` for tests that build their own config."""
+    return make_batch

@@ -133,6 +133,31 @@ class WallWM(nn.Module):
                                    cache)
         return self.action_out(h_act)
 
+    # -- caption decoding (backbone only; see models/decoding.py) ----------------------------
+    def vlm_caption_logits(self, obs: Observation) -> jax.Array:
+        """Uncached backbone-only forward over [image | instruction | caption]: caption
+        logits f32 [B, Lc, vocab], the same values as `__call__`'s (VLM never sees actions)."""
+        x_vlm, valid, n_img = self.embed_vlm(obs)
+        mask, positions = self._layout(obs, valid, n_img, 0)
+        h_vlm, _, _ = self.decoder(x_vlm, None, (positions[0], None), mask)
+        caption_len = obs.caption.shape[1]
+        return self.embedder.attend(h_vlm[:, h_vlm.shape[1] - caption_len:]).astype(jnp.float32)
+
+    def decode_step(self, cache: KVCache, tokens: jax.Array, positions: jax.Array,
+                    cache_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """One incremental backbone step over a fixed-size K/V cache.
+
+        cache: [L, B, S, K, H]; tokens, positions: int [B, 1]; cache_mask: bool [B, S] (the
+        cache slots this token may attend to). The token also attends to itself unless it is
+        padding (id 0), as in `_layout`. Returns logits f32 [B, vocab] for the next token and
+        this token's (k, v), each [L, B, 1, K, H], for the caller to write into the cache.
+        """
+        x = self.embedder(tokens).astype(jnp.dtype(self.cfg.dtype))
+        mask = jnp.concatenate([cache_mask, tokens != 0], axis=1)[:, None, :]
+        h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
+        logits = self.embedder.attend(h[:, 0]).astype(jnp.float32)
+        return logits, jax.tree.map(lambda c: c[:, :, -1:], new_cache)
+
 
 # -- functional API (what train/export/policy call) ---------------------------------------------
 def _dummy_inputs(cfg: ml_collections.FrozenConfigDict, batch: int = 1):

@@ -1,0 +1,85 @@
+"""KV-cached caption decoding equals the uncached reference, token for token and logit for
+logit; the backbone-only forward equals the joint forward's caption logits; EOS stops a row."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from wallwm_jax.models import wallwm
+from wallwm_jax.models.decoding import decode_caption, decode_caption_uncached
+from wallwm_jax.models.wallwm import WallWM
+
+MAX_LEN = 6
+
+
+@pytest.fixture
+def setup(tiny_cfg, tiny_batch):
+    params = wallwm.init_params(tiny_cfg, jax.random.key(0))
+    obs = jax.tree.map(jnp.asarray, tiny_batch.obs)
+    return tiny_cfg, params, obs
+
+
+def _cached(cfg, temperature, **kw):
+    return jax.jit(functools.partial(decode_caption, cfg, max_len=MAX_LEN,
+                                     temperature=temperature, return_logits=True, **kw))
+
+
+def test_vlm_caption_logits_equal_joint_forward(setup, tiny_batch):
+    cfg, params, obs = setup
+    model, variables = WallWM(ml_collections.FrozenConfigDict(cfg)), {"params": params}
+    joint = model.apply(variables, obs, tiny_batch.actions, jnp.full((obs.state.shape[0],), .5))
+    alone = model.apply(variables, obs, method=WallWM.vlm_caption_logits)
+    np.testing.assert_allclose(alone, joint["caption_logits"], atol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_cached_decode_matches_uncached(setup, temperature):
+    cfg, params, obs = setup
+    rng = jax.random.key(3)
+    tokens, logits = _cached(cfg, temperature)(params, obs, rng)
+    ref_tokens, ref_logits = decode_caption_uncached(
+        cfg, params, obs, rng, max_len=MAX_LEN, temperature=temperature, return_logits=True)
+    assert tokens.shape == (obs.state.shape[0], MAX_LEN) and tokens.dtype == jnp.int32
+    assert np.all(np.asarray(tokens[:, 0]) == 1)
+    np.testing.assert_array_equal(tokens, ref_tokens)
+    live = np.asarray(tokens[:, :-1] != 0)  # steps whose input token is real
+    assert live.all() or temperature > 0  # random init: greedy decoding rarely hits EOS
+    np.testing.assert_allclose(np.asarray(logits)[live], np.asarray(ref_logits)[live],
+                               atol=1e-5, rtol=0)
+    assert np.abs(np.asarray(logits)[live]).max() > 1e-3
+    if temperature > 0:  # sampling differs from greedy (the rng is used) but is reproducible
+        greedy = np.asarray(jnp.argmax(logits, -1))
+        assert np.any(greedy[live] != np.asarray(tokens[:, 1:])[live])
+        np.testing.assert_array_equal(_cached(cfg, temperature)(params, obs, rng)[0], tokens)
+
+
+def test_eos_stops_a_row_and_caption_feeds_back(setup):
+    cfg, params, obs = setup
+    rng = jax.random.key(0)
+    free = np.asarray(_cached(cfg, 0.0)(params, obs, rng)[0])
+    # Pretend a token that some row emits for the first time at step s >= 2 is EOS.
+    row, step = next((r, s) for s in range(2, MAX_LEN - 1) for r in range(free.shape[0])
+                     if free[r, s] not in free[r, :s])
+    eos = int(free[row, step])
+    tokens, logits = _cached(cfg, 0.0, eos_id=eos)(params, obs, rng)
+    ref_tokens, ref_logits = decode_caption_uncached(cfg, params, obs, rng, max_len=MAX_LEN,
+                                                     eos_id=eos, return_logits=True)
+    tokens = np.asarray(tokens)
+    np.testing.assert_array_equal(tokens, ref_tokens)
+    np.testing.assert_array_equal(tokens[row, :step + 1], free[row, :step + 1])
+    assert np.all(tokens[row, step + 1:] == 0)
+    live = tokens[:, :-1] != 0
+    assert not live.all()  # padding fed after EOS is exercised
+    # Rows that stopped feed padding; its logits still equal the reference's.
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5, rtol=0)
+    # The decoded caption scores as the most likely one under teacher forcing (greedy).
+    model = WallWM(ml_collections.FrozenConfigDict(cfg))
+    forced = model.apply({"params": params}, obs.replace(caption=jnp.asarray(tokens)),
+                         method=WallWM.vlm_caption_logits)
+    chose = live & (tokens[:, :-1] != eos)  # after EOS the row is forced to padding
+    np.testing.assert_array_equal(np.asarray(jnp.argmax(forced[:, :-1], -1))[chose],
+                                  tokens[:, 1:][chose])

@@ -1,0 +1,128 @@
+"""Caption decoding on the backbone: KV-cached (what inference runs) and an uncached reference.
+
+The caption uses the training layout (`Observation.caption`): [BOS, tokens..., EOS] then 0
+padding; token i predicts token i + 1. Decoding prefills [image | instruction] once
+(`WallWM.encode`, an empty caption), then feeds one caption token per step through
+`WallWM.decode_step` against a fixed-size cache [L, B, prefix + max_len, K, H]. A row stops at
+EOS (later tokens are 0); the loop ends when every row has stopped or `max_len` is reached.
+
+Positions and masks equal those of the training forward (`WallWM._layout`): padding does not
+consume rotary positions and is never attended, so the cached logits equal the uncached ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from wallwm_jax.data.batches import Observation
+from wallwm_jax.models.wallwm import WallWM, _frozen
+
+BOS_ID, EOS_ID = 1, 2
+
+
+def _choose(logits: jax.Array, rng: jax.Array, step: int | jax.Array,
+            temperature: float) -> jax.Array:
+    """Next token int32 [B] from logits [B, V]: greedy at temperature 0, else sampled with
+    the key fold_in(rng, step) (the same key in cached and uncached decoding)."""
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    key = jax.random.fold_in(rng, step)
+    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+def _check(max_len: int, temperature: float) -> None:
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
+                   max_len: int, temperature: float = 0.0, bos_id: int = BOS_ID,
+                   eos_id: int = EOS_ID, return_logits: bool = False,
+                   ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """KV-cached caption decoding. `obs.caption` is ignored (the caption is what we decode).
+
+    Returns int32 [B, max_len] captions ([BOS, ..., EOS, 0, ...]); with `return_logits`, also
+    f32 [B, max_len - 1, vocab] where [:, i] are the logits that chose token i + 1 (zero for
+    steps after every row stopped; meaningful where token i != 0). Traceable under jit
+    (`max_len`, `temperature`, ids static).
+    """
+    _check(max_len, temperature)
+    cfg = _frozen(model_cfg)
+    model, variables = WallWM(cfg), {"params": params}
+    batch = obs.state.shape[0]
+    obs = obs.replace(caption=jnp.zeros((batch, 0), jnp.int32))
+    cache, _ = model.apply(variables, obs, method=WallWM.encode)  # [L, B, Np, K, H]
+    n_prefix = cache[0].shape[2]
+    n_img = n_prefix - obs.instruction.shape[1]
+    prefix_valid = jnp.concatenate([jnp.ones((batch, n_img), bool), obs.instruction != 0], 1)
+    pad = [(0, 0), (0, 0), (0, max_len), (0, 0), (0, 0)]
+    cache = jax.tree.map(lambda c: jnp.pad(c, pad), cache)
+    cache_mask = jnp.concatenate([prefix_valid, jnp.zeros((batch, max_len), bool)], 1)
+
+    tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
+    logits_out = jnp.zeros((batch, max(max_len - 1, 0), cfg.vocab_size), jnp.float32)
+    count = jnp.sum(prefix_valid, axis=1).astype(jnp.int32)  # real tokens so far
+    state = (jnp.int32(0), tokens[:, 0], count, jnp.zeros((batch,), bool), cache, cache_mask,
+             tokens, logits_out)
+
+    def cond(state):
+        i, _, _, done, *_ = state
+        return (i < max_len - 1) & ~jnp.all(done)
+
+    def body(state):
+        i, token, count, done, cache, cache_mask, tokens, logits_out = state
+        real = token != 0
+        position = count - (~real).astype(jnp.int32)  # padding repeats the last position
+        logits, kv = model.apply(variables, cache, token[:, None], position[:, None],
+                                 cache_mask, method=WallWM.decode_step)
+        slot = n_prefix + i
+        cache = jax.tree.map(
+            lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2),
+            cache, kv)
+        cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, real[:, None], slot, 1)
+        nxt = jnp.where(done, 0, _choose(logits, rng, i, temperature))
+        done = done | (nxt == eos_id)
+        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], i + 1, 1)
+        logits_out = jax.lax.dynamic_update_slice_in_dim(logits_out, logits[:, None], i, 1)
+        return (i + 1, nxt, count + real.astype(jnp.int32), done, cache, cache_mask, tokens,
+                logits_out)
+
+    *_, tokens, logits_out = jax.lax.while_loop(cond, body, state)
+    return (tokens, logits_out) if return_logits else tokens
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _full_caption_logits(cfg: ml_collections.FrozenConfigDict, params: Any,
+                         obs: Observation) -> jax.Array:
+    return WallWM(cfg).apply({"params": params}, obs, method=WallWM.vlm_caption_logits)
+
+
+def decode_caption_uncached(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
+                            max_len: int, temperature: float = 0.0, bos_id: int = BOS_ID,
+                            eos_id: int = EOS_ID, return_logits: bool = False,
+                            ) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Reference for `decode_caption` (same arguments and outputs): every step runs the full
+    backbone forward over [image | instruction | caption so far]. Python loop, not jittable."""
+    _check(max_len, temperature)
+    cfg = _frozen(model_cfg)
+    batch = obs.state.shape[0]
+    tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
+    logits_out = jnp.zeros((batch, max(max_len - 1, 0), cfg.vocab_size), jnp.float32)
+    done = jnp.zeros((batch,), bool)
+    for i in range(max_len - 1):
+        if bool(jnp.all(done)):
+            break
+        logits = _full_caption_logits(cfg, params, obs.replace(caption=tokens[:, :i + 1]))
+        logits = logits[:, -1]
+        nxt = jnp.where(done, 0, _choose(logits, rng, i, temperature))
+        done = done | (nxt == eos_id)
+        tokens = tokens.at[:, i + 1].set(nxt)
+        logits_out = logits_out.at[:, i].set(logits)
+    return (tokens, logits_out) if return_logits else tokens

@@ -1,0 +1,64 @@
+"""Analytic matmul FLOPs of one WALL-WM train step (`compute_loss` forward + backward).
+
+A matmul of [m, k] x [k, n] costs 2·m·n·k FLOPs forward; the backward pass needs two of the
+same size (input and weight gradients), so a train step counts 3x the forward matmul FLOPs.
+Counted: ViT (patch embedding, blocks, projection to the backbone), backbone and action-expert
+projections and gated MLPs, the joint attention (QK^T and AV over the full
+[image | instruction | caption | actions] square, as the dense kernel computes it), the
+flow-time/state/action embeddings and all heads. Not counted: norms, softmax, activations,
+rotary embeddings, losses (elementwise; a few percent at the tiny size, less when wider).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
+                  caption_len: int) -> dict[str, float]:
+    """Forward matmul FLOPs per component of `WallWM.__call__` (event mode, one caption)."""
+    c, b = model_cfg, float(batch_size)
+    n_img = (c.image_size // c.patch_size) ** 2
+    n_vlm = n_img + instruction_len + caption_len
+    n_act = c.max_event_len
+    seq = n_vlm + n_act
+
+    def mm(m: float, k: float, n: float) -> float:
+        return 2.0 * m * k * n
+
+    vw = c.vit_width
+    vit = mm(b * n_img, c.patch_size ** 2 * 3, vw)  # patch embedding (a strided conv)
+    vit += c.vit_depth * (
+        4 * mm(b * n_img, vw, vw)  # q, k, v, out (heads * head_dim = width)
+        + 2 * mm(b * c.vit_heads * n_img, vw // c.vit_heads, n_img)  # QK^T and AV
+        + 2 * mm(b * n_img, vw, c.vit_mlp_dim))
+    vit += mm(b * n_img, vw, c.width)  # to_backbone
+
+    qkv_out = c.num_heads * c.head_dim
+    kv = c.num_kv_heads * c.head_dim
+
+    def weights(tokens: float, width: int, mlp: int) -> float:
+        return c.depth * (
+            mm(tokens, width, qkv_out) + 2 * mm(tokens, width, kv) + mm(tokens, qkv_out, width)
+            + 3 * mm(tokens, width, mlp))
+
+    backbone = weights(b * n_vlm, c.width, c.mlp_dim)
+    expert = weights(b * n_act, c.expert_width, c.expert_mlp_dim)
+    attention = c.depth * 2 * mm(b * c.num_heads * seq, c.head_dim, seq)
+
+    e = c.expert_width
+    action_io = (mm(b * n_act, c.action_dim, e) + mm(b, c.state_dim, e) + 2 * mm(b, e, e)
+                 + mm(b * n_act, e, c.action_dim))
+    heads = (mm(b * caption_len, c.width, c.vocab_size)  # caption logits (tied embedding)
+             + mm(b, c.width, c.num_duration_bins)
+             + mm(b, c.width, c.width) + mm(b, c.width, c.world_size ** 2 * 3))
+    return {"vit": vit, "backbone": backbone, "expert": expert, "attention": attention,
+            "heads": heads + action_io}
+
+
+def train_step_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
+                     caption_len: int) -> float:
+    """Matmul FLOPs of forward + backward of `compute_loss` for one batch: 3x forward."""
+    parts = forward_flops(model_cfg, batch_size, instruction_len=instruction_len,
+                          caption_len=caption_len)
+    return 3.0 * sum(parts.values())
