@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from typing import Any
 
 import grain
@@ -19,6 +20,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 ITEMS = ("params", "train_state", "data_iter", "assets")
+# Orbax writes a step into `<step>.orbax-checkpoint-tmp[...]` and renames it when complete.
+TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def _handlers() -> dict[str, Any]:
@@ -42,8 +45,25 @@ def make_manager(directory: str, cfg: ml_collections.ConfigDict) -> ocp.Checkpoi
         enable_async_checkpointing=cfg.async_save,
         create=True,
     )
+    remove_unfinished_saves(directory)
     return ocp.CheckpointManager(epath.Path(directory), options=options,
                                  item_handlers=_handlers())
+
+
+def remove_unfinished_saves(directory: str) -> list[str]:
+    """Delete the tmp dirs of saves that never finished (a process killed mid-save).
+
+    Orbax never lists them as checkpoints, but also leaves them behind by default (its own
+    `cleanup_tmp_directories` runs in the background and is awaited only by the next save).
+    Done on process 0 before any save starts; returns the names removed.
+    """
+    path = epath.Path(directory)
+    if jax.process_index() != 0 or not path.exists():
+        return []
+    removed = [p.name for p in path.iterdir() if TMP_DIR_SUFFIX in p.name]
+    for name in removed:
+        (path / name).rmtree()
+    return removed
 
 
 def make_assets(config: ml_collections.ConfigDict, norm_stats: dict[str, Any],
@@ -84,8 +104,25 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_params: Any,
     return restored["params"], restored["train_state"]
 
 
+def is_export_bundle(directory: str) -> bool:
+    """Whether `directory` is an export bundle (`params/` + `config.json`, see export.py)."""
+    return (os.path.isfile(os.path.join(directory, "config.json"))
+            and os.path.isdir(os.path.join(directory, "params")))
+
+
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
-    """Restore only the `params` item (fine-tuning, export) from a checkpoint directory."""
+    """Restore only the `params` item (fine-tuning, export) from a checkpoint directory.
+
+    `directory` may also be an export bundle (then `step` must be None).
+    """
+    if is_export_bundle(directory):
+        if step is not None:
+            raise ValueError(f"{directory} is an export bundle: it has no steps (got {step})")
+        path = os.path.join(os.path.abspath(directory), "params")
+        with ocp.StandardCheckpointer() as checkpointer:
+            _compare_shapes(checkpointer.metadata(path).item_metadata, abstract_params,
+                            f"export bundle {directory}")
+            return checkpointer.restore(path, abstract_params)
     with _read_only(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
@@ -102,22 +139,25 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params:
     saved = meta["params"] if meta is not None and "params" in meta else None
     if saved is None:
         return
+    _compare_shapes(saved, abstract_params, f"checkpoint step {step} in {manager.directory}")
+
+
+def _compare_shapes(saved: Any, abstract_params: Any, where: str) -> None:
     saved_flat = {jax.tree_util.keystr(k): v for k, v in
                   jax.tree_util.tree_leaves_with_path(saved)}
     want_flat = {jax.tree_util.keystr(k): v for k, v in
                  jax.tree_util.tree_leaves_with_path(abstract_params)}
     for name, want in want_flat.items():
         if name not in saved_flat:
-            raise ValueError(f"checkpoint step {step} in {manager.directory} has no parameter "
-                             f"{name}: it was saved from a different model")
+            raise ValueError(f"{where} has no parameter {name}: it was saved from a "
+                             f"different model")
         got = tuple(saved_flat[name].shape)
         if got != tuple(want.shape):
-            raise ValueError(f"checkpoint step {step} in {manager.directory}: parameter {name} "
-                             f"has shape {got}, the model expects {tuple(want.shape)}")
+            raise ValueError(f"{where}: parameter {name} has shape {got}, the model expects "
+                             f"{tuple(want.shape)}")
     extra = sorted(set(saved_flat) - set(want_flat))
     if extra:
-        raise ValueError(f"checkpoint step {step} in {manager.directory} has parameter "
-                         f"{extra[0]} that the model does not have")
+        raise ValueError(f"{where} has parameter {extra[0]} that the model does not have")
 
 
 def read_assets(directory: str, step: int | None = None) -> dict[str, Any]:

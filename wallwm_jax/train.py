@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import flax.struct
@@ -70,17 +71,21 @@ class _Preemption:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       stop_after: int | None = None) -> dict[str, Any]:
+                       stop_after: int | None = None,
+                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
     """Train (resuming from the latest checkpoint in `workdir` if any); return a summary.
 
     `stop_after` ends the run early at that step (with a checkpoint) as an interruption
     would, without changing the config, so the schedule matches an uninterrupted run.
+    `devices` (default: all) are the devices the mesh is built over.
+    `config.init_from` (used only when `workdir` has no checkpoint) is a checkpoint
+    directory or an export bundle whose params start the run, with a fresh optimizer.
     """
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_threefry_partitionable", True)
 
     # ---------------------------------------------------------------- Mesh
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh, devices)
     if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the data-parallel "
                          f"mesh size {mesh.shape['data'] * mesh.shape['fsdp']}")
@@ -166,18 +171,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             step += 1
             _check_finite(metrics, step, config, manager)
             losses.append(float(metrics["loss"]))
-            logger.log(step, metrics, step_time=time.perf_counter() - t0, data_time=t_data,
-                       lr=float(make_lr(config)(step)))
+            step_time = time.perf_counter() - t0
             pbar.update(1)
             pbar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
             done = step == config.total_steps
             interrupt = preemption.requested or step == stop_after
+            extra = {}
             if step % config.checkpoint.every_steps == 0 or done or interrupt:
                 t_save = time.perf_counter()
                 ckpt.save(manager, step, params, {"step": state.step,
                                                   "opt_state": state.opt_state},
                           data_iter, assets, force=True)
-                logger.scalar(step, "checkpoint/blocking_s", time.perf_counter() - t_save)
+                # Time the loop was blocked by the (async) save: also in metrics.jsonl.
+                extra["checkpoint_blocking_s"] = time.perf_counter() - t_save
+                logger.scalar(step, "checkpoint/blocking_s", extra["checkpoint_blocking_s"])
+            logger.log(step, metrics, force=bool(extra), step_time=step_time,
+                       data_time=t_data, lr=float(make_lr(config)(step)), **extra)
             if interrupt:
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break

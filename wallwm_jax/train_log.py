@@ -20,9 +20,11 @@ class MetricLogger:
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-    def log(self, step: int, metrics: dict[str, Any], **extra: float) -> None:
-        """Record a train step's metrics (every `log_every_steps`, and the last step)."""
-        if step % self.every and step != self.total_steps:
+    def log(self, step: int, metrics: dict[str, Any], *, force: bool = False,
+            **extra: float) -> None:
+        """Record a train step's metrics (every `log_every_steps`, the last step, and
+        whenever `force` is set)."""
+        if not force and step % self.every and step != self.total_steps:
             return
         row = {"step": int(step)}
         row.update({k: float(np.asarray(v)) for k, v in metrics.items()})
