@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from wallwm_jax import checkpoint as ckpt
 from wallwm_jax.data import statistics
 from wallwm_jax.models import wallwm
 
@@ -53,9 +54,7 @@ def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[s
     with open(os.path.join(export_dir, "config.json")) as f:
         config = ml_collections.ConfigDict(json.load(f))
     abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
-    with ocp.StandardCheckpointer() as checkpointer:
-        params = checkpointer.restore(os.path.join(os.path.abspath(export_dir), "params"),
-                                      abstract)
+    params = ckpt.restore_params(export_dir, abstract)  # checks shapes, names a mismatch
     norm_stats = statistics.load_norm_stats(export_dir)
     return params, config, norm_stats, os.path.join(export_dir, "tokenizer.model")
 
@@ -64,8 +63,6 @@ def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | Non
     """Turn a training checkpoint (params + assets items) into an export bundle."""
     import base64
     import tempfile
-
-    from wallwm_jax import checkpoint as ckpt
 
     assets = ckpt.read_assets(checkpoint_dir, step)
     config = ml_collections.ConfigDict(assets["config"])

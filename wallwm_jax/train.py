@@ -32,7 +32,7 @@ from wallwm_jax import checkpoint as ckpt
 from wallwm_jax import sharding
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
 from wallwm_jax.models import wallwm
-from wallwm_jax.optim.factory import make_optimizer
+from wallwm_jax.optim.factory import learning_rate_schedule, make_optimizer
 from wallwm_jax.train_log import MetricLogger
 
 
@@ -103,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     model_cfg = config.model
     logical_axes = wallwm.param_logical_axes(model_cfg)
     tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
+    lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
 
     # ---------------------------------------------------------------- Sharding
     abstract_params = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
@@ -186,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 extra["checkpoint_blocking_s"] = time.perf_counter() - t_save
                 logger.scalar(step, "checkpoint/blocking_s", extra["checkpoint_blocking_s"])
             logger.log(step, metrics, force=bool(extra), step_time=step_time,
-                       data_time=t_data, lr=float(make_lr(config)(step)), **extra)
+                       data_time=t_data, lr=float(lr_schedule(step)), **extra)
             if interrupt:
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
@@ -197,12 +198,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"params": params, "first_step": first_step, "last_step": step, "losses": losses,
             "checkpoint_dir": str(manager.directory), "preempted": preemption.requested,
             "norm_stats": norm_stats, "assets": assets}
-
-
-def make_lr(config: ml_collections.ConfigDict) -> optax.Schedule:
-    from wallwm_jax.optim.factory import learning_rate_schedule
-
-    return learning_rate_schedule(config.optimizer, config.total_steps)
 
 
 def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.ConfigDict,
