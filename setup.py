@@ -28,6 +28,7 @@ setup(
         "tensorboardX>=2.6,<2.7",
         "scikit-learn>=1.5,<2",
         "etils>=1.10,<2",
+        "safetensors>=0.4,<0.8",
     ],
     extras_require={
         "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],

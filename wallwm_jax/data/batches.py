@@ -55,3 +55,27 @@ def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, act
         if tuple(actual[name]) != shape:
             raise ValueError(f"batch field '{name}' has shape {tuple(actual[name])}, "
                              f"expected {shape} from the config")
+
+
+def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
+    """Shapes and dtypes of a global training batch for `config`, as `jax.ShapeDtypeStruct`s.
+
+    Used to lower the train step without data (AOT compilation, FLOP counts). The pipeline's
+    real batches have exactly these shapes (`tests/data/test_pipeline.py` checks it).
+    """
+    import jax  # local: this module is also imported by light tools without JAX
+
+    b = int(batch_size or config.batch_size)
+    d, m = config.data, config.model
+
+    def spec(shape, dtype):
+        return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), np.dtype(dtype))
+
+    obs = Observation(image=spec((b, d.image_size, d.image_size, 3), np.uint8),
+                      state=spec((b, m.state_dim), np.float32),
+                      instruction=spec((b, d.instruction_len), np.int32),
+                      caption=spec((b, d.caption_len), np.int32))
+    return EventBatch(obs=obs, actions=spec((b, d.max_event_len, m.action_dim), np.float32),
+                      action_mask=spec((b, d.max_event_len), bool),
+                      duration_bin=spec((b,), np.int32),
+                      end_image=spec((b, d.world_size, d.world_size, 3), np.uint8))
