@@ -57,6 +57,16 @@ class Rule:
     stacked: bool = False
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """`prefix`: regex before every rule's key; `skip`: (regex, why) for their keys that are
+    known to have no counterpart in our model (reported as skipped, fine under strict)."""
+
+    prefix: str
+    rules: list[Rule]
+    skip: tuple[tuple[str, str], ...] = ()
+
+
 def _bv_block_rules() -> list[Rule]:
     pairs = [("LayerNorm_0", "ln_attn"), ("LayerNorm_1", "ln_mlp"),
              ("MlpBlock_0/Dense_0", "mlp_in"), ("MlpBlock_0/Dense_1", "mlp_out")]
@@ -72,9 +82,8 @@ def _bv_block_rules() -> list[Rule]:
 
 
 # big_vision SigLIP image tower (`params/img/...` in a SigLIP .npz; plain ViT .npz without the
-# prefix). Not mapped, so reported unused: MAPHead_0/*, head/*, the text tower, t, b.
-# Our vit/to_backbone has no counterpart and keeps its init.
-BIG_VISION_SIGLIP = (
+# prefix). Our vit/to_backbone has no counterpart in SigLIP and keeps its init.
+BIG_VISION_SIGLIP = Layout(
     r"^(?:params/)?(?:img/)?",
     [Rule("embedding/kernel", "vit/patch_embed/kernel"),
      Rule("embedding/bias", "vit/patch_embed/bias"),
@@ -82,13 +91,17 @@ BIG_VISION_SIGLIP = (
      Rule("Transformer/encoder_norm/scale", "vit/ln_final/scale"),
      Rule("Transformer/encoder_norm/bias", "vit/ln_final/bias"),
      *_bv_block_rules()],
+    skip=((r"^(?:params/)?(?:img/)?MAPHead_0/", "SigLIP MAP pooling head; our ViT has none"),
+          (r"^(?:params/)?(?:img/)?head/", "classifier/projection head; our ViT has none"),
+          (r"^(?:params/)?txt/", "SigLIP text tower"),
+          (r"^(?:params/)?[tb]$", "SigLIP logit temperature/bias")),
 )
 
 # Hugging Face Gemma (v1) safetensors, `model.` or PaliGemma's `language_model.model.` prefix.
-# lm_head.weight (tied to the embedding) and Gemma 2's extra norms are reported unused.
+# Gemma 2's extra pre/post-feedforward norms have no rule and are reported unused.
 _HF_LAYER = "layers.{i}."
 _OUR_LAYER = "decoder/layers_{i}/backbone/"
-GEMMA_HF = (
+GEMMA_HF = Layout(
     r"^(?:language_model\.)?model\.",
     [Rule("embed_tokens.weight", "embedder/embedding"),
      Rule("norm.weight", "decoder/backbone_norm/scale", GEMMA_RMS_SCALE),
@@ -100,10 +113,12 @@ GEMMA_HF = (
      Rule(_HF_LAYER + "self_attn.o_proj.weight", _OUR_LAYER + "out/kernel", LINEAR_OUT_PROJ),
      *[Rule(f"{_HF_LAYER}mlp.{n}_proj.weight", f"{_OUR_LAYER}mlp/{n}/kernel", LINEAR_IN_OUT)
        for n in ("gate", "up", "down")]],
+    skip=((r"^(?:language_model\.)?lm_head\.weight$", "output head, tied to the embedding"),
+          (r"rotary_emb\.inv_freq$", "rotary buffer; ours computes it")),
 )
 
 # Our own flattened tree (`save_wallwm`), from either scan_layers setting into either.
-WALLWM = (
+WALLWM = Layout(
     r"^",
     [Rule("decoder/layers/{rest}", "decoder/layers_{i}/{rest}", stacked=True),
      Rule("{rest}", "{rest}")],
@@ -128,6 +143,7 @@ class LoadReport:
     layout: str
     loaded: dict[str, str] = dataclasses.field(default_factory=dict)  # their key -> our path
     unused: dict[str, str] = dataclasses.field(default_factory=dict)  # their key -> why
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict)  # known extras -> why
     mismatched: list[Mismatch] = dataclasses.field(default_factory=list)
     missing: list[str] = dataclasses.field(default_factory=list)  # in the layout, not in file
     not_covered: list[str] = dataclasses.field(default_factory=list)  # our leaves kept at init
@@ -208,7 +224,7 @@ def load_pretrained(params: Any, path: str, *, layout: str,
     """Copy of `params` with every mappable key of `path` loaded; the rest keep their values."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout '{layout}' is not one of {sorted(LAYOUTS)}")
-    prefix, rules = LAYOUTS[layout]
+    prefix, rules = LAYOUTS[layout].prefix, LAYOUTS[layout].rules
     weights = read_weights(path)
     targets = _layer_targets(params)
     flat = traverse_util.flatten_dict(params, sep="/")
@@ -216,6 +232,10 @@ def load_pretrained(params: Any, path: str, *, layout: str,
     updates: dict[str, list[tuple[int | None, np.ndarray]]] = {}
     loaded_targets: set[str] = set()
     for key in sorted(weights):
+        why_skip = next((why for pat, why in LAYOUTS[layout].skip if re.search(pat, key)), None)
+        if why_skip is not None:
+            report.skipped[key] = why_skip
+            continue
         hit = _match(key, prefix, rules)
         if hit is None:
             report.unused[key] = "no rule in this layout"
@@ -276,6 +296,8 @@ def describe(report: LoadReport) -> str:
     lines.append(f"  mis-shaped (not loaded): {len(report.mismatched)}")
     lines += [f"    {m.their_key} -> {m.our_path}: expected {m.expected}, found {m.found}"
               for m in report.mismatched]
+    lines.append(f"  skipped (known to have no counterpart here): {len(report.skipped)}")
+    lines += [f"    {k}: {why}" for k, why in report.skipped.items()]
     lines.append(f"  unused keys in file: {len(report.unused)}")
     lines += [f"    {k}: {why}" for k, why in report.unused.items()]
     lines.append(f"  missing from file (layout expects them): {len(report.missing)}")
