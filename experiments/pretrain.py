@@ -26,6 +26,11 @@ _SIZES = {
 }
 
 
+# Caption slots per sample by mode: event mode conditions on one given caption; unified mode
+# decodes the current event's caption and the next one (Staircase); chunk has none.
+_MAX_CAPTIONS = {"event": 1, "unified": 2, "chunk": 0}
+
+
 def _parse_arg(arg: str | None) -> dict[str, str]:
     out = {"size": "tiny", "mode": "event"}
     for item in filter(None, (arg or "").split(",")):
@@ -66,6 +71,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.world_size = 16  # side of the low-resolution event-end frame
     config.data.duration_bins = (1, 2, 4, 8, 12, 16, 24, 32)  # upper edges (inclusive)
     config.data.norm_mode = "mean_std"  # or "quantile"
+    # Sample layout = training mode: "event" (rest of one event, given caption), "unified"
+    # (Tmax steps across events, Staircase captions), "chunk" (Tmax steps, no language).
+    config.data.layout = args["mode"]
+    config.data.max_captions = _MAX_CAPTIONS[args["mode"]]  # caption slots per sample
     config.data.num_workers = 0
     config.data.split = "train"
 
@@ -90,6 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.scan_layers = True
     config.model.remat_policy = "none"  # none | full | dots_saveable
     config.model.max_event_len = config.data.get_ref("max_event_len")
+    config.model.max_captions = config.data.get_ref("max_captions")
+    config.model.duration_bins = config.data.get_ref("duration_bins")
     config.model.num_duration_bins = len(config.data.duration_bins)
     config.model.world_size = config.data.get_ref("world_size")
     config.model.flow_beta_a = 1.5

@@ -18,9 +18,10 @@ MAX_LEN = 6
 
 @pytest.fixture
 def setup(tiny_cfg, tiny_batch):
+    """Decoding the first caption: the context holds no caption yet."""
     params = wallwm.init_params(tiny_cfg, jax.random.key(0))
     obs = jax.tree.map(jnp.asarray, tiny_batch.obs)
-    return tiny_cfg, params, obs
+    return tiny_cfg, params, obs.replace(caption=obs.caption[:, :0])
 
 
 def _cached(cfg, temperature, **kw):
@@ -29,7 +30,8 @@ def _cached(cfg, temperature, **kw):
 
 
 def test_vlm_caption_logits_equal_joint_forward(setup, tiny_batch):
-    cfg, params, obs = setup
+    cfg, params, _ = setup
+    obs = tiny_batch.obs
     model, variables = WallWM(ml_collections.FrozenConfigDict(cfg)), {"params": params}
     joint = model.apply(variables, obs, tiny_batch.actions, jnp.full((obs.state.shape[0],), .5))
     alone = model.apply(variables, obs, method=WallWM.vlm_caption_logits)
@@ -78,8 +80,31 @@ def test_eos_stops_a_row_and_caption_feeds_back(setup):
     np.testing.assert_allclose(np.asarray(logits), np.asarray(ref_logits), atol=1e-5, rtol=0)
     # The decoded caption scores as the most likely one under teacher forcing (greedy).
     model = WallWM(ml_collections.FrozenConfigDict(cfg))
-    forced = model.apply({"params": params}, obs.replace(caption=jnp.asarray(tokens)),
-                         method=WallWM.vlm_caption_logits)
+    forced = model.apply({"params": params},
+                         obs.replace(caption=jnp.asarray(tokens)[:, None]),
+                         method=WallWM.vlm_caption_logits)[:, 0]
     chose = live & (tokens[:, :-1] != eos)  # after EOS the row is forced to padding
     np.testing.assert_array_equal(np.asarray(jnp.argmax(forced[:, :-1], -1))[chose],
                                   tokens[:, 1:][chose])
+
+
+def test_second_caption_decodes_against_the_first(unified_cfg, batch_factory):
+    """Unified mode: caption slot 1 decoded with slot 0 in the cache equals the uncached
+    reference, and depends on what slot 0 says."""
+    params = wallwm.init_params(unified_cfg, jax.random.key(0))
+    batch = batch_factory(unified_cfg, batch_size=3, seed=5)
+    first = jnp.asarray(batch.obs.caption[:, :1, :MAX_LEN])
+    obs = jax.tree.map(jnp.asarray, batch.obs).replace(caption=first)
+    rng = jax.random.key(2)
+    tokens, logits = _cached(unified_cfg, 0.0)(params, obs, rng)
+    ref_tokens, ref_logits = decode_caption_uncached(unified_cfg, params, obs, rng,
+                                                     max_len=MAX_LEN, return_logits=True)
+    np.testing.assert_array_equal(tokens, ref_tokens)
+    live = np.asarray(tokens[:, :-1] != 0)
+    np.testing.assert_allclose(np.asarray(logits)[live], np.asarray(ref_logits)[live],
+                               atol=1e-5, rtol=0)
+    other = obs.replace(caption=jnp.roll(first, 1, axis=0))
+    _, other_logits = _cached(unified_cfg, 0.0)(params, other, rng)
+    assert float(jnp.abs(other_logits[:, 0] - logits[:, 0]).max()) > 1e-4
+    with pytest.raises(ValueError, match="max_len"):
+        decode_caption(unified_cfg, params, obs, rng, max_len=MAX_LEN + 1)

@@ -22,15 +22,18 @@ def _xla_train_step_flops(cfg, batch):
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("variant", ["tiny", "small_depth2"])
+@pytest.mark.parametrize("variant", ["tiny", "tiny_unified", "small_depth2"])
 def test_analytic_flops_match_xla(variant, batch_factory):
-    cfg = get_config("size=tiny" if variant == "tiny" else "size=small").model
+    arg = {"tiny": "size=tiny", "tiny_unified": "size=tiny,mode=unified",
+           "small_depth2": "size=small"}[variant]
+    cfg = get_config(arg).model
     if variant == "small_depth2":
         cfg.depth, cfg.vit_depth = 2, 2
     cfg.scan_layers = False
     batch = batch_factory(cfg, batch_size=4)
     analytic = train_step_flops(cfg, 4, instruction_len=batch.obs.instruction.shape[1],
-                                caption_len=batch.obs.caption.shape[1])
+                                caption_len=batch.obs.caption.shape[2],
+                                num_captions=batch.obs.caption.shape[1])
     xla = _xla_train_step_flops(cfg, batch)
     print(f"\n{variant}: analytic {analytic:.4g} FLOPs, XLA {xla:.4g} "
           f"(ratio {analytic / xla:.3f})")

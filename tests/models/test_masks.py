@@ -86,3 +86,16 @@ def test_with_padding_masks_padded_keys_only():
     np.testing.assert_array_equal(m[0], static)
     assert not m[1, :, 4].any()
     np.testing.assert_array_equal(np.delete(m[1], 4, axis=1), np.delete(static, 4, axis=1))
+
+
+def test_batched_mask_equals_stacked_numpy_masks():
+    from wallwm_jax.models.masks import batched_staircase_mask
+
+    rng = np.random.default_rng(3)
+    for caption_lens in [(3,), (2, 4), (1, 0, 2), ()]:
+        num_events = max(1, len(caption_lens))
+        events = np.sort(rng.integers(0, num_events, (5, 7)), axis=1).astype(np.int32)
+        got = np.asarray(batched_staircase_mask(4, caption_lens, events))
+        want = np.stack([staircase_mask(4, caption_lens, [int(e) for e in row])
+                         for row in events])
+        np.testing.assert_array_equal(got, want)

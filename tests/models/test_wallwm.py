@@ -48,7 +48,9 @@ def test_output_shapes(tiny_cfg, tiny_batch):
     out = jax.jit(functools.partial(wallwm.sample_actions, tiny_cfg, num_steps=3))(
         params, tiny_batch.obs, jax.random.key(2))
     chex.assert_shape(out["actions"], (b, cfg.max_event_len, cfg.action_dim))
-    chex.assert_shape(out["duration_bin"], (b,))
+    chex.assert_shape(out["duration_bin"], (b, 1))
+    chex.assert_shape(out["action_events"], (b, cfg.max_event_len))
+    assert not np.any(out["action_events"])  # event mode: every step in the given event
     chex.assert_shape(out["world"], (b, cfg.world_size, cfg.world_size, 3))
     assert out["duration_bin"].dtype == jnp.int32
     assert np.all(np.isfinite(out["actions"]))

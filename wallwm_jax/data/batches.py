@@ -17,22 +17,33 @@ class Observation:
     image: np.ndarray  # uint8 [B, H, W, 3] scene camera
     state: np.ndarray  # float32 [B, S] normalised robot state
     instruction: np.ndarray  # int32 [B, Li] task instruction tokens, 0 = padding
-    caption: np.ndarray  # int32 [B, Lc] event caption tokens (BOS ... EOS), 0 = padding
+    # int32 [B, K, Lc]: K caption slots (BOS ... EOS, then 0 padding; an all-0 slot is
+    # absent). K = config.model.max_captions: 1 in event mode, >= 2 in unified mode (the
+    # current event's caption, then the next ones), 0 for the chunk baseline.
+    caption: np.ndarray
 
 
 @flax.struct.dataclass
 class EventBatch:
-    """Event-grounded training example: observation inside event k -> rest of event k."""
+    """Training example: the observation at step t inside event k -> the next Tmax actions.
+
+    Layouts (config.data.layout): `event` = the rest of event k (one caption); `unified` =
+    Tmax steps crossing into events k+1.. (one caption slot per event reached, Staircase
+    mask); `chunk` = Tmax steps, no captions.
+    """
 
     obs: Observation
-    actions: np.ndarray  # float32 [B, Tmax, A] normalised remaining actions of the event
+    actions: np.ndarray  # float32 [B, Tmax, A] normalised actions from step t
     action_mask: np.ndarray  # bool [B, Tmax] True on real (not padded) steps
-    duration_bin: np.ndarray  # int32 [B] bin of the number of remaining steps
+    action_events: np.ndarray  # int32 [B, Tmax] caption slot of each step (non-decreasing)
+    # int32 [B, K] per caption slot: slot 0 = bin of the steps left in event k (from t),
+    # slot c > 0 = bin of the length of event k + c; ignored on absent slots.
+    duration_bin: np.ndarray
     end_image: np.ndarray  # uint8 [B, h, w, 3] low-resolution frame at the event's end
 
 
 def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, action_dim: int,
-                      max_event_len: int, world_size: int) -> None:
+                      max_event_len: int, world_size: int, max_captions: int = 1) -> None:
     """Raise ValueError naming the first field whose shape disagrees with the config."""
     b = batch.obs.image.shape[0]
     expected = {
@@ -40,7 +51,8 @@ def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, act
         "obs.state": (b, state_dim),
         "actions": (b, max_event_len, action_dim),
         "action_mask": (b, max_event_len),
-        "duration_bin": (b,),
+        "action_events": (b, max_event_len),
+        "duration_bin": (b, max_captions),
         "end_image": (b, world_size, world_size, 3),
     }
     actual = {
@@ -48,6 +60,7 @@ def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, act
         "obs.state": batch.obs.state.shape,
         "actions": batch.actions.shape,
         "action_mask": batch.action_mask.shape,
+        "action_events": batch.action_events.shape,
         "duration_bin": batch.duration_bin.shape,
         "end_image": batch.end_image.shape,
     }
@@ -74,8 +87,9 @@ def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
     obs = Observation(image=spec((b, d.image_size, d.image_size, 3), np.uint8),
                       state=spec((b, m.state_dim), np.float32),
                       instruction=spec((b, d.instruction_len), np.int32),
-                      caption=spec((b, d.caption_len), np.int32))
+                      caption=spec((b, m.max_captions, d.caption_len), np.int32))
     return EventBatch(obs=obs, actions=spec((b, d.max_event_len, m.action_dim), np.float32),
                       action_mask=spec((b, d.max_event_len), bool),
-                      duration_bin=spec((b,), np.int32),
+                      action_events=spec((b, d.max_event_len), np.int32),
+                      duration_bin=spec((b, m.max_captions), np.int32),
                       end_image=spec((b, d.world_size, d.world_size, 3), np.uint8))

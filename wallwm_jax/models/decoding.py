@@ -1,13 +1,16 @@
 """Caption decoding on the backbone: KV-cached (what inference runs) and an uncached reference.
 
-The caption uses the training layout (`Observation.caption`): [BOS, tokens..., EOS] then 0
-padding; token i predicts token i + 1. Decoding prefills [image | instruction] once
-(`WallWM.encode`, an empty caption), then feeds one caption token per step through
-`WallWM.decode_step` against a fixed-size cache [L, B, prefix + max_len, K, H]. A row stops at
-EOS (later tokens are 0); the loop ends when every row has stopped or `max_len` is reached.
+A caption slot uses the training layout (`Observation.caption[:, k]`): [BOS, tokens..., EOS]
+then 0 padding; token i predicts token i + 1. Decoding caption slot k prefills [image |
+instruction | captions 0..k-1] once (`WallWM.encode`), then feeds one caption token per step
+through `WallWM.decode_step` against a fixed-size cache [L, B, prefix + max_len, K, H]. A row
+stops at EOS (later tokens are 0); the loop ends when every row has stopped or `max_len` is
+reached.
 
-Positions and masks equal those of the training forward (`WallWM._layout`): padding does not
-consume rotary positions and is never attended, so the cached logits equal the uncached ones.
+Positions and masks equal those of the training forward (`WallWM._layout`): slot k's token i
+sits at P + k * Lc + i, padding is never attended, so the cached logits equal the uncached
+ones. `staircase_decode` is unified-mode inference (DESIGN.md §4): caption k, then caption
+k+1 while the predicted remaining duration is shorter than the chunk, then one denoising pass.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from wallwm_jax.data.batches import Observation
-from wallwm_jax.models.wallwm import WallWM, _frozen
+from wallwm_jax.models.wallwm import WallWM, _frozen, duration_steps, sample_actions
 
 BOS_ID, EOS_ID = 1, 2
 
@@ -46,7 +49,8 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
                    max_len: int, temperature: float = 0.0, bos_id: int = BOS_ID,
                    eos_id: int = EOS_ID, return_logits: bool = False,
                    ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """KV-cached caption decoding. `obs.caption` is ignored (the caption is what we decode).
+    """KV-cached decoding of caption slot k = `obs.caption.shape[1]`, given captions 0..k-1
+    in `obs.caption` [B, k, max_len] (pass [B, 0, max_len] for the first caption).
 
     Returns int32 [B, max_len] captions ([BOS, ..., EOS, 0, ...]); with `return_logits`, also
     f32 [B, max_len - 1, vocab] where [:, i] are the logits that chose token i + 1 (zero for
@@ -57,29 +61,33 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
     cfg = _frozen(model_cfg)
     model, variables = WallWM(cfg), {"params": params}
     batch = obs.state.shape[0]
-    obs = obs.replace(caption=jnp.zeros((batch, 0), jnp.int32))
+    obs = _context(obs, max_len)
+    k = obs.caption.shape[1]
     cache, _ = model.apply(variables, obs, method=WallWM.encode)  # [L, B, Np, K, H]
     n_prefix = cache[0].shape[2]
-    n_img = n_prefix - obs.instruction.shape[1]
-    prefix_valid = jnp.concatenate([jnp.ones((batch, n_img), bool), obs.instruction != 0], 1)
+    n_img = n_prefix - obs.instruction.shape[1] - k * max_len
+    prefix_valid = jnp.concatenate([jnp.ones((batch, n_img), bool), obs.instruction != 0,
+                                    obs.caption.reshape(batch, -1) != 0], 1)
     pad = [(0, 0), (0, 0), (0, max_len), (0, 0), (0, 0)]
     cache = jax.tree.map(lambda c: jnp.pad(c, pad), cache)
     cache_mask = jnp.concatenate([prefix_valid, jnp.zeros((batch, max_len), bool)], 1)
+    # Slot k starts at P + k * max_len (P = real image + instruction tokens), as in training.
+    real_prefix = n_img + jnp.sum(obs.instruction != 0, axis=1).astype(jnp.int32)
+    slot_start = real_prefix + k * max_len
 
     tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
     logits_out = jnp.zeros((batch, max(max_len - 1, 0), cfg.vocab_size), jnp.float32)
-    count = jnp.sum(prefix_valid, axis=1).astype(jnp.int32)  # real tokens so far
-    state = (jnp.int32(0), tokens[:, 0], count, jnp.zeros((batch,), bool), cache, cache_mask,
+    state = (jnp.int32(0), tokens[:, 0], jnp.zeros((batch,), bool), cache, cache_mask,
              tokens, logits_out)
 
     def cond(state):
-        i, _, _, done, *_ = state
+        i, _, done, *_ = state
         return (i < max_len - 1) & ~jnp.all(done)
 
     def body(state):
-        i, token, count, done, cache, cache_mask, tokens, logits_out = state
+        i, token, done, cache, cache_mask, tokens, logits_out = state
         real = token != 0
-        position = count - (~real).astype(jnp.int32)  # padding repeats the last position
+        position = slot_start + i
         logits, kv = model.apply(variables, cache, token[:, None], position[:, None],
                                  cache_mask, method=WallWM.decode_step)
         slot = n_prefix + i
@@ -91,11 +99,22 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
         done = done | (nxt == eos_id)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], i + 1, 1)
         logits_out = jax.lax.dynamic_update_slice_in_dim(logits_out, logits[:, None], i, 1)
-        return (i + 1, nxt, count + real.astype(jnp.int32), done, cache, cache_mask, tokens,
-                logits_out)
+        return i + 1, nxt, done, cache, cache_mask, tokens, logits_out
 
     *_, tokens, logits_out = jax.lax.while_loop(cond, body, state)
     return (tokens, logits_out) if return_logits else tokens
+
+
+def _context(obs: Observation, max_len: int) -> Observation:
+    """The captions decoded so far, checked: [B, k, max_len] (the slot length the positions
+    assume); an empty [B, 0, *] context is reshaped to [B, 0, max_len]."""
+    caption = obs.caption
+    if caption.ndim == 3 and caption.shape[1] == 0:
+        return obs.replace(caption=jnp.zeros((caption.shape[0], 0, max_len), jnp.int32))
+    if caption.ndim != 3 or caption.shape[2] != max_len:
+        raise ValueError(f"obs.caption holds the captions decoded so far and must be "
+                         f"[B, k, max_len={max_len}], got shape {tuple(caption.shape)}")
+    return obs
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -109,20 +128,59 @@ def decode_caption_uncached(model_cfg: Any, params: Any, obs: Observation, rng: 
                             eos_id: int = EOS_ID, return_logits: bool = False,
                             ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Reference for `decode_caption` (same arguments and outputs): every step runs the full
-    backbone forward over [image | instruction | caption so far]. Python loop, not jittable."""
+    backbone forward over [image | instruction | earlier captions | caption so far (zero
+    padded to max_len)]. Python loop, not jittable."""
     _check(max_len, temperature)
     cfg = _frozen(model_cfg)
     batch = obs.state.shape[0]
+    obs = _context(obs, max_len)
+    k = obs.caption.shape[1]
     tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
     logits_out = jnp.zeros((batch, max(max_len - 1, 0), cfg.vocab_size), jnp.float32)
     done = jnp.zeros((batch,), bool)
     for i in range(max_len - 1):
         if bool(jnp.all(done)):
             break
-        logits = _full_caption_logits(cfg, params, obs.replace(caption=tokens[:, :i + 1]))
-        logits = logits[:, -1]
+        so_far = jnp.where(jnp.arange(max_len)[None] <= i, tokens, 0)
+        captions = jnp.concatenate([obs.caption, so_far[:, None]], axis=1)
+        logits = _full_caption_logits(cfg, params, obs.replace(caption=captions))
+        logits = logits[:, k, i]
         nxt = jnp.where(done, 0, _choose(logits, rng, i, temperature))
         done = done | (nxt == eos_id)
         tokens = tokens.at[:, i + 1].set(nxt)
         logits_out = logits_out.at[:, i].set(logits)
     return (tokens, logits_out) if return_logits else tokens
+
+
+def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
+                     max_len: int, temperature: float = 0.0,
+                     num_steps: int | None = None) -> dict[str, jax.Array]:
+    """Unified-mode inference (Staircase Decoding); `obs.caption` is ignored.
+
+    Decodes caption 0 (the current event), then caption k+1 for the rows whose predicted
+    steps of events 0..k are fewer than the chunk length Tmax (other rows get an absent,
+    all-0 slot), up to `model.max_captions` slots; then denoises the Tmax-step chunk once over
+    the final cache, each step attending to the captions of its own and earlier events.
+    Returns `sample_actions`'s outputs plus `captions` int32 [B, K, max_len]. Jittable.
+    """
+    cfg = _frozen(model_cfg)
+    model, variables = WallWM(cfg), {"params": params}
+    batch = obs.state.shape[0]
+    captions = jnp.zeros((batch, 0, max_len), jnp.int32)
+    need = jnp.ones((batch,), bool)
+    for k in range(cfg.max_captions):
+        caption = decode_caption(cfg, params, obs.replace(caption=captions),
+                                 jax.random.fold_in(rng, k), max_len=max_len,
+                                 temperature=temperature)
+        caption = jnp.where(need[:, None], caption, 0)
+        captions = jnp.concatenate([captions, caption[:, None]], axis=1)
+        if k + 1 < cfg.max_captions:
+            _, heads = model.apply(variables, obs.replace(caption=captions),
+                                   method=WallWM.encode)
+            bins = jnp.argmax(heads["duration_logits"], -1)
+            covered = jnp.sum(jnp.where(captions[:, :, 0] != 0, duration_steps(cfg, bins), 0),
+                              axis=1)
+            need = need & (covered < cfg.max_event_len)
+    out = sample_actions(cfg, params, obs.replace(caption=captions),
+                         jax.random.fold_in(rng, cfg.max_captions), num_steps=num_steps)
+    return dict(out, captions=captions)

@@ -4,7 +4,7 @@ A matmul of [m, k] x [k, n] costs 2·m·n·k FLOPs forward; the backward pass ne
 same size (input and weight gradients), so a train step counts 3x the forward matmul FLOPs.
 Counted: ViT (patch embedding, blocks, projection to the backbone), backbone and action-expert
 projections and gated MLPs, the joint attention (QK^T and AV over the full
-[image | instruction | caption | actions] square, as the dense kernel computes it), the
+[image | instruction | captions | actions] square, as the dense kernel computes it), the
 flow-time/state/action embeddings and all heads. Not counted: norms, softmax, activations,
 rotary embeddings, losses (elementwise; a few percent at the tiny size, less when wider).
 """
@@ -15,11 +15,13 @@ from typing import Any
 
 
 def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
-                  caption_len: int) -> dict[str, float]:
-    """Forward matmul FLOPs per component of `WallWM.__call__` (event mode, one caption)."""
+                  caption_len: int, num_captions: int = 1) -> dict[str, float]:
+    """Forward matmul FLOPs per component of `WallWM.__call__` with `num_captions` caption
+    slots of `caption_len` tokens (1 in event mode, `model.max_captions` in unified, 0 chunk)."""
     c, b = model_cfg, float(batch_size)
     n_img = (c.image_size // c.patch_size) ** 2
-    n_vlm = n_img + instruction_len + caption_len
+    n_caption = num_captions * caption_len
+    n_vlm = n_img + instruction_len + n_caption
     n_act = c.max_event_len
     seq = n_vlm + n_act
 
@@ -49,16 +51,16 @@ def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
     e = c.expert_width
     action_io = (mm(b * n_act, c.action_dim, e) + mm(b, c.state_dim, e) + 2 * mm(b, e, e)
                  + mm(b * n_act, e, c.action_dim))
-    heads = (mm(b * caption_len, c.width, c.vocab_size)  # caption logits (tied embedding)
-             + mm(b, c.width, c.num_duration_bins)
+    heads = (mm(b * n_caption, c.width, c.vocab_size)  # caption logits (tied embedding)
+             + mm(b * num_captions, c.width, c.num_duration_bins)
              + mm(b, c.width, c.width) + mm(b, c.width, c.world_size ** 2 * 3))
     return {"vit": vit, "backbone": backbone, "expert": expert, "attention": attention,
             "heads": heads + action_io}
 
 
 def train_step_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
-                     caption_len: int) -> float:
+                     caption_len: int, num_captions: int = 1) -> float:
     """Matmul FLOPs of forward + backward of `compute_loss` for one batch: 3x forward."""
     parts = forward_flops(model_cfg, batch_size, instruction_len=instruction_len,
-                          caption_len=caption_len)
+                          caption_len=caption_len, num_captions=num_captions)
     return 3.0 * sum(parts.values())

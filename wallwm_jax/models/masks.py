@@ -49,38 +49,62 @@ def staircase_mask(prefix_len: int, caption_lens: Sequence[int],
             raise ValueError(f"action_events must be non-decreasing, but action_events[{j}]"
                              f"={e} < action_events[{j - 1}]={events[j - 1]}")
 
-    num_captions = len(caption_lens)
-    caption_starts = prefix_len + np.concatenate([[0], np.cumsum(caption_lens)]).astype(int)
-    action_start = int(caption_starts[-1])
-    total = action_start + len(events)
+    return _staircase(np, int(prefix_len), caption_lens, np.asarray(events, np.int32))
 
-    # Each token gets an event id ("stair"); prefix = -1. Captions and actions of event e sit
-    # on stair e; a token sees everything on lower-or-equal stairs except actions of its own
-    # stair for captions, and later tokens of its own caption.
-    mask = np.zeros((total, total), dtype=bool)
-    mask[:, :prefix_len] = True
-    for c in range(num_captions):
-        lo, hi = caption_starts[c], caption_starts[c + 1]
-        mask[lo:hi, prefix_len:lo] = True  # all earlier captions
-        mask[lo:hi, lo:hi] = np.tril(np.ones((hi - lo, hi - lo), dtype=bool))
-    if events:
-        ev = np.asarray(events)
-        rows = slice(action_start, total)
-        for c in range(num_captions):
-            lo, hi = caption_starts[c], caption_starts[c + 1]
-            mask[rows, lo:hi] = (ev >= c)[:, None]
-        mask[rows, action_start:] = ev[None, :] <= ev[:, None]
-    return mask
+
+def batched_staircase_mask(prefix_len: int, caption_lens: Sequence[int],
+                           action_events: jnp.ndarray) -> jnp.ndarray:
+    """`staircase_mask` for a batch of per-example event assignments, on device.
+
+    action_events: int [B, H] (may be traced, so values are not validated: callers keep them
+    non-decreasing and in range, as the input pipeline and `events_from_durations` do).
+    Returns bool [B, T, T], equal to stacking `staircase_mask` over the batch (tested).
+    """
+    return _staircase(jnp, int(prefix_len), [int(n) for n in caption_lens],
+                      jnp.asarray(action_events, jnp.int32))
+
+
+def _staircase(xp, prefix_len: int, caption_lens: list[int], events):
+    """The one implementation behind both entry points (xp = numpy or jax.numpy).
+
+    Every token gets a kind (prefix / caption / action) and a stair (its event; -1 for the
+    prefix). Queries see: the prefix always; prefix rows nothing else; caption rows captions on
+    lower stairs and, on their own stair, themselves and earlier tokens; action rows captions
+    and actions on lower-or-equal stairs.
+    """
+    num_caption_tokens = sum(caption_lens)
+    static_stair = np.concatenate(
+        [np.full(prefix_len, -1)] + [np.full(n, c) for c, n in enumerate(caption_lens)]
+        + [np.zeros(0)]).astype(np.int32)
+    kind = np.concatenate([np.zeros(prefix_len), np.ones(num_caption_tokens),
+                           np.full(events.shape[-1], 2)]).astype(np.int32)
+    batch_shape = events.shape[:-1]
+    stair = xp.concatenate(
+        [xp.broadcast_to(xp.asarray(static_stair), batch_shape + static_stair.shape), events],
+        axis=-1)
+    total = kind.shape[0]
+    idx = np.arange(total)
+    row_kind, col_kind = kind[:, None], kind[None, :]
+    row_stair, col_stair = stair[..., :, None], stair[..., None, :]
+    same_caption_causal = (row_stair == col_stair) & (idx[None, :] <= idx[:, None])
+    caption_rows = (row_kind == 1) & (col_kind == 1) & (
+        (col_stair < row_stair) | same_caption_causal)
+    action_rows = (row_kind == 2) & (col_kind >= 1) & (col_stair <= row_stair)
+    return (col_kind == 0) | caption_rows | action_rows
 
 
 def with_padding(mask: np.ndarray | jnp.ndarray, key_valid: jnp.ndarray) -> jnp.ndarray:
     """Combine a static [T, T] mask with per-example key padding.
 
     Args:
-      mask: bool [T, T] (e.g. from `staircase_mask`).
+      mask: bool [T, T] (e.g. from `staircase_mask`) or per example [B, T, T]
+        (`batched_staircase_mask`).
       key_valid: bool [B, T], False on padding tokens (token id 0); those are never attended.
     Returns:
       bool [B, T, T]. Padded *query* rows still see the real prefix, so no row is empty as
       long as the prefix has one real token (the image tokens always are).
     """
-    return jnp.asarray(mask)[None, :, :] & key_valid[:, None, :]
+    mask = jnp.asarray(mask)
+    if mask.ndim == 2:
+        mask = mask[None]
+    return mask & key_valid[:, None, :]

@@ -19,7 +19,7 @@ import optax
 
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.models.layers import dense, partitioned, sinusoidal_embedding
-from wallwm_jax.models.masks import staircase_mask, with_padding
+from wallwm_jax.models.masks import batched_staircase_mask, with_padding
 from wallwm_jax.models.transformer import KVCache, MoTDecoder
 from wallwm_jax.models.vit import ViT
 
@@ -31,9 +31,27 @@ def _frozen(model_cfg: Any) -> ml_collections.FrozenConfigDict:
     return ml_collections.FrozenConfigDict(model_cfg)
 
 
-def event_mask(num_prefix: int, caption_len: int, num_actions: int) -> np.ndarray:
-    """Event-mode staircase: one caption, every action step in event 0. bool [T, T]."""
-    return staircase_mask(num_prefix, (caption_len,), [0] * num_actions)
+def duration_steps(model_cfg: Any, bins: jax.Array) -> jax.Array:
+    """Duration bin -> number of steps (the bin's inclusive upper edge), int32, any shape."""
+    edges = jnp.asarray(tuple(model_cfg.duration_bins), jnp.int32)
+    return edges[jnp.clip(bins, 0, edges.shape[0] - 1)]
+
+
+def events_from_durations(steps: jax.Array, present: jax.Array, horizon: int) -> jax.Array:
+    """Assign each of `horizon` action steps to a caption slot from predicted durations.
+
+    steps: int [B, K] steps of each slot's event (slot 0: steps left in the current event);
+    present: bool [B, K] slots holding a caption. Step j belongs to the first present slot
+    whose cumulative duration exceeds j, and to the last present slot beyond that.
+    Returns int32 [B, horizon], non-decreasing (zeros when K == 0 or nothing is present).
+    """
+    if steps.shape[-1] == 0:
+        return jnp.zeros(steps.shape[:-1] + (horizon,), jnp.int32)
+    ends = jnp.cumsum(jnp.where(present, steps, 0), axis=-1)  # [B, K]
+    j = jnp.arange(horizon)
+    passed = jnp.sum((ends[:, None, :] <= j[None, :, None]) & present[:, None, :], axis=-1)
+    last = jnp.maximum(jnp.sum(present, axis=-1, keepdims=True) - 1, 0)
+    return jnp.minimum(passed, last).astype(jnp.int32)
 
 
 class WallWM(nn.Module):
@@ -64,13 +82,14 @@ class WallWM(nn.Module):
 
     # -- inputs -----------------------------------------------------------------------------
     def embed_vlm(self, obs: Observation) -> tuple[jax.Array, jax.Array, int]:
-        """-> tokens [B, Nv, width], valid bool [B, Nv] (False on padding), #image tokens."""
+        """-> tokens [B, Nv, width], valid bool [B, Nv] (False on padding), #image tokens.
+
+        Nv = image tokens + Li instruction tokens + K * Lc caption tokens (slots in order)."""
         image = self.vit(obs.image)
-        text = self.embedder(jnp.concatenate([obs.instruction, obs.caption], axis=1))
-        b, n_img = image.shape[:2]
-        valid = jnp.concatenate([jnp.ones((b, n_img), bool), obs.instruction != 0,
-                                 obs.caption != 0], axis=1)
-        return jnp.concatenate([image, text.astype(image.dtype)], axis=1), valid, n_img
+        captions = _flat_captions(obs)
+        text = self.embedder(jnp.concatenate([obs.instruction, captions], axis=1))
+        return (jnp.concatenate([image, text.astype(image.dtype)], axis=1),
+                _vlm_valid(obs, image.shape[1]), image.shape[1])
 
     def embed_actions(self, x_t: jax.Array, state: jax.Array, t: jax.Array) -> jax.Array:
         """x_t [B, T, A], state [B, S], t [B] -> action tokens [B, T, expert_width]."""
@@ -78,70 +97,95 @@ class WallWM(nn.Module):
         time = self.time_out(nn.swish(self.time_in(time)))
         return self.action_in(x_t) + (self.state_in(state) + time)[:, None, :]
 
-    def _layout(self, obs: Observation, valid: jax.Array, n_img: int, num_actions: int):
-        """Padding-aware mask bool [B, Nv+Na, Nv+Na] and rotary positions (vlm, act)."""
-        n_prefix = n_img + obs.instruction.shape[1]
-        static = event_mask(n_prefix, obs.caption.shape[1], num_actions)
-        key_valid = jnp.concatenate([valid, jnp.ones((valid.shape[0], num_actions), bool)], 1)
-        pos_vlm = jnp.cumsum(valid, axis=1) - 1  # padding does not consume positions
-        pos_act = jnp.sum(valid, axis=1, keepdims=True) + jnp.arange(num_actions)[None]
+    def _layout(self, obs: Observation, valid: jax.Array, n_img: int,
+                action_events: jax.Array):
+        """Staircase mask with padding bool [B, Nv+Na, Nv+Na] and rotary positions.
+
+        Positions: the prefix counts only its real tokens; caption slot c then starts at
+        P + c * Lc (P = real prefix tokens) and the action steps at P + K * Lc, whatever the
+        captions hold, so no caption's content or length can move another token's position.
+        """
+        b, n_prefix = valid.shape[0], n_img + obs.instruction.shape[1]
+        k, lc = obs.caption.shape[1], obs.caption.shape[2]
+        num_actions = action_events.shape[1]
+        static = batched_staircase_mask(n_prefix, (lc,) * k, action_events)
+        key_valid = jnp.concatenate([valid, jnp.ones((b, num_actions), bool)], 1)
+        prefix_real = jnp.sum(valid[:, :n_prefix], axis=1, keepdims=True)
+        pos_prefix = jnp.cumsum(valid[:, :n_prefix], axis=1) - 1
+        pos_captions = prefix_real + jnp.arange(k * lc)[None]
+        pos_act = prefix_real + k * lc + jnp.arange(num_actions)[None]
+        pos_vlm = jnp.concatenate([pos_prefix, jnp.broadcast_to(pos_captions, (b, k * lc))], 1)
         return with_padding(static, key_valid), (pos_vlm, pos_act)
 
     # -- heads ------------------------------------------------------------------------------
-    def vlm_heads(self, h_vlm: jax.Array, valid: jax.Array, n_img: int) -> dict[str, jax.Array]:
-        """Duration logits [B, bins] from the last real VLM token (the caption's end when a
-        caption is present); world frame [B, w, w, 3] in [-1, 1] from pooled image tokens."""
-        last = jnp.max(jnp.where(valid, jnp.arange(valid.shape[1])[None], 0), axis=1)
-        h_last = jnp.take_along_axis(h_vlm, last[:, None, None], axis=1)[:, 0]
+    def vlm_heads(self, h_vlm: jax.Array, obs: Observation, n_img: int
+                  ) -> dict[str, jax.Array]:
+        """Duration logits [B, K, bins], one per caption slot, read at the slot's last real
+        token (its EOS); world frame [B, w, w, 3] in [-1, 1] from the pooled image tokens."""
+        k, lc = obs.caption.shape[1], obs.caption.shape[2]
+        start = n_img + obs.instruction.shape[1] + lc * jnp.arange(k)  # [K]
+        length = jnp.sum(obs.caption != 0, axis=-1)  # [B, K]
+        last = start[None] + jnp.maximum(length - 1, 0)
+        h_last = jnp.take_along_axis(h_vlm, last[:, :, None], axis=1)  # [B, K, width]
         pooled = jnp.mean(h_vlm[:, :n_img], axis=1)
         world = jnp.tanh(self.world_out(nn.gelu(self.world_hidden(pooled))))
         w = self.cfg.world_size
         return {"duration_logits": self.duration_head(h_last),
                 "world": world.reshape(-1, w, w, 3)}
 
+    def caption_logits(self, h_vlm: jax.Array, obs: Observation) -> jax.Array:
+        """Next-token logits f32 [B, K, Lc, vocab] of the caption slots (tied embedding)."""
+        b, k, lc = obs.caption.shape
+        logits = self.embedder.attend(h_vlm[:, h_vlm.shape[1] - k * lc:])
+        return logits.astype(jnp.float32).reshape(b, k, lc, -1)
+
     # -- passes -----------------------------------------------------------------------------
-    def __call__(self, obs: Observation, x_t: jax.Array, t: jax.Array) -> dict[str, jax.Array]:
-        """Joint training forward. x_t [B, T, A], t [B] -> velocity [B, T, A],
-        caption_logits [B, Lc, vocab] (f32), duration_logits [B, bins], world [B, w, w, 3]."""
+    def __call__(self, obs: Observation, x_t: jax.Array, t: jax.Array,
+                 action_events: jax.Array | None = None) -> dict[str, jax.Array]:
+        """Joint training forward. x_t [B, T, A], t [B], action_events int [B, T] (caption slot
+        of each step; default all 0) -> velocity [B, T, A], caption_logits [B, K, Lc, vocab]
+        (f32), duration_logits [B, K, bins], world [B, w, w, 3]."""
+        action_events = _default_events(action_events, x_t)
         x_vlm, valid, n_img = self.embed_vlm(obs)
         x_act = self.embed_actions(x_t, obs.state, t)
-        mask, positions = self._layout(obs, valid, n_img, x_t.shape[1])
+        mask, positions = self._layout(obs, valid, n_img, action_events)
         h_vlm, h_act, _ = self.decoder(x_vlm, x_act, positions, mask)
-        caption_len = obs.caption.shape[1]
-        caption_logits = self.embedder.attend(h_vlm[:, h_vlm.shape[1] - caption_len:])
         return {"velocity": self.action_out(h_act),
-                "caption_logits": caption_logits.astype(jnp.float32),
-                **self.vlm_heads(h_vlm, valid, n_img)}
+                "caption_logits": self.caption_logits(h_vlm, obs),
+                **self.vlm_heads(h_vlm, obs, n_img)}
 
     def encode(self, obs: Observation) -> tuple[KVCache, dict[str, jax.Array]]:
         """VLM tokens alone -> per-layer K/V cache [L, B, Nv, K, H] and the VLM heads."""
-        x_vlm, valid, n_img = self.embed_vlm(obs)
-        mask, positions = self._layout(obs, valid, n_img, 0)
-        h_vlm, _, cache = self.decoder(x_vlm, None, (positions[0], None), mask)
-        return cache, self.vlm_heads(h_vlm, valid, n_img)
+        h_vlm, cache = self._vlm_forward(obs)
+        return cache, self.vlm_heads(h_vlm, obs, h_vlm.shape[1] - _num_text(obs))
 
-    def velocity(self, obs: Observation, cache: KVCache, x_t: jax.Array,
-                 t: jax.Array) -> jax.Array:
-        """Action tokens against the cached prefix. x_t [B, T, A], t [B] -> [B, T, A]."""
+    def velocity(self, obs: Observation, cache: KVCache, x_t: jax.Array, t: jax.Array,
+                 action_events: jax.Array | None = None) -> jax.Array:
+        """Action tokens against the cached VLM tokens. x_t [B, T, A], t [B] -> [B, T, A]."""
         # Recomputing the (cheap) padding layout keeps the cache a plain K/V pytree.
-        n_img = cache[0].shape[2] - obs.instruction.shape[1] - obs.caption.shape[1]
-        valid = jnp.concatenate([jnp.ones((x_t.shape[0], n_img), bool), obs.instruction != 0,
-                                 obs.caption != 0], axis=1)
-        mask, (_, pos_act) = self._layout(obs, valid, n_img, x_t.shape[1])
+        action_events = _default_events(action_events, x_t)
+        n_img = cache[0].shape[2] - _num_text(obs)
+        valid = _vlm_valid(obs, n_img)
+        mask, (_, pos_act) = self._layout(obs, valid, n_img, action_events)
         x_act = self.embed_actions(x_t, obs.state, t)
         _, h_act, _ = self.decoder(None, x_act, (None, pos_act), mask[:, valid.shape[1]:],
                                    cache)
         return self.action_out(h_act)
 
+    def _vlm_forward(self, obs: Observation) -> tuple[jax.Array, KVCache]:
+        """Backbone-only pass over [image | instruction | captions] -> hidden, K/V cache."""
+        x_vlm, valid, n_img = self.embed_vlm(obs)
+        no_actions = jnp.zeros((valid.shape[0], 0), jnp.int32)
+        mask, positions = self._layout(obs, valid, n_img, no_actions)
+        h_vlm, _, cache = self.decoder(x_vlm, None, (positions[0], None), mask)
+        return h_vlm, cache
+
     # -- caption decoding (backbone only; see models/decoding.py) ----------------------------
     def vlm_caption_logits(self, obs: Observation) -> jax.Array:
-        """Uncached backbone-only forward over [image | instruction | caption]: caption
-        logits f32 [B, Lc, vocab], the same values as `__call__`'s (VLM never sees actions)."""
-        x_vlm, valid, n_img = self.embed_vlm(obs)
-        mask, positions = self._layout(obs, valid, n_img, 0)
-        h_vlm, _, _ = self.decoder(x_vlm, None, (positions[0], None), mask)
-        caption_len = obs.caption.shape[1]
-        return self.embedder.attend(h_vlm[:, h_vlm.shape[1] - caption_len:]).astype(jnp.float32)
+        """Uncached backbone-only forward: caption logits f32 [B, K, Lc, vocab], the same
+        values as `__call__`'s (VLM tokens never see actions)."""
+        h_vlm, _ = self._vlm_forward(obs)
+        return self.caption_logits(h_vlm, obs)
 
     def decode_step(self, cache: KVCache, tokens: jax.Array, positions: jax.Array,
                     cache_mask: jax.Array) -> tuple[jax.Array, KVCache]:
@@ -159,6 +203,29 @@ class WallWM(nn.Module):
         return logits, jax.tree.map(lambda c: c[:, :, -1:], new_cache)
 
 
+def _flat_captions(obs: Observation) -> jax.Array:
+    """Caption slots [B, K, Lc] -> the token sequence [B, K * Lc] in slot order."""
+    b, k, lc = obs.caption.shape
+    return obs.caption.reshape(b, k * lc)
+
+
+def _num_text(obs: Observation) -> int:
+    return obs.instruction.shape[1] + obs.caption.shape[1] * obs.caption.shape[2]
+
+
+def _vlm_valid(obs: Observation, n_img: int) -> jax.Array:
+    """bool [B, Nv]: image tokens always, text tokens unless padding (id 0)."""
+    b = obs.instruction.shape[0]
+    return jnp.concatenate([jnp.ones((b, n_img), bool), obs.instruction != 0,
+                            _flat_captions(obs) != 0], axis=1)
+
+
+def _default_events(action_events: jax.Array | None, x_t: jax.Array) -> jax.Array:
+    if action_events is None:
+        return jnp.zeros(x_t.shape[:2], jnp.int32)
+    return jnp.asarray(action_events, jnp.int32)
+
+
 # -- functional API (what train/export/policy call) ---------------------------------------------
 def _dummy_inputs(cfg: ml_collections.FrozenConfigDict, batch: int = 1):
     """Smallest inputs that create every parameter (text lengths do not change param shapes)."""
@@ -166,7 +233,7 @@ def _dummy_inputs(cfg: ml_collections.FrozenConfigDict, batch: int = 1):
         image=jnp.zeros((batch, cfg.image_size, cfg.image_size, 3), jnp.uint8),
         state=jnp.zeros((batch, cfg.state_dim), jnp.float32),
         instruction=jnp.ones((batch, 2), jnp.int32),
-        caption=jnp.ones((batch, 2), jnp.int32))
+        caption=jnp.ones((batch, 1, 2), jnp.int32))
     return obs, jnp.zeros((batch, cfg.max_event_len, cfg.action_dim)), jnp.zeros((batch,))
 
 
@@ -207,7 +274,9 @@ def compute_loss(model_cfg: Any, params: Any, batch: EventBatch, rng: jax.Array,
                  train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted sum of flow-matching, caption CE, duration CE and world MSE; scalar metrics.
 
-    `train` is reserved for dropout (none yet); the flow noise/time still come from `rng`.
+    One path for every mode: the caption slots and `batch.action_events` decide the Staircase
+    mask (event mode = one slot, chunk = none; absent terms are 0). `train` is reserved for
+    dropout (none yet); the flow noise/time still come from `rng`.
     """
     del train
     cfg = _frozen(model_cfg)
@@ -217,19 +286,19 @@ def compute_loss(model_cfg: Any, params: Any, batch: EventBatch, rng: jax.Array,
     t = _sample_flow_time(time_rng, cfg.flow_beta_a, cfg.flow_beta_b, actions.shape[0])
     t = t * 0.999 + 0.001  # keep away from t = 0, where x_t carries no noise
     x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
-    out = WallWM(cfg).apply({"params": params}, batch.obs, x_t, t)
+    out = WallWM(cfg).apply({"params": params}, batch.obs, x_t, t, batch.action_events)
 
     action_err = jnp.mean(jnp.square(out["velocity"].astype(jnp.float32) - (noise - actions)), -1)
-    targets = batch.obs.caption[:, 1:]  # teacher forcing: token i predicts token i + 1
+    targets = batch.obs.caption[:, :, 1:]  # teacher forcing: token i predicts token i + 1
     caption_ce = optax.softmax_cross_entropy_with_integer_labels(
-        out["caption_logits"][:, :-1], targets)
+        out["caption_logits"][:, :, :-1], targets)
     duration_ce = optax.softmax_cross_entropy_with_integer_labels(
         out["duration_logits"].astype(jnp.float32), batch.duration_bin)
     end_frame = batch.end_image.astype(jnp.float32) / 127.5 - 1.0
     terms = {
         "action": _masked_mean(action_err, batch.action_mask),
         "caption": _masked_mean(caption_ce, targets != 0),
-        "duration": jnp.mean(duration_ce),
+        "duration": _masked_mean(duration_ce, batch.obs.caption[:, :, 0] != 0),
         "world": jnp.mean(jnp.square(out["world"].astype(jnp.float32) - end_frame)),
     }
     loss = sum(cfg.loss_weights[k] * v for k, v in terms.items())
@@ -239,25 +308,33 @@ def compute_loss(model_cfg: Any, params: Any, batch: EventBatch, rng: jax.Array,
 
 
 def sample_actions(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
-                   num_steps: int | None = None) -> dict[str, jax.Array]:
-    """Event-mode inference: encode the prefix once (K/V cache), then Euler from t=1 to 0.
+                   num_steps: int | None = None,
+                   action_events: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Denoise one action chunk given the observation and its caption slots (any mode).
 
-    Returns actions f32 [B, Tmax, A] (normalised), duration_bin int32 [B], world [B, w, w, 3].
+    Encodes [image | instruction | captions] once (K/V cache), reads the duration of every
+    present caption slot, assigns steps to slots (`events_from_durations`, unless
+    `action_events` int [B, Tmax] is given), then runs Euler from t=1 to 0 over that cache.
+    Returns actions f32 [B, Tmax, A] (normalised), duration_bin int32 [B, K],
+    action_events int32 [B, Tmax], world [B, w, w, 3].
     """
     cfg = _frozen(model_cfg)
     model, variables = WallWM(cfg), {"params": params}
     num_steps = int(num_steps or cfg.num_flow_steps)
     cache, heads = model.apply(variables, obs, method=WallWM.encode)
     batch = obs.state.shape[0]
+    duration_bin = jnp.argmax(heads["duration_logits"], -1).astype(jnp.int32)
+    if action_events is None:
+        action_events = events_from_durations(duration_steps(cfg, duration_bin),
+                                              obs.caption[:, :, 0] != 0, cfg.max_event_len)
     x = jax.random.normal(rng, (batch, cfg.max_event_len, cfg.action_dim), jnp.float32)
     dt = -1.0 / num_steps
 
     def euler_step(i, x):
         t = jnp.full((batch,), 1.0 + i * dt, jnp.float32)
-        v = model.apply(variables, obs, cache, x, t, method=WallWM.velocity)
+        v = model.apply(variables, obs, cache, x, t, action_events, method=WallWM.velocity)
         return x + dt * v.astype(jnp.float32)
 
     x = jax.lax.fori_loop(0, num_steps, euler_step, x)
-    return {"actions": x,
-            "duration_bin": jnp.argmax(heads["duration_logits"], -1).astype(jnp.int32),
+    return {"actions": x, "duration_bin": duration_bin, "action_events": action_events,
             "world": heads["world"].astype(jnp.float32)}
