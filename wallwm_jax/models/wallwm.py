@@ -137,7 +137,7 @@ class WallWM(nn.Module):
         """Next-token logits f32 [B, K, Lc, vocab] of the caption slots (tied embedding)."""
         b, k, lc = obs.caption.shape
         logits = self.embedder.attend(h_vlm[:, h_vlm.shape[1] - k * lc:])
-        return logits.astype(jnp.float32).reshape(b, k, lc, -1)
+        return logits.astype(jnp.float32).reshape(b, k, lc, logits.shape[-1])
 
     # -- passes -----------------------------------------------------------------------------
     def __call__(self, obs: Observation, x_t: jax.Array, t: jax.Array,
