@@ -1,8 +1,10 @@
 """Grain event pipeline: sample contents, determinism, worker-count independence, resume."""
 
+import jax
 import numpy as np
 import pytest
 
+from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.episodes import open_dataset
 from wallwm_jax.data.pipeline import (
     build_event_index,
@@ -46,10 +48,74 @@ def test_samples_hold_the_rest_of_their_event(tiny_config):
         np.testing.assert_allclose(sample["actions"][:n_real] * stats["std"] + stats["mean"], raw,
                                    rtol=1e-4, atol=1e-4)
         assert np.all(sample["actions"][n_real:] == 0)
-        assert sample["duration_bin"] == duration_bin(end - t, tuple(cfg.duration_bins))
+        assert sample["duration_bin"].tolist() == [duration_bin(end - t,
+                                                                tuple(cfg.duration_bins))]
         assert sample["end_image"].shape == (cfg.world_size, cfg.world_size, 3)
-        caption = sampler.tokenizer.decode(sample["caption"])
-        assert caption == ep["events/caption"][k]
+        assert sample["caption"].shape == (1, cfg.caption_len)
+        assert sampler.tokenizer.decode(sample["caption"][0]) == ep["events/caption"][k]
+        assert not sample["action_events"].any()
+
+
+def _draw(sampler, i):
+    """The (episode, event, step) that sample i was drawn at (the sampler's own rule)."""
+    rng = np.random.default_rng([sampler.seed, i])
+    row = int(rng.integers(len(sampler.index)))
+    t = int(rng.integers(int(sampler.index.start[row]), int(sampler.index.end[row])))
+    return int(sampler.index.episode[row]), int(sampler.index.event[row]), t
+
+
+def test_unified_samples_cross_event_boundaries_with_staircase_captions(tiny_config):
+    cfg = tiny_config.data
+    cfg.layout, cfg.max_captions, cfg.max_event_len = "unified", 2, 24
+    sampler = make_pipeline(cfg, global_batch=8, seed=1).sampler
+    crossed = 0
+    for i in range(40):
+        e, k, t = _draw(sampler, i)
+        ep, sample = sampler.source[e], sampler(i)
+        ends, starts = ep["events/end"], ep["events/start"]
+        steps = np.arange(t, min(t + cfg.max_event_len, len(ep["steps/action"])))
+        event_of = np.searchsorted(ends, steps, side="right")
+        keep = event_of - k < 2  # steps of events k and k + 1 only
+        n = int(keep.sum())
+        assert sample["action_mask"].sum() == n and sample["action_mask"][:n].all()
+        np.testing.assert_array_equal(sample["action_events"][:n], event_of[:n] - k)
+        assert np.all(np.diff(sample["action_events"]) >= 0)
+        stats = sampler.norm_stats["action"]
+        np.testing.assert_allclose(sample["actions"][:n] * stats["std"] + stats["mean"],
+                                   ep["steps/action"][t:t + n], rtol=1e-4, atol=1e-4)
+        assert sampler.tokenizer.decode(sample["caption"][0]) == ep["events/caption"][k]
+        edges = tuple(cfg.duration_bins)
+        assert sample["duration_bin"][0] == duration_bin(int(ends[k]) - t, edges)
+        if np.any(event_of[:n] == k + 1):
+            crossed += 1
+            assert sampler.tokenizer.decode(sample["caption"][1]) == ep["events/caption"][k + 1]
+            assert sample["duration_bin"][1] == duration_bin(
+                int(ends[k + 1] - starts[k + 1]), edges)
+        else:
+            assert not sample["caption"][1].any()
+    assert crossed > 0
+
+
+def test_chunk_samples_ignore_events(tiny_config):
+    cfg = tiny_config.data
+    cfg.layout, cfg.max_captions = "chunk", 0
+    sampler = make_pipeline(cfg, global_batch=8, seed=2).sampler
+    for i in range(10):
+        e, k, t = _draw(sampler, i)
+        ep, sample = sampler.source[e], sampler(i)
+        n = min(cfg.max_event_len, len(ep["steps/action"]) - t)
+        assert sample["action_mask"].sum() == n
+        assert sample["caption"].shape == (0, cfg.caption_len)
+        assert sample["duration_bin"].shape == (0,) and not sample["action_events"].any()
+
+
+@pytest.mark.parametrize("layout,slots", [("unified", 1), ("event", 2), ("chunk", 1),
+                                          ("steps", 1)])
+def test_layout_and_caption_slots_must_agree(tiny_config, layout, slots):
+    cfg = tiny_config.data
+    cfg.layout, cfg.max_captions = layout, slots
+    with pytest.raises(ValueError, match="data.layout|data.max_captions"):
+        make_pipeline(cfg, global_batch=8, seed=0)
 
 
 def test_batches_are_deterministic_and_independent_of_workers(tiny_config):
@@ -97,3 +163,9 @@ def test_batch_dataclass_shapes(tiny_config):
     assert batch.obs.image.shape == (8, 32, 32, 3) and batch.obs.image.dtype == np.uint8
     assert batch.obs.instruction.shape == (8, tiny_config.data.instruction_len)
     assert batch.actions.shape == (8, tiny_config.data.max_event_len, 4)
+    # The real batch has exactly the shapes the AOT path lowers with.
+    config = tiny_config.copy_and_resolve_references()
+    config.batch_size = 8
+    want = abstract_batch(config)
+    for got_leaf, want_leaf in zip(jax.tree.leaves(batch), jax.tree.leaves(want), strict=True):
+        assert got_leaf.shape == want_leaf.shape and got_leaf.dtype == want_leaf.dtype

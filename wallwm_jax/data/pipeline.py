@@ -67,7 +67,8 @@ def bin_to_steps(bin_index: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
 
 
 class EventSampler:
-    """Map a global sample index to one event-layout training example (a dict of arrays).
+    """Map a global sample index to one training example (a dict of arrays) in the layout of
+    `data.layout` (event / unified / chunk).
 
     Picklable, so Grain worker processes can run it; decoded episodes are kept in a small
     per-process LRU cache because consecutive samples often hit the same episode.
@@ -118,24 +119,46 @@ class EventSampler:
         e, k = int(self.index.episode[row]), int(self.index.event[row])
         start, end = int(self.index.start[row]), int(self.index.end[row])
         t = int(rng.integers(start, end))
-        return self.make_sample(self._episode(e), k, t, end)
+        return self.make_sample(self._episode(e), k, t)
 
-    def make_sample(self, ep: dict[str, Any], k: int, t: int, end: int) -> dict[str, np.ndarray]:
-        """Observation at step t inside event k -> the remaining actions of event k."""
+    def make_sample(self, ep: dict[str, Any], k: int, t: int) -> dict[str, np.ndarray]:
+        """The observation at step t inside event k -> up to Tmax actions, by layout.
+
+        event: the rest of event k, its caption in slot 0. unified: Tmax steps from t
+        crossing event boundaries, caption slot c for event k + c when the chunk reaches it
+        (steps past the K-th event are masked). chunk: Tmax steps, no caption. The world
+        target is always the last frame of event k.
+        """
         cfg = self.cfg
-        tmax = cfg.max_event_len
+        tmax, layout, num_slots = cfg.max_event_len, cfg.layout, cfg.max_captions
         images = ep["steps/observation/image"]
         if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
             raise ValueError(f"{self.source.dataset_dir}: field 'steps/observation/image' has "
                              f"frames of shape {images.shape[1:]}, expected "
                              f"{(cfg.image_size, cfg.image_size, 3)} from data.image_size")
-        actions = ep["steps/action"][t:min(end, t + tmax)]
-        chunk = np.zeros((tmax, actions.shape[-1]), np.float32)
-        chunk[: len(actions)] = statistics.normalize(actions, self.norm_stats["action"],
-                                                     cfg.norm_mode)
-        mask = np.zeros((tmax,), bool)
-        mask[: len(actions)] = True
-        end_frame = Image.fromarray(images[end - 1]).resize(
+        starts, ends = np.asarray(ep["events/start"]), np.asarray(ep["events/end"])
+        episode_len = len(ep["steps/action"])
+        stop = min(int(ends[k]) if layout == "event" else episode_len, t + tmax)
+        rel = np.searchsorted(ends, np.arange(t, stop), side="right") - k  # event - k per step
+        n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
+        rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
+
+        chunk = np.zeros((tmax, ep["steps/action"].shape[-1]), np.float32)
+        chunk[:n] = statistics.normalize(ep["steps/action"][t:t + n], self.norm_stats["action"],
+                                         cfg.norm_mode)
+        mask = np.arange(tmax) < n
+        action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: stay monotone
+        action_events[:n] = rel
+        caption = np.zeros((num_slots, cfg.caption_len), np.int32)
+        durations = np.zeros((num_slots,), np.int32)
+        edges = tuple(cfg.duration_bins)
+        for c in range(num_slots):
+            if c > 0 and not np.any(rel == c):
+                break
+            caption[c] = self.tokenizer.encode(ep["events/caption"][k + c], cfg.caption_len)
+            length = int(ends[k] - t) if c == 0 else int(ends[k + c] - starts[k + c])
+            durations[c] = duration_bin(length, edges)
+        end_frame = Image.fromarray(images[int(ends[k]) - 1]).resize(
             (cfg.world_size, cfg.world_size), Image.BILINEAR)
         state = statistics.normalize(ep["steps/observation/state"][t],
                                      self.norm_stats["state"], cfg.norm_mode)
@@ -144,12 +167,26 @@ class EventSampler:
             "state": np.asarray(state, np.float32),
             "instruction": self.tokenizer.encode(ep["episode_metadata/instruction"],
                                                  cfg.instruction_len),
-            "caption": self.tokenizer.encode(ep["events/caption"][k], cfg.caption_len),
+            "caption": caption,
             "actions": chunk,
             "action_mask": mask,
-            "duration_bin": np.int32(duration_bin(end - t, tuple(cfg.duration_bins))),
+            "action_events": action_events,
+            "duration_bin": durations,
             "end_image": np.asarray(end_frame, np.uint8),
         }
+
+
+def check_layout(data_cfg: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the field when data.layout and data.max_captions disagree."""
+    want = {"event": "== 1", "unified": ">= 2", "chunk": "== 0"}
+    layout, slots = data_cfg.get("layout"), data_cfg.get("max_captions")
+    if layout not in want:
+        raise ValueError(f"data.layout='{layout}' must be one of {sorted(want)}")
+    ok = {"event": slots == 1, "unified": slots is not None and slots >= 2,
+          "chunk": slots == 0}[layout]
+    if not ok:
+        raise ValueError(f"data.max_captions={slots} does not fit data.layout='{layout}' "
+                         f"(expected {want[layout]})")
 
 
 def to_event_batch(batch: dict[str, np.ndarray]) -> EventBatch:
@@ -157,7 +194,8 @@ def to_event_batch(batch: dict[str, np.ndarray]) -> EventBatch:
     obs = Observation(image=batch["image"], state=batch["state"],
                       instruction=batch["instruction"], caption=batch["caption"])
     return EventBatch(obs=obs, actions=batch["actions"], action_mask=batch["action_mask"],
-                      duration_bin=batch["duration_bin"], end_image=batch["end_image"])
+                      action_events=batch["action_events"], duration_bin=batch["duration_bin"],
+                      end_image=batch["end_image"])
 
 
 @dataclasses.dataclass
@@ -181,6 +219,7 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
         raise ValueError(f"batch_size={global_batch} is not divisible by the number of "
                          f"processes ({process_count})")
     per_host = global_batch // process_count
+    check_layout(data_cfg)
     dataset_dir = dataset_dir or data_cfg.data_dir
     source = open_dataset(dataset_dir, split)
     index = build_event_index(source)

@@ -57,6 +57,9 @@ class Tokenizer:
         return out
 
     def decode(self, ids) -> str:
-        """Text of `ids`, ignoring padding, BOS and EOS."""
+        """Text of `ids`, ignoring padding, BOS, EOS and ids past the tokenizer's vocabulary
+        (the model's embedding table is usually padded larger, so a model can emit them)."""
         specials = {self.pad_id, self._sp.bos_id(), self._sp.eos_id()}
-        return self._sp.decode([int(i) for i in np.asarray(ids).ravel() if int(i) not in specials])
+        size = self._sp.get_piece_size()
+        return self._sp.decode([int(i) for i in np.asarray(ids).ravel()
+                                if int(i) not in specials and 0 <= int(i) < size])
