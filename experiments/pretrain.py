@@ -97,7 +97,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.expert_width = s["expert_width"]
     config.model.expert_mlp_dim = s["expert_mlp"]
     config.model.scan_layers = True
-    config.model.remat_policy = "none"  # none | full | dots_saveable
+    config.model.remat_policy = "none"  # none | full | dots_saveable (decoder and ViT layers)
+    config.model.attention = "auto"  # auto (cuDNN on GPU when it applies) | xla | cudnn
+    config.model.tie_embeddings = True  # caption head = token embedding (else its own head)
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
     config.model.duration_bins = config.data.get_ref("duration_bins")

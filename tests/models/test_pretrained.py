@@ -50,6 +50,15 @@ def _backbone_layers(params):
     return [dec[f"layers_{i}"]["backbone"] for i in range(depth)]
 
 
+def _vit_blocks(params):
+    """Per-block ViT dicts of either scan layout."""
+    vit = params["vit"]
+    if "blocks" in vit:
+        depth = jax.tree.leaves(vit["blocks"])[0].shape[0]
+        return [jax.tree.map(lambda x, i=i: x[i], vit["blocks"]) for i in range(depth)]
+    return [vit[f"block_{i}"] for i in range(sum(k.startswith("block_") for k in vit))]
+
+
 def _write_big_vision(params, path, *, stacked: bool) -> None:
     """The ViT in big_vision SigLIP's npz layout, plus a MAP head and a text tower."""
     vit, pre = params["vit"], "params/img/"
@@ -61,7 +70,7 @@ def _write_big_vision(params, path, *, stacked: bool) -> None:
            pre + "MAPHead_0/probe": np.ones((1, 1, 64), np.float32),
            "params/txt/Embedding_0/embedding": np.ones((10, 64), np.float32),
            "params/t": np.ones((1,), np.float32)}
-    blocks = [vit[f"block_{i}"] for i in range(2)]
+    blocks = _vit_blocks(params)
     for theirs, ours in _BV_BLOCK.items():
         for leaf in blocks[0][ours]:
             if stacked:
@@ -99,14 +108,17 @@ def _flat(params):
 
 
 def _per_layer(params):
-    """Flat leaves with a scanned `decoder/layers/X` [L, ...] split into `decoder/layers_{i}/X`."""
+    """Flat leaves with scanned stacks `decoder/layers/X`, `vit/blocks/X` [L, ...] split into
+    `decoder/layers_{i}/X`, `vit/block_{i}/X`."""
     out = {}
     for path, value in _flat(params).items():
-        if path.startswith("decoder/layers/"):
-            for i, layer in enumerate(value):
-                out[path.replace("decoder/layers/", f"decoder/layers_{i}/")] = layer
-        else:
+        stack = next((s for s in ("decoder/layers/", "vit/blocks/") if path.startswith(s)), None)
+        if stack is None:
             out[path] = value
+            continue
+        for i, layer in enumerate(value):
+            out[path.replace(stack, f"{stack[:-2]}_{i}/" if stack.startswith("vit")
+                             else f"decoder/layers_{i}/")] = layer
     return out
 
 
@@ -136,7 +148,7 @@ def test_big_vision_siglip_loads_vit_exactly(tmp_path, tiny_batch, stacked):
     _write_big_vision(src, path, stacked=stacked)
     params, report = pretrained.load_pretrained(init, path, layout="big_vision_siglip")
 
-    vit_loaded = tuple(f"vit/{n}" for n in ("patch_embed", "pos_embedding", "ln_final", "block_"))
+    vit_loaded = tuple(f"vit/{n}" for n in ("patch_embed", "pos_embedding", "ln_final", "block"))
     _assert_leaves(params, src, vit_loaded, equal=True)
     others = ("vit/to_backbone", "embedder", "decoder", "action_in", "world_out")
     _assert_leaves(params, init, others, equal=True)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from jax.sharding import PartitionSpec
 
 from wallwm_jax.models import wallwm
@@ -33,6 +34,8 @@ def test_every_param_has_logical_axes_of_its_rank(tiny_cfg):
         assert len(named) == len(set(named)), (name, spec)  # a mesh axis can shard one dim
         if "decoder" in name and "layers" in name:
             assert spec[0] == "layers" and p.shape[0] == tiny_cfg.depth, name
+        if "'blocks'" in name:
+            assert spec[0] == "layers" and p.shape[0] == tiny_cfg.vit_depth, name
 
 
 def test_output_shapes(tiny_cfg, tiny_batch):
@@ -97,13 +100,16 @@ def test_cached_velocity_matches_joint_forward(tiny_cfg, tiny_batch):
     np.testing.assert_allclose(heads["world"], joint["world"], atol=1e-5)
 
 
-def _stack_loop_layers(loop_params, depth):
-    """Loop layout (decoder/layers_i) -> scan layout (decoder/layers, leading layer dim)."""
+def _stack_loop_layers(loop_params, depth, vit_depth):
+    """Loop layout (decoder/layers_i, vit/block_i) -> scan layout (decoder/layers,
+    vit/blocks, leading layer dim)."""
     params = dict(loop_params)
-    decoder = dict(params["decoder"])
-    layers = [decoder.pop(f"layers_{i}") for i in range(depth)]
-    decoder["layers"] = jax.tree.map(lambda *x: jnp.stack(x), *layers)
-    params["decoder"] = decoder
+    for group, loop_name, scan_name, n in (("decoder", "layers_", "layers", depth),
+                                           ("vit", "block_", "blocks", vit_depth)):
+        tree = dict(params[group])
+        layers = [tree.pop(f"{loop_name}{i}") for i in range(n)]
+        tree[scan_name] = jax.tree.map(lambda *x: jnp.stack(x), *layers)
+        params[group] = tree
     return params
 
 
@@ -115,7 +121,7 @@ def test_scan_loop_and_remat_agree_and_action_loss_reaches_backbone(tiny_cfg, ti
     loop_cfg = tiny_cfg.copy_and_resolve_references()
     loop_cfg.scan_layers = False
     loop_params = wallwm.init_params(loop_cfg, jax.random.key(0))
-    scan_params = _stack_loop_layers(loop_params, tiny_cfg.depth)
+    scan_params = _stack_loop_layers(loop_params, tiny_cfg.depth, tiny_cfg.vit_depth)
     assert jax.tree.structure(scan_params) == jax.tree.structure(
         wallwm.init_params(tiny_cfg, jax.random.key(0)))
 
@@ -136,3 +142,24 @@ def test_scan_loop_and_remat_agree_and_action_loss_reaches_backbone(tiny_cfg, ti
     loss, grad = loss_and_grad(remat_cfg, scan_params)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
     chex.assert_trees_all_close(grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_untied_caption_head_and_attention_switch(tiny_cfg, tiny_batch):
+    untied = tiny_cfg.copy_and_resolve_references()
+    untied.tie_embeddings = False
+    params = wallwm.init_params(untied, jax.random.key(0))
+    assert params["caption_head"]["kernel"].shape == (untied.width, untied.vocab_size)
+    assert "caption_head" not in wallwm.init_params(tiny_cfg, jax.random.key(0))
+    loss_fn = jax.jit(lambda p, cfg: wallwm.compute_loss(cfg, p, tiny_batch, jax.random.key(1)),
+                      static_argnums=1)
+    grads = jax.grad(lambda p: loss_fn(p, ml_collections.FrozenConfigDict(untied))[0])(params)
+    assert float(jnp.abs(grads["caption_head"]["kernel"]).max()) > 0
+    # "xla" is what "auto" picks on CPU: identical loss; an unknown name is refused by name.
+    tied = wallwm.init_params(tiny_cfg, jax.random.key(0))
+    xla = tiny_cfg.copy_and_resolve_references()
+    xla.attention = "xla"
+    np.testing.assert_array_equal(loss_fn(tied, ml_collections.FrozenConfigDict(xla))[0],
+                                  loss_fn(tied, ml_collections.FrozenConfigDict(tiny_cfg))[0])
+    xla.attention = "flash"
+    with pytest.raises(ValueError, match="model.attention='flash'"):
+        wallwm.init_params(xla, jax.random.key(0))

@@ -58,15 +58,41 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
     return out.astype(x.dtype)
 
 
+ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole layer
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def remat_policy(name: str):
+    """`config.model.remat_policy` (other than "none") -> a jax.checkpoint policy."""
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"model.remat_policy='{name}' is not one of "
+                         f"{['none', *REMAT_POLICIES]}")
+    return REMAT_POLICIES[name]
+
+
+def attention_impl(name: str) -> str | None:
+    """`config.model.attention` -> `jax.nn.dot_product_attention`'s implementation argument."""
+    if name not in ATTENTION_IMPLS:
+        raise ValueError(f"model.attention='{name}' is not one of {sorted(ATTENTION_IMPLS)}")
+    return ATTENTION_IMPLS[name]
+
+
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
-              mask: jax.Array | None = None) -> jax.Array:
-    """Softmax attention via `jax.nn.dot_product_attention` (cuDNN on GPU when it applies).
+              mask: jax.Array | None = None, *, implementation: str | None = None) -> jax.Array:
+    """Softmax attention via `jax.nn.dot_product_attention`: implementation None picks cuDNN
+    on GPU when it applies and XLA otherwise; "xla" / "cudnn" force one (cuDNN: GPU only).
 
     q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: bool [B, T, S] or None.
     Returns [B, T, N, H].
     """
     return jax.nn.dot_product_attention(
-        q, k, v, mask=None if mask is None else mask[:, None, :, :], implementation=None)
+        q, k, v, mask=None if mask is None else mask[:, None, :, :],
+        implementation=implementation)
 
 
 class GatedMLP(nn.Module):

@@ -121,6 +121,7 @@ GEMMA_HF = Layout(
 WALLWM = Layout(
     r"^",
     [Rule("decoder/layers/{rest}", "decoder/layers_{i}/{rest}", stacked=True),
+     Rule("vit/blocks/{rest}", "vit/block_{i}/{rest}", stacked=True),
      Rule("{rest}", "{rest}")],
 )
 
@@ -183,14 +184,19 @@ def save_wallwm(params: Any, path: str) -> None:
 
 
 # -- mapping -----------------------------------------------------------------------------------
+# Scanned stacks (leading layer axis) -> the per-layer prefix of the unscanned layout.
+_STACKS = {"decoder/layers/": "decoder/layers_", "vit/blocks/": "vit/block_"}
+
+
 def _layer_targets(params: Any) -> dict[str, tuple[str, int | None, Shape]]:
     """Our leaves, with scanned layers split: virtual path -> (real path, layer or None, shape)."""
     out = {}
     for path, leaf in traverse_util.flatten_dict(params, sep="/").items():
-        if path.startswith("decoder/layers/"):
-            rest = path.removeprefix("decoder/layers/")
+        stacked = next((s for s in _STACKS if path.startswith(s)), None)
+        if stacked is not None:
+            rest = path.removeprefix(stacked)
             for i in range(leaf.shape[0]):
-                out[f"decoder/layers_{i}/{rest}"] = (path, i, tuple(leaf.shape[1:]))
+                out[f"{_STACKS[stacked]}{i}/{rest}"] = (path, i, tuple(leaf.shape[1:]))
         else:
             out[path] = (path, None, tuple(leaf.shape))
     return out

@@ -15,16 +15,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wallwm_jax.models.layers import Dtype, GatedMLP, apply_rope, attention, dense, rms_norm
+from wallwm_jax.models.layers import (
+    Dtype,
+    GatedMLP,
+    apply_rope,
+    attention,
+    attention_impl,
+    dense,
+    remat_policy,
+    rms_norm,
+)
 
 # Per-layer (keys, values), each [B, S, kv_heads, head_dim]; stacked over layers: [L, B, S, K, H].
 KVCache = tuple[jax.Array, jax.Array]
-
-REMAT_POLICIES = {
-    "full": None,  # save nothing, recompute the whole layer
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-}
 
 
 class ExpertWeights(nn.Module):
@@ -106,13 +109,15 @@ class MoTLayer(nn.Module):
             new_cache = (jnp.concatenate(ks, 1)[:, :n_vlm_keys],
                          jnp.concatenate(vs, 1)[:, :n_vlm_keys])
         out = attention(jnp.concatenate(qs, 1), jnp.concatenate(ks, 1),
-                        jnp.concatenate(vs, 1), mask)
+                        jnp.concatenate(vs, 1), mask,
+                        implementation=attention_impl(cfg.get("attention", "auto")))
         new_xs, start = [], 0
         for expert, x in zip(experts, xs, strict=True):
             if x is None:
                 new_xs.append(None)
                 continue
-            new_xs.append(expert.finish(x.astype(dtype), out[:, start:start + x.shape[1]]))
+            x = expert.finish(x.astype(dtype), out[:, start:start + x.shape[1]])
+            new_xs.append(nn.with_logical_constraint(x, ("batch", "length", expert.embed_axis)))
             start += x.shape[1]
         return tuple(new_xs), new_cache
 
@@ -131,10 +136,7 @@ class MoTDecoder(nn.Module):
         cfg = self.cfg
         layer_cls = MoTLayer
         if cfg.remat_policy != "none":
-            if cfg.remat_policy not in REMAT_POLICIES:
-                raise ValueError(f"remat_policy='{cfg.remat_policy}' is not one of "
-                                 f"{['none', *REMAT_POLICIES]}")
-            layer_cls = nn.remat(layer_cls, policy=REMAT_POLICIES[cfg.remat_policy],
+            layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy),
                                  prevent_cse=not cfg.scan_layers)
         if cfg.scan_layers:
             stack = nn.scan(layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},

@@ -6,7 +6,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from wallwm_jax.models.layers import Dtype, attention, dense, layer_norm, partitioned
+from wallwm_jax.models.layers import (
+    Dtype,
+    attention,
+    dense,
+    layer_norm,
+    partitioned,
+    remat_policy,
+)
 
 
 class ViTBlock(nn.Module):
@@ -15,16 +22,18 @@ class ViTBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
+    attention_impl: str | None = None
+    scanned: bool = False  # return (x, None), the (carry, output) pair nn.scan expects
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, _: None = None) -> jax.Array | tuple[jax.Array, None]:
         width = x.shape[-1]
         head_dim = width // self.num_heads
         h = layer_norm("embed", self.dtype, name="ln_attn")(x)
         qkv_axes = ("embed", "heads", "head_dim")
         q, k, v = (dense((self.num_heads, head_dim), qkv_axes, dtype=self.dtype, use_bias=True,
                          name=n)(h) for n in ("query", "key", "value"))
-        out = attention(q, k, v)
+        out = attention(q, k, v, implementation=self.attention_impl)
         x = x + dense(width, ("heads", "head_dim", "embed"), axis=(-2, -1), dtype=self.dtype,
                       use_bias=True, name="out")(out)
         h = layer_norm("embed", self.dtype, name="ln_mlp")(x)
@@ -32,7 +41,8 @@ class ViTBlock(nn.Module):
                   name="mlp_in")(h)
         h = dense(width, ("mlp", "embed"), dtype=self.dtype, use_bias=True,
                   name="mlp_out")(nn.gelu(h))
-        return x + h
+        x = nn.with_logical_constraint(x + h, ("batch", "length", "embed"))
+        return (x, None) if self.scanned else x
 
 
 class ViT(nn.Module):
@@ -45,6 +55,9 @@ class ViT(nn.Module):
     mlp_dim: int
     out_width: int
     dtype: Dtype = jnp.float32
+    scan: bool = False  # stack the blocks under `blocks` (leading "layers" axis) and nn.scan
+    remat_policy: str = "none"
+    attention_impl: str | None = None
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
@@ -61,8 +74,20 @@ class ViT(nn.Module):
                          partitioned(nn.initializers.normal(0.02), ("patch", "embed")),
                          (gh * gw, d), jnp.float32)
         x = x + pos.astype(self.dtype)[None]
-        for i in range(self.depth):
-            x = ViTBlock(self.num_heads, self.mlp_dim, self.dtype, name=f"block_{i}")(x)
+        block_args = (self.num_heads, self.mlp_dim, self.dtype, self.attention_impl, self.scan)
+        if self.scan:
+            block = ViTBlock
+            if self.remat_policy != "none":
+                block = nn.remat(block, policy=remat_policy(self.remat_policy))
+            stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
+                            length=self.depth, metadata_params={nn.PARTITION_NAME: "layers"})
+            x, _ = stack(*block_args, name="blocks")(x, None)
+        else:
+            block = ViTBlock
+            if self.remat_policy != "none":
+                block = nn.remat(block, policy=remat_policy(self.remat_policy))
+            for i in range(self.depth):
+                x = block(*block_args, name=f"block_{i}")(x)
         x = layer_norm("embed", self.dtype, name="ln_final")(x)
         return dense(self.out_width, (None, "embed"), dtype=self.dtype, use_bias=True,
                      name="to_backbone")(x)

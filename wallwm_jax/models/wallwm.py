@@ -18,7 +18,7 @@ import numpy as np
 import optax
 
 from wallwm_jax.data.batches import EventBatch, Observation
-from wallwm_jax.models.layers import dense, partitioned, sinusoidal_embedding
+from wallwm_jax.models.layers import attention_impl, dense, partitioned, sinusoidal_embedding
 from wallwm_jax.models.masks import batched_staircase_mask, with_padding
 from wallwm_jax.models.transformer import KVCache, MoTDecoder
 from wallwm_jax.models.vit import ViT
@@ -62,7 +62,9 @@ class WallWM(nn.Module):
     def setup(self) -> None:
         cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
         self.vit = ViT(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
-                       cfg.vit_mlp_dim, cfg.width, dtype)
+                       cfg.vit_mlp_dim, cfg.width, dtype, scan=cfg.scan_layers,
+                       remat_policy=cfg.remat_policy,
+                       attention_impl=attention_impl(cfg.get("attention", "auto")))
         self.embedder = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
                                  embedding_init=partitioned(nn.initializers.normal(0.02),
                                                             ("vocab", "embed")))
@@ -74,6 +76,8 @@ class WallWM(nn.Module):
         self.time_out = dense(e, ("expert_mlp", "expert_embed"), dtype=dtype, use_bias=True)
         self.action_out = dense(cfg.action_dim, ("expert_embed", None), dtype=jnp.float32,
                                 use_bias=True)
+        if not cfg.get("tie_embeddings", True):  # else the caption head is embedder.attend
+            self.caption_head = dense(cfg.vocab_size, ("embed", "vocab"), dtype=dtype)
         self.duration_head = dense(cfg.num_duration_bins, ("embed", None), dtype=jnp.float32,
                                    use_bias=True)
         self.world_hidden = dense(cfg.width, ("embed", "mlp"), dtype=dtype, use_bias=True)
@@ -133,10 +137,17 @@ class WallWM(nn.Module):
         return {"duration_logits": self.duration_head(h_last),
                 "world": world.reshape(-1, w, w, 3)}
 
+    def lm_logits(self, h: jax.Array) -> jax.Array:
+        """Token logits from backbone states: the tied embedding or a separate head
+        (`model.tie_embeddings`)."""
+        if self.cfg.get("tie_embeddings", True):
+            return self.embedder.attend(h)
+        return self.caption_head(h)
+
     def caption_logits(self, h_vlm: jax.Array, obs: Observation) -> jax.Array:
         """Next-token logits f32 [B, K, Lc, vocab] of the caption slots (tied embedding)."""
         b, k, lc = obs.caption.shape
-        logits = self.embedder.attend(h_vlm[:, h_vlm.shape[1] - k * lc:])
+        logits = self.lm_logits(h_vlm[:, h_vlm.shape[1] - k * lc:])
         return logits.astype(jnp.float32).reshape(b, k, lc, logits.shape[-1])
 
     # -- passes -----------------------------------------------------------------------------
@@ -148,6 +159,8 @@ class WallWM(nn.Module):
         action_events = _default_events(action_events, x_t)
         x_vlm, valid, n_img = self.embed_vlm(obs)
         x_act = self.embed_actions(x_t, obs.state, t)
+        x_vlm = nn.with_logical_constraint(x_vlm, ("batch", "length", "embed"))
+        x_act = nn.with_logical_constraint(x_act, ("batch", "length", "expert_embed"))
         mask, positions = self._layout(obs, valid, n_img, action_events)
         h_vlm, h_act, _ = self.decoder(x_vlm, x_act, positions, mask)
         return {"velocity": self.action_out(h_act),
@@ -199,7 +212,7 @@ class WallWM(nn.Module):
         x = self.embedder(tokens).astype(jnp.dtype(self.cfg.dtype))
         mask = jnp.concatenate([cache_mask, tokens != 0], axis=1)[:, None, :]
         h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
-        logits = self.embedder.attend(h[:, 0]).astype(jnp.float32)
+        logits = self.lm_logits(h[:, 0]).astype(jnp.float32)
         return logits, jax.tree.map(lambda c: c[:, :, -1:], new_cache)
 
 
