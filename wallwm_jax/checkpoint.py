@@ -168,3 +168,17 @@ def read_assets(directory: str, step: int | None = None) -> dict[str, Any]:
             raise FileNotFoundError(f"no finished checkpoint in {directory}")
         return mngr.restore(step, args=ocp.args.Composite(assets=ocp.args.JsonRestore()))[
             "assets"]
+
+
+def config_from_json(data: dict[str, Any]) -> ml_collections.ConfigDict:
+    """Rebuild a config saved as JSON (assets, export bundles): JSON arrays become tuples
+    again, as the configs in experiments/ write them, so a loaded config equals the saved one."""
+
+    def tuples(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: tuples(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return tuple(tuples(v) for v in x)
+        return x
+
+    return ml_collections.ConfigDict(tuples(data))

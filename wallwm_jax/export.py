@@ -52,7 +52,7 @@ def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[s
         raise FileNotFoundError(f"export {export_dir} is incomplete: missing {missing}; "
                                 f"expected {list(_REQUIRED)}")
     with open(os.path.join(export_dir, "config.json")) as f:
-        config = ml_collections.ConfigDict(json.load(f))
+        config = ckpt.config_from_json(json.load(f))
     abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
     params = ckpt.restore_params(export_dir, abstract)  # checks shapes, names a mismatch
     norm_stats = statistics.load_norm_stats(export_dir)
@@ -65,7 +65,7 @@ def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | Non
     import tempfile
 
     assets = ckpt.read_assets(checkpoint_dir, step)
-    config = ml_collections.ConfigDict(assets["config"])
+    config = ckpt.config_from_json(assets["config"])
     abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
     params = ckpt.restore_params(checkpoint_dir, abstract, step)
     with tempfile.TemporaryDirectory() as tmp:
