@@ -29,6 +29,7 @@ setup(
         "scikit-learn>=1.5,<2",
         "etils>=1.10,<2",
         "safetensors>=0.4,<0.8",
+        "matplotlib>=3.8,<4",
     ],
     extras_require={
         "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],
