@@ -65,6 +65,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.data_dir = ""
     config.data.builder_config = "demo"
     config.data.image_size = 64
+    # Camera features fed to the model, in order: "image" (scene) and/or "image_<name>"
+    # (e.g. "image_gripper" from a builder run with that camera).
+    config.data.cameras = ("image",)
     config.data.max_event_len = 32  # Tmax: longest chunk of an event predicted at once
     config.data.instruction_len = 32
     config.data.caption_len = 32
@@ -83,6 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.state_dim = 4
     config.model.action_dim = 4
     config.model.image_size = config.data.get_ref("image_size")
+    config.model.cameras = len(config.data.cameras)  # set both when changing cameras
     config.model.patch_size = s["patch"]
     config.model.vit_width = s["vit_width"]
     config.model.vit_depth = s["vit_depth"]

@@ -163,3 +163,23 @@ def test_untied_caption_head_and_attention_switch(tiny_cfg, tiny_batch):
     xla.attention = "flash"
     with pytest.raises(ValueError, match="model.attention='flash'"):
         wallwm.init_params(xla, jax.random.key(0))
+
+
+def test_two_cameras_share_the_vit_and_are_told_apart(tiny_cfg, tiny_batch):
+    two = tiny_cfg.copy_and_resolve_references()
+    two.cameras = 2
+    params = wallwm.init_params(two, jax.random.key(0))
+    assert params["vit"]["camera_embedding"].shape == (2, two.vit_width)
+    image = np.asarray(tiny_batch.obs.image)
+    swapped = np.stack([image, image[::-1]], axis=1)  # [B, 2, H, W, 3]
+    obs = tiny_batch.obs.replace(image=swapped)
+    model = WallWM(ml_collections.FrozenConfigDict(two))
+    tokens = model.apply({"params": params}, obs.image, method=lambda m, x: m.vit(x))
+    n = (two.image_size // two.patch_size) ** 2
+    assert tokens.shape == (image.shape[0], 2 * n, two.width)
+    # Same pixels through camera 0 vs camera 1 differ only by the camera embedding.
+    assert not np.allclose(tokens[0, :n], tokens[-1, n:])
+    loss, _ = wallwm.compute_loss(two, params, tiny_batch.replace(obs=obs), jax.random.key(1))
+    assert np.isfinite(float(loss))
+    with pytest.raises(ValueError, match="model.cameras=2"):
+        wallwm.compute_loss(two, params, tiny_batch, jax.random.key(1))

@@ -14,7 +14,7 @@ import numpy as np
 class Observation:
     """What the policy sees at one step (B = batch)."""
 
-    image: np.ndarray  # uint8 [B, H, W, 3] scene camera
+    image: np.ndarray  # uint8 [B, H, W, 3] scene camera, or [B, C, H, W, 3] with C cameras
     state: np.ndarray  # float32 [B, S] normalised robot state
     instruction: np.ndarray  # int32 [B, Li] task instruction tokens, 0 = padding
     # int32 [B, K, Lc]: K caption slots (BOS ... EOS, then 0 padding; an all-0 slot is
@@ -47,7 +47,7 @@ def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, act
     """Raise ValueError naming the first field whose shape disagrees with the config."""
     b = batch.obs.image.shape[0]
     expected = {
-        "obs.image": (b, image_size, image_size, 3),
+        "obs.image": (b, *batch.obs.image.shape[1:-3], image_size, image_size, 3),
         "obs.state": (b, state_dim),
         "actions": (b, max_event_len, action_dim),
         "action_mask": (b, max_event_len),
@@ -84,7 +84,8 @@ def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
     def spec(shape, dtype):
         return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), np.dtype(dtype))
 
-    obs = Observation(image=spec((b, d.image_size, d.image_size, 3), np.uint8),
+    cameras = (len(d.cameras),) if len(d.cameras) > 1 else ()
+    obs = Observation(image=spec((b, *cameras, d.image_size, d.image_size, 3), np.uint8),
                       state=spec((b, m.state_dim), np.float32),
                       instruction=spec((b, d.instruction_len), np.int32),
                       caption=spec((b, m.max_captions, d.caption_len), np.int32))

@@ -131,11 +131,8 @@ class EventSampler:
         """
         cfg = self.cfg
         tmax, layout, num_slots = cfg.max_event_len, cfg.layout, cfg.max_captions
-        images = ep["steps/observation/image"]
-        if images.shape[1:] != (cfg.image_size, cfg.image_size, 3):
-            raise ValueError(f"{self.source.dataset_dir}: field 'steps/observation/image' has "
-                             f"frames of shape {images.shape[1:]}, expected "
-                             f"{(cfg.image_size, cfg.image_size, 3)} from data.image_size")
+        cameras = [self._camera(ep, name) for name in cfg.cameras]
+        images = cameras[0]  # the world target is the first camera's frame
         starts, ends = np.asarray(ep["events/start"]), np.asarray(ep["events/end"])
         episode_len = len(ep["steps/action"])
         stop = min(int(ends[k]) if layout == "event" else episode_len, t + tmax)
@@ -163,7 +160,7 @@ class EventSampler:
         state = statistics.normalize(ep["steps/observation/state"][t],
                                      self.norm_stats["state"], cfg.norm_mode)
         return {
-            "image": images[t],
+            "image": images[t] if len(cameras) == 1 else np.stack([c[t] for c in cameras]),
             "state": np.asarray(state, np.float32),
             "instruction": self.tokenizer.encode(ep["episode_metadata/instruction"],
                                                  cfg.instruction_len),
@@ -174,6 +171,22 @@ class EventSampler:
             "duration_bin": durations,
             "end_image": np.asarray(end_frame, np.uint8),
         }
+
+
+    def _camera(self, ep: dict[str, Any], name: str) -> np.ndarray:
+        """Frames [T, H, W, 3] of camera feature `steps/observation/<name>`, shape-checked."""
+        key = f"steps/observation/{name}"
+        if key not in ep:
+            raise ValueError(f"{self.source.dataset_dir}: data.cameras names '{name}' but the "
+                             f"episodes have no field '{key}' (cameras in the data: "
+                             f"{sorted(k.split('/')[-1] for k in ep if 'observation/image' in k)})")
+        frames = ep[key]
+        if frames.shape[1:] != (self.cfg.image_size, self.cfg.image_size, 3):
+            raise ValueError(f"{self.source.dataset_dir}: field '{key}' has frames of shape "
+                             f"{frames.shape[1:]}, expected "
+                             f"{(self.cfg.image_size, self.cfg.image_size, 3)} from "
+                             f"data.image_size")
+        return frames
 
 
 def check_layout(data_cfg: ml_collections.ConfigDict) -> None:

@@ -19,7 +19,7 @@ def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
     """Forward matmul FLOPs per component of `WallWM.__call__` with `num_captions` caption
     slots of `caption_len` tokens (1 in event mode, `model.max_captions` in unified, 0 chunk)."""
     c, b = model_cfg, float(batch_size)
-    n_img = (c.image_size // c.patch_size) ** 2
+    n_img = (c.image_size // c.patch_size) ** 2 * c.get("cameras", 1)
     n_caption = num_captions * caption_len
     n_vlm = n_img + instruction_len + n_caption
     n_act = c.max_event_len

@@ -46,7 +46,11 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """image uint8 [B, H, W, 3] -> tokens [B, (H/p)*(W/p), out_width] in the compute dtype."""
+    """image uint8 [B, H, W, 3] -> tokens [B, (H/p)*(W/p), out_width] in the compute dtype.
+
+    Several cameras: image [B, C, H, W, 3] -> tokens [B, C*(H/p)*(W/p), out_width]; every
+    camera goes through the same weights, plus a learned per-camera embedding (C = cameras).
+    """
 
     patch_size: int
     width: int
@@ -58,9 +62,25 @@ class ViT(nn.Module):
     scan: bool = False  # stack the blocks under `blocks` (leading "layers" axis) and nn.scan
     remat_policy: str = "none"
     attention_impl: str | None = None
+    cameras: int = 1
 
     @nn.compact
     def __call__(self, image: jax.Array) -> jax.Array:
+        """uint8 [B, H, W, 3] or [B, C, H, W, 3] -> tokens (see the class docstring)."""
+        if image.ndim == 5:
+            if image.shape[1] != self.cameras:
+                raise ValueError(f"image has {image.shape[1]} cameras [B, C, H, W, 3], the model "
+                                 f"was configured with model.cameras={self.cameras}")
+            b, c = image.shape[:2]
+            tokens = self._encode(image.reshape(b * c, *image.shape[2:]))
+            return tokens.reshape(b, c * tokens.shape[1], tokens.shape[2])
+        if self.cameras != 1:
+            raise ValueError(f"image has shape {image.shape}: expected [B, C={self.cameras}, H, "
+                             f"W, 3] for model.cameras={self.cameras}")
+        return self._encode(image)
+
+    def _encode(self, image: jax.Array) -> jax.Array:
+        """[N, H, W, 3] (N = batch x cameras, camera-major inside an example) -> tokens."""
         x = image.astype(jnp.float32) / 127.5 - 1.0
         p = self.patch_size
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
@@ -74,6 +94,11 @@ class ViT(nn.Module):
                          partitioned(nn.initializers.normal(0.02), ("patch", "embed")),
                          (gh * gw, d), jnp.float32)
         x = x + pos.astype(self.dtype)[None]
+        if self.cameras > 1:  # which camera a patch comes from
+            cam = self.param("camera_embedding",
+                             partitioned(nn.initializers.normal(0.02), (None, "embed")),
+                             (self.cameras, d), jnp.float32)
+            x = x + jnp.tile(cam.astype(self.dtype), (b // self.cameras, 1))[:, None, :]
         block_args = (self.num_heads, self.mlp_dim, self.dtype, self.attention_impl, self.scan)
         if self.scan:
             block = ViTBlock

@@ -64,7 +64,8 @@ class WallWM(nn.Module):
         self.vit = ViT(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
                        cfg.vit_mlp_dim, cfg.width, dtype, scan=cfg.scan_layers,
                        remat_policy=cfg.remat_policy,
-                       attention_impl=attention_impl(cfg.get("attention", "auto")))
+                       attention_impl=attention_impl(cfg.get("attention", "auto")),
+                       cameras=cfg.get("cameras", 1))
         self.embedder = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
                                  embedding_init=partitioned(nn.initializers.normal(0.02),
                                                             ("vocab", "embed")))
@@ -242,8 +243,10 @@ def _default_events(action_events: jax.Array | None, x_t: jax.Array) -> jax.Arra
 # -- functional API (what train/export/policy call) ---------------------------------------------
 def _dummy_inputs(cfg: ml_collections.FrozenConfigDict, batch: int = 1):
     """Smallest inputs that create every parameter (text lengths do not change param shapes)."""
+    cameras = cfg.get("cameras", 1)
+    image_shape = (cfg.image_size, cfg.image_size, 3)
     obs = Observation(
-        image=jnp.zeros((batch, cfg.image_size, cfg.image_size, 3), jnp.uint8),
+        image=jnp.zeros((batch, *((cameras,) if cameras > 1 else ()), *image_shape), jnp.uint8),
         state=jnp.zeros((batch, cfg.state_dim), jnp.float32),
         instruction=jnp.ones((batch, 2), jnp.int32),
         caption=jnp.ones((batch, 1, 2), jnp.int32))
