@@ -2,13 +2,55 @@
 
 Reads a TFDS version directory (ArrayRecord) without TensorFlow and returns each episode as
 one flat dict keyed by feature path, e.g. "steps/observation/image" -> uint8 [T, H, W, 3].
+Camera frames stay PNG bytes until indexed (`LazyFrames`): a training sample decodes the
+two frames it needs, not the episode's hundred.
 """
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
+from PIL import Image
+
+
+class LazyFrames:
+    """Frames [T, H, W, 3] uint8 decoded on access: `frames[t]` decodes one PNG,
+    `frames[a:b]` / `np.asarray(frames)` decode several. `shape` needs no decoding."""
+
+    def __init__(self, encoded: list[bytes], frame_shape: tuple[int, ...], where: str):
+        self._encoded = encoded
+        self.shape = (len(encoded), *frame_shape)
+        self.dtype = np.dtype(np.uint8)
+        self.where = where  # "<dataset dir> split 's' episode i field 'f'", for errors
+        self.ndim = len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _decode(self, t: int) -> np.ndarray:
+        try:
+            frame = np.asarray(Image.open(io.BytesIO(self._encoded[t])).convert("RGB"), np.uint8)
+        except Exception as err:  # PIL raises several types for corrupt data
+            raise ValueError(f"{self.where} step {t}: frame does not decode as an image "
+                             f"({type(err).__name__}: {err})") from None
+        if frame.shape != self.shape[1:]:
+            raise ValueError(f"{self.where} step {t}: frame has shape {frame.shape}, "
+                             f"expected {self.shape[1:]}")
+        return frame
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return np.stack([self._decode(t) for t in range(*index.indices(len(self)))] or
+                            [np.zeros(self.shape[1:], np.uint8)])[:len(range(
+                                *index.indices(len(self))))]
+        t = int(index)
+        return self._decode(t + len(self) if t < 0 else t)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        frames = self[:]
+        return frames if dtype is None else frames.astype(dtype)
 
 # Flat feature path -> (numpy dtype or str, per-step trailing shape or None for [E] events).
 STEP_FEATURES = {
@@ -43,11 +85,27 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def to_flat_episode(raw: dict) -> dict:
-    """Nested TFDS example (lists per step) -> flat dict of stacked numpy arrays / str."""
+def to_flat_episode(raw: dict, *, image_shapes: dict[str, tuple[int, ...]] | None = None,
+                    where: str = "") -> dict:
+    """Nested TFDS example (lists per step) -> flat dict of stacked numpy arrays / str.
+
+    Camera features given in `image_shapes` (flat name -> frame shape) arrive as PNG bytes
+    and become `LazyFrames`; other cameras (`steps/observation/image_<name>`) are kept too.
+    """
     flat = _flatten(raw)
+    image_shapes = image_shapes or {}
     episode = {}
+    for name in flat:
+        if name.startswith("steps/observation/image"):
+            if name in image_shapes:
+                episode[name] = LazyFrames(list(flat[name]), image_shapes[name],
+                                           f"{where} field '{name}'")
+            else:
+                episode[name] = np.asarray(np.stack(flat[name]) if len(flat[name]) else
+                                           flat[name], dtype=np.uint8)
     for name, dtype in STEP_FEATURES.items():
+        if name in episode:
+            continue
         episode[name] = np.asarray(np.stack(flat[name]) if len(flat[name]) else flat[name],
                                    dtype=dtype)
     for name, dtype in EVENT_FEATURES.items():
@@ -105,6 +163,21 @@ def validate_episode(episode: dict, *, image_shape: tuple[int, int, int] | None 
                              f"but event {k} ends at {end[k]} (events must tile [0, T))")
 
 
+def _keep_encoded_decoder():
+    import tensorflow_datasets as tfds
+
+    class KeepEncoded(tfds.decode.SkipDecoding):
+        """SkipDecoding for the NumPy path inside a Sequence (TFDS 4.9 lacks the batch form)."""
+
+        def decode_batch_example_np(self, batch):
+            return batch
+
+    return KeepEncoded()
+
+
+_KeepEncoded = _keep_encoded_decoder
+
+
 class EpisodeSource:
     """Grain-compatible random-access source of validated flat episodes of one split."""
 
@@ -121,15 +194,27 @@ class EpisodeSource:
         if split not in builder.info.splits:
             raise ValueError(f"{self.dataset_dir} has no split {split!r}; "
                              f"available: {sorted(builder.info.splits)}")
-        self._source = builder.as_data_source(split=split)
-        self.image_shape = tuple(
-            builder.info.features["steps"]["observation"]["image"].shape)
+        observation = builder.info.features["steps"]["observation"]
+        self.cameras = tuple(k for k in observation.keys() if k.startswith("image"))
+        self.image_shapes = {f"steps/observation/{k}": tuple(observation[k].shape)
+                             for k in self.cameras}
+        self.image_shape = self.image_shapes["steps/observation/image"]
+        self.files = [os.fspath(f) for f in builder.info.splits[split].filepaths]
+        # Frames stay PNG bytes; LazyFrames decodes the ones a sample touches.
+        skip = {"steps": {"observation": {k: _KeepEncoded() for k in self.cameras}}}
+        self._source = builder.as_data_source(split=split, decoders=skip)
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict:
-        episode = to_flat_episode(self._source[index])
+        where = f"{self.dataset_dir} split '{self.split}' episode {index}"
+        try:
+            raw = self._source[index]
+        except Exception as err:  # a corrupt/truncated ArrayRecord or undecodable example
+            raise ValueError(f"{where}: record does not decode ({type(err).__name__}: {err}); "
+                             f"record files of this split: {self.files}") from None
+        episode = to_flat_episode(raw, image_shapes=self.image_shapes, where=where)
         try:
             validate_episode(episode, image_shape=self.image_shape)
         except ValueError as err:
