@@ -78,6 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (Tmax steps across events, Staircase captions), "chunk" (Tmax steps, no language).
     config.data.layout = args["mode"]
     config.data.max_captions = _MAX_CAPTIONS[args["mode"]]  # caption slots per sample
+    # Train-split image augmentation, seeded per sample (off for val/eval pipelines).
+    config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
+                                                         jitter=0.15))
     config.data.num_workers = 0
     config.data.split = "train"
 

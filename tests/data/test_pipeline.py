@@ -29,6 +29,7 @@ def test_event_index_covers_every_event(tiny_dataset):
 
 def test_samples_hold_the_rest_of_their_event(tiny_config):
     cfg = tiny_config.data
+    cfg.augment.enabled = False  # compare frames pixel for pixel
     pipe = make_pipeline(cfg, global_batch=8, seed=0)
     source, sampler = pipe.sampler.source, pipe.sampler
     for i in range(20):
@@ -169,3 +170,48 @@ def test_batch_dataclass_shapes(tiny_config):
     want = abstract_batch(config)
     for got_leaf, want_leaf in zip(jax.tree.leaves(batch), jax.tree.leaves(want), strict=True):
         assert got_leaf.shape == want_leaf.shape and got_leaf.dtype == want_leaf.dtype
+
+
+def test_augmentation_is_seeded_train_only_and_checked(tiny_config):
+    cfg = tiny_config.data
+    plain = tiny_config.copy_and_resolve_references().data
+    plain.augment.enabled = False
+    aug = make_pipeline(cfg, global_batch=8, seed=0).sampler
+    raw = make_pipeline(plain, global_batch=8, seed=0).sampler
+    changed = 0
+    for i in range(6):
+        a, r = aug(i), raw(i)
+        assert a["image"].shape == r["image"].shape and a["image"].dtype == np.uint8
+        np.testing.assert_array_equal(a["image"], aug(i)["image"])  # same index, same pixels
+        np.testing.assert_array_equal(a["actions"], r["actions"])  # only the image changes
+        np.testing.assert_array_equal(a["end_image"], r["end_image"])
+        changed += not np.array_equal(a["image"], r["image"])
+        # Augmented frames stay close to the original (a mild crop and jitter).
+        assert np.abs(a["image"].astype(float).mean() - r["image"].astype(float).mean()) < 60
+    assert changed == 6
+    val = make_pipeline(cfg, global_batch=8, seed=0, split="val").sampler
+    val_plain = make_pipeline(plain, global_batch=8, seed=0, split="val").sampler
+    np.testing.assert_array_equal(val(0)["image"], val_plain(0)["image"])
+    cfg.augment.crop_scale = 0.0
+    with pytest.raises(ValueError, match="data.augment.crop_scale"):
+        make_pipeline(cfg, global_batch=8, seed=0)
+
+
+@pytest.mark.parametrize("mode", ["mean_std", "quantile"])
+def test_normalisation_round_trips(tiny_config, mode):
+    from wallwm_jax.data import statistics
+
+    cfg = tiny_config.data
+    cfg.norm_mode, cfg.augment.enabled = mode, False
+    sampler = make_pipeline(cfg, global_batch=8, seed=0).sampler
+    e, _, t = _draw(sampler, 0)
+    sample, ep = sampler(0), sampler.source[e]
+    n = int(sample["action_mask"].sum())
+    raw = ep["steps/action"][t:t + n]
+    back = statistics.unnormalize(sample["actions"][:n], sampler.norm_stats["action"], mode)
+    stats = sampler.norm_stats["action"]
+    inside = np.all((raw >= stats["q01"]) & (raw <= stats["q99"]), axis=-1)
+    if mode == "quantile":  # values beyond q01..q99 are clipped to +-1 by design
+        assert np.all(np.abs(sample["actions"][:n]) <= 1.0)
+        raw, back = raw[inside], back[inside]
+    np.testing.assert_allclose(back, raw, rtol=1e-4, atol=1e-4)

@@ -20,6 +20,7 @@ from absl import flags
 from PIL import Image
 
 from wallwm_jax.data import statistics
+from wallwm_jax.data.augment import augment_frame, check_augment
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 from wallwm_jax.data.tokenizer import Tokenizer
@@ -77,7 +78,8 @@ class EventSampler:
     def __init__(self, source: EpisodeSource, index: EventIndex, tokenizer_path: str,
                  norm_stats: dict[str, dict[str, np.ndarray]],
                  data_cfg: ml_collections.ConfigDict, *, seed: int,
-                 event_probs: np.ndarray | None = None, cache_size: int = 64):
+                 event_probs: np.ndarray | None = None, cache_size: int = 64,
+                 augment: bool = False):
         self.source = source
         self.index = index
         self.tokenizer_path = tokenizer_path
@@ -86,6 +88,7 @@ class EventSampler:
         self.seed = seed
         self.event_probs = event_probs
         self.cache_size = cache_size
+        self.augment = augment
         self._tokenizer: Tokenizer | None = None
         self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
@@ -119,7 +122,12 @@ class EventSampler:
         e, k = int(self.index.episode[row]), int(self.index.event[row])
         start, end = int(self.index.start[row]), int(self.index.end[row])
         t = int(rng.integers(start, end))
-        return self.make_sample(self._episode(e), k, t)
+        sample = self.make_sample(self._episode(e), k, t)
+        if self.augment:
+            frames = sample["image"] if sample["image"].ndim == 4 else sample["image"][None]
+            frames = np.stack([augment_frame(f, rng, self.cfg.augment) for f in frames])
+            sample["image"] = frames if sample["image"].ndim == 4 else frames[0]
+        return sample
 
     def make_sample(self, ep: dict[str, Any], k: int, t: int) -> dict[str, np.ndarray]:
         """The observation at step t inside event k -> up to Tmax actions, by layout.
@@ -236,8 +244,12 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     dataset_dir = dataset_dir or data_cfg.data_dir
     source = open_dataset(dataset_dir, split)
     index = build_event_index(source)
+    augment = split == "train" and data_cfg.augment.enabled
+    if augment:
+        check_augment(data_cfg.augment)
     sampler = EventSampler(source, index, f"{dataset_dir}/tokenizer.model",
-                           statistics.load_norm_stats(dataset_dir), data_cfg, seed=seed)
+                           statistics.load_norm_stats(dataset_dir), data_cfg, seed=seed,
+                           augment=augment)
     ds = grain.MapDataset.range(_MAX_SAMPLES)[process_index::process_count]
     ds = ds.map(sampler).batch(per_host, drop_remainder=True)
     it_ds = ds.to_iter_dataset()

@@ -1,0 +1,58 @@
+"""Per-frame image augmentation for training samples: random resized crop and colour jitter.
+
+Pure numpy/PIL on one uint8 frame, driven by a numpy Generator that the sampler seeds from the
+global sample index, so an augmented sample is as reproducible as an unaugmented one.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+
+def random_resized_crop(frame: np.ndarray, rng: np.random.Generator, *,
+                        scale: tuple[float, float] = (0.8, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Crop an area fraction in `scale` with aspect ratio in `ratio`, resize back to H x W."""
+    h, w = frame.shape[:2]
+    area = rng.uniform(*scale) * h * w
+    aspect = np.exp(rng.uniform(np.log(ratio[0]), np.log(ratio[1])))
+    ch = int(round(min(h, np.sqrt(area / aspect))))
+    cw = int(round(min(w, np.sqrt(area * aspect))))
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    crop = Image.fromarray(frame[top:top + ch, left:left + cw])
+    return np.asarray(crop.resize((w, h), Image.BILINEAR), np.uint8)
+
+
+def color_jitter(frame: np.ndarray, rng: np.random.Generator, *, brightness: float = 0.2,
+                 contrast: float = 0.2, saturation: float = 0.2) -> np.ndarray:
+    """Scale brightness, contrast (around the mean grey) and saturation by factors drawn
+    uniformly from [1 - x, 1 + x]; the result is clipped to uint8."""
+    x = frame.astype(np.float32)
+    x = x * rng.uniform(1 - brightness, 1 + brightness)
+    grey = x @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    x = (x - grey.mean()) * rng.uniform(1 - contrast, 1 + contrast) + grey.mean()
+    grey = (x @ np.asarray([0.299, 0.587, 0.114], np.float32))[..., None]
+    x = (x - grey) * rng.uniform(1 - saturation, 1 + saturation) + grey
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def augment_frame(frame: np.ndarray, rng: np.random.Generator,
+                  cfg: ml_collections.ConfigDict) -> np.ndarray:
+    """Apply the augmentations enabled in `data.augment` (crop_scale, jitter) to one frame."""
+    if cfg.crop_scale < 1.0:
+        frame = random_resized_crop(frame, rng, scale=(cfg.crop_scale, 1.0))
+    if cfg.jitter > 0.0:
+        frame = color_jitter(frame, rng, brightness=cfg.jitter, contrast=cfg.jitter,
+                             saturation=cfg.jitter)
+    return frame
+
+
+def check_augment(cfg: ml_collections.ConfigDict) -> None:
+    """Raise ValueError naming the field for out-of-range augmentation settings."""
+    if not 0.0 < cfg.crop_scale <= 1.0:
+        raise ValueError(f"data.augment.crop_scale={cfg.crop_scale} must be in (0, 1]")
+    if not 0.0 <= cfg.jitter < 1.0:
+        raise ValueError(f"data.augment.jitter={cfg.jitter} must be in [0, 1)")
