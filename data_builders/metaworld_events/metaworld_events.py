@@ -24,7 +24,7 @@ from PIL import Image
 from wallwm_jax.data import captions
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
-from wallwm_jax.envs.metaworld import DEMO_TASKS, MT10_TASKS, rollout_expert
+from wallwm_jax.envs.metaworld import DEMO_TASKS, MT10_TASKS, MT50_TASKS, rollout_expert
 
 VAL_FRACTION = 0.15
 MAX_STEPS = 200
@@ -38,7 +38,7 @@ class MetaworldEventsConfig(tfds.core.BuilderConfig):
     seed: int = 0
 
 
-BASE_TASKS = {"demo": DEMO_TASKS, "mt10": MT10_TASKS}
+BASE_TASKS = {"demo": DEMO_TASKS, "mt10": MT10_TASKS, "mt50": MT50_TASKS}
 
 
 def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size: int = 64,
@@ -117,7 +117,7 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Scripted experts, ground-truth phase events, PNG frames."}
-    BUILDER_CONFIGS = [make_config("demo"), make_config("mt10")]
+    BUILDER_CONFIGS = [make_config("demo"), make_config("mt10"), make_config("mt50")]
     DEFAULT_CONFIG_NAME = "demo"
 
     @tfds.core.utils.classproperty

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from wallwm_jax.envs.metaworld import TASK_OBJECTS
+from wallwm_jax.envs.metaworld import MT50_EXTRA, TASK_OBJECTS
 
 NUM_TRAIN = 4
 SPLITS = ("train", "heldout")
@@ -87,6 +87,14 @@ PHASE_TEMPLATES: dict[str, tuple[str, ...]] = {
         "glide the {target} along by its {obj}",
         "shift the {obj} to the side",
     ),
+    "turn": (
+        "turn the {obj}",
+        "rotate the {obj} around",
+        "twist the {obj} on the {target}",
+        "give the {obj} a turn",
+        "swing the {obj} round on its axis",
+        "crank the {obj} until it stops",
+    ),
     "hold": (
         "hold still, the task is done",
         "stay in place",
@@ -151,6 +159,12 @@ INSTRUCTIONS: dict[str, tuple[str, ...]] = {
         "get the window closed",
     ),
 }
+
+# The other MT50 tasks: six framings of one task phrase (the last two held out).
+_FRAMES = ("{x}", "please {x}", "your job is to {x}", "{x}, then stop",
+           "go ahead and {x}", "the goal: {x}")
+INSTRUCTIONS.update({task: tuple(f.format(x=phrase) for f in _FRAMES)
+                     for task, (*_, phrase) in MT50_EXTRA.items()})
 
 # A captioning model: (task, phase, variant, split) -> caption. None means templates.
 Captioner = Callable[[str, str, int, str], str]

@@ -36,6 +36,61 @@ TASK_OBJECTS: dict[str, tuple[str, str]] = {
     "window-open-v3": ("window handle", "window"),
     "window-close-v3": ("window handle", "window"),
 }
+# The other 40 tasks of MT50: (object, target, grasps first?, phase once at the object, what
+# the whole task is). Their phases come from privileged positions by a generic rule (below).
+MT50_EXTRA: dict[str, tuple[str, str, bool, str, str]] = {
+    "assembly-v3": ("ring", "peg", True, "transport", "put the ring onto the peg"),
+    "basketball-v3": ("ball", "hoop", True, "transport", "dunk the ball into the hoop"),
+    "bin-picking-v3": ("cube", "bin", True, "transport", "move the cube into the other bin"),
+    "box-close-v3": ("lid", "box", True, "transport", "put the lid on the box"),
+    "button-press-topdown-wall-v3": ("button", "button", False, "press",
+                                     "press the button from the top behind the wall"),
+    "button-press-v3": ("button", "button", False, "press", "press the button"),
+    "button-press-wall-v3": ("button", "button", False, "press",
+                             "press the button behind the wall"),
+    "coffee-button-v3": ("coffee button", "coffee machine", False, "press",
+                         "push the button on the coffee machine"),
+    "coffee-pull-v3": ("mug", "coffee machine", True, "pull", "pull the mug from the machine"),
+    "coffee-push-v3": ("mug", "coffee machine", True, "push", "push the mug under the machine"),
+    "dial-turn-v3": ("dial", "dial", False, "turn", "turn the dial"),
+    "disassemble-v3": ("ring", "peg", True, "pull", "take the ring off the peg"),
+    "door-close-v3": ("door", "door", False, "push", "close the door"),
+    "door-lock-v3": ("lock", "door", False, "turn", "lock the door"),
+    "door-unlock-v3": ("lock", "door", False, "turn", "unlock the door"),
+    "faucet-close-v3": ("faucet handle", "faucet", False, "turn", "turn the faucet off"),
+    "faucet-open-v3": ("faucet handle", "faucet", False, "turn", "turn the faucet on"),
+    "hammer-v3": ("hammer", "nail", True, "transport", "hammer the nail in"),
+    "hand-insert-v3": ("hole", "hole", False, "insert", "put the hand into the hole"),
+    "handle-press-side-v3": ("handle", "handle", False, "press",
+                             "press the handle down from the side"),
+    "handle-press-v3": ("handle", "handle", False, "press", "press the handle down"),
+    "handle-pull-side-v3": ("handle", "handle", False, "pull", "pull the handle up sideways"),
+    "handle-pull-v3": ("handle", "handle", False, "pull", "pull the handle up"),
+    "lever-pull-v3": ("lever", "lever", False, "pull", "pull the lever up"),
+    "peg-unplug-side-v3": ("peg", "socket", True, "pull", "unplug the peg from the side"),
+    "pick-out-of-hole-v3": ("peg", "goal", True, "transport", "pick the peg out of the hole"),
+    "pick-place-wall-v3": ("puck", "goal", True, "transport",
+                           "pick the puck over the wall and place it at the goal"),
+    "plate-slide-back-side-v3": ("plate", "cabinet", False, "slide",
+                                 "slide the plate back into the cabinet from the side"),
+    "plate-slide-back-v3": ("plate", "cabinet", False, "slide",
+                            "slide the plate back into the cabinet"),
+    "plate-slide-side-v3": ("plate", "cabinet", False, "slide",
+                            "slide the plate sideways into the cabinet"),
+    "plate-slide-v3": ("plate", "cabinet", False, "slide", "slide the plate into the cabinet"),
+    "push-back-v3": ("puck", "goal", False, "push", "push the puck back to the goal"),
+    "push-wall-v3": ("puck", "goal", False, "push", "push the puck around the wall to the goal"),
+    "reach-wall-v3": ("goal point", "goal point", False, "reach",
+                      "reach the goal point behind the wall"),
+    "shelf-place-v3": ("block", "shelf", True, "transport", "place the block on the shelf"),
+    "soccer-v3": ("ball", "goal", False, "push", "kick the ball into the goal"),
+    "stick-pull-v3": ("stick", "container", True, "pull", "pull the container with the stick"),
+    "stick-push-v3": ("stick", "container", True, "push", "push the container with the stick"),
+    "sweep-into-v3": ("puck", "hole", False, "push", "sweep the puck into the hole"),
+    "sweep-v3": ("puck", "table edge", False, "push", "sweep the puck off the table"),
+}
+TASK_OBJECTS.update({task: (obj, target) for task, (obj, target, *_) in MT50_EXTRA.items()})
+MT50_TASKS = tuple(sorted(TASK_OBJECTS))
 HOLD = "hold"  # phase of the steps the rollout keeps after the task has succeeded
 SETTLE_STEPS = 5  # steps kept after success so the last event shows the finished task
 MIN_EVENT_STEPS = 2
@@ -125,6 +180,30 @@ def _phase_window(dx: float) -> PhaseFn:
     return phase
 
 
+class GenericPhases:
+    """Privileged phases for the MT50 tasks without a hand-written rule, from the object's
+    motion since reset (sticky): reach until the object first moves (a grasping task is in
+    "grasp" while the hand is at the still object), then the task's own verb."""
+
+    def __init__(self, grasps: bool, verb: str):
+        self.grasps, self.verb = grasps, verb
+        self._start: np.ndarray | None = None
+        self._moved = False
+
+    def reset(self, obj: np.ndarray) -> None:
+        self._start, self._moved = obj.copy(), False
+
+    def __call__(self, hand, grip, obj, goal) -> str:
+        if self.verb == "reach":
+            return "reach"
+        self._moved |= bool(np.linalg.norm(obj - self._start) > 0.01)
+        if self._moved:
+            return self.verb
+        if self.grasps and np.linalg.norm(hand - obj) < 0.05:
+            return "grasp"
+        return "reach"
+
+
 PHASE_FNS: dict[str, PhaseFn] = {
     "reach-v3": _phase_reach,
     "push-v3": _phase_push,
@@ -140,7 +219,7 @@ PHASE_FNS: dict[str, PhaseFn] = {
 
 
 def _policy_class_name(task: str) -> str:
-    words = task.replace("-v3", "").replace("insert", "insertion").split("-")
+    words = task.replace("-v3", "").replace("peg-insert", "peg-insertion").split("-")
     return "Sawyer" + "".join(w.capitalize() for w in words) + "V3Policy"
 
 
@@ -170,8 +249,8 @@ class MetaWorldTask:
 
     def __init__(self, task: str, *, seed: int, image_size: int = 64, camera: str = "corner2",
                  fast_render: bool = True):
-        if task not in PHASE_FNS:
-            raise ValueError(f"unknown MetaWorld task {task!r}; known: {sorted(PHASE_FNS)}")
+        if task not in TASK_OBJECTS:
+            raise ValueError(f"unknown MetaWorld task {task!r}; known: {sorted(TASK_OBJECTS)}")
         env_dict, policies = _import_mujoco_envs()
         self.task = task
         self.image_size = image_size
@@ -187,7 +266,11 @@ class MetaWorldTask:
         self._env.max_path_length = 10_000  # the rollout, not MetaWorld, decides the horizon
         self._fast_render_pending = fast_render
         self._policy = getattr(policies, _policy_class_name(task))()
-        self._phase_fn = PHASE_FNS[task]
+        if task in PHASE_FNS:
+            self._phase_fn = PHASE_FNS[task]
+        else:
+            _, _, grasps, verb, _ = MT50_EXTRA[task]
+            self._phase_fn = GenericPhases(grasps, verb)
         self._seed = seed
         self._obs: np.ndarray | None = None
         self._succeeded = False
@@ -212,6 +295,8 @@ class MetaWorldTask:
         self._env.seed(self._seed if seed is None else seed)
         self._obs, _ = self._env.reset()
         self._succeeded = False
+        if isinstance(self._phase_fn, GenericPhases):
+            self._phase_fn.reset(self._obs[4:7])
         return self._obs_dict()
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
