@@ -60,7 +60,7 @@ def format_dataset_summary(s: dict) -> str:
         f"success rate: {success}"])
 
 
-def _strip_steps(starts: np.ndarray, ends: np.ndarray, frames: int) -> list[int]:
+def film_strip_steps(starts: np.ndarray, ends: np.ndarray, frames: int) -> list[int]:
     """Steps to show: about `frames` spread over the episode by duration, >= 1 per event."""
     durations = ends - starts
     share = np.maximum(1, np.round(frames * durations / durations.sum())).astype(int)
@@ -76,7 +76,7 @@ def plot_film_strip(episode: dict, path: str, title: str, frames: int = _STRIP_F
 
     images = episode["steps/observation/image"]
     starts, ends = episode["events/start"], episode["events/end"]
-    steps = _strip_steps(starts, ends, frames)
+    steps = film_strip_steps(starts, ends, frames)
     h, w = images.shape[1:3]
     gap = max(1, w // 16)
     strip = np.full((h, len(steps) * (w + gap) - gap, 3), 255, np.uint8)
@@ -207,12 +207,11 @@ def main(argv: list[str] | None = None) -> dict:
     """CLI: print the dataset summary and the paths of the pictures written."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset_dir", help="dataset version dir (has dataset_info.json)")
-    parser.add_argument("--out", default=None, help="picture dir (default <dataset_dir>/inspect)")
+    parser.add_argument("--out", default="dataset_inspect", help="picture dir")
     parser.add_argument("--split", default="train")
     parser.add_argument("--episode", type=int, default=0)
     args = parser.parse_args(argv)
-    out = args.out or os.path.join(args.dataset_dir, "inspect")
-    result = inspect_dataset(args.dataset_dir, out, split=args.split, episode=args.episode)
+    result = inspect_dataset(args.dataset_dir, args.out, split=args.split, episode=args.episode)
     print(format_dataset_summary(result["summary"]))
     print(f"event index ({result['event_index_note']}: {result['event_index_path']}):")
     print(event_index_lib.format_summary(result["event_index"]))
