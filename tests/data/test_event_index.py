@@ -8,7 +8,7 @@ import pytest
 
 from wallwm_jax.data import event_index as ei
 from wallwm_jax.data import statistics
-from wallwm_jax.data.episodes import open_dataset
+from wallwm_jax.data.episodes import LazyFrames, open_dataset
 
 TEXT_DIMS, TRAJ_POINTS, K = 8, 8, 4
 
@@ -56,7 +56,8 @@ def test_episodes_read_without_decoding_images(tiny_dataset, episodes):
                                       ep["steps/observation/state"])
         frames = fast["steps/observation/image"]
         assert len(frames) == len(ep["steps/action"])
-        assert isinstance(frames[0], bytes) and frames[0].startswith(b"\x89PNG")
+        assert isinstance(frames, LazyFrames)  # frames stay PNG bytes until indexed
+        assert all(isinstance(b, bytes) and b.startswith(b"\x89PNG") for b in frames._encoded)
 
 
 def test_embeddings_are_weighted_unit_blocks(table):
