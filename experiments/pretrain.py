@@ -78,6 +78,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (Tmax steps across events, Staircase captions), "chunk" (Tmax steps, no language).
     config.data.layout = args["mode"]
     config.data.max_captions = _MAX_CAPTIONS[args["mode"]]  # caption slots per sample
+    # Cluster-balanced event sampling (DESIGN.md section 5): cluster c with n_c events gets
+    # mass ~ n_c ** alpha (1: events uniform, 0: clusters uniform; None: uniform, no index).
+    config.data.balance_alpha = 0.5
+    config.data.num_clusters = 16  # k-means clusters of the stored event index
+    # Dataset mixture: ((dataset dir, weight), ...); empty = data_dir alone. The first entry
+    # is the primary dataset, whose norm stats and tokenizer travel with checkpoints/exports.
+    config.data.mixture = ()
     # Train-split image augmentation, seeded per sample (off for val/eval pipelines).
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
                                                          jitter=0.15))

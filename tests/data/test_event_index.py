@@ -28,7 +28,8 @@ def episodes(tiny_dataset):
 @pytest.fixture
 def dataset_copy(tiny_dataset, tmp_path):
     """A private copy of the tiny dataset, for tests that write an index next to it."""
-    return shutil.copytree(tiny_dataset, tmp_path / "dataset", dirs_exist_ok=False).as_posix()
+    return shutil.copytree(tiny_dataset, tmp_path / "dataset", dirs_exist_ok=False,
+                           ignore=shutil.ignore_patterns("event_index_*")).as_posix()
 
 
 def test_one_row_per_event_in_episode_order(table, episodes, tiny_dataset):
@@ -41,7 +42,7 @@ def test_one_row_per_event_in_episode_order(table, episodes, tiny_dataset):
     assert got == expected
     assert table.num_episodes == len(episodes) and table.split == "train"
     # Same rows, same order as the pipeline's index, so event_probs from this table line up.
-    from wallwm_jax.data.pipeline import build_event_index as pipeline_index
+    from wallwm_jax.data.pipeline import scan_events as pipeline_index
 
     pipe, mine = pipeline_index(open_dataset(tiny_dataset, "train")), table.as_event_index()
     for name in ("episode", "event", "start", "end"):

@@ -16,7 +16,9 @@ from wallwm_jax.data.episodes import open_dataset
 def dataset_copy(tiny_dataset, tmp_path_factory):
     """A private copy of the tiny dataset: inspect stores a missing event index next to it."""
     dst = tmp_path_factory.mktemp("inspect") / "dataset"
-    return shutil.copytree(tiny_dataset, dst).as_posix()
+    # Without any stored event index (training pipelines store one in the shared fixture).
+    return shutil.copytree(tiny_dataset, dst, ignore=shutil.ignore_patterns(
+        "event_index_*")).as_posix()
 
 
 @pytest.fixture(scope="module")

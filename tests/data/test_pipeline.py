@@ -7,9 +7,9 @@ import pytest
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.episodes import open_dataset
 from wallwm_jax.data.pipeline import (
-    build_event_index,
     duration_bin,
     make_pipeline,
+    scan_events,
     to_event_batch,
 )
 
@@ -21,7 +21,7 @@ def test_duration_bins_use_upper_edges():
 
 def test_event_index_covers_every_event(tiny_dataset):
     source = open_dataset(tiny_dataset, "train")
-    index = build_event_index(source)
+    index = scan_events(source)
     total = sum(len(source[e]["events/start"]) for e in range(len(source)))
     assert len(index) == total
     assert np.all(index.end > index.start)
@@ -33,11 +33,9 @@ def test_samples_hold_the_rest_of_their_event(tiny_config):
     pipe = make_pipeline(cfg, global_batch=8, seed=0)
     source, sampler = pipe.sampler.source, pipe.sampler
     for i in range(20):
-        rng = np.random.default_rng([0, i])
-        row = int(rng.integers(len(sampler.index)))
+        row, t, _ = sampler.draw(i)
         e, k = int(sampler.index.episode[row]), int(sampler.index.event[row])
-        start, end = int(sampler.index.start[row]), int(sampler.index.end[row])
-        t = int(rng.integers(start, end))
+        end = int(sampler.index.end[row])
         sample = sampler(i)
         ep = source[e]
         n_real = min(end - t, cfg.max_event_len)
@@ -58,10 +56,8 @@ def test_samples_hold_the_rest_of_their_event(tiny_config):
 
 
 def _draw(sampler, i):
-    """The (episode, event, step) that sample i was drawn at (the sampler's own rule)."""
-    rng = np.random.default_rng([sampler.seed, i])
-    row = int(rng.integers(len(sampler.index)))
-    t = int(rng.integers(int(sampler.index.start[row]), int(sampler.index.end[row])))
+    """The (episode, event, step) that sample i was drawn at."""
+    row, t, _ = sampler.draw(i)
     return int(sampler.index.episode[row]), int(sampler.index.event[row]), t
 
 
@@ -215,3 +211,51 @@ def test_normalisation_round_trips(tiny_config, mode):
         assert np.all(np.abs(sample["actions"][:n]) <= 1.0)
         raw, back = raw[inside], back[inside]
     np.testing.assert_allclose(back, raw, rtol=1e-4, atol=1e-4)
+
+
+def test_balanced_sampling_realises_the_target_cluster_frequencies(tiny_config):
+    from wallwm_jax.data import balance
+
+    cfg = tiny_config.data
+    cfg.balance_alpha, cfg.num_clusters = 0.0, 3  # every cluster equally often
+    pipe = make_pipeline(cfg, global_batch=8, seed=0)
+    sampler, report = pipe.sampler, pipe.cluster_report()
+    sizes = np.bincount(sampler.cluster)
+    assert sizes.min() != sizes.max()  # unequal clusters, so balancing has work to do
+    np.testing.assert_allclose(report["target_frequencies"], 1 / 3, atol=1e-12)
+    rows = [sampler.draw(i)[0] for i in range(3000)]
+    realised = balance.cluster_report(sampler.cluster, sampler.event_probs, rows)
+    assert realised["kl_realised_target"] < 0.01, realised
+    # Against the data's own frequencies (alpha = 1) the same draws are far off.
+    uniform = balance.event_sampling_probabilities(sampler.cluster, 1.0)
+    assert balance.cluster_report(sampler.cluster, uniform, rows)["kl_realised_target"] > 0.02
+    assert {int(sampler(i)["cluster"]) for i in range(12)} <= set(range(3))
+
+
+def test_mixture_draws_datasets_by_weight(tiny_config):
+    cfg = tiny_config.data
+    cfg.mixture = ((cfg.data_dir, 3.0), (cfg.data_dir, 1.0))
+    cfg.balance_alpha = None
+    pipe = make_pipeline(cfg, global_batch=8, seed=0)
+    assert len(pipe.samplers) == 2
+    fn = pipe.iterator  # noqa: F841  (the Grain pipeline runs the mixture sampler)
+    from wallwm_jax.data.pipeline import MixtureSampler
+
+    mix = MixtureSampler(pipe.samplers, np.asarray([3.0, 1.0]), seed=0)
+    share = np.mean([int(mix(i)["dataset"]) == 0 for i in range(400)])
+    assert abs(share - 0.75) < 0.06, share
+    batch = next(pipe)
+    assert set(np.unique(batch["dataset"])) <= {0, 1}
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("balance_alpha", -0.5, "data.balance_alpha"),
+    ("balance_alpha", float("nan"), "data.balance_alpha"),
+    ("mixture", (("a", -1.0),), r"data.mixture\[0\]"),
+    ("mixture", (("a", 0.0), ("b", 0.0)), "all zero"),
+    ("num_clusters", 0, "data.num_clusters"),
+])
+def test_bad_sampling_settings_are_rejected_by_name(tiny_config, field, value, match):
+    setattr(tiny_config.data, field, value)
+    with pytest.raises(ValueError, match=match):
+        make_pipeline(tiny_config.data, global_batch=8, seed=0)

@@ -9,6 +9,7 @@ batch are disjoint and together cover it.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import OrderedDict
 from typing import Any
 
@@ -41,8 +42,9 @@ class EventIndex:
         return len(self.episode)
 
 
-def build_event_index(source: EpisodeSource) -> EventIndex:
-    """Scan every episode of `source` once and list its events."""
+def scan_events(source: EpisodeSource) -> EventIndex:
+    """Scan every episode of `source` once and list its events (no clusters; see
+    `wallwm_jax.data.event_index` for the stored index with embeddings and clusters)."""
     rows = []
     for e in range(len(source)):
         ep = source[e]
@@ -79,7 +81,7 @@ class EventSampler:
                  norm_stats: dict[str, dict[str, np.ndarray]],
                  data_cfg: ml_collections.ConfigDict, *, seed: int,
                  event_probs: np.ndarray | None = None, cache_size: int = 64,
-                 augment: bool = False):
+                 augment: bool = False, cluster: np.ndarray | None = None):
         self.source = source
         self.index = index
         self.tokenizer_path = tokenizer_path
@@ -87,6 +89,8 @@ class EventSampler:
         self.cfg = data_cfg
         self.seed = seed
         self.event_probs = event_probs
+        self._cdf = None if event_probs is None else np.cumsum(event_probs)
+        self.cluster = np.full(len(index), -1, np.int32) if cluster is None else cluster
         self.cache_size = cache_size
         self.augment = augment
         self._tokenizer: Tokenizer | None = None
@@ -114,19 +118,28 @@ class EventSampler:
             self._cache.popitem(last=False)
         return ep
 
-    def __call__(self, i: int) -> dict[str, np.ndarray]:
+    def draw(self, i: int) -> tuple[int, int, np.random.Generator]:
+        """(event row, step t, the sample's generator) of global sample i: a pure function
+        of (seed, i). Rows follow `event_probs` (inverse CDF) or are uniform."""
         rng = np.random.default_rng([self.seed, int(i)])
         n = len(self.index)
-        row = int(rng.choice(n, p=self.event_probs)) if self.event_probs is not None else int(
-            rng.integers(n))
+        if self._cdf is None:
+            row = int(rng.integers(n))
+        else:  # inverse CDF: O(log N) per draw, for millions of events
+            row = min(int(np.searchsorted(self._cdf, rng.random() * self._cdf[-1], "right")),
+                      n - 1)
+        t = int(rng.integers(int(self.index.start[row]), int(self.index.end[row])))
+        return row, t, rng
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        row, t, rng = self.draw(i)
         e, k = int(self.index.episode[row]), int(self.index.event[row])
-        start, end = int(self.index.start[row]), int(self.index.end[row])
-        t = int(rng.integers(start, end))
         sample = self.make_sample(self._episode(e), k, t)
         if self.augment:
             frames = sample["image"] if sample["image"].ndim == 4 else sample["image"][None]
             frames = np.stack([augment_frame(f, rng, self.cfg.augment) for f in frames])
             sample["image"] = frames if sample["image"].ndim == 4 else frames[0]
+        sample["cluster"] = np.int32(self.cluster[row])  # for realised-frequency reporting
         return sample
 
     def make_sample(self, ep: dict[str, Any], k: int, t: int) -> dict[str, np.ndarray]:
@@ -224,12 +237,87 @@ class InputPipeline:
     """The per-host iterator plus what the rest of the stack needs to know about the data."""
 
     iterator: grain.DatasetIterator
-    sampler: EventSampler
+    sampler: EventSampler  # the primary dataset's (its norm stats and tokenizer travel)
     dataset_dir: str
     per_host_batch: int
+    samplers: list[EventSampler] = dataclasses.field(default_factory=list)  # one per dataset
+
+    def cluster_report(self) -> dict[str, Any] | None:
+        """Cluster sizes, target frequencies and exp(H) of the primary dataset's balanced
+        sampling (None when sampling is uniform)."""
+        from wallwm_jax.data import balance
+
+        if self.sampler.event_probs is None:
+            return None
+        return balance.cluster_report(self.sampler.cluster, self.sampler.event_probs)
 
     def __next__(self) -> dict[str, np.ndarray]:
         return next(self.iterator)
+
+
+class MixtureSampler:
+    """Samples from several datasets' `EventSampler`s with fixed weights; the dataset of
+    sample i is drawn from (seed, i), so mixing stays index-based and resumable."""
+
+    def __init__(self, samplers: list[EventSampler], weights: np.ndarray, *, seed: int):
+        self.samplers, self.seed = samplers, seed
+        self.weights = np.asarray(weights, np.float64) / np.sum(weights)
+        self._cdf = np.cumsum(self.weights)
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        u = np.random.default_rng([self.seed, int(i), 1]).random()
+        d = min(int(np.searchsorted(self._cdf, u, "right")), len(self.samplers) - 1)
+        sample = self.samplers[d](i)
+        sample["dataset"] = np.int32(d)
+        return sample
+
+
+def mixture_entries(data_cfg: ml_collections.ConfigDict) -> list[tuple[str, float]]:
+    """`data.mixture` as [(dataset dir, weight)], or [(data.data_dir, 1.0)] when empty."""
+    entries = [(str(d), float(w)) for d, w in (data_cfg.get("mixture") or ())]
+    return entries or [(data_cfg.data_dir, 1.0)]
+
+
+def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
+    """Reject bad data settings when the config is read, naming the field."""
+    check_layout(data_cfg)
+    alpha = data_cfg.get("balance_alpha")
+    if alpha is not None and (not np.isfinite(alpha) or alpha < 0):
+        raise ValueError(f"data.balance_alpha={alpha} must be a finite number >= 0 (or None "
+                         f"for uniform event sampling)")
+    if data_cfg.get("num_clusters", 1) < 1:
+        raise ValueError(f"data.num_clusters={data_cfg.num_clusters} must be >= 1")
+    weights = [w for _, w in mixture_entries(data_cfg)]
+    for j, w in enumerate(weights):
+        if not np.isfinite(w) or w < 0:
+            raise ValueError(f"data.mixture[{j}] weight {w} must be a finite number >= 0")
+    if sum(weights) <= 0:
+        raise ValueError(f"data.mixture weights {weights} are all zero")
+    if data_cfg.augment.enabled:
+        check_augment(data_cfg.augment)
+
+
+def _balanced_index(dataset_dir: str, split: str, data_cfg: ml_collections.ConfigDict):
+    """(EventIndex, per-event probabilities, cluster ids) from the stored event index of the
+    dataset (built and stored next to it when missing), balanced with `data.balance_alpha`."""
+    from wallwm_jax.data import balance, event_index
+
+    npz_path, _ = event_index.index_paths(dataset_dir, split)
+    table = None
+    if os.path.exists(npz_path):
+        table = event_index.load_event_index(dataset_dir, split, check_dataset=False)
+        if table.build_args.get("num_clusters") != data_cfg.num_clusters:
+            print(f"event index: {npz_path} has k={table.build_args.get('num_clusters')}, "
+                  f"data.num_clusters={data_cfg.num_clusters}: rebuilding")
+            table = None
+    if table is None:
+        print(f"event index: building {npz_path} (k={data_cfg.num_clusters}); "
+              f"`python -m wallwm_jax.data.event_index` builds it ahead of time")
+        table = event_index.build_event_index(dataset_dir, split,
+                                              num_clusters=data_cfg.num_clusters)
+        event_index.save(table, dataset_dir)
+    probs = balance.event_sampling_probabilities(table.cluster, data_cfg.balance_alpha)
+    return table.as_event_index(), probs, np.asarray(table.cluster, np.int32)
 
 
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int,
@@ -240,21 +328,26 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
         raise ValueError(f"batch_size={global_batch} is not divisible by the number of "
                          f"processes ({process_count})")
     per_host = global_batch // process_count
-    check_layout(data_cfg)
-    dataset_dir = dataset_dir or data_cfg.data_dir
-    source = open_dataset(dataset_dir, split)
-    index = build_event_index(source)
+    check_data_config(data_cfg)
+    entries = [(dataset_dir, 1.0)] if dataset_dir else mixture_entries(data_cfg)
     augment = split == "train" and data_cfg.augment.enabled
-    if augment:
-        check_augment(data_cfg.augment)
-    sampler = EventSampler(source, index, f"{dataset_dir}/tokenizer.model",
-                           statistics.load_norm_stats(dataset_dir), data_cfg, seed=seed,
-                           augment=augment)
+    balanced = split == "train" and data_cfg.get("balance_alpha") is not None
+    samplers = []
+    for directory, _ in entries:
+        source = open_dataset(directory, split)
+        index, probs, cluster = (_balanced_index(directory, split, data_cfg) if balanced
+                                 else (scan_events(source), None, None))
+        samplers.append(EventSampler(
+            source, index, f"{directory}/tokenizer.model", statistics.load_norm_stats(directory),
+            data_cfg, seed=seed, augment=augment, event_probs=probs, cluster=cluster))
+    sampler = samplers[0]
+    fn = sampler if len(samplers) == 1 else MixtureSampler(
+        samplers, np.asarray([w for _, w in entries]), seed=seed)
     ds = grain.MapDataset.range(_MAX_SAMPLES)[process_index::process_count]
-    ds = ds.map(sampler).batch(per_host, drop_remainder=True)
+    ds = ds.map(fn).batch(per_host, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if data_cfg.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain workers read absl flags (e.g. under pytest)
             flags.FLAGS.mark_as_parsed()
         it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
-    return InputPipeline(iter(it_ds), sampler, dataset_dir, per_host)
+    return InputPipeline(iter(it_ds), sampler, entries[0][0], per_host, samplers)
