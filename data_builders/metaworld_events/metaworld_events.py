@@ -11,8 +11,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import multiprocessing
 import os
+import shutil
 import time
 
 import numpy as np
@@ -22,11 +24,19 @@ from etils import epath
 from PIL import Image
 
 from wallwm_jax.data import captions
+from wallwm_jax.data.episodes import validate_episode
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
-from wallwm_jax.envs.metaworld import DEMO_TASKS, MT10_TASKS, MT50_TASKS, rollout_expert
+from wallwm_jax.envs.metaworld import (
+    DEMO_TASKS,
+    EXTRA_CAMERAS,
+    MT10_TASKS,
+    MT50_TASKS,
+    rollout_expert,
+)
 
 VAL_FRACTION = 0.15
+REPORT_FILE = "build_report.json"
 MAX_STEPS = 200
 
 
@@ -36,13 +46,17 @@ class MetaworldEventsConfig(tfds.core.BuilderConfig):
     episodes_per_task: int = 10
     image_size: int = 64
     seed: int = 0
+    cameras: tuple[str, ...] = ()  # extra cameras, stored as steps/observation/image_<name>
+    keep_failures: bool = False  # keep failed expert episodes (episode_metadata/success False)
 
 
 BASE_TASKS = {"demo": DEMO_TASKS, "mt10": MT10_TASKS, "mt50": MT50_TASKS}
 
 
 def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size: int = 64,
-                seed: int = 0, tasks: tuple[str, ...] | None = None) -> MetaworldEventsConfig:
+                seed: int = 0, tasks: tuple[str, ...] | None = None,
+                cameras: tuple[str, ...] = (),
+                keep_failures: bool = False) -> MetaworldEventsConfig:
     """Config `config` with overrides; non-default overrides get their own config name
     (so their own directory), which keeps "already built" meaning "built with these settings"."""
     if config not in BASE_TASKS:
@@ -55,9 +69,17 @@ def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size
         name += f"-e{episodes_per_task}-i{image_size}-s{seed}"
     if tasks != BASE_TASKS[config]:
         name += "-t" + hashlib.sha1(",".join(tasks).encode()).hexdigest()[:8]
+    unknown = [c for c in cameras if c not in EXTRA_CAMERAS]
+    if unknown:
+        raise ValueError(f"unknown camera(s) {unknown}; extra cameras: {sorted(EXTRA_CAMERAS)}")
+    if cameras:
+        name += "-c" + "+".join(cameras)
+    if keep_failures:
+        name += "-withfailures"
     return MetaworldEventsConfig(
         name=name, description=f"{config}: {', '.join(tasks)}", tasks=tasks,
-        episodes_per_task=episodes_per_task, image_size=image_size, seed=seed)
+        episodes_per_task=episodes_per_task, image_size=image_size, seed=seed,
+        cameras=tuple(cameras), keep_failures=keep_failures)
 
 
 def split_episodes(episodes_per_task: int) -> dict[str, range]:
@@ -79,14 +101,18 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def episode_example(task: str, index: int, rollout: dict) -> dict:
+def episode_example(task: str, index: int, rollout: dict,
+                    cameras: tuple[str, ...] = ()) -> dict:
     """Feature dict of one rollout (images already PNG-encoded so TFDS needs no TensorFlow)."""
     t = len(rollout["actions"])
     events = rollout["events"]
+    observation = {"image": [_png(im) for im in rollout["images"]],
+                   "state": rollout["states"].astype(np.float32),
+                   **{f"image_{c}": [_png(im) for im in rollout[f"images_{c}"]]
+                      for c in cameras}}
     return {
         "steps": {
-            "observation": {"image": [_png(im) for im in rollout["images"]],
-                            "state": rollout["states"].astype(np.float32)},
+            "observation": observation,
             "action": rollout["actions"].astype(np.float32),
             "is_first": np.arange(t) == 0,
             "is_last": np.arange(t) == t - 1,
@@ -106,10 +132,55 @@ def episode_example(task: str, index: int, rollout: dict) -> dict:
     }
 
 
-def _rollout_job(job: tuple[str, int, int, int]) -> tuple[str, int, dict]:
-    task, index, seed, image_size = job
-    return task, index, rollout_expert(task, seed=seed, image_size=image_size,
-                                       max_steps=MAX_STEPS)
+def check_rollout(rollout: dict, image_size: int, cameras: tuple[str, ...]) -> None:
+    """Raise ValueError naming the field when a rollout breaks the episode contract
+    (shapes, NaN/Inf, events that do not tile the episode, wrong-size frames)."""
+    t = len(rollout["actions"])
+    events = rollout["events"]
+    flat = {
+        "steps/observation/image": rollout["images"],
+        "steps/observation/state": rollout["states"], "steps/action": rollout["actions"],
+        "steps/is_first": np.arange(t) == 0, "steps/is_last": np.arange(t) == t - 1,
+        "episode_metadata/task": "", "episode_metadata/instruction": "",
+        "episode_metadata/success": bool(rollout["success"]),
+        "events/start": np.array([s for s, _, _ in events], np.int32),
+        "events/end": np.array([e for _, e, _ in events], np.int32),
+        "events/caption": [p for _, _, p in events], "events/phase": [p for _, _, p in events],
+    }
+    validate_episode(flat, image_shape=(image_size, image_size, 3))
+    for c in cameras:
+        frames = rollout[f"images_{c}"]
+        if frames.shape != (t, image_size, image_size, 3):
+            raise ValueError(f"field 'steps/observation/image_{c}': shape {frames.shape}, "
+                             f"expected {(t, image_size, image_size, 3)}")
+
+
+def _rollout_job(job: tuple) -> tuple[str, int, dict]:
+    """One expert rollout, read from / written to the rollout cache (`cache_dir`) so an
+    interrupted build restarts from the episodes it already simulated."""
+    task, index, seed, image_size, cameras, cache_dir = job
+    path = os.path.join(cache_dir, f"{task}_{index:06d}.npz") if cache_dir else None
+    if path and os.path.exists(path):
+        with np.load(path, allow_pickle=False) as f:
+            rollout = {k: f[k] for k in f.files}
+        rollout["events"] = [(int(s), int(e), str(p)) for s, e, p in zip(
+            rollout.pop("event_start"), rollout.pop("event_end"), rollout.pop("event_phase"),
+            strict=True)]
+        rollout["success"] = bool(rollout["success"])
+        rollout["phases"] = list(rollout["phases"])
+        return task, index, rollout
+    rollout = rollout_expert(task, seed=seed, image_size=image_size, max_steps=MAX_STEPS,
+                             extra_cameras=cameras)
+    if path:
+        arrays = {k: v for k, v in rollout.items() if k not in ("events",)}
+        arrays["phases"] = np.asarray(rollout["phases"], str)
+        arrays["event_start"] = np.asarray([s for s, _, _ in rollout["events"]], np.int64)
+        arrays["event_end"] = np.asarray([e for _, e, _ in rollout["events"]], np.int64)
+        arrays["event_phase"] = np.asarray([p for _, _, p in rollout["events"]], str)
+        tmp = f"{path}.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)  # atomic: a killed build never leaves a half-written episode
+    return task, index, rollout
 
 
 class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
@@ -127,10 +198,13 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
         # dependency for Python < 3.9.
         return epath.Path(__file__)
 
-    def __init__(self, *, num_workers: int = 1, **kwargs):
+    def __init__(self, *, num_workers: int = 1, strict: bool = False,
+                 cache_dir: str | None = None, **kwargs):
         self.num_workers = num_workers
-        self.report = {"episodes": 0, "excluded": 0, "steps": 0, "events": 0, "rollouts": 0,
-                       "success_by_task": {}}
+        self.strict = strict
+        self.cache_dir = cache_dir
+        self.report = {"episodes": 0, "steps": 0, "rollouts": 0, "success_by_task": {},
+                       "excluded": {}, "events_per_episode": [], "event_durations": []}
         self.norm_arrays: dict[str, list[np.ndarray]] = {"state": [], "action": []}
         super().__init__(**kwargs)
 
@@ -142,6 +216,9 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
                     "observation": {
                         "image": tfds.features.Image(shape=(size, size, 3), dtype=np.uint8,
                                                      encoding_format="png"),
+                        **{f"image_{c}": tfds.features.Image(
+                            shape=(size, size, 3), dtype=np.uint8, encoding_format="png")
+                           for c in self.builder_config.cameras},
                         "state": tfds.features.Tensor(shape=(4,), dtype=np.float32),
                     },
                     "action": tfds.features.Tensor(shape=(4,), dtype=np.float32),
@@ -163,14 +240,17 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
             homepage="https://github.com/Farama-Foundation/Metaworld",
         )
 
+    def _exclude(self, reason: str) -> None:
+        self.report["excluded"][reason] = self.report["excluded"].get(reason, 0) + 1
+
     def _split_generators(self, dl_manager):
         return {split: self._generate_examples(split, indices)
                 for split, indices in split_episodes(self.builder_config.episodes_per_task).items()}
 
     def _generate_examples(self, split: str, indices: range):
         cfg = self.builder_config
-        jobs = [(task, i, episode_seed(cfg.seed, task, i), cfg.image_size)
-                for task in cfg.tasks for i in indices]
+        jobs = [(task, i, episode_seed(cfg.seed, task, i), cfg.image_size, cfg.cameras,
+                 self.cache_dir) for task in cfg.tasks for i in indices]
         bar = tqdm.tqdm(total=len(jobs), desc=f"metaworld_events/{cfg.name} {split} rollouts",
                         unit="ep")
         if self.num_workers > 1:
@@ -186,17 +266,26 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
                 self.report["rollouts"] += 1
                 ok, total = self.report["success_by_task"].get(task, (0, 0))
                 self.report["success_by_task"][task] = (ok + rollout["success"], total + 1)
-                if not rollout["success"]:
-                    self.report["excluded"] += 1
+                if not rollout["success"] and not cfg.keep_failures:
+                    self._exclude("expert failed")
+                    continue
+                try:
+                    check_rollout(rollout, cfg.image_size, cfg.cameras)
+                except ValueError as err:
+                    if self.strict:
+                        raise ValueError(f"metaworld_events/{cfg.name} {split} episode "
+                                         f"{task}_{index:06d}: {err} (--strict)") from None
+                    self._exclude(f"invalid {str(err).split(':')[0]}")
                     continue
                 self.report["episodes"] += 1
                 self.report["steps"] += len(rollout["actions"])
-                self.report["events"] += len(rollout["events"])
+                self.report["events_per_episode"].append(len(rollout["events"]))
+                self.report["event_durations"] += [e - s for s, e, _ in rollout["events"]]
                 if split == "train":
                     self.norm_arrays["state"].append(rollout["states"])
                     self.norm_arrays["action"].append(rollout["actions"])
                 kept += 1
-                yield f"{task}_{index:06d}", episode_example(task, index, rollout)
+                yield f"{task}_{index:06d}", episode_example(task, index, rollout, cfg.cameras)
             if not kept:
                 raise RuntimeError(f"no successful expert episode among the {len(jobs)} "
                                    f"rollouts of split {split!r}; nothing to write")
@@ -208,28 +297,43 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
 
 def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
           image_size: int = 64, seed: int = 0, num_workers: int = 1,
-          tasks: tuple[str, ...] | None = None) -> str:
-    """Build (or reuse) the dataset; write norm stats and tokenizer; return the version dir.
+          tasks: tuple[str, ...] | None = None, cameras: tuple[str, ...] = (),
+          keep_failures: bool = False, strict: bool = False) -> str:
+    """Build (or reuse) the dataset; write norm stats, tokenizer and build report; return the
+    version dir.
 
-    Resumable: a finished build is reused, and TFDS writes into a temporary directory that
-    is renamed only when every split is written, so an interrupted build leaves nothing that
-    looks finished. With `num_workers > 1` rollouts run in spawned processes (results kept
-    in job order, so the output does not depend on it); call from under
-    `if __name__ == "__main__":` in scripts, as multiprocessing's spawn requires.
+    Resumable twice over: a finished build is reused, and every simulated rollout is cached
+    (`<data_dir>/metaworld_events/.rollouts/<config>/`, atomic writes) until the build
+    finishes, so a build interrupted mid-way restarts without re-simulating what it had.
+    TFDS writes into a temporary directory renamed only when every split is written, so an
+    interrupted build never looks finished. Invalid episodes are excluded and counted
+    (`strict=True` raises instead, naming the episode and field); failed expert episodes are
+    excluded unless `keep_failures` (then kept with `episode_metadata/success` False). With
+    `num_workers > 1` rollouts run in spawned processes (results kept in job order, so the
+    output does not depend on it); call from under `if __name__ == "__main__":` in scripts.
     """
     cfg = make_config(config, episodes_per_task=episodes_per_task, image_size=image_size,
-                      seed=seed, tasks=tasks)
+                      seed=seed, tasks=tasks, cameras=cameras, keep_failures=keep_failures)
     builtin = {c.name for c in MetaworldEvents.BUILDER_CONFIGS}
+    cache_dir = os.path.join(data_dir, "metaworld_events", ".rollouts", cfg.name)
     builder = MetaworldEvents(data_dir=data_dir, config=cfg.name if cfg.name in builtin else cfg,
-                              num_workers=num_workers)
+                              num_workers=num_workers, strict=strict, cache_dir=cache_dir)
     version_dir = os.fspath(builder.data_dir)
     if not builder.is_prepared():
+        os.makedirs(cache_dir, exist_ok=True)
+        cached = len(os.listdir(cache_dir))
+        if cached:
+            print(f"metaworld_events/{cfg.name}: resuming, {cached} rollouts already simulated")
         t0 = time.perf_counter()
         builder.download_and_prepare(
             file_format="array_record",
             download_config=tfds.download.DownloadConfig(
                 compute_stats=tfds.download.ComputeStatsMode.SKIP))
-        _print_report(builder, time.perf_counter() - t0)
+        report = build_report(builder, time.perf_counter() - t0, reused_rollouts=cached)
+        with open(os.path.join(version_dir, REPORT_FILE), "w") as f:
+            json.dump(report, f, indent=1)
+        print(format_report(report))
+        shutil.rmtree(cache_dir, ignore_errors=True)
     stats_path = os.path.join(version_dir, NORM_STATS_FILE)
     if not os.path.exists(stats_path):
         arrays = builder.norm_arrays
@@ -253,13 +357,46 @@ def _read_train_arrays(version_dir: str) -> dict[str, list[np.ndarray]]:
     return arrays
 
 
-def _print_report(builder: MetaworldEvents, seconds: float) -> None:
+def build_report(builder: MetaworldEvents, seconds: float, *, reused_rollouts: int = 0) -> dict:
+    """What a build produced: episodes, steps, events per episode, event durations, expert
+    success per task, exclusions by reason, time and episodes/min."""
     r = builder.report
-    n = max(r["episodes"], 1)
-    print(f"metaworld_events/{builder.builder_config.name}: {r['episodes']} episodes, "
-          f"{r['steps']} steps, {r['events'] / n:.2f} events/episode, "
-          f"mean event {r['steps'] / max(r['events'], 1):.1f} steps, expert success "
-          f"{r['episodes']}/{r['rollouts']} ({100 * r['episodes'] / max(r['rollouts'], 1):.0f}%),"
-          f" excluded {r['excluded']}, built in {seconds:.1f}s -> {builder.data_dir}")
-    print("  expert success by task: " + ", ".join(
-        f"{task} {ok}/{total}" for task, (ok, total) in r["success_by_task"].items()))
+    per_ep, dur = np.asarray(r["events_per_episode"]), np.asarray(r["event_durations"])
+
+    def stats(x: np.ndarray) -> dict[str, float]:
+        if not len(x):
+            return {}
+        return {"mean": float(x.mean()), "median": float(np.median(x)), "min": int(x.min()),
+                "max": int(x.max())}
+
+    ok = sum(a for a, _ in r["success_by_task"].values())
+    return {
+        "config": builder.builder_config.name, "dir": os.fspath(builder.data_dir),
+        "episodes": r["episodes"], "steps": r["steps"], "rollouts": r["rollouts"],
+        "events_per_episode": stats(per_ep), "event_duration_steps": stats(dur),
+        "expert_success_rate": ok / max(r["rollouts"], 1),
+        "expert_success_by_task": {t: [a, n] for t, (a, n) in r["success_by_task"].items()},
+        "excluded": dict(r["excluded"]), "seconds": seconds,
+        "episodes_per_min": 60.0 * r["rollouts"] / max(seconds, 1e-9),
+        "reused_rollouts": reused_rollouts, "workers": builder.num_workers,
+    }
+
+
+def format_report(report: dict) -> str:
+    """Human-readable build report (what `build` prints)."""
+    e, d = report["events_per_episode"], report["event_duration_steps"]
+    lines = [
+        f"metaworld_events/{report['config']}: {report['episodes']} episodes, "
+        f"{report['steps']} steps in {report['seconds']:.1f}s "
+        f"({report['episodes_per_min']:.1f} rollouts/min, {report['workers']} workers) -> "
+        f"{report['dir']}",
+        f"  events per episode: mean {e.get('mean', 0):.2f} (min {e.get('min', 0)}, max "
+        f"{e.get('max', 0)}); event duration: mean {d.get('mean', 0):.1f}, median "
+        f"{d.get('median', 0):.0f} (min {d.get('min', 0)}, max {d.get('max', 0)}) steps",
+        f"  expert success {100 * report['expert_success_rate']:.0f}% of {report['rollouts']} "
+        "rollouts: " + ", ".join(f"{t} {a}/{n}" for t, (a, n) in
+                                 report["expert_success_by_task"].items()),
+        "  excluded: " + (", ".join(f"{n} {why}" for why, n in report["excluded"].items())
+                          or "none"),
+    ]
+    return "\n".join(lines)

@@ -157,3 +157,95 @@ def test_worker_pool_gives_the_same_dataset(tmp_path):
     np.testing.assert_array_equal(np.stack(a["steps"]["observation"]["image"]),
                                   np.stack(b["steps"]["observation"]["image"]))
     assert list(a["events"]["caption"]) == list(b["events"]["caption"])
+
+
+def test_build_report_is_stored_and_adds_up(built):
+    _, version_dir = built
+    with open(os.path.join(version_dir, mwe.REPORT_FILE)) as f:
+        report = json.load(f)
+    builder = tfds.builder_from_directory(version_dir)
+    n = sum(len(builder.as_data_source(split=s)) for s in ("train", "val"))
+    assert report["episodes"] == n and report["rollouts"] >= n
+    assert report["episodes_per_min"] > 0 and report["events_per_episode"]["min"] >= 1
+    assert report["rollouts"] - report["episodes"] == sum(report["excluded"].values())
+    assert "expert success" in mwe.format_report(report)
+
+
+def test_interrupted_build_resumes_from_cached_rollouts(tmp_path, monkeypatch):
+    kwargs = dict(episodes_per_task=3, image_size=16, tasks=("reach-v3",))  # 2 train, 1 val
+    real_job, real_rollout = mwe._rollout_job, mwe.rollout_expert
+    calls = []
+
+    def crash_after_two(job):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_job(job)
+
+    def counting_rollout(*args, **kw):
+        calls.append(args)
+        return real_rollout(*args, **kw)
+
+    monkeypatch.setattr(mwe, "rollout_expert", counting_rollout)
+    monkeypatch.setattr(mwe, "_rollout_job", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        mwe.build(str(tmp_path / "a"), **kwargs)
+    assert len(calls) == 2
+    monkeypatch.setattr(mwe, "_rollout_job", real_job)
+    version_dir = mwe.build(str(tmp_path / "a"), **kwargs)
+    assert len(calls) == 3  # the two train rollouts came from the cache, only val ran
+    fresh = mwe.build(str(tmp_path / "b"), **kwargs)
+    a = tfds.builder_from_directory(version_dir).as_data_source(split="train")[0]
+    b = tfds.builder_from_directory(fresh).as_data_source(split="train")[0]
+    np.testing.assert_array_equal(np.stack(a["steps"]["action"]), np.stack(b["steps"]["action"]))
+    np.testing.assert_array_equal(np.stack(a["steps"]["observation"]["image"]),
+                                  np.stack(b["steps"]["observation"]["image"]))
+    with open(os.path.join(version_dir, mwe.REPORT_FILE)) as f:
+        assert json.load(f)["reused_rollouts"] == 2
+    assert not os.listdir(tmp_path / "a" / "metaworld_events" / ".rollouts")  # cache cleared
+
+
+def test_bad_episode_is_excluded_and_counted_or_fails_strict(tmp_path, monkeypatch):
+    real = mwe.rollout_expert
+    seen = []
+
+    def nan_in_second(*args, **kw):
+        out = real(*args, **kw)
+        seen.append(1)
+        if len(seen) == 2:
+            out["actions"] = out["actions"].copy()
+            out["actions"][3, 1] = np.nan
+        return out
+
+    monkeypatch.setattr(mwe, "rollout_expert", nan_in_second)
+    kwargs = dict(episodes_per_task=3, image_size=16, tasks=("reach-v3",))
+    version_dir = mwe.build(str(tmp_path / "lenient"), **kwargs)
+    with open(os.path.join(version_dir, mwe.REPORT_FILE)) as f:
+        report = json.load(f)
+    assert report["excluded"] == {"invalid field 'steps/action'": 1}
+    builder = tfds.builder_from_directory(version_dir)
+    assert len(builder.as_data_source(split="train")) == 1  # 2 train episodes, 1 excluded
+    seen.clear()
+    with pytest.raises(ValueError, match=r"reach-v3_000001: field 'steps/action'.*--strict"):
+        mwe.build(str(tmp_path / "strict"), strict=True, **kwargs)
+
+
+def test_gripper_camera_is_stored_and_fed_to_the_model(tmp_path):
+    from experiments.pretrain import get_config
+    from wallwm_jax.data.pipeline import make_pipeline
+
+    version_dir = mwe.build(str(tmp_path), episodes_per_task=2, image_size=16,
+                            tasks=("push-v3",), cameras=("gripper",))
+    assert "-cgripper" in version_dir
+    ep = tfds.builder_from_directory(version_dir).as_data_source(split="train")[0]
+    scene = np.stack(ep["steps"]["observation"]["image"])
+    gripper = np.stack(ep["steps"]["observation"]["image_gripper"])
+    assert gripper.shape == scene.shape and gripper.mean() > 20
+    assert not np.array_equal(gripper, scene)
+    config = get_config("size=tiny,mode=event")
+    config.data.data_dir, config.data.image_size = version_dir, 16
+    config.data.cameras = ("image", "image_gripper")
+    sample = make_pipeline(config.data, global_batch=2, seed=0).sampler(0)
+    assert sample["image"].shape == (2, 16, 16, 3)
+    config.data.cameras = ("image", "image_wrist")
+    with pytest.raises(ValueError, match="image_wrist"):
+        make_pipeline(config.data, global_batch=2, seed=0).sampler(0)

@@ -297,24 +297,30 @@ def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
         check_augment(data_cfg.augment)
 
 
-def _balanced_index(dataset_dir: str, split: str, data_cfg: ml_collections.ConfigDict):
+def _balanced_index(source: EpisodeSource, split: str, data_cfg: ml_collections.ConfigDict):
     """(EventIndex, per-event probabilities, cluster ids) from the stored event index of the
-    dataset (built and stored next to it when missing), balanced with `data.balance_alpha`."""
+    dataset, balanced with `data.balance_alpha`. The index is (re)built and stored next to
+    the dataset when it is missing, stale, or was built with another k (k is capped at the
+    number of events)."""
     from wallwm_jax.data import balance, event_index
 
+    dataset_dir = source.dataset_dir
+    scanned = scan_events(source)
+    k = min(int(data_cfg.num_clusters), len(scanned))
     npz_path, _ = event_index.index_paths(dataset_dir, split)
     table = None
     if os.path.exists(npz_path):
         table = event_index.load_event_index(dataset_dir, split, check_dataset=False)
-        if table.build_args.get("num_clusters") != data_cfg.num_clusters:
-            print(f"event index: {npz_path} has k={table.build_args.get('num_clusters')}, "
-                  f"data.num_clusters={data_cfg.num_clusters}: rebuilding")
+        rows = table.as_event_index()
+        same = all(np.array_equal(getattr(rows, f), getattr(scanned, f))
+                   for f in ("episode", "event", "start", "end"))
+        if not same or table.build_args.get("num_clusters") != k:
+            print(f"event index: {npz_path} is stale or has another k: rebuilding (k={k})")
             table = None
     if table is None:
-        print(f"event index: building {npz_path} (k={data_cfg.num_clusters}); "
+        print(f"event index: building {npz_path} (k={k}); "
               f"`python -m wallwm_jax.data.event_index` builds it ahead of time")
-        table = event_index.build_event_index(dataset_dir, split,
-                                              num_clusters=data_cfg.num_clusters)
+        table = event_index.build_event_index(dataset_dir, split, num_clusters=k)
         event_index.save(table, dataset_dir)
     probs = balance.event_sampling_probabilities(table.cluster, data_cfg.balance_alpha)
     return table.as_event_index(), probs, np.asarray(table.cluster, np.int32)
@@ -335,7 +341,7 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     samplers = []
     for directory, _ in entries:
         source = open_dataset(directory, split)
-        index, probs, cluster = (_balanced_index(directory, split, data_cfg) if balanced
+        index, probs, cluster = (_balanced_index(source, split, data_cfg) if balanced
                                  else (scan_events(source), None, None))
         samplers.append(EventSampler(
             source, index, f"{directory}/tokenizer.model", statistics.load_norm_stats(directory),

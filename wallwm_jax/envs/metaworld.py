@@ -91,6 +91,8 @@ MT50_EXTRA: dict[str, tuple[str, str, bool, str, str]] = {
 }
 TASK_OBJECTS.update({task: (obj, target) for task, (obj, target, *_) in MT50_EXTRA.items()})
 MT50_TASKS = tuple(sorted(TASK_OBJECTS))
+# Extra camera feature name -> MuJoCo camera (the scene camera is `image`, from `camera`).
+EXTRA_CAMERAS = {"gripper": "gripperPOV", "behind": "behindGripper", "top": "topview"}
 HOLD = "hold"  # phase of the steps the rollout keeps after the task has succeeded
 SETTLE_STEPS = 5  # steps kept after success so the last event shows the finished task
 MIN_EVENT_STEPS = 2
@@ -248,12 +250,16 @@ class MetaWorldTask:
     """One MetaWorld task; object and goal positions are drawn from `seed` at each reset."""
 
     def __init__(self, task: str, *, seed: int, image_size: int = 64, camera: str = "corner2",
-                 fast_render: bool = True):
+                 fast_render: bool = True, extra_cameras: tuple[str, ...] = ()):
         if task not in TASK_OBJECTS:
             raise ValueError(f"unknown MetaWorld task {task!r}; known: {sorted(TASK_OBJECTS)}")
         env_dict, policies = _import_mujoco_envs()
         self.task = task
         self.image_size = image_size
+        unknown = [c for c in extra_cameras if c not in EXTRA_CAMERAS]
+        if unknown:
+            raise ValueError(f"unknown extra camera(s) {unknown}; known: {sorted(EXTRA_CAMERAS)}")
+        self.extra_cameras = tuple(extra_cameras)
         self._env = env_dict.ALL_V3_ENVIRONMENTS[task](
             render_mode="rgb_array", camera_name=camera, width=image_size, height=image_size)
         # What MetaWorld's benchmarks do in set_task, minus the fixed list of 50 goals:
@@ -288,7 +294,16 @@ class MetaWorldTask:
             viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             self._fast_render_pending = False
         image = np.ascontiguousarray(self._env.render()[::-1])  # MuJoCo renders upside down
-        return {"image": image.astype(np.uint8), "state": self._obs[:4].astype(np.float32)}
+        out = {"image": image.astype(np.uint8), "state": self._obs[:4].astype(np.float32)}
+        for name in self.extra_cameras:
+            import mujoco
+
+            cam = mujoco.mj_name2id(self._env.model, mujoco.mjtObj.mjOBJ_CAMERA,
+                                    EXTRA_CAMERAS[name])
+            frame = self._env.mujoco_renderer.viewer.render(render_mode="rgb_array",
+                                                            camera_id=cam)
+            out[f"image_{name}"] = np.ascontiguousarray(frame[::-1]).astype(np.uint8)
+        return out
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Reset with new positions; returns {'image': uint8[H,W,3], 'state': float32[4]}."""
@@ -347,20 +362,24 @@ def segment_phases(phases: list[str], min_len: int = MIN_EVENT_STEPS) -> list[tu
 
 
 def rollout_expert(task: str, *, seed: int, image_size: int = 64,
-                   max_steps: int = 200) -> dict:
+                   max_steps: int = 200, extra_cameras: tuple[str, ...] = ()) -> dict:
     """Run the scripted expert once; T = steps taken (stops SETTLE_STEPS after success).
 
     Returns images uint8[T,H,W,3], states float32[T,4], actions float32[T,4] in [-1, 1],
-    phases (T names), events [(start, end_exclusive, phase)], success (bool).
+    phases (T names), events [(start, end_exclusive, phase)], success (bool), and
+    `images_<name>` uint8[T,H,W,3] per extra camera.
     """
-    env = MetaWorldTask(task, seed=seed, image_size=image_size)
+    env = MetaWorldTask(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras)
     try:
         obs = env.reset()
         images, states, actions, phases = [], [], [], []
+        extra = {name: [] for name in extra_cameras}
         success_at = None
         for t in range(max_steps):
             action = np.clip(env.expert_action(), -1.0, 1.0)
             images.append(obs["image"])
+            for name, frames in extra.items():
+                frames.append(obs[f"image_{name}"])
             states.append(obs["state"])
             actions.append(action)
             phases.append(env.phase())
@@ -375,6 +394,7 @@ def rollout_expert(task: str, *, seed: int, image_size: int = 64,
         "images": np.stack(images), "states": np.stack(states),
         "actions": np.stack(actions).astype(np.float32), "phases": phases,
         "events": segment_phases(phases), "success": success_at is not None,
+        **{f"images_{name}": np.stack(frames) for name, frames in extra.items()},
     }
 
 
