@@ -108,13 +108,23 @@ def _scale(x: np.ndarray) -> float:
     return float(np.percentile(x, 90)) if len(x) else 0.0
 
 
-def _speed_minima(speed: np.ndarray, fraction: float) -> dict[int, float]:
-    """Local minima below `fraction` x the speed scale -> priority in [_SPEED, _SPEED + 1)."""
-    limit = fraction * _scale(speed)
-    cuts = {}
+def _speed_minima(speed: np.ndarray, fraction: float, stop_fraction: float,
+                  min_stop_steps: int) -> dict[int, float]:
+    """Speed cuts -> priority in [_SPEED, _SPEED + 1]: both ends of every stop (a run of
+    >= `min_stop_steps` steps below `stop_fraction` x the speed scale, its first step and the
+    step motion resumes), and local minima below `fraction` x the scale outside stops."""
+    scale = _scale(speed)
+    limit, still = fraction * scale, speed <= stop_fraction * scale
+    cuts, in_stop = {}, np.zeros(len(speed), bool)
+    edges = np.flatnonzero(np.diff(np.r_[0, still.astype(int), 0]))
+    for a, b in zip(edges[::2], edges[1::2], strict=True):  # still[a:b] is one run
+        if b - a >= min_stop_steps:
+            in_stop[a:b] = True
+            cuts.update({t: _SPEED + 1.0 for t in (a, b) if 0 < t < len(speed)})
     for t in range(1, len(speed) - 1):
-        # `<=` on the left: a flat stop is cut where the motion resumes.
-        if speed[t] <= speed[t - 1] and speed[t] < speed[t + 1] and speed[t] < limit:
+        # `<=` on the left: a flat minimum is cut where the motion resumes.
+        if (not in_stop[t] and speed[t] <= speed[t - 1] and speed[t] < speed[t + 1]
+                and speed[t] < limit):
             cuts[t] = _SPEED + 1.0 - speed[t] / limit
     return cuts
 
@@ -160,8 +170,8 @@ def _merge_short(cuts: dict[int, float], t_total: int, min_steps: int) -> list[i
 
 def _split_long(starts: list[int], t_total: int, speed: np.ndarray, max_steps: int,
                 min_steps: int) -> list[int]:
-    """Split every event longer than `max_steps` at its slowest step (keeping both parts
-    >= `min_steps`), recursively."""
+    """Split every event longer than `max_steps` in two at its slowest step in the middle
+    third (ties: nearest the middle; both parts >= `min_steps`), recursively."""
     out = []
     for s, e in zip(starts, [*starts[1:], t_total], strict=True):
         pending = [(s, e)]
@@ -170,8 +180,10 @@ def _split_long(starts: list[int], t_total: int, speed: np.ndarray, max_steps: i
             if b - a <= max_steps:
                 out.append(a)
                 continue
-            lo, hi = a + min_steps, b - min_steps  # cut c in [lo, hi] keeps both >= min
-            c = lo + int(np.argmin(speed[lo:hi + 1]))
+            lo = max(a + min_steps, a + (b - a) // 3)
+            hi = min(b - min_steps, b - (b - a) // 3)
+            window = np.arange(lo, hi + 1)
+            c = int(window[np.lexsort((np.abs(2 * window - a - b), speed[window]))[0]])
             pending += [(c, b), (a, c)]
     return sorted(out)
 
@@ -183,11 +195,12 @@ class SegmenterDefaults:
 
     gripper_threshold: float = 0.3
     gripper_hysteresis: float = 0.2
-    smooth_steps: int = 3
-    speed_fraction: float = 0.3
-    jump_fraction: float | None = 0.3
-    min_separation: int = 4
-    min_event_steps: int = 4
+    smooth_steps: int = 1  # MetaWorld states are noise-free; raise it for teleop data
+    speed_fraction: float = 0.2
+    stop_fraction: float = 0.05
+    jump_fraction: float | None = 0.2
+    min_separation: int = 5
+    min_event_steps: int = 3
     max_event_steps: int = 60
 
 
@@ -200,6 +213,7 @@ def segment_events(actions: np.ndarray, states: np.ndarray, *, gripper_index: in
                    gripper_hysteresis: float = DEFAULTS.gripper_hysteresis,
                    smooth_steps: int = DEFAULTS.smooth_steps,
                    speed_fraction: float = DEFAULTS.speed_fraction,
+                   stop_fraction: float = DEFAULTS.stop_fraction,
                    jump_fraction: float | None = DEFAULTS.jump_fraction,
                    min_separation: int = DEFAULTS.min_separation,
                    min_event_steps: int = DEFAULTS.min_event_steps,
@@ -211,16 +225,17 @@ def segment_events(actions: np.ndarray, states: np.ndarray, *, gripper_index: in
     `gripper_threshold` +- `gripper_hysteresis`); jumps of the other action dims larger than
     `jump_fraction` x their 90th-percentile norm (None: off); local minima of the end-effector
     speed (`states[:, position_slice]`, averaged over `smooth_steps`) below `speed_fraction` x
-    its 90th percentile. Cuts closer than `min_separation` to a stronger one are dropped,
-    events shorter than `min_event_steps` merged, longer than `max_event_steps` split at their
-    slowest step. Scales are per episode, so units do not matter.
+    its 90th percentile, and both ends of stops (>= `min_event_steps` steps below
+    `stop_fraction` x that percentile). Cuts closer than `min_separation` to a stronger one are
+    dropped, events shorter than `min_event_steps` merged, longer than `max_event_steps` split
+    at their slowest step. Scales are per episode, so units do not matter.
     """
     actions, states, positions = _check_episode(actions, states, gripper_index, position_slice)
     for name, value in (("smooth_steps", smooth_steps), ("min_separation", min_separation),
                         ("min_event_steps", min_event_steps),
                         ("max_event_steps", max_event_steps)):
         _positive(name, value, integer=True)
-    for name, value in (("speed_fraction", speed_fraction),
+    for name, value in (("speed_fraction", speed_fraction), ("stop_fraction", stop_fraction),
                         ("gripper_hysteresis", gripper_hysteresis)):
         _positive(name, value)
     if jump_fraction is not None:
@@ -233,7 +248,8 @@ def segment_events(actions: np.ndarray, states: np.ndarray, *, gripper_index: in
     t_total = len(actions)
     closed = gripper_closed(actions[:, gripper_index], threshold=gripper_threshold,
                             hysteresis=gripper_hysteresis)
-    candidates = _speed_minima(speed := smoothed_speed(positions, smooth_steps), speed_fraction)
+    speed = smoothed_speed(positions, smooth_steps)
+    candidates = _speed_minima(speed, speed_fraction, stop_fraction, min_event_steps)
     if jump_fraction is not None and actions.shape[1] > 1:
         motion = np.delete(actions, gripper_index, axis=1)
         candidates.update(_motion_jumps(motion, jump_fraction))
