@@ -78,7 +78,9 @@ def gripper_closed(command: np.ndarray, *, threshold: float = 0.3,
     """bool [T]: a Schmitt trigger on the gripper command [T], so noise near `threshold`
     cannot flip it; closed above threshold + hysteresis, open below threshold - hysteresis."""
     closed = np.empty(len(command), bool)
-    state = bool(command[0] > threshold)
+    decided = np.flatnonzero(np.abs(np.asarray(command) - threshold) > hysteresis)
+    # Before the first decisive command the state is that command's, so noise there can't cut.
+    state = bool(command[decided[0] if len(decided) else 0] > threshold)
     for t, c in enumerate(command):
         if c > threshold + hysteresis:
             state = True
