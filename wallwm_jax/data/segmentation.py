@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -283,7 +284,8 @@ def _check_starts(name: str, starts, t_total: int | None = None) -> np.ndarray:
     return x
 
 
-def boundary_f1(predicted_starts, true_starts, *, tolerance: int) -> dict:
+def boundary_f1(predicted_starts: Sequence[int] | np.ndarray,
+                true_starts: Sequence[int] | np.ndarray, *, tolerance: int) -> dict:
     """Boundary precision/recall/F1 of predicted event starts against true ones.
 
     The start at step 0 is excluded from both sides (every segmentation has it). A predicted
@@ -316,7 +318,8 @@ def _scores(tp: int, fp: int, fn: int) -> dict:
     return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "fp": fp, "fn": fn}
 
 
-def describe_events(actions: np.ndarray, states: np.ndarray, starts, *, gripper_index: int,
+def describe_events(actions: np.ndarray, states: np.ndarray,
+                    starts: Sequence[int] | np.ndarray, *, gripper_index: int,
                     position_slice: slice, gripper_threshold: float = DEFAULTS.gripper_threshold,
                     gripper_hysteresis: float = DEFAULTS.gripper_hysteresis,
                     still_fraction: float = 0.1,
@@ -388,7 +391,7 @@ def _visible(pred: np.ndarray, true: np.ndarray, phases: list[str], tolerance: i
             np.asarray([s for s in true if int(s) not in hidden], np.int64))
 
 
-def evaluate(episodes, *, tolerances=(3,), gripper_index: int = 3,
+def evaluate(episodes: Iterable[dict], *, tolerances: Sequence[int] = (3,), gripper_index: int = 3,
              position_slice: slice = slice(0, 3), **segment_kwargs) -> dict:
     """Summed boundary counts per task and "overall" over episodes given as dicts with task,
     actions [T,A], states [T,S], starts [E] and phases [E] (ground truth).
@@ -418,7 +421,7 @@ def evaluate(episodes, *, tolerances=(3,), gripper_index: int = 3,
                    for key, v in row.items()} for task, row in totals.items()}
 
 
-def format_table(results: dict, tolerances=(3,)) -> str:
+def format_table(results: dict, tolerances: Sequence[int] = (3,)) -> str:
     """The per-task table printed by the command line."""
     head = f"{'task':26s} {'eps':>4s} {'true/ep':>7s} {'pred/ep':>7s}"
     for k in tolerances:
@@ -437,7 +440,7 @@ def format_table(results: dict, tolerances=(3,)) -> str:
     return "\n".join(lines)
 
 
-def dataset_episodes(dataset_dir: str, split: str = "train"):
+def dataset_episodes(dataset_dir: str, split: str = "train") -> Iterator[dict]:
     """Episodes of a built event dataset, in the form `evaluate` reads."""
     from wallwm_jax.data.episodes import open_dataset
 
@@ -449,7 +452,7 @@ def dataset_episodes(dataset_dir: str, split: str = "train"):
                "phases": ep["events/phase"]}
 
 
-def rollout_episodes(tasks, episodes: int, seed: int):
+def rollout_episodes(tasks: Sequence[str], episodes: int, seed: int) -> Iterator[dict]:
     """Fresh MetaWorld expert rollouts (seeds seed .. seed + episodes - 1 per task)."""
     from wallwm_jax.envs.metaworld import rollout_expert
 
