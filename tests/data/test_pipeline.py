@@ -259,3 +259,17 @@ def test_bad_sampling_settings_are_rejected_by_name(tiny_config, field, value, m
     setattr(tiny_config.data, field, value)
     with pytest.raises(ValueError, match=match):
         make_pipeline(tiny_config.data, global_batch=8, seed=0)
+
+
+def test_pipeline_tracks_realised_cluster_frequencies(tiny_config):
+    cfg = tiny_config.data
+    cfg.balance_alpha, cfg.num_clusters = 0.0, 3
+    pipe = make_pipeline(cfg, global_batch=8, seed=0)
+    assert pipe.sampling_metrics() == {}
+    for _ in range(40):
+        pipe.observe(next(pipe))
+    metrics = pipe.sampling_metrics()
+    assert abs(metrics["data/effective_clusters"] - 3.0) < 1e-9
+    assert 0.0 <= metrics["data/cluster_kl"] < 0.05, metrics
+    pipe._counts[:] = [1000, 0, 0]  # everything from one cluster: far from uniform
+    assert pipe.sampling_metrics()["data/cluster_kl"] > 0.5

@@ -121,3 +121,17 @@ def mixture_probabilities(event_probs: Sequence[np.ndarray],
                              f"summing to 1 (shape {p.shape}, sum {p.sum():.6f})")
         parts.append(w[d] * p)
     return w, np.concatenate(parts)
+
+
+def frequency_kl(counts: Sequence[float] | np.ndarray,
+                 target: Sequence[float] | np.ndarray) -> float:
+    """KL(realised || target) of cluster draw counts [C] against target frequencies [C]
+    (natural log, `KL_EPSILON` added to both), as in `cluster_report`; 0.0 before any draw."""
+    counts, target = np.asarray(counts, np.float64), np.asarray(target, np.float64)
+    if counts.shape != target.shape:
+        raise ValueError(f"counts {counts.shape} and target {target.shape} must have one entry "
+                         f"per cluster")
+    if counts.sum() <= 0:
+        return 0.0
+    realised = counts / counts.sum()
+    return float(np.sum(realised * np.log((realised + KL_EPSILON) / (target + KL_EPSILON))))

@@ -242,6 +242,33 @@ class InputPipeline:
     per_host_batch: int
     samplers: list[EventSampler] = dataclasses.field(default_factory=list)  # one per dataset
 
+    _counts: np.ndarray | None = None
+
+    def observe(self, batch: dict[str, np.ndarray]) -> None:
+        """Count the clusters of a drawn batch (primary dataset), for `sampling_metrics`."""
+        if self.sampler.event_probs is None:
+            return
+        if self._counts is None:
+            self._counts = np.zeros(int(self.sampler.cluster.max()) + 1)
+        ids = np.asarray(batch["cluster"])
+        if "dataset" in batch:
+            ids = ids[np.asarray(batch["dataset"]) == 0]
+        ids = ids[ids >= 0]
+        self._counts += np.bincount(ids, minlength=len(self._counts))[:len(self._counts)]
+
+    def sampling_metrics(self) -> dict[str, float]:
+        """`data/cluster_kl` (realised vs target cluster frequencies over the batches
+        observed so far) and `data/effective_clusters` exp(H) of the target."""
+        from wallwm_jax.data import balance
+
+        if self.sampler.event_probs is None or self._counts is None:
+            return {}
+        target = np.bincount(self.sampler.cluster, weights=self.sampler.event_probs,
+                             minlength=len(self._counts))
+        h = -np.sum(target[target > 0] * np.log(target[target > 0]))
+        return {"data/cluster_kl": balance.frequency_kl(self._counts, target),
+                "data/effective_clusters": float(np.exp(h))}
+
     def cluster_report(self) -> dict[str, Any] | None:
         """Cluster sizes, target frequencies and exp(H) of the primary dataset's balanced
         sampling (None when sampling is uniform)."""
