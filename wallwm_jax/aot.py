@@ -122,7 +122,7 @@ def format_table(report: dict[str, Any]) -> str:
     rows += [("XLA FLOPs/device", "n/a" if xla is None else f"{xla:.4g}"),
              ("analytic FLOPs/device", f"{report['analytic_flops_per_device']:.4g}"),
              ("analytic FLOPs/step", f"{report['analytic_flops_per_step']:.4g}"),
-             ("params", f"{report['params'] / 1e9:.3f} B"),
+             ("params", f"{report['params'] / 1e6:,.1f} M"),
              ("compile (s)", f"{report['compile_s']:.1f}")]
     lines = [f"{report['size']} on {report['num_devices']} x {report['compiled_for']} "
              f"(budget from '{report['device_kind']}'), mesh {report['mesh']}, "
