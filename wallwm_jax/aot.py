@@ -83,9 +83,6 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
     lowered = step.update_fn.lower(step.abstract_params, step.abstract_state,
                                    step.abstract_batch)
     t1 = time.perf_counter()
-    compiled = lowered.compile()
-    t2 = time.perf_counter()
-    memory = memory_report(compiled)
     budget = hbm_gib if hbm_gib is not None else throughput.device_peak(device_kind)[1]
     analytic = throughput.step_flops(config)
     report = {
@@ -94,14 +91,23 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
         "mesh": dict(mesh.shape), "batch_size": int(config.batch_size),
         "params": wallwm.count_params(step.abstract_params),
         "remat_policy": config.model.remat_policy, "dtype": config.model.dtype,
-        "lower_s": t1 - t0, "compile_s": t2 - t1,
-        "memory_bytes_per_device": memory,
-        "xla_flops_per_device": xla_flops(compiled),
-        "analytic_flops_per_step": analytic,
-        "analytic_flops_per_device": analytic / len(devices),
-        "hbm_budget_gib": budget,
+        "lower_s": t1 - t0, "analytic_flops_per_step": analytic,
+        "analytic_flops_per_device": analytic / len(devices), "hbm_budget_gib": budget,
     }
-    report["verdict"] = verdict(memory["total"], budget)
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+        # The TPU compiler itself refuses a program that cannot fit its HBM.
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        report.update(compile_s=time.perf_counter() - t1, memory_bytes_per_device=None,
+                      xla_flops_per_device=None,
+                      verdict=f"DOES NOT FIT (compiler: {str(e).splitlines()[0]})")
+        return report
+    report.update(compile_s=time.perf_counter() - t1,
+                  memory_bytes_per_device=memory_report(compiled),
+                  xla_flops_per_device=xla_flops(compiled))
+    report["verdict"] = verdict(report["memory_bytes_per_device"]["total"], budget)
     return report
 
 
@@ -114,8 +120,8 @@ def verdict(total_bytes: int, budget_gib: float | None) -> str:
 
 def format_table(report: dict[str, Any]) -> str:
     """The report as a small Markdown table plus the verdict line."""
-    mem = report["memory_bytes_per_device"]
-    rows = [(f"{name} (GiB/device)", f"{mem[name] / GIB:.3f}")
+    mem = report["memory_bytes_per_device"] or {}
+    rows = [(f"{name} (GiB/device)", f"{mem[name] / GIB:.3f}" if mem else "n/a")
             for name in ("arguments", "outputs", "aliased", "temporaries", "generated_code",
                          "total")]
     xla = report["xla_flops_per_device"]
@@ -130,7 +136,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += [f"| {k} | {v} |" for k, v in rows]
     budget = report["hbm_budget_gib"]
     budget_txt = "no budget" if budget is None else f"budget {budget:g} GiB"
-    lines += ["", f"{report['verdict']}: {mem['total'] / GIB:.2f} GiB per device, {budget_txt}"]
+    total = f"{mem['total'] / GIB:.2f} GiB per device" if mem else "no memory analysis"
+    lines += ["", f"{report['verdict']}: {total}, {budget_txt}"]
     return "\n".join(lines)
 
 
