@@ -148,8 +148,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 100
     config.checkpoint.keep = 3
     config.checkpoint.async_save = True
+    config.checkpoint.keep_period = 0  # also keep every step divisible by this (0: off)
 
     config.eval = ml_collections.ConfigDict()
     config.eval.episodes_per_task = 3
     config.eval.max_steps = 200
+    config.eval.num_batches = 4  # val batches per offline evaluation during training
     return config

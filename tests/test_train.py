@@ -34,15 +34,50 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
     assert steps == [3, 6]
 
 
-def test_metrics_and_tensorboard_are_written(tiny_config, tmp_path):
-    tiny_config.total_steps = 2
-    train_and_evaluate(tiny_config, str(tmp_path))
+def test_metrics_tensorboard_and_periodic_eval(tiny_config, tmp_path):
+    """Per-step observability rows, per-group norms that add up to the global norm, the LR of
+    the update that produced each step, and `eval/` rows every `eval_every_steps`."""
+    from wallwm_jax.optim.factory import learning_rate_schedule
+
+    tiny_config.eval_every_steps = 4
+    tiny_config.eval.num_batches = 1
+    summary = train_and_evaluate(tiny_config, str(tmp_path))
     rows = read_metrics(str(tmp_path))
-    assert [r["step"] for r in rows] == [1, 2]
-    for key in ("loss", "loss/action", "loss/caption", "loss/duration", "loss/world",
-                "grad_norm", "step_time", "data_time", "lr"):
-        assert key in rows[0], key
+    train_rows = [r for r in rows if "loss" in r]
+    eval_rows = [r for r in rows if "eval/action_mse" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in eval_rows] == [4, 6]  # every 4 steps and at the end
+    for key in ("eval/loss", "eval/loss/action", "eval/duration_acc", "eval/world_mse"):
+        assert np.isfinite(eval_rows[0][key]), key
+    assert summary["eval"] == {k: v for k, v in eval_rows[-1].items() if k != "step"}
+
+    groups = ("vit", "backbone", "action_expert", "heads")
+    schedule = learning_rate_schedule(tiny_config.optimizer, tiny_config.total_steps)
+    for row in train_rows:
+        for key in ("loss", "loss/action", "loss/caption", "loss/duration", "loss/world",
+                    "grad_norm", "update_norm", "step_time", "data_time", "lr",
+                    "examples_per_s", "tokens_per_s", "model_flops_per_s"):
+            assert key in row, key
+        assert {k.split("/", 1)[1] for k in row if k.startswith("grad_norm/")} == set(groups)
+        for kind in ("grad_norm", "update_norm"):
+            parts = sum(row[f"{kind}/{g}"] ** 2 for g in groups)
+            np.testing.assert_allclose(parts, row[kind] ** 2, rtol=1e-4)
+        np.testing.assert_allclose(row["lr"], float(schedule(row["step"] - 1)), rtol=1e-6)
+        assert "mfu" not in row  # CPU: peak FLOP/s unknown, MFU not reported
+        np.testing.assert_allclose(row["model_flops_per_s"] * row["step_time"],
+                                   summary["flops_per_step"], rtol=1e-6)
+    assert train_rows[0]["lr"] == 0.0  # warmup starts at 0: the first update used lr 0
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_keep_period_keeps_multiples(tiny_config, tmp_path):
+    """keep=2, keep_period=2, a save every step: the latest two plus every even step stay."""
+    tiny_config.checkpoint.every_steps = 1
+    tiny_config.checkpoint.keep = 2
+    tiny_config.checkpoint.keep_period = 2
+    train_and_evaluate(tiny_config, str(tmp_path))
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    assert steps == [2, 4, 5, 6]
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):

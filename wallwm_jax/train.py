@@ -3,13 +3,14 @@
     python -m wallwm_jax.train --config experiments/pretrain.py:size=tiny,mode=event \
         --workdir /tmp/run --config.data.data_dir=<dataset dir> --config.total_steps=300
 
-Stages: mesh -> input pipeline -> model and optimizer -> sharding -> update step ->
-checkpoint (restore or init) -> loop (log, checkpoint, stop on preemption or NaN).
+Stages: mesh -> input pipeline -> train step (model, optimizer, sharding, update; built by
+`train_step.make_train_step`) -> checkpoint (restore or init) -> evals -> loop (log,
+checkpoint, eval, stop on preemption or NaN). Several processes: add `--coordinator_address
+host:port --num_processes N --process_id i` (or the JAX_* environment variables).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import signal
@@ -18,30 +19,21 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax.struct
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import app, flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from wallwm_jax import checkpoint as ckpt
-from wallwm_jax import sharding
+from wallwm_jax import sharding, throughput
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
-from wallwm_jax.models import wallwm
-from wallwm_jax.optim.factory import learning_rate_schedule, make_optimizer
+from wallwm_jax.evaluation.offline import OfflineEvaluator
 from wallwm_jax.train_log import MetricLogger
+from wallwm_jax.train_step import TrainState, make_train_step
 
-
-@flax.struct.dataclass
-class TrainState:
-    """Everything that changes during training, besides the params and the data iterator."""
-
-    step: jax.Array  # int32 []
-    opt_state: Any
+__all__ = ["NonFiniteLossError", "TrainState", "initialize_distributed", "train_and_evaluate"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -77,18 +69,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     `stop_after` ends the run early at that step (with a checkpoint) as an interruption
     would, without changing the config, so the schedule matches an uninterrupted run.
-    `devices` (default: all) are the devices the mesh is built over.
+    `devices` (default: all, of every process) are the devices the mesh is built over.
     `config.init_from` (used only when `workdir` has no checkpoint) is a checkpoint
     directory or an export bundle whose params start the run, with a fresh optimizer.
+    `config.eval_every_steps` > 0 runs the offline evaluation on the val split every that
+    many steps and at the end (0: none here; the caller evaluates the final params).
     """
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_threefry_partitionable", True)
+    is_chief = jax.process_index() == 0
 
     # ---------------------------------------------------------------- Mesh
     mesh = sharding.make_mesh(config.mesh, devices)
-    if config.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
-        raise ValueError(f"batch_size={config.batch_size} is not divisible by the data-parallel "
-                         f"mesh size {mesh.shape['data'] * mesh.shape['fsdp']}")
 
     # ---------------------------------------------------------------- Input pipeline
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
@@ -99,68 +91,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
                          f"dataset tokenizer's {pipeline.sampler.tokenizer.vocab_size}")
 
-    # ---------------------------------------------------------------- Model and optimizer
-    model_cfg = config.model
-    logical_axes = wallwm.param_logical_axes(model_cfg)
-    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
-    lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
-
-    # ---------------------------------------------------------------- Sharding
-    abstract_params = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
-    param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules,
-                                                  abstract_params)
-    abstract_params = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-        abstract_params, param_sharding)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sharding = sharding.opt_state_sharding(abstract_opt, abstract_params, param_sharding,
-                                               mesh)
-    state_sharding = TrainState(step=sharding.replicated(mesh), opt_state=opt_sharding)
-
-    @functools.partial(jax.jit, out_shardings=(param_sharding, state_sharding))
-    def init_fn(rng):
-        params = wallwm.init_params(model_cfg, rng)
-        return params, TrainState(step=jnp.zeros((), jnp.int32), opt_state=tx.init(params))
-
-    # ---------------------------------------------------------------- Update step
-    base_rng = jax.random.PRNGKey(config.seed)
-
-    @functools.partial(
-        jax.jit, donate_argnums=(0, 1),
-        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh)))
-    def update_fn(params, state, batch):
-        rng = jax.random.fold_in(base_rng, state.step)
-        grad_fn = jax.value_and_grad(
-            lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
-        (loss, metrics), grads = grad_fn(params)
-        updates, opt_state = tx.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
-        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
-                       update_norm=optax.global_norm(updates))
-        return params, TrainState(step=state.step + 1, opt_state=opt_state), metrics
+    # ---------------------------------------------------------------- Model, optimizer,
+    # sharding and update step: one builder, shared with aot.py and the benchmarks.
+    step_fns = make_train_step(config, mesh)
+    update_fn = step_fns.update_fn
+    flops_per_step = throughput.step_flops(config)
+    device_kind = mesh.devices.flat[0].device_kind
 
     # ---------------------------------------------------------------- Checkpoint
     manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    abstract_state = jax.eval_shape(init_fn, base_rng)[1]
-    abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                  abstract_state, state_sharding)
     start_step = manager.latest_step()
     if start_step is not None:
-        params, state = ckpt.restore(manager, start_step, abstract_params, abstract_state,
-                                     data_iter)
+        params, state = ckpt.restore(manager, start_step, step_fns.abstract_params,
+                                     step_fns.abstract_state, data_iter)
         print(f"Resumed from checkpoint step {start_step} in {manager.directory}")
     else:
-        params, state = init_fn(jax.random.PRNGKey(config.seed + 1))
+        params, state = step_fns.init_fn(jax.random.PRNGKey(config.seed + 1))
         if config.init_from:
-            params = ckpt.restore_params(config.init_from, abstract_params)
+            params = ckpt.restore_params(config.init_from, step_fns.abstract_params)
             print(f"Initialised params from {config.init_from}")
     first_step = int(state.step)
 
+    # ---------------------------------------------------------------- Evals
+    eval_every = int(config.get("eval_every_steps", 0))
+    evaluator = None
+    if eval_every > 0:
+        evaluator = OfflineEvaluator(config, split="val", mesh=mesh,
+                                     num_batches=config.eval.get("num_batches", 4))
+
     # ---------------------------------------------------------------- Loop
-    logger = MetricLogger(workdir, config, total_steps=config.total_steps)
+    logger = MetricLogger(workdir, config, total_steps=config.total_steps, active=is_chief)
     losses: list[float] = []
+    eval_metrics: dict[str, float] = {}
     pbar = tqdm(total=config.total_steps, initial=first_step, desc="train", unit="step",
-                file=sys.stdout, disable=first_step >= config.total_steps)
+                file=sys.stdout, disable=first_step >= config.total_steps or not is_chief)
     step = first_step
     with _Preemption() as preemption:
         while step < config.total_steps:
@@ -174,10 +138,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             losses.append(float(metrics["loss"]))
             step_time = time.perf_counter() - t0
             pbar.update(1)
-            pbar.set_postfix(loss=f"{float(metrics['loss']):.4f}")
+            pbar.set_postfix(loss=f"{float(metrics['loss']):.4f}", data=f"{t_data:.3f}s")
             done = step == config.total_steps
             interrupt = preemption.requested or step == stop_after
-            extra = {}
+            extra = throughput.throughput(config, step_time, num_devices=mesh.devices.size,
+                                          device_kind=device_kind, flops=flops_per_step)
             if step % config.checkpoint.every_steps == 0 or done or interrupt:
                 t_save = time.perf_counter()
                 ckpt.save(manager, step, params, {"step": state.step,
@@ -186,8 +151,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 # Time the loop was blocked by the (async) save: also in metrics.jsonl.
                 extra["checkpoint_blocking_s"] = time.perf_counter() - t_save
                 logger.scalar(step, "checkpoint/blocking_s", extra["checkpoint_blocking_s"])
-            logger.log(step, metrics, force=bool(extra), step_time=step_time,
-                       data_time=t_data, lr=float(lr_schedule(step)), **extra)
+            logger.log(step, metrics, force="checkpoint_blocking_s" in extra,
+                       step_time=step_time, data_time=t_data, **extra)
+            if evaluator is not None and (step % eval_every == 0 or done):
+                eval_metrics = {f"eval/{k.split('/', 1)[1]}": v
+                                for k, v in evaluator(params).items()}
+                logger.log(step, eval_metrics, force=True)
             if interrupt:
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
@@ -197,7 +166,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     logger.close()
     return {"params": params, "first_step": first_step, "last_step": step, "losses": losses,
             "checkpoint_dir": str(manager.directory), "preempted": preemption.requested,
-            "norm_stats": norm_stats, "assets": assets}
+            "norm_stats": norm_stats, "assets": assets, "eval": eval_metrics,
+            "flops_per_step": flops_per_step}
 
 
 def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.ConfigDict,
@@ -212,12 +182,42 @@ def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.Con
         f"(step {manager.latest_step()}) in {manager.directory} is intact")
 
 
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> bool:
+    """Join a multi-process run via `jax.distributed.initialize` when one is asked for.
+
+    Each argument falls back to the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,
+    JAX_PROCESS_ID). Nothing happens for a single process; returns whether it initialised.
+    Must run before anything touches the devices.
+    """
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    if num_processes is None or num_processes <= 1:
+        return False
+    if not coordinator_address or process_id is None:
+        raise ValueError(f"num_processes={num_processes} needs coordinator_address (host:port) "
+                         f"and process_id (0..{num_processes - 1}); got "
+                         f"coordinator_address={coordinator_address!r}, process_id={process_id}")
+    if not 0 <= process_id < num_processes:
+        raise ValueError(f"process_id={process_id} must be in 0..{num_processes - 1}")
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+    return True
+
+
 def main(argv: list[str]) -> None:
-    """CLI entry point: `--config` (ml_collections config file) and `--workdir`."""
+    """CLI entry point: `--config`, `--workdir` and the optional multi-process flags."""
     del argv
-    summary = train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+    fl = flags.FLAGS
+    initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
+    summary = train_and_evaluate(fl.config, fl.workdir)
     losses = summary["losses"]
-    if losses:
+    if losses and jax.process_index() == 0:
         print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
               f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
 
@@ -228,5 +228,11 @@ if __name__ == "__main__":
     config_flags.DEFINE_config_file(
         "config", None, "Experiment config, e.g. experiments/pretrain.py:size=tiny,mode=event")
     flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+    flags.DEFINE_string("coordinator_address", None,
+                        "host:port of process 0 for a multi-process run "
+                        "(default: $JAX_COORDINATOR_ADDRESS).")
+    flags.DEFINE_integer("num_processes", None,
+                         "Number of processes (default: $JAX_NUM_PROCESSES, else 1).")
+    flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(main)

@@ -12,11 +12,18 @@ from tensorboardX import SummaryWriter
 
 
 class MetricLogger:
-    """Writes one JSON object per logged step and the same scalars to TensorBoard."""
+    """Writes one JSON object per logged step and the same scalars to TensorBoard.
 
-    def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, total_steps: int):
+    Only one process of a multi-process run writes (`active`); the others' calls do nothing.
+    """
+
+    def __init__(self, workdir: str, config: ml_collections.ConfigDict, *, total_steps: int,
+                 active: bool = True):
         self.every = max(1, int(config.log_every_steps))
         self.total_steps = total_steps
+        self.active = active
+        if not active:
+            return
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -24,7 +31,7 @@ class MetricLogger:
             **extra: float) -> None:
         """Record a train step's metrics (every `log_every_steps`, the last step, and
         whenever `force` is set)."""
-        if not force and step % self.every and step != self.total_steps:
+        if not self.active or (not force and step % self.every and step != self.total_steps):
             return
         row = {"step": int(step)}
         row.update({k: float(np.asarray(v)) for k, v in metrics.items()})
@@ -36,9 +43,14 @@ class MetricLogger:
                 self._tb.add_scalar(key, value, step)
 
     def scalar(self, step: int, name: str, value: float) -> None:
-        self._tb.add_scalar(name, float(value), step)
+        """One TensorBoard scalar (not in metrics.jsonl)."""
+        if self.active:
+            self._tb.add_scalar(name, float(value), step)
 
     def close(self) -> None:
+        """Flush and close both outputs."""
+        if not self.active:
+            return
         self._jsonl.close()
         self._tb.close()
 

@@ -8,37 +8,63 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh
 
+from wallwm_jax import sharding
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
 from wallwm_jax.models import wallwm
+
+
+class OfflineEvaluator:
+    """Compiles the metrics step once; each call averages it over the same held-out batches.
+
+    With a `mesh`, batches become global arrays sharded over the data axes (works on several
+    processes); without one they are fed as host arrays (single process).
+    """
+
+    def __init__(self, config: ml_collections.ConfigDict, *, split: str = "val",
+                 num_batches: int = 4, seed: int = 1234, mesh: Mesh | None = None):
+        self.config, self.split, self.num_batches = config, split, int(num_batches)
+        self.seed, self.mesh = seed, mesh
+        model_cfg = config.model
+
+        def metrics_fn(params: Any, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
+            _, losses = wallwm.compute_loss(model_cfg, params, batch, rng, train=False)
+            # Ground-truth captions and step-to-event assignment: this measures the actions
+            # given the language (caption decoding quality is the caption loss).
+            out = wallwm.sample_actions(model_cfg, params, batch.obs, rng,
+                                        action_events=batch.action_events)
+            mask = batch.action_mask.astype(jnp.float32)
+            err = jnp.sum((out["actions"] - batch.actions) ** 2, axis=-1)
+            mse = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            end = batch.end_image.astype(jnp.float32) / 127.5 - 1
+            world = jnp.mean((out["world"] - end) ** 2)
+            metrics = dict(losses, action_mse=mse, world_mse=world)
+            if batch.duration_bin.shape[1]:  # chunk mode has no caption slots, no durations
+                present = (batch.obs.caption[:, :, 0] != 0).astype(jnp.float32)
+                hit = (out["duration_bin"] == batch.duration_bin).astype(jnp.float32)
+                metrics["duration_acc"] = jnp.sum(hit * present) / jnp.maximum(
+                    jnp.sum(present), 1)
+            return metrics
+
+        out_sharding = None if mesh is None else sharding.replicated(mesh)
+        self._metrics_fn = jax.jit(metrics_fn, out_shardings=out_sharding)
+
+    def __call__(self, params: Any) -> dict[str, float]:
+        """Average metrics over `num_batches` event batches of the split, keyed '<split>/...'."""
+        pipeline = make_pipeline(self.config.data, global_batch=self.config.batch_size,
+                                 seed=self.seed, split=self.split)
+        rows = []
+        for b in range(self.num_batches):
+            batch = to_event_batch(next(pipeline))
+            if self.mesh is not None:
+                batch = sharding.global_batch(batch, self.mesh)
+            rng = jax.random.PRNGKey(self.seed + b)
+            rows.append(jax.device_get(self._metrics_fn(params, batch, rng)))
+        return {f"{self.split}/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def evaluate_offline(params: Any, config: ml_collections.ConfigDict, *, split: str = "val",
                      num_batches: int = 4, seed: int = 1234) -> dict[str, float]:
     """Average metrics over `num_batches` event batches of `split` (normalised action units)."""
-    model_cfg = config.model
-    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=seed, split=split)
-
-    @jax.jit
-    def metrics_fn(params, batch, rng):
-        _, losses = wallwm.compute_loss(model_cfg, params, batch, rng, train=False)
-        # Ground-truth captions and step-to-event assignment: this measures the actions given
-        # the language (caption decoding quality is the caption loss).
-        out = wallwm.sample_actions(model_cfg, params, batch.obs, rng,
-                                    action_events=batch.action_events)
-        mask = batch.action_mask.astype(jnp.float32)
-        err = jnp.sum((out["actions"] - batch.actions) ** 2, axis=-1)
-        mse = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
-        world = jnp.mean((out["world"] - (batch.end_image.astype(jnp.float32) / 127.5 - 1)) ** 2)
-        metrics = dict(losses, action_mse=mse, world_mse=world)
-        if batch.duration_bin.shape[1]:  # chunk mode has no caption slots, so no durations
-            present = (batch.obs.caption[:, :, 0] != 0).astype(jnp.float32)
-            hit = (out["duration_bin"] == batch.duration_bin).astype(jnp.float32)
-            metrics["duration_acc"] = jnp.sum(hit * present) / jnp.maximum(jnp.sum(present), 1)
-        return metrics
-
-    rows = []
-    for b in range(num_batches):
-        batch = to_event_batch(next(pipeline))
-        rows.append(jax.device_get(metrics_fn(params, batch, jax.random.PRNGKey(seed + b))))
-    return {f"{split}/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    return OfflineEvaluator(config, split=split, num_batches=num_batches, seed=seed)(params)

@@ -1,0 +1,148 @@
+"""Train-step benchmark: compile time, step time, tokens/s, model FLOP/s and MFU of the exact
+step the training loop runs (`train_step.make_train_step`), for several remat policies.
+
+    python benchmarks/train_step.py                       # small on CPU, base on a GPU
+    python benchmarks/train_step.py --size=small --remat=none,full,dots_saveable --steps=5
+
+The first `--remat` entry is the baseline; the others are reported as ratios to it. MFU is
+reported only where the device's peak FLOP/s is known (not on CPU). Prints one JSON object
+and a one-line summary. Batches are random but well-formed (same shapes and dtypes as the
+pipeline's, via `abstract_batch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from experiments.pretrain import get_config  # noqa: E402
+from wallwm_jax import sharding, throughput  # noqa: E402
+from wallwm_jax.aot import memory_report  # noqa: E402
+from wallwm_jax.models import wallwm  # noqa: E402
+from wallwm_jax.train_step import make_train_step  # noqa: E402
+
+
+def random_batch(step_fns: Any, config: Any, seed: int) -> Any:
+    """A well-formed global batch with the shapes/dtypes/sharding of `abstract_batch`."""
+    rng = np.random.default_rng(seed)
+    vocab, bins = int(config.model.vocab_size), int(config.model.num_duration_bins)
+
+    def one(path: Any, a: jax.ShapeDtypeStruct) -> jax.Array:
+        name = jax.tree_util.keystr(path)
+        if a.dtype == np.uint8:
+            x = rng.integers(0, 256, a.shape, dtype=np.uint8)
+        elif a.dtype == bool:
+            x = np.ones(a.shape, bool)
+        elif "duration_bin" in name:
+            x = rng.integers(0, bins, a.shape).astype(a.dtype)
+        elif a.dtype == np.int32:  # tokens: no padding
+            x = rng.integers(1, vocab, a.shape).astype(a.dtype)
+        else:
+            x = rng.standard_normal(a.shape).astype(a.dtype)
+        return jax.device_put(x, a.sharding)
+
+    return jax.tree_util.tree_map_with_path(one, step_fns.abstract_batch)
+
+
+def attention_switch(config: Any) -> str:
+    """Which attention implementations the model config can select (none if no field)."""
+    for key in ("attention_impl", "attention", "attention_implementation"):
+        if key in config.model:
+            return f"config.model.{key}"
+    return ("none: models/layers.attention calls jax.nn.dot_product_attention("
+            "implementation=None) (XLA, or cuDNN on GPU when it applies); no config field")
+
+
+def bench_variant(config: Any, steps: int, warmup: int) -> dict[str, Any]:
+    """Compile and time one config's train step on all local devices."""
+    mesh = sharding.make_mesh(config.mesh)
+    fns = make_train_step(config, mesh)
+    t0 = time.perf_counter()
+    compiled = fns.update_fn.lower(fns.abstract_params, fns.abstract_state,
+                                   fns.abstract_batch).compile()
+    compile_s = time.perf_counter() - t0
+    params, state = fns.init_fn(jax.random.PRNGKey(0))
+    batch = random_batch(fns, config, seed=0)
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        params, state, metrics = compiled(params, state, batch)
+        jax.block_until_ready(metrics)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    step_s = statistics.median(times)
+    flops = throughput.step_flops(config)
+    dev = mesh.devices.flat[0]
+    out = {"remat_policy": config.model.remat_policy, "compile_s": compile_s,
+           "step_time_s": step_s, "step_times_s": times, "flops_per_step": flops,
+           "memory_bytes_per_device": memory_report(compiled)["total"],
+           "loss": float(metrics["loss"])}
+    out.update(throughput.throughput(config, step_s, num_devices=mesh.devices.size,
+                                     device_kind=dev.device_kind, flops=flops))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default=None, help="default: base on GPU, small otherwise")
+    parser.add_argument("--remat", default="none,full",
+                        help="comma list of remat policies; the first is the baseline")
+    parser.add_argument("--batch_size", type=int, default=None)
+    parser.add_argument("--dtype", default=None, help="model compute dtype, e.g. bfloat16")
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    args = parser.parse_args()
+    jax.config.update("jax_threefry_partitionable", True)
+
+    backend = jax.default_backend()
+    size = args.size or ("base" if backend == "gpu" else "small")
+    results = []
+    for policy in args.remat.split(","):
+        config = get_config(f"size={size}")
+        config.model.remat_policy = policy
+        if args.batch_size:
+            config.batch_size = args.batch_size
+        if args.dtype:
+            config.model.dtype = args.dtype
+        results.append(bench_variant(config, args.steps, args.warmup))
+    base = results[0]
+    for r in results[1:]:
+        r["vs_baseline"] = {
+            "step_time": r["step_time_s"] / base["step_time_s"],
+            "compile": r["compile_s"] / base["compile_s"],
+            "memory": r["memory_bytes_per_device"] / base["memory_bytes_per_device"]}
+    dev = jax.devices()[0]
+    report = {"size": size, "backend": backend, "device_kind": dev.device_kind,
+              "num_devices": jax.device_count(), "batch_size": config.batch_size,
+              "dtype": config.model.dtype,
+              "params": wallwm.count_params(make_train_step(config, sharding.make_mesh(
+                  config.mesh)).abstract_params),
+              "tokens_per_example": throughput.tokens_per_example(config),
+              "peak_flops_per_device": throughput.device_peak(dev.device_kind)[0],
+              "attention_switch": attention_switch(config),
+              "baseline": base["remat_policy"], "results": results}
+    print(json.dumps(report, indent=2))
+    parts = []
+    for r in results:
+        mfu = f", MFU {r['mfu']:.1%}" if "mfu" in r else ""
+        ratio = (f" ({r['vs_baseline']['step_time']:.2f}x step time, "
+                 f"{r['vs_baseline']['memory']:.2f}x memory)" if "vs_baseline" in r else "")
+        parts.append(f"remat={r['remat_policy']}: {r['step_time_s'] * 1e3:.0f} ms/step, "
+                     f"compile {r['compile_s']:.1f}s, {r['tokens_per_s']:.0f} tok/s, "
+                     f"{r['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu}{ratio}")
+    print(f"{size} on {report['num_devices']}x {dev.device_kind}, batch {config.batch_size}, "
+          f"{base['flops_per_step']:.3g} FLOPs/step: " + "; ".join(parts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""One process of the two-process test (tests/test_multiprocess.py); not a test itself.
+
+    python tests/multiprocess_worker.py --coordinator 127.0.0.1:PORT --num_processes 2 \
+        --process_id 0 --data_dir DIR --workdir DIR --out DIR
+
+Joins the run through `train.initialize_distributed` (what the train CLI calls), writes its
+first two per-host batches to `<out>/batches_<id>.npz`, trains the tiny model to step 3
+(checkpoint), then resumes from that checkpoint to step 6 and writes `<out>/done_<id>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def tiny_config(data_dir: str):
+    """The same config as the `tiny_config` fixture in tests/conftest.py."""
+    from experiments.pretrain import get_config
+
+    config = get_config("size=tiny,mode=event")
+    config.data.data_dir = data_dir
+    config.data.image_size = 32
+    config.batch_size = 8
+    config.total_steps = 6
+    config.log_every_steps = 1
+    config.checkpoint.every_steps = 3
+    config.checkpoint.async_save = True
+    return config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--coordinator", required=True)
+    parser.add_argument("--num_processes", type=int, required=True)
+    parser.add_argument("--process_id", type=int, required=True)
+    parser.add_argument("--data_dir", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    import jax
+    import numpy as np
+
+    from wallwm_jax.data.pipeline import make_pipeline
+    from wallwm_jax.train import initialize_distributed, train_and_evaluate
+
+    assert initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    config = tiny_config(args.data_dir)
+    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
+    batches = [next(pipeline) for _ in range(2)]
+    np.savez(os.path.join(args.out, f"batches_{args.process_id}.npz"),
+             **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+
+    first = train_and_evaluate(config, args.workdir, stop_after=3)
+    second = train_and_evaluate(config, args.workdir)
+    with open(os.path.join(args.out, f"done_{args.process_id}.json"), "w") as f:
+        json.dump({"process_count": jax.process_count(),
+                   "local_devices": jax.local_device_count(), "devices": jax.device_count(),
+                   "first": [first["first_step"], first["last_step"]],
+                   "second": [second["first_step"], second["last_step"]],
+                   "losses": first["losses"] + second["losses"]}, f)
+
+
+if __name__ == "__main__":
+    main()

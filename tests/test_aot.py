@@ -1,0 +1,51 @@
+"""AOT compile of the real train step through the CLI: tiny config on 8 fake CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from wallwm_jax.aot import format_table, topology_chips, verdict
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run_aot(*args):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # the CLI sets the device count itself (--num_devices)
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-m", "wallwm_jax.aot", "--config",
+         "experiments/pretrain.py:size=tiny", "--config.batch_size=8", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    return report, proc.stdout
+
+
+def test_tiny_compiles_on_8_fake_devices_and_does_not_fit_tiny_budget(tmp_path):
+    report, out = _run_aot("--num_devices=8", "--config.mesh.data=2", "--config.mesh.fsdp=4",
+                           "--hbm_gib=0.0001", f"--json_out={tmp_path / 'aot.json'}")
+    assert report["num_devices"] == 8 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    mem = report["memory_bytes_per_device"]
+    for key in ("arguments", "outputs", "temporaries", "total"):
+        assert mem[key] > 0, key
+    assert report["xla_flops_per_device"] > 0 and report["analytic_flops_per_step"] > 0
+    # ~100 KiB budget: the tiny model's per-device state alone is larger.
+    assert mem["total"] > 0.0001 * 1024**3
+    assert report["verdict"] == "DOES NOT FIT" and "DOES NOT FIT" in out
+    assert json.loads((tmp_path / "aot.json").read_text()) == report
+
+    # The same memory against a generous budget fits.
+    assert verdict(mem["total"], 16.0) == "FITS"
+    assert verdict(mem["total"], None).startswith("UNKNOWN")
+    assert format_table(report).splitlines()[-1].startswith("DOES NOT FIT")
+
+
+def test_topology_chips():
+    assert topology_chips("v5p:4x4x4") == 64
+    assert topology_chips("2x2") == 4
+    with pytest.raises(ValueError, match="--topology"):
+        topology_chips("v5p")

@@ -1,0 +1,155 @@
+"""The train step, built in one place: abstract sharded state, `init_fn` and `update_fn`.
+
+`train.py` runs it, `aot.py` compiles it for a topology without the hardware and
+`benchmarks/train_step.py` times it, so all three see exactly the same jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import Mesh
+
+from wallwm_jax import sharding
+from wallwm_jax.data.batches import abstract_batch
+from wallwm_jax.models import wallwm
+from wallwm_jax.optim.factory import learning_rate_schedule, make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, besides the params and the data iterator."""
+
+    step: jax.Array  # int32 []
+    opt_state: Any
+
+
+# Parameter groups for per-group gradient/update norms: (regex over 'a/b/c' paths, group),
+# first match wins; an unmatched parameter is grouped under its top-level name.
+PARAM_GROUPS = (
+    (r"^vit/", "vit"),
+    (r"^(embedder|decoder/layers/backbone|decoder/backbone_norm)(/|$)", "backbone"),
+    (r"^(decoder/layers/action_expert|decoder/action_expert_norm)(/|$)", "action_expert"),
+    (r"^(action_in|state_in|time_in|time_out|action_out)/", "action_expert"),
+    (r"^(duration_head|world_hidden|world_out)/", "heads"),
+)
+
+
+def param_groups(params: Any) -> Any:
+    """Same tree as `params` with each leaf replaced by its group name (see PARAM_GROUPS)."""
+
+    def one(path: Any, _: Any) -> str:
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        for pattern, group in PARAM_GROUPS:
+            if re.search(pattern, name):
+                return group
+        return name.split("/")[0]
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def group_norms(tree: Any, groups: Any) -> dict[str, jax.Array]:
+    """L2 norm of the leaves of each group: {group: norm}; squares sum to the global norm²."""
+    sums: dict[str, jax.Array] = {}
+    for leaf, group in zip(jax.tree.leaves(tree), jax.tree.leaves(groups), strict=True):
+        sq = jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+        sums[group] = sums[group] + sq if group in sums else sq
+    return {g: jnp.sqrt(s) for g, s in sums.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+    """The jitted step functions and the abstract (ShapeDtypeStruct + sharding) trees.
+
+    `init_fn(rng) -> (params, state)`; `update_fn(params, state, batch) ->
+    (params, state, metrics)`, donating params and state. The abstract trees are what
+    `update_fn.lower(...)` needs for ahead-of-time compilation.
+    """
+
+    mesh: Mesh
+    abstract_params: Any
+    abstract_state: TrainState
+    abstract_batch: Any
+    param_sharding: Any
+    state_sharding: TrainState
+    batch_sharding: jax.sharding.NamedSharding
+    init_fn: Callable[[jax.Array], tuple[Any, TrainState]]
+    update_fn: Callable[[Any, TrainState, Any], tuple[Any, TrainState, dict[str, jax.Array]]]
+    lr_schedule: optax.Schedule
+
+
+def _with_sharding(shapes: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        shapes, shardings)
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
+                    batch_size: int | None = None) -> TrainStep:
+    """Build the sharded train step of `config` on `mesh` (no weights are allocated).
+
+    `batch_size` (default `config.batch_size`) is the global batch; it must divide over the
+    data-parallel axes ('data', 'fsdp').
+    """
+    batch_size = int(batch_size or config.batch_size)
+    dp = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch_size % dp:
+        raise ValueError(f"batch_size={batch_size} is not divisible by the data-parallel "
+                         f"mesh size {dp} (mesh.data x mesh.fsdp)")
+    model_cfg = config.model
+    logical_axes = wallwm.param_logical_axes(model_cfg)
+    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
+    lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
+
+    shapes = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
+    param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules,
+                                                  shapes)
+    abstract_params = _with_sharding(shapes, param_sharding)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_sharding = sharding.opt_state_sharding(abstract_opt, abstract_params, param_sharding,
+                                               mesh)
+    state_sharding = TrainState(step=sharding.replicated(mesh), opt_state=opt_sharding)
+    abstract_state = _with_sharding(
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), opt_state=abstract_opt),
+        state_sharding)
+    batch_sharding = sharding.batch_sharding(mesh)
+    batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding),
+                         abstract_batch(config, batch_size))
+    groups = param_groups(shapes)
+
+    def init(rng: jax.Array) -> tuple[Any, TrainState]:
+        params = wallwm.init_params(model_cfg, rng)
+        return params, TrainState(step=jnp.zeros((), jnp.int32), opt_state=tx.init(params))
+
+    init_fn = jax.jit(init, out_shardings=(param_sharding, state_sharding))
+    base_rng = jax.random.PRNGKey(config.seed)
+
+    def update(params: Any, state: TrainState, batch: Any) -> tuple[Any, TrainState, dict]:
+        rng = jax.random.fold_in(base_rng, state.step)
+        grad_fn = jax.value_and_grad(
+            lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
+        (_, metrics), grads = grad_fn(params)
+        updates, opt_state = tx.update(grads, state.opt_state, params)
+        params = optax.apply_updates(params, updates)
+        metrics = dict(metrics, grad_norm=optax.global_norm(grads),
+                       update_norm=optax.global_norm(updates),
+                       lr=lr_schedule(state.step))  # the LR this update used: schedule(step-1)
+        metrics.update({f"grad_norm/{g}": n for g, n in group_norms(grads, groups).items()})
+        metrics.update({f"update_norm/{g}": n for g, n in group_norms(updates, groups).items()})
+        return params, TrainState(step=state.step + 1, opt_state=opt_state), metrics
+
+    update_fn = jax.jit(
+        update, donate_argnums=(0, 1),
+        in_shardings=(param_sharding, state_sharding, batch_sharding),
+        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh)))
+    return TrainStep(mesh=mesh, abstract_params=abstract_params, abstract_state=abstract_state,
+                     abstract_batch=batch, param_sharding=param_sharding,
+                     state_sharding=state_sharding, batch_sharding=batch_sharding,
+                     init_fn=init_fn, update_fn=update_fn, lr_schedule=lr_schedule)
