@@ -135,10 +135,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # (logical axis, mesh axes) pairs, first match wins; unnamed axes are replicated.
+    # Parameters: FSDP over embed dims, tensor parallelism over mlp/heads/vocab. Activations
+    # (`activation_*`, constrained inside the model): batch over data x fsdp, the rest whole.
     config.sharding_rules = (
         ("batch", ("data", "fsdp")),
+        ("activation_batch", ("data", "fsdp")),
         ("embed", "fsdp"),
+        ("expert_embed", "fsdp"),
         ("mlp", "tensor"),
+        ("expert_mlp", "tensor"),
         ("heads", "tensor"),
         ("kv_heads", "tensor"),
         ("vocab", "tensor"),

@@ -71,11 +71,9 @@ def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
         assert d["first"] == [0, 3] and d["second"] == [3, 6]  # resumed from the step-3 save
     assert done[0]["losses"] == done[1]["losses"]  # every process sees the same global loss
 
-    # Per-host batches: host p holds global samples p, p+2, ... (the pipeline's stride); the
-    # two hosts together hold exactly the single-process global batch, as a set of rows.
-    # The global array, though, is assembled host by host (process 0's rows first), so its
-    # row order is [0, 2, 4, 6, 1, 3, 5, 7], not the single-process [0, ..., 7]; the flow
-    # noise and time are drawn per row, so the one-process reference below is fed that order.
+    # Per-host batches: host p holds rows [p*B/2, (p+1)*B/2) of each global batch, so the two
+    # hosts' shares are disjoint and, concatenated in process order, equal the single-process
+    # global batch row for row (the order the global jax.Array is assembled in).
     jax.config.update("jax_threefry_partitionable", True)
     single = make_pipeline(tiny_config.data, global_batch=tiny_config.batch_size,
                            seed=tiny_config.seed)
@@ -85,9 +83,8 @@ def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
         for key, value in global_batches[b].items():
             parts = [h[f"{b}/{key}"] for h in hosts]
             assert all(p.shape[0] == value.shape[0] // 2 for p in parts), key
-            union = np.empty_like(value)
-            union[0::2], union[1::2] = parts
-            np.testing.assert_array_equal(union, value, err_msg=f"batch {b} field {key}")
+            np.testing.assert_array_equal(np.concatenate(parts), value,
+                                          err_msg=f"batch {b} field {key}")
 
     mesh = sharding.make_mesh(tiny_config.mesh)
     assert mesh.devices.size == 8
@@ -95,8 +92,7 @@ def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
     params, state = fns.init_fn(jax.random.PRNGKey(tiny_config.seed + 1))
     reference = []
     for gb in global_batches:
-        host_order = {k: np.concatenate([v[0::2], v[1::2]]) for k, v in gb.items()}
-        batch = sharding.global_batch(to_event_batch(host_order), mesh)
+        batch = sharding.global_batch(to_event_batch(gb), mesh)
         params, state, metrics = fns.update_fn(params, state, batch)
         reference.append(float(metrics["loss"]))
 

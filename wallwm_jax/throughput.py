@@ -34,20 +34,23 @@ def device_peak(device_kind: str) -> tuple[float | None, float | None]:
 def tokens_per_example(config: ml_collections.ConfigDict) -> int:
     """Sequence positions one training example puts through the model.
 
-    tokens = image patches ((image_size / patch_size)²) + instruction_len + caption_len
-    + max_event_len action steps, i.e. the length of the joint [image | instruction | caption |
-    actions] sequence the decoder attends over (padding included, as it is computed).
+    tokens = image patches ((image_size / patch_size)² per camera) + instruction_len
+    + max_captions x caption_len + max_event_len action steps, i.e. the length of the joint
+    [image | instruction | captions | actions] sequence the decoder attends over (padding
+    included, as it is computed).
     """
     m, d = config.model, config.data
-    patches = (int(m.image_size) // int(m.patch_size)) ** 2
-    return patches + int(d.instruction_len) + int(d.caption_len) + int(d.max_event_len)
+    patches = (int(m.image_size) // int(m.patch_size)) ** 2 * int(m.get("cameras", 1))
+    return (patches + int(d.instruction_len) + int(m.max_captions) * int(d.caption_len)
+            + int(d.max_event_len))
 
 
 def step_flops(config: ml_collections.ConfigDict, batch_size: int | None = None) -> float:
     """Analytic matmul FLOPs of one train step (forward + backward) for the global batch."""
     return train_step_flops(config.model, int(batch_size or config.batch_size),
                             instruction_len=int(config.data.instruction_len),
-                            caption_len=int(config.data.caption_len))
+                            caption_len=int(config.data.caption_len),
+                            num_captions=int(config.model.max_captions))
 
 
 def throughput(config: ml_collections.ConfigDict, step_time: float, *, num_devices: int,

@@ -87,6 +87,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     data_iter = pipeline.iterator
     norm_stats = pipeline.sampler.norm_stats
     assets = ckpt.make_assets(config, norm_stats, pipeline.sampler.tokenizer_path)
+    report = pipeline.cluster_report()
+    if report is not None and is_chief:
+        print(f"balanced sampling (alpha={config.data.balance_alpha}): {len(report['sizes'])} "
+              f"clusters of sizes {report['sizes']}, effective clusters exp(H) "
+              f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
     if pipeline.sampler.tokenizer.vocab_size > config.model.vocab_size:
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
                          f"dataset tokenizer's {pipeline.sampler.tokenizer.vocab_size}")
@@ -129,7 +134,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     with _Preemption() as preemption:
         while step < config.total_steps:
             t0 = time.perf_counter()
-            batch = sharding.global_batch(to_event_batch(next(data_iter)), mesh)
+            host_batch = next(data_iter)
+            pipeline.observe(host_batch)  # realised cluster frequencies (data/cluster_kl)
+            batch = sharding.global_batch(to_event_batch(host_batch), mesh)
             t_data = time.perf_counter() - t0
             params, state, metrics = update_fn(params, state, batch)
             metrics = jax.device_get(metrics)
@@ -151,6 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 # Time the loop was blocked by the (async) save: also in metrics.jsonl.
                 extra["checkpoint_blocking_s"] = time.perf_counter() - t_save
                 logger.scalar(step, "checkpoint/blocking_s", extra["checkpoint_blocking_s"])
+            extra.update(pipeline.sampling_metrics())
             logger.log(step, metrics, force="checkpoint_blocking_s" in extra,
                        step_time=step_time, data_time=t_data, **extra)
             if evaluator is not None and (step % eval_every == 0 or done):

@@ -11,6 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -91,6 +92,24 @@ def _with_sharding(shapes: Any, shardings: Any) -> Any:
                         shapes, shardings)
 
 
+def check_model_data(config: ml_collections.ConfigDict) -> None:
+    """Fields that must agree between config.model and config.data, named when they do not."""
+    pairs = [("model.cameras", config.model.get("cameras", 1), "len(data.cameras)",
+              len(config.data.cameras)),
+             ("model.max_captions", config.model.max_captions, "data.max_captions",
+              config.data.max_captions)]
+    for a, va, b, vb in pairs:
+        if va != vb:
+            raise ValueError(f"{a}={va} disagrees with {b}={vb}; set them together")
+
+
+def activation_rules(sharding_rules: Any) -> tuple[tuple[str, Any], ...]:
+    """The `activation_*` entries of `config.sharding_rules`, as flax logical-axis rules (the
+    model constrains its residual streams with them; parameters use `logical_to_sharding`)."""
+    return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
+                 for name, axes in sharding_rules if name.startswith("activation_"))
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
                     batch_size: int | None = None) -> TrainStep:
     """Build the sharded train step of `config` on `mesh` (no weights are allocated).
@@ -103,6 +122,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
     if batch_size % dp:
         raise ValueError(f"batch_size={batch_size} is not divisible by the data-parallel "
                          f"mesh size {dp} (mesh.data x mesh.fsdp)")
+    check_model_data(config)
     model_cfg = config.model
     logical_axes = wallwm.param_logical_axes(model_cfg)
     tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
@@ -131,11 +151,14 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
     init_fn = jax.jit(init, out_shardings=(param_sharding, state_sharding))
     base_rng = jax.random.PRNGKey(config.seed)
 
+    rules = activation_rules(config.sharding_rules)
+
     def update(params: Any, state: TrainState, batch: Any) -> tuple[Any, TrainState, dict]:
         rng = jax.random.fold_in(base_rng, state.step)
         grad_fn = jax.value_and_grad(
             lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
-        (_, metrics), grads = grad_fn(params)
+        with nn.logical_axis_rules(rules):  # the model's activation constraints apply
+            (_, metrics), grads = grad_fn(params)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         params = optax.apply_updates(params, updates)
         metrics = dict(metrics, grad_norm=optax.global_norm(grads),

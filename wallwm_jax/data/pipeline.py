@@ -2,8 +2,8 @@
 
 Sampling is index-based: global sample `i` is a pure function of `(seed, i)`, so a restart, an
 epoch boundary or a different number of workers never changes which samples a step sees.
-Process `p` of `P` reads samples `p, p+P, p+2P, ...`, so the hosts' shares of one global
-batch are disjoint and together cover it.
+Process `p` of `P` reads the rows `[p * B/P, (p+1) * B/P)` of every global batch of B samples,
+so the hosts' shares are disjoint, cover the batch, and assemble in global order.
 """
 
 from __future__ import annotations
@@ -299,6 +299,19 @@ class MixtureSampler:
         return sample
 
 
+@dataclasses.dataclass(frozen=True)
+class HostRows:
+    """n-th sample this host reads -> global sample index: contiguous blocks per batch."""
+
+    per_host: int
+    global_batch: int
+    process_index: int
+
+    def __call__(self, n: int) -> int:
+        step, j = divmod(int(n), self.per_host)
+        return step * self.global_batch + self.process_index * self.per_host + j
+
+
 def mixture_entries(data_cfg: ml_collections.ConfigDict) -> list[tuple[str, float]]:
     """`data.mixture` as [(dataset dir, weight)], or [(data.data_dir, 1.0)] when empty."""
     entries = [(str(d), float(w)) for d, w in (data_cfg.get("mixture") or ())]
@@ -376,7 +389,10 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     sampler = samplers[0]
     fn = sampler if len(samplers) == 1 else MixtureSampler(
         samplers, np.asarray([w for _, w in entries]), seed=seed)
-    ds = grain.MapDataset.range(_MAX_SAMPLES)[process_index::process_count]
+    # Host p reads rows [p * per_host, (p + 1) * per_host) of every global batch, so the
+    # global array assembled from the hosts' shares has rows in global sample order.
+    ds = grain.MapDataset.range(_MAX_SAMPLES // process_count).map(
+        HostRows(per_host, global_batch, process_index))
     ds = ds.map(fn).batch(per_host, drop_remainder=True)
     it_ds = ds.to_iter_dataset()
     if data_cfg.num_workers > 0:

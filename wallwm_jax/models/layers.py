@@ -58,6 +58,10 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
     return out.astype(x.dtype)
 
 
+# Logical axes of residual-stream activations [B, T, width]; `config.sharding_rules` maps
+# them (batch over data x fsdp) inside the jitted train step.
+ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+
 ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
 
 REMAT_POLICIES = {
