@@ -59,7 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 32
     config.log_every_steps = 10
     config.eval_every_steps = 0  # 0: evaluate only at the end
+    config.on_nonfinite = "stop"  # NaN/Inf loss: "stop" (name step and terms) or "skip"
     config.init_from = ""
+    # ((weights file, layout), ...) loaded over the init: layouts big_vision_siglip, gemma,
+    # wallwm (see wallwm_jax/models/pretrained.py); applied only when starting from scratch.
+    config.init_pretrained = ()
 
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = ""

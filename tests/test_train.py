@@ -121,3 +121,36 @@ def test_muon_trains_and_resumes(tiny_config, tmp_path):
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(resumed["params"]),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_init_pretrained_loads_foreign_weights_before_training(tiny_config, tmp_path):
+    from wallwm_jax.models import pretrained, wallwm
+
+    source = wallwm.init_params(tiny_config.model, jax.random.PRNGKey(123))
+    path = str(tmp_path / "weights.safetensors")
+    pretrained.save_wallwm(source, path)
+    tiny_config.init_pretrained = ((path, "wallwm"),)
+    tiny_config.total_steps = 1
+    tiny_config.optimizer.learning_rate = 0.0  # the step leaves the loaded weights as they are
+    tiny_config.optimizer.weight_decay = 0.0
+    result = train_and_evaluate(tiny_config, str(tmp_path / "run"))
+    for a, b in zip(jax.tree.leaves(result["params"]), jax.tree.leaves(source), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_nonfinite_skip_keeps_params_and_finishes(tiny_config, tmp_path):
+    from wallwm_jax.models import wallwm
+
+    tiny_config.on_nonfinite = "skip"
+    tiny_config.total_steps = 2
+    tiny_config.model.loss_weights.world = float("nan")
+    result = train_and_evaluate(tiny_config, str(tmp_path))
+    assert result["last_step"] == 2
+    rows = read_metrics(str(tmp_path))
+    assert [r["skipped"] for r in rows if "skipped" in r] == [1.0, 1.0]
+    init = wallwm.init_params(tiny_config.model, jax.random.PRNGKey(tiny_config.seed + 1))
+    for a, b in zip(jax.tree.leaves(result["params"]), jax.tree.leaves(init), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    tiny_config.on_nonfinite = "ignore"
+    with pytest.raises(ValueError, match="on_nonfinite='ignore'"):
+        train_and_evaluate(tiny_config, str(tmp_path / "bad"))

@@ -28,8 +28,10 @@ from tqdm.auto import tqdm
 
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax import sharding, throughput
+from wallwm_jax.data.batches import abstract_batch, check_batch
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
 from wallwm_jax.evaluation.offline import OfflineEvaluator
+from wallwm_jax.models.pretrained import describe, load_pretrained
 from wallwm_jax.train_log import MetricLogger
 from wallwm_jax.train_step import TrainState, make_train_step
 
@@ -71,7 +73,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     would, without changing the config, so the schedule matches an uninterrupted run.
     `devices` (default: all, of every process) are the devices the mesh is built over.
     `config.init_from` (used only when `workdir` has no checkpoint) is a checkpoint
-    directory or an export bundle whose params start the run, with a fresh optimizer.
+    directory or an export bundle whose params start the run, with a fresh optimizer;
+    `config.init_pretrained` then loads ((file, layout), ...) foreign weights on top
+    (`wallwm_jax.models.pretrained`: big_vision SigLIP, HF Gemma, our own layout).
     `config.eval_every_steps` > 0 runs the offline evaluation on the val split every that
     many steps and at the end (0: none here; the caller evaluates the final params).
     """
@@ -115,7 +119,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if config.init_from:
             params = ckpt.restore_params(config.init_from, step_fns.abstract_params)
             print(f"Initialised params from {config.init_from}")
+        for path, layout in config.get("init_pretrained") or ():
+            params, report = load_pretrained(params, path, layout=layout)
+            if is_chief:
+                print(describe(report).splitlines()[0] + f": loaded {len(report.loaded)} "
+                      f"keys, {len(report.mismatched)} mis-shaped, {len(report.unused)} unused")
     first_step = int(state.step)
+    expected_host_batch = abstract_batch(config, pipeline.per_host_batch)
 
     # ---------------------------------------------------------------- Evals
     eval_every = int(config.get("eval_every_steps", 0))
@@ -136,7 +146,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             t0 = time.perf_counter()
             host_batch = next(data_iter)
             pipeline.observe(host_batch)  # realised cluster frequencies (data/cluster_kl)
-            batch = sharding.global_batch(to_event_batch(host_batch), mesh)
+            host_batch = to_event_batch(host_batch)
+            check_batch(host_batch, expected_host_batch)
+            batch = sharding.global_batch(host_batch, mesh)
             t_data = time.perf_counter() - t0
             params, state, metrics = update_fn(params, state, batch)
             metrics = jax.device_get(metrics)
@@ -180,8 +192,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.ConfigDict,
                   manager: Any) -> None:
-    """Stop with a message naming the step and every loss term when the loss is NaN/Inf."""
+    """Stop with a message naming the step and every loss term when the loss is NaN/Inf
+    (`on_nonfinite="stop"`); with "skip" the step already kept the previous params."""
     if np.isfinite(metrics["loss"]):
+        return
+    if config.get("on_nonfinite", "stop") == "skip":
+        terms = {k: float(v) for k, v in metrics.items() if k.startswith("loss")}
+        print(f"non-finite loss at step {step}: {json.dumps(terms)}; update skipped")
         return
     manager.wait_until_finished()
     terms = {k: float(v) for k, v in metrics.items() if k.startswith("loss")}

@@ -152,6 +152,10 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
     base_rng = jax.random.PRNGKey(config.seed)
 
     rules = activation_rules(config.sharding_rules)
+    on_nonfinite = config.get("on_nonfinite", "stop")
+    if on_nonfinite not in ("stop", "skip"):
+        raise ValueError(f"on_nonfinite='{on_nonfinite}' must be 'stop' or 'skip'")
+    skip_nonfinite = on_nonfinite == "skip"
 
     def update(params: Any, state: TrainState, batch: Any) -> tuple[Any, TrainState, dict]:
         rng = jax.random.fold_in(base_rng, state.step)
@@ -160,7 +164,14 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         with nn.logical_axis_rules(rules):  # the model's activation constraints apply
             (_, metrics), grads = grad_fn(params)
         updates, opt_state = tx.update(grads, state.opt_state, params)
-        params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, updates)
+        if skip_nonfinite:  # a NaN/Inf loss leaves params and optimizer state as they were
+            finite = jnp.isfinite(metrics["loss"])
+            new_params, opt_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old),
+                (new_params, opt_state), (params, state.opt_state))
+            metrics["skipped"] = (~finite).astype(jnp.float32)
+        params = new_params
         metrics = dict(metrics, grad_norm=optax.global_norm(grads),
                        update_norm=optax.global_norm(updates),
                        lr=lr_schedule(state.step))  # the LR this update used: schedule(step-1)

@@ -273,3 +273,15 @@ def test_pipeline_tracks_realised_cluster_frequencies(tiny_config):
     assert 0.0 <= metrics["data/cluster_kl"] < 0.05, metrics
     pipe._counts[:] = [1000, 0, 0]  # everything from one cluster: far from uniform
     assert pipe.sampling_metrics()["data/cluster_kl"] > 0.5
+
+
+def test_batch_checked_against_the_config_names_the_field(tiny_config):
+    from wallwm_jax.data.batches import check_batch
+
+    batch = to_event_batch(next(make_pipeline(tiny_config.data, global_batch=8, seed=0)))
+    config = tiny_config.copy_and_resolve_references()
+    config.batch_size = 8
+    check_batch(batch, abstract_batch(config))
+    config.data.max_event_len = 16
+    with pytest.raises(ValueError, match=r"field 'actions' has shape \(8, 32, 4\).*\(8, 16, 4\)"):
+        check_batch(batch, abstract_batch(config))

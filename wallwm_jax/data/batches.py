@@ -94,3 +94,20 @@ def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
                       action_events=spec((b, d.max_event_len), np.int32),
                       duration_bin=spec((b, m.max_captions), np.int32),
                       end_image=spec((b, d.world_size, d.world_size, 3), np.uint8))
+
+
+def check_batch(batch: EventBatch, expected: EventBatch) -> None:
+    """Raise ValueError naming the first field whose shape or dtype differs from `expected`
+    (e.g. `abstract_batch(config, per_host_batch)`), before it reaches the compiled step."""
+    import jax
+
+    got = dict(jax.tree_util.tree_leaves_with_path(batch))
+    for path, want in jax.tree_util.tree_leaves_with_path(expected):
+        name = jax.tree_util.keystr(path).lstrip(".")
+        if path not in got:
+            raise ValueError(f"batch has no field '{name}'")
+        leaf = got[path]
+        if tuple(leaf.shape) != tuple(want.shape) or np.dtype(leaf.dtype) != np.dtype(want.dtype):
+            raise ValueError(f"batch field '{name}' has shape {tuple(leaf.shape)} dtype "
+                             f"{np.dtype(leaf.dtype)}, expected {tuple(want.shape)} "
+                             f"{np.dtype(want.dtype)} from the config")
