@@ -131,6 +131,13 @@ class RldsEvents(tfds.core.GeneratorBasedBuilder):
     def __init__(self, *, config: RldsEventsConfig, strict: bool = False, beam: bool = False,
                  excluded_dir: str = "", **kwargs):
         source = tfds.builder_from_directory(config.source_dir)
+        fmt = source.info.file_format
+        if fmt is not None and fmt.value not in ("array_record", "parquet"):
+            raise ValueError(
+                f"{config.source_dir}: stored as {fmt.value}, expected array_record (random "
+                "access without TensorFlow); convert it once with `tfds convert_format "
+                f"--dataset_version_dir={config.source_dir} --out_file_format=array_record` "
+                "(reading TFRecord needs TensorFlow)")
         self.source_splits = {s: info.num_examples for s, info in source.info.splits.items()}
         self.spec = _resolve(config.mapping, source.info.features, source.info.name)
         self.strict, self.beam, self.excluded_dir = strict, beam, excluded_dir
