@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import time
 
 import numpy as np
@@ -223,8 +222,10 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
                          excluded_dir=excluded_dir)
     version_dir = os.fspath(builder.data_dir)
     if not builder.is_prepared():
-        shutil.rmtree(excluded_dir, ignore_errors=True)  # notes of an interrupted build
-        os.makedirs(excluded_dir)
+        notes = epath.Path(excluded_dir)  # epath: Beam workers may write to gs:// etc.
+        if notes.exists():
+            notes.rmtree()  # notes of an interrupted build
+        notes.mkdir(parents=True)
         if download_config is None:
             download_config = (beam_download_config(workers) if beam else
                                tfds.download.DownloadConfig(
@@ -233,10 +234,9 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
         builder.download_and_prepare(file_format="array_record",
                                      download_config=download_config)
         report = build_report(builder, excluded_dir, time.perf_counter() - t0)
-        with open(os.path.join(version_dir, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=1)
+        (epath.Path(version_dir) / REPORT_FILE).write_text(json.dumps(report, indent=1))
         print(format_report(report))
-        shutil.rmtree(excluded_dir, ignore_errors=True)
+        notes.rmtree()
     stats_path = os.path.join(version_dir, NORM_STATS_FILE)
     tokenizer_path = os.path.join(version_dir, TOKENIZER_FILE)
     if not (os.path.exists(stats_path) and os.path.exists(tokenizer_path)):

@@ -17,6 +17,7 @@ from etils import epath
 from PIL import Image
 
 from data_builders.rlds_events import KeyMapping, build, plan_splits
+from data_builders.rlds_events.mapping import segment
 from wallwm_jax.data.episodes import FEATURE_NAMES, open_dataset
 from wallwm_jax.data.statistics import load_norm_stats
 from wallwm_jax.data.tokenizer import Tokenizer
@@ -210,6 +211,19 @@ def test_mapping_errors_name_the_key(source_dir, tmp_path, change, message):
         build(source_dir, os.fspath(tmp_path), dataclasses.replace(MAPPING, **change))
 
 
+def test_gripper_open_high_inverts_the_command():
+    src = source_episode(0)["steps"]
+    actions, states = src["action"], src["observation"]["state"]
+    starts, captions = segment(actions, states, MAPPING)
+    flipped = actions.copy()
+    flipped[:, 6] = 1.0 - flipped[:, 6]  # a dataset where 1 means open
+    starts_high, captions_high = segment(
+        flipped, states, dataclasses.replace(MAPPING, gripper_open_high=True))
+    assert "close the gripper" in captions and captions_high == captions
+    np.testing.assert_array_equal(starts_high, starts)
+    assert "open the gripper" in segment(flipped, states, MAPPING)[1]
+
+
 def test_plan_splits_keeps_source_splits_or_carves_val():
     assert plan_splits({"train": 3, "test": 2}, 0.5, 0) == {
         "train": [("train", 0), ("train", 1), ("train", 2)], "test": [("test", 0), ("test", 1)]}
@@ -242,8 +256,9 @@ def test_cli(source_dir, tmp_path):
         [sys.executable, "-m", "data_builders.rlds_events", "--source", source_dir,
          "--data_dir", os.fspath(tmp_path), "--image_keys", "image", "--state_key", "state",
          "--action_key", "action", "--gripper_index", "6", "--position_slice", "0:3",
-         "--instruction_key", "language_instruction", "--val_fraction", "0.2"],
+         "--instruction_key", "language_instruction", "--val_fraction", "0.2", "--beam",
+         "--workers", "2"],
         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     version_dir = out.stdout.strip().splitlines()[-1]
-    assert "1 invalid steps/action" in out.stdout
+    assert "1 invalid steps/action" in out.stdout and "beam" in out.stdout
     assert set(tfds.builder_from_directory(version_dir).info.splits) == {"train", "val"}
