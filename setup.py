@@ -32,6 +32,7 @@ setup(
         "matplotlib>=3.8,<4",
     ],
     extras_require={
+        "beam": ["apache-beam>=2.55,<3"],  # large conversions (data_builders/rlds_events)
         "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],
         "dev": [
             "metaworld>=3.1.0,<3.2",
@@ -40,6 +41,7 @@ setup(
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
             "ruff>=0.6,<1",
+            "apache-beam>=2.55,<3",
         ],
     },
 )

@@ -121,8 +121,9 @@ def to_flat_episode(raw: dict, *, image_shapes: dict[str, tuple[int, ...]] | Non
 def validate_episode(episode: dict, *, image_shape: tuple[int, int, int] | None = None) -> None:
     """Raise ValueError("field '<name>': ...") at the first field that breaks the contract.
 
-    Contract: T >= 1 steps with images [T,H,W,3], states/actions [T,4] finite; events tile
-    [0, T) in order with none empty; one caption and phase per event.
+    Contract: T >= 1 steps with images [T,H,W,3], states [T,S] and actions [T,A] finite (S, A
+    from the dataset); events tile [0, T) in order with none empty; one caption and phase
+    per event.
     """
     missing = [name for name in FEATURE_NAMES if name not in episode]
     if missing:
@@ -131,8 +132,12 @@ def validate_episode(episode: dict, *, image_shape: tuple[int, int, int] | None 
     t = len(episode["steps/action"])
     if t == 0:
         raise ValueError("field 'steps/action': episode has no steps")
+    # State/action widths S, A come from the dataset; they must be [T, S] / [T, A].
+    dims = {name: tuple(episode[name].shape[1:2]) if np.ndim(episode[name]) == 2 else ("[S]",)
+            for name in ("steps/observation/state", "steps/action")}
     expected = {"steps/observation/image": (t, *(image_shape or images.shape[1:])),
-                "steps/observation/state": (t, 4), "steps/action": (t, 4),
+                "steps/observation/state": (t, *dims["steps/observation/state"]),
+                "steps/action": (t, *dims["steps/action"]),
                 "steps/is_first": (t,), "steps/is_last": (t,)}
     for name, shape in expected.items():
         if tuple(episode[name].shape) != tuple(shape):
