@@ -37,6 +37,7 @@ from wallwm_jax.envs.metaworld import (
 
 VAL_FRACTION = 0.15
 REPORT_FILE = "build_report.json"
+PARAPHRASES_FILE = "paraphrases.json"
 MAX_STEPS = 200
 
 
@@ -344,7 +345,27 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     tokenizer_path = os.path.join(version_dir, TOKENIZER_FILE)
     if not os.path.exists(tokenizer_path):
         train_tokenizer(captions.train_texts(cfg.tasks), tokenizer_path)
+    paraphrase_path = os.path.join(version_dir, PARAPHRASES_FILE)
+    if not os.path.exists(paraphrase_path):
+        with open(paraphrase_path + ".tmp", "w") as f:
+            json.dump(paraphrase_record(cfg.tasks), f, indent=1)
+        os.replace(paraphrase_path + ".tmp", paraphrase_path)
     return version_dir
+
+
+def paraphrase_record(tasks: tuple[str, ...]) -> dict:
+    """The fixed train / held-out split of every instruction and caption paraphrase of
+    `tasks`, stored with the dataset (held-out wording never appears in its episodes)."""
+    out = {}
+    for task in tasks:
+        out[task] = {split: {
+            "instruction": [captions.instruction(task, variant=v, split=split)
+                            for v in range(captions.num_variants(split))],
+            "captions": {phase: [captions.template_caption(task, phase, variant=v, split=split)
+                                 for v in range(captions.num_variants(split))]
+                         for phase in captions.PHASE_TEMPLATES},
+        } for split in captions.SPLITS}
+    return out
 
 
 def _read_train_arrays(version_dir: str) -> dict[str, list[np.ndarray]]:

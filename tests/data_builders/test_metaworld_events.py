@@ -249,3 +249,23 @@ def test_gripper_camera_is_stored_and_fed_to_the_model(tmp_path):
     config.data.cameras = ("image", "image_wrist")
     with pytest.raises(ValueError, match="image_wrist"):
         make_pipeline(config.data, global_batch=2, seed=0).sampler(0)
+
+
+def test_paraphrase_split_is_recorded_and_heldout_never_used(built):
+    _, version_dir = built
+    with open(os.path.join(version_dir, mwe.PARAPHRASES_FILE)) as f:
+        record = json.load(f)
+    assert set(record) == set(DEMO_TASKS)
+    heldout = {t for task in record.values() for t in task["heldout"]["instruction"]}
+    heldout |= {c for task in record.values() for cs in task["heldout"]["captions"].values()
+                for c in cs}
+    train = {t for task in record.values() for t in task["train"]["instruction"]}
+    assert heldout and not heldout & train
+    seen = set()
+    for split in ("train", "val"):
+        source = tfds.builder_from_directory(version_dir).as_data_source(split=split)
+        for i in range(len(source)):
+            ep = source[i]
+            seen |= {c.decode() for c in ep["events"]["caption"]}
+            seen.add(ep["episode_metadata"]["instruction"].decode())
+    assert seen and not seen & heldout

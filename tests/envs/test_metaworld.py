@@ -68,3 +68,17 @@ def test_expert_succeeds_and_events_tile(task):
 def test_push_expert_goes_through_its_phases_in_order():
     ep = rollout_expert("push-v3", seed=3, image_size=16)
     assert [p for _, _, p in ep["events"]] == ["reach", "grasp", "push", "hold"]
+
+
+@pytest.mark.parametrize("task,phases", [("shelf-place-v3", {"reach", "grasp", "transport"}),
+                                         ("sweep-into-v3", {"reach", "push"})])
+def test_mt50_tasks_get_privileged_phases_from_object_motion(task, phases):
+    from wallwm_jax.envs.metaworld import MT50_TASKS
+
+    assert len(MT50_TASKS) == 50 and task in MT50_TASKS
+    ep = rollout_expert(task, seed=1, image_size=16, max_steps=200)
+    assert ep["success"]
+    names = [p for _, _, p in ep["events"]]
+    assert phases <= set(names) and names[-1] == "hold"
+    assert ep["events"][0][0] == 0 and ep["events"][-1][1] == len(ep["actions"])
+    assert all(a[1] == b[0] for a, b in zip(ep["events"], ep["events"][1:]))
