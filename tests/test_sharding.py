@@ -82,3 +82,19 @@ def test_optimizer_state_follows_parameter_paths():
     assert mu["v"].spec == PartitionSpec("tensor", "fsdp")
     assert nu["v"].spec == PartitionSpec("tensor", "fsdp")
     assert out[0].count.spec == PartitionSpec()
+
+
+def test_train_step_pins_activations_to_the_batch_axes():
+    """The model's residual-stream constraints bind to the mesh inside the train step (and
+    are inert outside it), so FSDP shards the batch rather than gathering activations."""
+    from experiments.pretrain import get_config
+    from wallwm_jax.train_step import make_train_step
+
+    config = get_config("size=tiny")
+    config.mesh.data, config.mesh.fsdp = 1, -1
+    config.batch_size = 8
+    fns = make_train_step(config, sharding.make_mesh(config.mesh))
+    hlo = fns.update_fn.lower(fns.abstract_params, fns.abstract_state,
+                              fns.abstract_batch).as_text()
+    constrained = [line for line in hlo.splitlines() if "sharding_constraint" in line]
+    assert constrained and all("fsdp" in line for line in constrained)

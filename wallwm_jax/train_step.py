@@ -11,7 +11,6 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -22,6 +21,7 @@ from jax.sharding import Mesh
 from wallwm_jax import sharding
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.models import wallwm
+from wallwm_jax.models.layers import activation_sharding
 from wallwm_jax.optim.factory import learning_rate_schedule, make_optimizer
 
 
@@ -161,7 +161,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         rng = jax.random.fold_in(base_rng, state.step)
         grad_fn = jax.value_and_grad(
             lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
-        with nn.logical_axis_rules(rules):  # the model's activation constraints apply
+        with activation_sharding(mesh, rules):  # the model's activation constraints apply
             (_, metrics), grads = grad_fn(params)
         updates, opt_state = tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)

@@ -81,4 +81,4 @@ def test_mt50_tasks_get_privileged_phases_from_object_motion(task, phases):
     names = [p for _, _, p in ep["events"]]
     assert phases <= set(names) and names[-1] == "hold"
     assert ep["events"][0][0] == 0 and ep["events"][-1][1] == len(ep["actions"])
-    assert all(a[1] == b[0] for a, b in zip(ep["events"], ep["events"][1:]))
+    assert all(a[1] == b[0] for a, b in zip(ep["events"][:-1], ep["events"][1:], strict=True))

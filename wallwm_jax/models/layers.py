@@ -6,6 +6,8 @@ heads, kv_heads, head_dim, vocab, patch, layers (added by nn.scan), expert_embed
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +63,28 @@ def apply_rope(x: jax.Array, positions: jax.Array, max_wavelength: float = 10_00
 # Logical axes of residual-stream activations [B, T, width]; `config.sharding_rules` maps
 # them (batch over data x fsdp) inside the jitted train step.
 ACTIVATION_AXES = ("activation_batch", "activation_length", "activation_embed")
+_ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_mesh",
+                                                                  default=None)
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Any, rules: Any):
+    """While tracing under this context, `constrain_activation` pins residual streams to
+    `mesh` by the logical `rules` (outside it, e.g. single-device inference, it is a no-op)."""
+    token = _ACTIVATION_MESH.set(mesh)
+    try:
+        with nn.logical_axis_rules(rules):
+            yield
+    finally:
+        _ACTIVATION_MESH.reset(token)
+
+
+def constrain_activation(x: jax.Array) -> jax.Array:
+    """Sharding constraint on a [B, T, width] activation (see `activation_sharding`)."""
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None:
+        return x
+    return nn.with_logical_constraint(x, ACTIVATION_AXES, mesh=mesh)
 
 ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
 

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 
 from wallwm_jax.models.layers import (
-    ACTIVATION_AXES,
     Dtype,
     GatedMLP,
     apply_rope,
     attention,
     attention_impl,
+    constrain_activation,
     dense,
     remat_policy,
     rms_norm,
@@ -118,7 +118,7 @@ class MoTLayer(nn.Module):
                 new_xs.append(None)
                 continue
             x = expert.finish(x.astype(dtype), out[:, start:start + x.shape[1]])
-            new_xs.append(nn.with_logical_constraint(x, ACTIVATION_AXES))
+            new_xs.append(constrain_activation(x))
             start += x.shape[1]
         return tuple(new_xs), new_cache
 

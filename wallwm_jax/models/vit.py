@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 
 from wallwm_jax.models.layers import (
-    ACTIVATION_AXES,
     Dtype,
     attention,
+    constrain_activation,
     dense,
     layer_norm,
     partitioned,
@@ -42,7 +42,7 @@ class ViTBlock(nn.Module):
                   name="mlp_in")(h)
         h = dense(width, ("mlp", "embed"), dtype=self.dtype, use_bias=True,
                   name="mlp_out")(nn.gelu(h))
-        x = nn.with_logical_constraint(x + h, ACTIVATION_AXES)
+        x = constrain_activation(x + h)
         return (x, None) if self.scanned else x
 
 

@@ -19,8 +19,8 @@ import optax
 
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.models.layers import (
-    ACTIVATION_AXES,
     attention_impl,
+    constrain_activation,
     dense,
     partitioned,
     sinusoidal_embedding,
@@ -166,8 +166,8 @@ class WallWM(nn.Module):
         action_events = _default_events(action_events, x_t)
         x_vlm, valid, n_img = self.embed_vlm(obs)
         x_act = self.embed_actions(x_t, obs.state, t)
-        x_vlm = nn.with_logical_constraint(x_vlm, ACTIVATION_AXES)
-        x_act = nn.with_logical_constraint(x_act, ACTIVATION_AXES)
+        x_vlm = constrain_activation(x_vlm)
+        x_act = constrain_activation(x_act)
         mask, positions = self._layout(obs, valid, n_img, action_events)
         h_vlm, h_act, _ = self.decoder(x_vlm, x_act, positions, mask)
         return {"velocity": self.action_out(h_act),
