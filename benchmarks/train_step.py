@@ -83,7 +83,8 @@ def bench_variant(config: Any, steps: int, warmup: int) -> dict[str, Any]:
     step_s = statistics.median(times)
     flops = throughput.step_flops(config)
     dev = mesh.devices.flat[0]
-    out = {"remat_policy": config.model.remat_policy, "compile_s": compile_s,
+    out = {"remat_policy": config.model.remat_policy, "attention": config.model.attention,
+           "compile_s": compile_s,
            "step_time_s": step_s, "step_times_s": times, "flops_per_step": flops,
            "memory_bytes_per_device": memory_report(compiled)["total"],
            "loss": float(metrics["loss"])}
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--size", default=None, help="default: base on GPU, small otherwise")
     parser.add_argument("--remat", default="none,full",
                         help="comma list of remat policies; the first is the baseline")
+    parser.add_argument("--attention", default="auto",
+                        help="comma list of model.attention values: auto, xla, cudnn (GPU)")
     parser.add_argument("--batch_size", type=int, default=None)
     parser.add_argument("--dtype", default=None, help="model compute dtype, e.g. bfloat16")
     parser.add_argument("--steps", type=int, default=5)
@@ -107,14 +110,16 @@ def main() -> None:
     backend = jax.default_backend()
     size = args.size or ("base" if backend == "gpu" else "small")
     results = []
-    for policy in args.remat.split(","):
-        config = get_config(f"size={size}")
-        config.model.remat_policy = policy
-        if args.batch_size:
-            config.batch_size = args.batch_size
-        if args.dtype:
-            config.model.dtype = args.dtype
-        results.append(bench_variant(config, args.steps, args.warmup))
+    for attention in args.attention.split(","):
+        for policy in args.remat.split(","):
+            config = get_config(f"size={size}")
+            config.model.remat_policy = policy
+            config.model.attention = attention
+            if args.batch_size:
+                config.batch_size = args.batch_size
+            if args.dtype:
+                config.model.dtype = args.dtype
+            results.append(bench_variant(config, args.steps, args.warmup))
     base = results[0]
     for r in results[1:]:
         r["vs_baseline"] = {
@@ -137,7 +142,8 @@ def main() -> None:
         mfu = f", MFU {r['mfu']:.1%}" if "mfu" in r else ""
         ratio = (f" ({r['vs_baseline']['step_time']:.2f}x step time, "
                  f"{r['vs_baseline']['memory']:.2f}x memory)" if "vs_baseline" in r else "")
-        parts.append(f"remat={r['remat_policy']}: {r['step_time_s'] * 1e3:.0f} ms/step, "
+        parts.append(f"remat={r['remat_policy']} attention={r['attention']}: "
+                     f"{r['step_time_s'] * 1e3:.0f} ms/step, "
                      f"compile {r['compile_s']:.1f}s, {r['tokens_per_s']:.0f} tok/s, "
                      f"{r['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu}{ratio}")
     print(f"{size} on {report['num_devices']}x {dev.device_kind}, batch {config.batch_size}, "
