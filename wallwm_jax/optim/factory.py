@@ -13,9 +13,9 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict,
     """Linear warmup to `learning_rate`, then cosine decay to 10% of it at `total_steps`."""
     if opt_cfg.learning_rate <= 0:
         raise ValueError(f"optimizer.learning_rate must be > 0, got {opt_cfg.learning_rate}")
-    warmup = max(0, min(int(opt_cfg.warmup_steps), total_steps - 1))
+    warmup = max(1, min(int(opt_cfg.warmup_steps), total_steps - 1))
     return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=max(warmup, 1),
+        init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1), end_value=0.1 * opt_cfg.learning_rate)
 
 
