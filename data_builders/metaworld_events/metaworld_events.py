@@ -24,7 +24,7 @@ from etils import epath
 from PIL import Image
 
 from wallwm_jax.data import captions
-from wallwm_jax.data.episodes import validate_episode
+from wallwm_jax.data.episodes import event_features, validate_episode
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
 from wallwm_jax.envs.metaworld import (
@@ -211,33 +211,9 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         size = self.builder_config.image_size
+        cameras = ["image", *(f"image_{c}" for c in self.builder_config.cameras)]
         return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "steps": tfds.features.Sequence({
-                    "observation": {
-                        "image": tfds.features.Image(shape=(size, size, 3), dtype=np.uint8,
-                                                     encoding_format="png"),
-                        **{f"image_{c}": tfds.features.Image(
-                            shape=(size, size, 3), dtype=np.uint8, encoding_format="png")
-                           for c in self.builder_config.cameras},
-                        "state": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-                    },
-                    "action": tfds.features.Tensor(shape=(4,), dtype=np.float32),
-                    "is_first": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                    "is_last": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                }),
-                "episode_metadata": {
-                    "task": tfds.features.Text(),
-                    "instruction": tfds.features.Text(),
-                    "success": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                },
-                "events": tfds.features.Sequence({
-                    "start": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "end": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "caption": tfds.features.Text(),
-                    "phase": tfds.features.Text(),
-                }),
-            }),
+            features=event_features({name: (size, size, 3) for name in cameras}, 4, 4),
             homepage="https://github.com/Farama-Foundation/Metaworld",
         )
 

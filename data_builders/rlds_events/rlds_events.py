@@ -21,6 +21,7 @@ from etils import epath
 
 from data_builders.rlds_events.mapping import KeyMapping, SourceSpec, convert_episode
 from data_builders.rlds_events.mapping import resolve_mapping as _resolve
+from wallwm_jax.data.episodes import event_features, keep_encoded_decoder
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
 
@@ -144,34 +145,9 @@ class RldsEvents(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         spec = self.spec
-        images = {name: tfds.features.Image(shape=shape, dtype=np.uint8, encoding_format="png")
-                  for name, _, shape in spec.cameras}
-        return self.dataset_info_from_configs(
-            features=tfds.features.FeaturesDict({
-                "steps": tfds.features.Sequence({
-                    "observation": {
-                        **images,
-                        "state": tfds.features.Tensor(shape=(spec.state_dim,),
-                                                      dtype=np.float32),
-                    },
-                    "action": tfds.features.Tensor(shape=(spec.action_dim,), dtype=np.float32),
-                    "is_first": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                    "is_last": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                }),
-                "episode_metadata": {
-                    "task": tfds.features.Text(),
-                    "instruction": tfds.features.Text(),
-                    "success": tfds.features.Tensor(shape=(), dtype=np.bool_),
-                    "episode_id": tfds.features.Text(),  # source split + index
-                },
-                "events": tfds.features.Sequence({
-                    "start": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "end": tfds.features.Tensor(shape=(), dtype=np.int32),
-                    "caption": tfds.features.Text(),
-                    "phase": tfds.features.Text(),
-                }),
-            }),
-        )
+        return self.dataset_info_from_configs(features=event_features(
+            {name: shape for name, _, shape in spec.cameras}, spec.state_dim, spec.action_dim,
+            extra_text_metadata=("episode_id",)))  # episode_id: source split + index
 
     def _split_generators(self, dl_manager):
         cfg = self.builder_config
@@ -247,13 +223,6 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
     return version_dir
 
 
-class _KeepEncoded(tfds.decode.SkipDecoding):
-    """SkipDecoding for the NumPy path inside a Sequence (TFDS 4.9 lacks the batch form)."""
-
-    def decode_batch_example_np(self, batch):
-        return batch
-
-
 def read_train_split(version_dir: str) -> tuple[dict[str, list[np.ndarray]], list[str]]:
     """States/actions ([T, S], [T, A] per episode) and the instructions + captions of the
     train split (the first split if there is no "train"), frames left undecoded."""
@@ -262,7 +231,7 @@ def read_train_split(version_dir: str) -> tuple[dict[str, list[np.ndarray]], lis
     cameras = [k for k in builder.info.features["steps"]["observation"].keys()
                if k.startswith("image")]
     source = builder.as_data_source(split=split, decoders={
-        "steps": {"observation": {k: _KeepEncoded() for k in cameras}}})
+        "steps": {"observation": {k: keep_encoded_decoder() for k in cameras}}})
     arrays, texts = {"state": [], "action": []}, []
     for i in range(len(source)):
         ep = source[i]

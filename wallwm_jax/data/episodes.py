@@ -71,6 +71,40 @@ METADATA_FEATURES = ("episode_metadata/task", "episode_metadata/instruction",
 FEATURE_NAMES = (*STEP_FEATURES, *METADATA_FEATURES, *EVENT_FEATURES)
 
 
+def event_features(cameras: dict[str, tuple[int, int, int]], state_dim: int, action_dim: int,
+                   extra_text_metadata: tuple[str, ...] = ()):
+    """The TFDS feature spec of an event dataset (what every builder writes and this module
+    reads): PNG camera features `cameras` (name -> frame shape), state/action widths, and
+    optional extra text fields under `episode_metadata`."""
+    import tensorflow_datasets as tfds
+
+    features = tfds.features
+    return features.FeaturesDict({
+        "steps": features.Sequence({
+            "observation": {
+                **{name: features.Image(shape=shape, dtype=np.uint8, encoding_format="png")
+                   for name, shape in cameras.items()},
+                "state": features.Tensor(shape=(state_dim,), dtype=np.float32),
+            },
+            "action": features.Tensor(shape=(action_dim,), dtype=np.float32),
+            "is_first": features.Tensor(shape=(), dtype=np.bool_),
+            "is_last": features.Tensor(shape=(), dtype=np.bool_),
+        }),
+        "episode_metadata": {
+            "task": features.Text(),
+            "instruction": features.Text(),
+            "success": features.Tensor(shape=(), dtype=np.bool_),
+            **{name: features.Text() for name in extra_text_metadata},
+        },
+        "events": features.Sequence({
+            "start": features.Tensor(shape=(), dtype=np.int32),
+            "end": features.Tensor(shape=(), dtype=np.int32),
+            "caption": features.Text(),
+            "phase": features.Text(),
+        }),
+    })
+
+
 def _flatten(tree: dict, prefix: str = "") -> dict:
     flat = {}
     for key, value in tree.items():
@@ -168,19 +202,16 @@ def validate_episode(episode: dict, *, image_shape: tuple[int, int, int] | None 
                              f"but event {k} ends at {end[k]} (events must tile [0, T))")
 
 
-def _keep_encoded_decoder():
+def keep_encoded_decoder():
+    """A TFDS decoder that leaves an image feature as its encoded bytes, also inside a
+    `steps` Sequence on the NumPy path (TFDS 4.9's SkipDecoding lacks the batch form)."""
     import tensorflow_datasets as tfds
 
     class KeepEncoded(tfds.decode.SkipDecoding):
-        """SkipDecoding for the NumPy path inside a Sequence (TFDS 4.9 lacks the batch form)."""
-
         def decode_batch_example_np(self, batch):
             return batch
 
     return KeepEncoded()
-
-
-_KeepEncoded = _keep_encoded_decoder
 
 
 class EpisodeSource:
@@ -206,7 +237,7 @@ class EpisodeSource:
         self.image_shape = self.image_shapes["steps/observation/image"]
         self.files = [os.fspath(f) for f in builder.info.splits[split].filepaths]
         # Frames stay PNG bytes; LazyFrames decodes the ones a sample touches.
-        skip = {"steps": {"observation": {k: _KeepEncoded() for k in self.cameras}}}
+        skip = {"steps": {"observation": {k: keep_encoded_decoder() for k in self.cameras}}}
         self._source = builder.as_data_source(split=split, decoders=skip)
 
     def __len__(self) -> int:
