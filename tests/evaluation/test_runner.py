@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from PIL import Image
 
 from wallwm_jax.evaluation import suites
@@ -61,6 +62,19 @@ def _cli(*args):
     return out.returncode, out.stdout, out.stderr
 
 
+def test_policy_must_read_what_the_suite_provides(trained_policies):
+    from wallwm_jax.evaluation.runner import EvaluationError, check_actor
+    from wallwm_jax.policy import load_policy
+
+    policy = load_policy(trained_policies["event"].export)
+    check_actor(policy, SMALL)
+    with pytest.raises(EvaluationError, match="reads a 4-D state; suite 'demo' provides 39-D"):
+        check_actor(policy, dataclasses.replace(SMALL, state_dims=39))
+    policy.cameras = ("image", "image_wrist")
+    with pytest.raises(EvaluationError, match="reads cameras \\['image', 'image_wrist'\\]"):
+        check_actor(policy, SMALL)
+
+
 def test_cli_user_errors_are_one_line(trained_policies, tmp_path):
     export = trained_policies["event"].export
     rc, _, err = _cli("--policy", export, "--suite", "mt11", "--workdir", str(tmp_path))
@@ -90,6 +104,7 @@ def test_cli_on_a_checkpoint_directory(trained_policies, tmp_path):
     assert results["mode"] == "unified" and results["planner"] is None
     assert results["privileged"] is False and results["step"] == 3
     assert results["protocol"]["wording"] == "heldout"
+    assert results["wording_source"].endswith("paraphrases.json")  # recorded with the data
     assert results["episodes"][0]["steps"] == 8 and "error" not in results["episodes"][0]
     assert "overall 0.0% (0/1)" in out
 

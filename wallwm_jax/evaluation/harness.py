@@ -67,13 +67,28 @@ class Wording:
     split: str  # "train" | "heldout"
     variant: int
     instruction_override: str | None = None
+    # The paraphrase record stored with a dataset (paraphrases.json: task -> split ->
+    # {"instruction": [...], "captions": {phase: [...]}}); None = the caption templates.
+    record: dict | None = None
+
+    def _recorded(self, task: str) -> dict | None:
+        if self.record is None or task not in self.record:
+            return None
+        return self.record[task][self.split]
 
     def instruction(self, task: str) -> str:
         if self.instruction_override is not None:
             return self.instruction_override
+        rec = self._recorded(task)
+        if rec is not None:
+            return rec["instruction"][self.variant % len(rec["instruction"])]
         return captions.instruction(task, variant=self.variant, split=self.split)
 
     def caption(self, task: str, phase: str) -> str:
+        rec = self._recorded(task)
+        if rec is not None and phase in rec["captions"]:
+            options = rec["captions"][phase]
+            return options[self.variant % len(options)]
         return captions.template_caption(task, phase, variant=self.variant, split=self.split)
 
 

@@ -120,14 +120,24 @@ def check_actor(actor: Any, suite: Suite) -> None:
     _env_cameras(actor)
 
 
-def _wording(suite: Suite, task: str, episode: int) -> Wording:
+def paraphrase_record(actor: Any) -> tuple[dict | None, str]:
+    """The paraphrase split recorded with the policy's dataset, and where it came from."""
+    data_dir = actor.config.data.get("data_dir", "") if actor is not None else ""
+    path = os.path.join(data_dir, "paraphrases.json") if data_dir else ""
+    if path and os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f), path
+    return None, "caption templates (wallwm_jax.data.captions)"
+
+
+def _wording(suite: Suite, task: str, episode: int, record: dict | None) -> Wording:
     variant = episode % captions.num_variants(suite.wording)
     return Wording(split=suite.wording, variant=variant,
-                   instruction_override=suite.instructions.get(task))
+                   instruction_override=suite.instructions.get(task), record=record)
 
 
 def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, episode: int,
-             picture_dir: str | None) -> dict[str, Any]:
+             picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
     from wallwm_jax.envs.metaworld import MetaWorldTask
 
     seed = suite.seed(task, episode)
@@ -151,7 +161,8 @@ def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, e
             actor.reset(seed % 2**31)
         planner = PLANNERS[spec.planner]() if mode == "event" else None
         record.update(run_episode(env, actor, task=task, suite=suite, mode=mode,
-                                  wording=_wording(suite, task, episode), planner=planner,
+                                  wording=_wording(suite, task, episode, paraphrases),
+                                  planner=planner,
                                   execute_steps=spec.execute_steps, recorder=recorder))
     finally:
         env.close()
@@ -205,7 +216,8 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
     if spec.planner not in PLANNERS:
         raise EvaluationError(f"unknown planner {spec.planner!r}; planners: {list(PLANNERS)}")
     picture_dir = os.path.join(workdir, "pictures")
-    jobs = [(spec, suite, mode, task, ep, picture_dir if ep < videos else None)
+    record, wording_source = paraphrase_record(actor)
+    jobs = [(spec, suite, mode, task, ep, picture_dir if ep < videos else None, record)
             for task in suite.tasks for ep in range(suite.episodes_per_task)]
     t0 = time.perf_counter()
     pbar = tqdm(total=len(jobs), desc=f"eval {suite.name} ({mode})", unit="episode",
@@ -232,7 +244,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         "protocol": dict(suite.protocol(), camera_view=observation_note(suite),
                          image_size=suite.image_size or (actor.config.data.image_size
                                                          if actor else 64)),
-        "differences": list(suite.differences),
+        "differences": list(suite.differences), "wording_source": wording_source,
         "wall_s": round(time.perf_counter() - t0, 1), "workers": workers,
         "episodes": episodes,
         "summary": stats.summarise(episodes, suite.groups),
@@ -283,7 +295,8 @@ def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = No
              f"policy `{results['policy']}`, {who}; {s['overall']['n']} episodes in "
              f"{results['wall_s']:.0f}s; episode limit {results['protocol']['episode_limit']} "
              f"steps; camera: {results['protocol']['camera_view']}, "
-             f"{results['protocol']['image_size']}px; wording: {results['protocol']['wording']}",
+             f"{results['protocol']['image_size']}px; wording: {results['protocol']['wording']} "
+             f"paraphrases from {results.get('wording_source', 'templates')}",
              ""]
     for diff in results.get("differences", []):
         lines.append(f"- differs from the reference protocol: {diff}")
