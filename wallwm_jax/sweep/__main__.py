@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from absl import app, flags
@@ -159,9 +160,13 @@ def _define_config_flag(argv: list[str]) -> None:
             base_config(load_module(path), arg)
         except (SweepError, ValueError, KeyError, TypeError) as e:
             _fail(f"{spec}: {e}")
-    config_flags.DEFINE_config_file("config", spec, "The sweep's base config (set by "
-                                    "--sweep); --config.FIELD=VALUE applies to every trial.",
-                                    lock_config=False)
+    try:  # config_flags applies the --config.X overrides here
+        config_flags.DEFINE_config_file(
+            "config", spec, "The sweep's base config (set by --sweep); --config.FIELD=VALUE "
+            "applies to every trial.", lock_config=False)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+        message = " ".join(re.sub(r"\\?'", "", str(e).replace("\\n", " ")).split())
+        _fail(f"bad --config override: {message}")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
