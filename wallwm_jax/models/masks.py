@@ -13,7 +13,6 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
-
 CAPTION_MASKS = ("staircase", "causal")
 
 

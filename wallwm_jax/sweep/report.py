@@ -76,7 +76,7 @@ def trial_row(trial_dir: str, keys: Sequence[str]) -> dict[str, Any]:
         total_s, total_n = total_s + overall["successes"], total_n + overall["n"]
         for group, g in sorted(summary.get("groups", {}).items()):
             row[f"cl/{suite}/{group}"] = g["success"]
-    if total_n:
+    if total_n and len(trial.get("suites", [])) > 1:
         row["cl/overall"] = total_s / total_n
         row["cl/overall/successes"], row["cl/overall/n"] = total_s, total_n
     if row["status"] == "failed":
@@ -141,20 +141,24 @@ def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[
     return out
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, n_all: int | None = None) -> str:
     if value is None:
         return ""
     if isinstance(value, tuple) and len(value) == 3:
         mean, std, n = value
-        return f"{mean:.4g} ± {std:.2g} (n={n})"
+        return f"{mean:.4g} ± {std:.2g}" + ("" if n == n_all else f" (n={n})")
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-def _md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
+def _md_table(header: Sequence[str], body: Sequence[Sequence[Any]],
+              n_col: int | None = None) -> str:
+    """A markdown table; with `n_col`, "(n=k)" shows only where k differs from that column."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v).replace("|", "/") for v in r) + " |" for r in body]
+    for r in body:
+        n_all = r[n_col] if n_col is not None else None
+        lines.append("| " + " | ".join(_fmt(v, n_all).replace("|", "/") for v in r) + " |")
     return "\n".join(lines)
 
 
@@ -200,7 +204,7 @@ def write_report(workdir: str) -> dict[str, Any]:
         md += ["", f"## Mean ± std over {short[seed_key(keys)]}", "",
                _md_table([*[short[k] for k in others], "n", *agg_cols],
                          [[*[format_value(a.get(k)) for k in others], a["n"],
-                           *[a.get(c) for c in agg_cols]] for a in agg])]
+                           *[a.get(c) for c in agg_cols]] for a in agg], n_col=len(others))]
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         md += ["", "## Failed trials", ""]
