@@ -1,6 +1,7 @@
-"""The slurm launcher up to the submission (no cluster here): the sbatch script of the job
-array and the trial each array task runs, through the real submitit with a stand-in `sbatch`;
-and the `jax.distributed` environment a multi-node array task derives from SLURM's."""
+"""Launchers. Local: how devices are split between concurrent trials. Slurm, up to the
+submission (no cluster here): the sbatch script of the job array and the trial each array task
+runs, through the real submitit with a stand-in `sbatch`; and the `jax.distributed` environment
+a multi-node array task derives from SLURM's."""
 
 import glob
 import json
@@ -9,6 +10,10 @@ import pickle
 import stat
 import subprocess
 import sys
+
+import pytest
+
+from wallwm_jax.sweep.launchers import device_slots, visible_gpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -111,3 +116,15 @@ def test_multi_node_task_joins_jax_distributed(monkeypatch):
     assert env["JAX_NUM_PROCESSES"] == "2" and env["JAX_PROCESS_ID"] == "1"
     monkeypatch.setenv("SLURM_NTASKS", "1")
     assert SlurmTrialTask(job).distributed_env() == {}
+
+
+def test_local_slots_split_the_gpus(monkeypatch):
+    assert device_slots(3, []) == [{}, {}, {}]  # CPU: one process per trial, nothing to set
+    assert device_slots(2, ["0", "1", "2", "3"]) == [{"CUDA_VISIBLE_DEVICES": "0,1"},
+                                                     {"CUDA_VISIBLE_DEVICES": "2,3"}]
+    assert device_slots(2, ["4", "5", "6"]) == [{"CUDA_VISIBLE_DEVICES": "4"},
+                                                {"CUDA_VISIBLE_DEVICES": "5"}]
+    with pytest.raises(ValueError, match="more than the 2 visible GPUs"):
+        device_slots(3, ["0", "1"])
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert visible_gpus() == ["2", "3"]
