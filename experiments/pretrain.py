@@ -166,4 +166,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.episodes_per_task = 3
     config.eval.max_steps = 200
     config.eval.num_batches = 4  # val batches per offline evaluation during training
+    # Closed-loop MetaWorld evaluation during training (wallwm_jax.evaluation suites): every
+    # `every_steps` steps (0: off) and at the end; success per task/group goes to
+    # metrics.jsonl and TensorBoard as closed_loop/<suite>/...
+    config.eval.closed_loop = ml_collections.ConfigDict(dict(
+        suite="demo", tasks=(), episodes_per_task=2, every_steps=0))
     return config

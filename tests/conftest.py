@@ -49,3 +49,39 @@ def tiny_config(tiny_dataset):
     config.checkpoint.every_steps = 3
     config.checkpoint.async_save = True
     return config
+
+
+@pytest.fixture(scope="session")
+def trained_policies(tiny_dataset, tmp_path_factory):
+    """One tiny model per mode, trained 3 steps on `tiny_dataset` and exported, shared by the
+    export, mode and evaluation tests: mode -> namespace(run, export, config, result).
+
+    The event-mode run also evaluates closed loop during training (`config.eval.closed_loop`
+    on reach-v3, one short episode), so its metrics carry closed_loop/... rows.
+    """
+    import types
+
+    from experiments.pretrain import get_config
+    from wallwm_jax.export import export_bundle
+    from wallwm_jax.train import train_and_evaluate
+
+    out = {}
+    for mode in ("event", "unified", "chunk"):
+        config = get_config(f"size=tiny,mode={mode}")
+        config.data.data_dir = tiny_dataset
+        config.data.image_size = 32
+        config.batch_size = 8
+        config.total_steps = 3
+        config.checkpoint.every_steps = 3
+        config.log_every_steps = 1
+        if mode == "event":
+            config.eval.closed_loop.update(suite="demo", tasks=("reach-v3",),
+                                           episodes_per_task=1, every_steps=3)
+        root = tmp_path_factory.mktemp(f"policy_{mode}")
+        result = train_and_evaluate(config, str(root / "run"))
+        export = export_bundle(str(root / "export"), result["params"], config,
+                               result["norm_stats"], os.path.join(tiny_dataset,
+                                                                  "tokenizer.model"))
+        out[mode] = types.SimpleNamespace(root=root, run=str(root / "run"), export=export,
+                                          config=config, result=result)
+    return out

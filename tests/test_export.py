@@ -9,26 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from wallwm_jax.export import export_bundle, export_from_checkpoint, load_bundle
-from wallwm_jax.train import train_and_evaluate
+from wallwm_jax.export import export_from_checkpoint, load_bundle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_dataset, tmp_path_factory):
-    from experiments.pretrain import get_config
-
-    config = get_config("size=tiny,mode=event")
-    config.data.data_dir = tiny_dataset
-    config.data.image_size = 32
-    config.batch_size = 8
-    config.total_steps = 2
-    root = tmp_path_factory.mktemp("export")
-    result = train_and_evaluate(config, str(root / "run"))
-    path = export_bundle(str(root / "export"), result["params"], config, result["norm_stats"],
-                         os.path.join(tiny_dataset, "tokenizer.model"))
-    return path, result["params"], config, root
+def exported(trained_policies):
+    trained = trained_policies["event"]
+    return trained.export, trained.result["params"], trained.config, trained.root
 
 
 def test_bundle_round_trips_params(exported):
@@ -71,15 +60,3 @@ def test_export_from_checkpoint_matches_trained_params(exported):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     _, _, want_stats, _ = load_bundle(path)
     np.testing.assert_allclose(stats["action"]["std"], want_stats["action"]["std"])
-
-
-def test_evaluation_cli_writes_tables(exported, tmp_path):
-    path, _, _, _ = exported
-    subprocess.run([sys.executable, "-m", "wallwm_jax.evaluation", "--export", path,
-                    "--tasks", "reach-v3", "--episodes_per_task", "1", "--max_steps", "16",
-                    "--out", str(tmp_path)], capture_output=True, text=True, cwd=REPO,
-                   timeout=600, check=True)
-    results = json.loads((tmp_path / "closed_loop.json").read_text())
-    assert set(results) == {"reach-v3"}
-    assert results["reach-v3"]["policy_steps"] == 16  # an untrained policy uses every step
-    assert "| reach-v3 |" in (tmp_path / "closed_loop.md").read_text()

@@ -3,31 +3,19 @@
 (Event mode is covered by test_train / test_export / test_demo.)
 """
 
-import os
-
 import numpy as np
 import pytest
 
 from wallwm_jax.data.episodes import open_dataset
-from wallwm_jax.export import export_bundle
 from wallwm_jax.policy import load_policy
-from wallwm_jax.train import train_and_evaluate
 from wallwm_jax.train_log import read_metrics
 
 
 @pytest.mark.parametrize("mode", ["unified", "chunk"])
-def test_mode_trains_exports_and_acts(mode, tiny_dataset, tmp_path):
-    from experiments.pretrain import get_config
-
-    config = get_config(f"size=tiny,mode={mode}")
-    config.data.data_dir = tiny_dataset
-    config.data.image_size = 32
-    config.batch_size = 8
-    config.total_steps = 3
-    config.checkpoint.every_steps = 3
-    config.log_every_steps = 1
-    result = train_and_evaluate(config, str(tmp_path / "run"))
-    rows = read_metrics(str(tmp_path / "run"))
+def test_mode_trains_exports_and_acts(mode, tiny_dataset, trained_policies):
+    trained = trained_policies[mode]
+    config = trained.config
+    rows = read_metrics(trained.run)
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3]
     assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     caption_terms = [r["loss/caption"] for r in rows if "loss/caption" in r]
@@ -36,9 +24,7 @@ def test_mode_trains_exports_and_acts(mode, tiny_dataset, tmp_path):
     else:
         assert min(caption_terms) > 0
 
-    path = export_bundle(str(tmp_path / "export"), result["params"], config,
-                         result["norm_stats"], os.path.join(tiny_dataset, "tokenizer.model"))
-    policy = load_policy(path)
+    policy = load_policy(trained.export)
     ep = open_dataset(tiny_dataset, "val")[0]
     out = policy.act(ep["steps/observation/image"][0], ep["steps/observation/state"][0],
                      ep["episode_metadata/instruction"])

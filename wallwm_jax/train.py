@@ -30,6 +30,7 @@ from wallwm_jax import checkpoint as ckpt
 from wallwm_jax import sharding, throughput
 from wallwm_jax.data.batches import abstract_batch, check_batch
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
+from wallwm_jax.evaluation.closed_loop import ClosedLoopEval
 from wallwm_jax.evaluation.offline import OfflineEvaluator
 from wallwm_jax.models.pretrained import describe, load_pretrained
 from wallwm_jax.train_log import MetricLogger
@@ -133,6 +134,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if eval_every > 0:
         evaluator = OfflineEvaluator(config, split="val", mesh=mesh,
                                      num_batches=config.eval.get("num_batches", 4))
+    closed_loop = ClosedLoopEval.from_config(config, workdir, norm_stats,
+                                             pipeline.sampler.tokenizer_path)
 
     # ---------------------------------------------------------------- Loop
     logger = MetricLogger(workdir, config, total_steps=config.total_steps, active=is_chief)
@@ -177,6 +180,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 eval_metrics = {f"eval/{k.split('/', 1)[1]}": v
                                 for k, v in evaluator(params).items()}
                 logger.log(step, eval_metrics, force=True)
+            if closed_loop is not None and closed_loop.due(step, done):
+                logger.log(step, closed_loop(params, step), force=True)
             if interrupt:
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break

@@ -93,6 +93,7 @@ TASK_OBJECTS.update({task: (obj, target) for task, (obj, target, *_) in MT50_EXT
 MT50_TASKS = tuple(sorted(TASK_OBJECTS))
 # Extra camera feature name -> MuJoCo camera (the scene camera is `image`, from `camera`).
 EXTRA_CAMERAS = {"gripper": "gripperPOV", "behind": "behindGripper", "top": "topview"}
+LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)  # lerobot.envs.metaworld's corner2 position
 HOLD = "hold"  # phase of the steps the rollout keeps after the task has succeeded
 SETTLE_STEPS = 5  # steps kept after success so the last event shows the finished task
 MIN_EVENT_STEPS = 2
@@ -250,7 +251,8 @@ class MetaWorldTask:
     """One MetaWorld task; object and goal positions are drawn from `seed` at each reset."""
 
     def __init__(self, task: str, *, seed: int, image_size: int = 64, camera: str = "corner2",
-                 fast_render: bool = True, extra_cameras: tuple[str, ...] = ()):
+                 fast_render: bool = True, extra_cameras: tuple[str, ...] = (),
+                 camera_setup: str = "ours"):
         if task not in TASK_OBJECTS:
             raise ValueError(f"unknown MetaWorld task {task!r}; known: {sorted(TASK_OBJECTS)}")
         env_dict, policies = _import_mujoco_envs()
@@ -269,6 +271,16 @@ class MetaWorldTask:
         self._env._freeze_rand_vec = False
         self._env.seeded_rand_vec = True
         self._env._set_task_called = True
+        if camera_setup not in ("ours", "lerobot"):
+            raise ValueError(f"camera_setup must be 'ours' or 'lerobot', got {camera_setup!r}")
+        # "lerobot": corner2 moved as LeRobot's MetaWorld env does, image flipped on both axes.
+        self._flip_both = camera_setup == "lerobot" and camera == "corner2"
+        if self._flip_both:
+            import mujoco
+
+            cam = mujoco.mj_name2id(self._env.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
+            self._env.model.cam_pos[cam] = LEROBOT_CORNER2_POS
+        self.render_images = True  # False: observations carry state only (no GL work)
         self._env.max_path_length = 10_000  # the rollout, not MetaWorld, decides the horizon
         self._fast_render_pending = fast_render
         self._policy = getattr(policies, _policy_class_name(task))()
@@ -282,7 +294,7 @@ class MetaWorldTask:
         self._succeeded = False
 
     def _obs_dict(self) -> dict[str, np.ndarray]:
-        if self._fast_render_pending:
+        if self._fast_render_pending and self.render_images:
             # Shadows and reflections cost ~4x render time under software GL (Mesa llvmpipe)
             # and carry little information at 64x64. The viewer must be created after the
             # first reset (creating it earlier renders black frames in later envs).
@@ -293,8 +305,13 @@ class MetaWorldTask:
             viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             self._fast_render_pending = False
-        image = np.ascontiguousarray(self._env.render()[::-1])  # MuJoCo renders upside down
-        out = {"image": image.astype(np.uint8), "state": self._obs[:4].astype(np.float32)}
+        out = {"state": self._obs[:4].astype(np.float32)}
+        if not self.render_images:
+            return out
+        frame = self._env.render()
+        # MuJoCo renders upside down; LeRobot's corner2 convention flips both axes.
+        frame = frame[::-1, ::-1] if self._flip_both else frame[::-1]
+        out["image"] = np.ascontiguousarray(frame).astype(np.uint8)
         for name in self.extra_cameras:
             import mujoco
 

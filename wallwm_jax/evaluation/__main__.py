@@ -1,47 +1,85 @@
-"""`python -m wallwm_jax.evaluation --export DIR`: closed-loop MetaWorld evaluation of an export.
+"""`python -m wallwm_jax.evaluation --policy PATH --suite NAME --workdir OUT`: closed-loop
+MetaWorld evaluation of an export, a checkpoint directory or the scripted experts.
 
-Writes `closed_loop.json` and `closed_loop.md` into `--out` (default: the export directory).
+Writes OUT/results.json (one record per episode + summary), OUT/results.md (success per
+task, group and overall with Wilson 95% intervals) and OUT/pictures/ for `--videos K`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
+import dataclasses
+import sys
+import warnings
 
-from absl import logging
+from absl import app, flags, logging
+
+_POLICY = flags.DEFINE_string("policy", None, "Export bundle, checkpoint directory (latest "
+                              "finished step, or --step) or 'expert' (scripted experts).")
+_SUITE = flags.DEFINE_string("suite", None, "Suite name (see --list).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json/results.md go.")
+_MODE = flags.DEFINE_enum("mode", None, ["event", "unified", "chunk"],
+                          "Inference mode (default: the mode the policy was trained in).")
+_TASKS = flags.DEFINE_list("tasks", None, "A subset of the suite's tasks.")
+_EPISODES = flags.DEFINE_integer("episodes_per_task", None, "Default: the suite's.")
+_WORKERS = flags.DEFINE_integer("workers", 1, "Episodes run in this many processes.")
+_VIDEOS = flags.DEFINE_integer("videos", 0, "Pictures (strip, GIF, world head) for the "
+                               "first K episodes of every task.")
+_STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest finished).")
+_PLANNER = flags.DEFINE_string("planner", "oracle", "Event mode's next-event planner.")
+_EXECUTE = flags.DEFINE_integer("execute_steps", None, "Steps of each chunk executed before "
+                                "replanning (default: the whole predicted chunk).")
+_COMPARE = flags.DEFINE_string("compare", None, "Expert results (results.json or its dir) "
+                               "to show next to these; default: a sibling of --workdir.")
+_LIMIT = flags.DEFINE_integer("episode_limit", None, "Override the suite's step limit per "
+                              "episode (smoke runs; the result records it).")
+_LIST = flags.DEFINE_bool("list", False, "List the suites and exit.")
+_VERBOSE = flags.DEFINE_bool("traceback", False, "Show the Python traceback of an error.")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--export", required=True, help="export bundle directory")
-    parser.add_argument("--tasks", default="reach-v3,push-v3,button-press-topdown-v3")
-    parser.add_argument("--episodes_per_task", type=int, default=10)
-    parser.add_argument("--max_steps", type=int, default=150)
-    parser.add_argument("--replan_every", type=int, default=8)
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
     logging.set_verbosity(logging.WARNING)
-
+    warnings.filterwarnings("ignore", module="metaworld")  # "Constant(s) may be too high"
     from wallwm_jax.envs import metaworld  # noqa: F401  (sets MUJOCO_GL first)
-    from wallwm_jax.evaluation.closed_loop import evaluate_closed_loop, results_markdown
-    from wallwm_jax.policy import load_policy
+    from wallwm_jax.evaluation import suites
+    from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
 
-    policy = load_policy(args.export)
-    results = evaluate_closed_loop(policy, args.tasks.split(","),
-                                   episodes_per_task=args.episodes_per_task,
-                                   max_steps=args.max_steps,
-                                   image_size=policy.config.data.image_size,
-                                   replan_every=args.replan_every)
-    out = args.out or args.export
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "closed_loop.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    table = results_markdown(results)
-    with open(os.path.join(out, "closed_loop.md"), "w") as f:
-        f.write(table + "\n")
-    print(table)
+    if _LIST.value:
+        for name in suites.names():
+            s = suites.get(name)
+            print(f"{name}: {s.description} ({len(s.tasks)} tasks, "
+                  f"{s.episodes_per_task} episodes each)")
+        return
+    missing = [f"--{n}" for n, f in (("policy", _POLICY), ("suite", _SUITE),
+                                     ("workdir", _WORKDIR)) if not f.value]
+    if missing:
+        raise ValueError(f"missing required flag(s) {', '.join(missing)}")
+    suite = suites.get(_SUITE.value).subset(tuple(_TASKS.value or ()) or None, _EPISODES.value)
+    if _LIMIT.value is not None:
+        if _LIMIT.value < 1:
+            raise ValueError(f"--episode_limit must be >= 1, got {_LIMIT.value}")
+        suite = dataclasses.replace(suite, episode_limit=_LIMIT.value)
+    spec = PolicySpec(path=_POLICY.value, step=_STEP.value, mode=_MODE.value,
+                      planner=_PLANNER.value, execute_steps=_EXECUTE.value)
+    results = evaluate_suite(spec, suite, _WORKDIR.value, workers=_WORKERS.value,
+                             videos=_VIDEOS.value, compare=_COMPARE.value)
+    with open(f"{_WORKDIR.value}/results.md") as f:
+        print(f.read())
+    s = results["summary"]["overall"]
+    print(f"overall {s['success']:.1%} ({s['successes']}/{s['n']}) in {results['wall_s']:.0f}s "
+          f"-> {_WORKDIR.value}/results.json")
+
+
+def run() -> None:
+    """Entry point: user errors print one line and exit 2 (tracebacks with --traceback)."""
+    try:
+        app.run(main)
+    except (ValueError, FileNotFoundError) as err:
+        if "--traceback" in sys.argv:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -1,81 +1,60 @@
-"""Closed-loop evaluation in MetaWorld: event-mode policy vs the scripted expert, per task.
-
-The scripted expert plays the planner: at every step its privileged phase names the current
-event, whose (train-split) caption is given to the policy as the next-event description.
-The policy re-plans when the phase changes or its chunk runs out.
-"""
+"""Closed-loop evaluation inside the training loop (`config.eval.closed_loop`): every N
+steps the current params act in a suite, and success per task/group is logged."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
 from typing import Any
 
+import jax
+import ml_collections
 import numpy as np
-from tqdm.auto import tqdm
-
-from wallwm_jax.data import captions
-from wallwm_jax.envs.metaworld import MetaWorldTask
-
-EVAL_SEED_OFFSET = 100_000  # evaluation scenes never coincide with training seeds
 
 
-def run_episode(env: MetaWorldTask, act: Callable[[dict[str, Any], str], np.ndarray] | None,
-                *, task: str, max_steps: int, replan_every: int) -> dict[str, Any]:
-    """One episode; `act=None` runs the scripted expert. Returns success and step count."""
-    obs = env.reset()
-    steps, success = 0, False
-    while steps < max_steps and not success:
-        phase = env.phase()
-        if act is None:
-            obs, success = env.step(env.expert_action())
-            steps += 1
-            continue
-        chunk = act(obs, captions.event_caption(task, phase, variant=0, split="train"))
-        for action in chunk[:replan_every]:
-            obs, success = env.step(np.clip(action, -1.0, 1.0))
-            steps += 1
-            if success or steps >= max_steps or env.phase() != phase:
-                break
-    return {"success": bool(success), "steps": steps}
+class ClosedLoopEval:
+    """Runs `config.eval.closed_loop.suite` on the current params; returns flat metrics."""
 
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+                 norm_stats: dict[str, Any], tokenizer_path: str):
+        from wallwm_jax.evaluation import suites
 
-def evaluate_closed_loop(policy: Any, tasks: Sequence[str], *, episodes_per_task: int,
-                         max_steps: int, image_size: int, replan_every: int = 8,
-                         include_expert: bool = True) -> dict[str, dict[str, float]]:
-    """Success rate per task of `policy` (event mode) and, on the same scenes, the expert."""
-    results: dict[str, dict[str, float]] = {}
-    total = len(tasks) * episodes_per_task * (2 if include_expert else 1)
-    pbar = tqdm(total=total, desc="closed-loop eval", unit="episode")
-    for task in tasks:
-        instruction = captions.instruction(task, variant=0, split="train")
+        cl = config.eval.closed_loop
+        self.config, self.workdir = config, workdir
+        self.norm_stats, self.tokenizer_path = norm_stats, tokenizer_path
+        self.every = int(cl.every_steps)
+        self.suite = suites.get(cl.suite).subset(tuple(cl.tasks) or None,
+                                                 int(cl.episodes_per_task))
 
-        def act(obs: dict[str, Any], caption: str, instruction: str = instruction) -> np.ndarray:
-            return policy.act(obs["image"], obs["state"], instruction, caption)["actions"]
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, workdir: str,
+                    norm_stats: dict[str, Any], tokenizer_path: str) -> ClosedLoopEval | None:
+        """None when `config.eval.closed_loop.every_steps` is 0 (or the field is absent)."""
+        cl = config.eval.get("closed_loop")
+        if cl is None or int(cl.get("every_steps", 0)) <= 0:
+            return None
+        return cls(config, workdir, norm_stats, tokenizer_path)
 
-        row: dict[str, float] = {}
-        for who, fn in (("policy", act), ("expert", None))[: 2 if include_expert else 1]:
-            outcomes = []
-            for ep in range(episodes_per_task):
-                env = MetaWorldTask(task, seed=EVAL_SEED_OFFSET + ep, image_size=image_size)
-                try:
-                    outcomes.append(run_episode(env, fn, task=task, max_steps=max_steps,
-                                                replan_every=replan_every))
-                finally:
-                    env.close()
-                pbar.update(1)
-            row[f"{who}_success"] = float(np.mean([o["success"] for o in outcomes]))
-            row[f"{who}_steps"] = float(np.mean([o["steps"] for o in outcomes]))
-        results[task] = row
-    pbar.close()
-    return results
+    def due(self, step: int, done: bool) -> bool:
+        return step % self.every == 0 or done
 
+    def __call__(self, params: Any, step: int) -> dict[str, float]:
+        """Evaluate `params` (every process calls this; process 0 runs the episodes)."""
+        from jax.experimental import multihost_utils
 
-def results_markdown(results: dict[str, dict[str, float]]) -> str:
-    """Per-task table of policy vs expert success and episode lengths."""
-    lines = ["| task | policy success | expert success | policy steps | expert steps |",
-             "|---|---|---|---|---|"]
-    for task, row in results.items():
-        lines.append(f"| {task} | {row['policy_success']:.0%} | "
-                     f"{row.get('expert_success', float('nan')):.0%} | "
-                     f"{row['policy_steps']:.0f} | {row.get('expert_steps', float('nan')):.0f} |")
-    return "\n".join(lines)
+        from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite, summary_metrics
+        from wallwm_jax.policy import Policy
+
+        if jax.process_count() > 1:
+            params = multihost_utils.process_allgather(params, tiled=True)
+        if jax.process_index() != 0:
+            return {}
+        host = jax.tree.map(np.asarray, jax.device_get(params))
+        policy = Policy(host, self.config, self.norm_stats, self.tokenizer_path,
+                        seed=int(self.config.seed))
+        out = os.path.join(self.workdir, "closed_loop", f"step_{step}")
+        results = evaluate_suite(PolicySpec(path=""), self.suite, out, actor=policy,
+                                 progress=False)
+        s = results["summary"]["overall"]
+        print(f"closed-loop {self.suite.name} at step {step}: {s['success']:.0%} "
+              f"({s['successes']}/{s['n']})")
+        return summary_metrics(results)

@@ -1,0 +1,91 @@
+"""The episode harness on the real simulator: experts succeed through it, and chunk/unified
+modes run without ever reading privileged state (the env raises if they try)."""
+
+import dataclasses
+
+import pytest
+
+from wallwm_jax.envs.metaworld import MetaWorldTask
+from wallwm_jax.evaluation import suites
+from wallwm_jax.evaluation.harness import (
+    GuardedEnv,
+    OraclePlanner,
+    PrivilegedAccessError,
+    Wording,
+    run_episode,
+)
+from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
+from wallwm_jax.policy import load_policy
+
+SHORT = dataclasses.replace(suites.get("demo"), episode_limit=12)
+TRAIN_WORDING = Wording(split="train", variant=0)
+
+
+def _env(task, *, privileged, seed=suites.EVAL_SEED_BASE + 1):
+    return GuardedEnv(MetaWorldTask(task, seed=seed, image_size=32), privileged=privileged)
+
+
+def test_guard_raises_on_privileged_reads():
+    env = _env("reach-v3", privileged=False)
+    try:
+        env.reset()
+        with pytest.raises(PrivilegedAccessError):
+            env.phase()
+        with pytest.raises(PrivilegedAccessError):
+            env.expert_action()
+    finally:
+        env.close()
+
+
+def test_expert_harness_succeeds_on_a_few_tasks(tmp_path):
+    suite = suites.get("mt50_lerobot").subset(
+        ("reach-v3", "button-press-topdown-v3", "drawer-close-v3"), 1)
+    results = evaluate_suite(PolicySpec("expert"), suite, str(tmp_path), progress=False)
+    assert results["summary"]["overall"]["successes"] == 3
+    assert results["mode"] == "expert" and results["privileged"] is True
+    assert all(ep["steps"] < suite.episode_limit for ep in results["episodes"])
+
+
+@pytest.mark.parametrize("mode", ["chunk", "unified"])
+def test_non_event_modes_never_read_privileged_state(mode, trained_policies):
+    policy = load_policy(trained_policies[mode].export)
+    env = _env("push-v3", privileged=False)
+    try:
+        record = run_episode(env, policy, task="push-v3", suite=SHORT, mode=mode,
+                             wording=TRAIN_WORDING, planner=None, execute_steps=None)
+    finally:
+        env.close()
+    assert "error" not in record, record.get("error")
+    assert record["steps"] == SHORT.episode_limit  # an untrained policy uses every step
+    assert sum(record["chunk_lengths"]) >= record["steps"]
+    if mode == "unified":  # its own decoded captions are recorded per replan
+        assert len(record["captions"]) == len(record["chunk_lengths"])
+        assert all(isinstance(c, list) and c for c in record["captions"])
+
+
+def test_event_mode_with_oracle_needs_privileged_access(trained_policies):
+    policy = load_policy(trained_policies["event"].export)
+    for privileged in (False, True):
+        env = _env("reach-v3", privileged=privileged)
+        try:
+            record = run_episode(env, policy, task="reach-v3", suite=SHORT, mode="event",
+                                 wording=TRAIN_WORDING, planner=OraclePlanner(),
+                                 execute_steps=None)
+        finally:
+            env.close()
+        if privileged:
+            assert "error" not in record and record["steps"] == SHORT.episode_limit
+            assert record["captions"][0] == "move the gripper to the goal point"
+        else:
+            assert "PrivilegedAccessError" in record["error"] and not record["success"]
+
+
+def test_execute_steps_bounds_each_chunk(trained_policies):
+    policy = load_policy(trained_policies["chunk"].export)
+    env = _env("reach-v3", privileged=False)
+    try:
+        record = run_episode(env, policy, task="reach-v3", suite=SHORT, mode="chunk",
+                             wording=TRAIN_WORDING, planner=None, execute_steps=5)
+    finally:
+        env.close()
+    assert record["chunk_lengths"] == [5, 5, 5]

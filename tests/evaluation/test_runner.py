@@ -1,0 +1,103 @@
+"""Suite runs end to end: results files, 1-vs-N worker equality, pictures, the expert
+comparison, the CLI's user errors, and closed-loop metrics logged during training."""
+
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from PIL import Image
+
+from wallwm_jax.evaluation import suites
+from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
+from wallwm_jax.train_log import read_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SMALL = dataclasses.replace(suites.get("demo").subset(("reach-v3", "push-v3"), 2),
+                            episode_limit=10)
+
+
+def _strip_timing(results):
+    return [{k: v for k, v in ep.items() if k != "wall_s"} for ep in results["episodes"]]
+
+
+def test_workers_give_the_same_results_as_one(trained_policies, tmp_path):
+    spec = PolicySpec(trained_policies["event"].export)
+    one = evaluate_suite(spec, SMALL, str(tmp_path / "one"), progress=False)
+    two = evaluate_suite(spec, SMALL, str(tmp_path / "two"), workers=2, progress=False)
+    assert _strip_timing(one) == _strip_timing(two)
+    assert [(e["task"], e["episode"]) for e in one["episodes"]] == [
+        ("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0), ("push-v3", 1)]
+    assert len({e["seed"] for e in one["episodes"]}) == 4
+    assert one["summary"] == two["summary"]
+
+
+def test_results_files_pictures_and_expert_column(trained_policies, tmp_path):
+    suite = dataclasses.replace(SMALL.subset(("reach-v3",), 1))
+    evaluate_suite(PolicySpec("expert"), suite, str(tmp_path / "expert"), progress=False)
+    res = evaluate_suite(PolicySpec(trained_policies["event"].export), suite,
+                         str(tmp_path / "policy"), videos=1, progress=False)
+    saved = json.loads((tmp_path / "policy" / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(res["summary"]))
+    assert saved["mode"] == "event" and saved["planner"] == "oracle" and saved["privileged"]
+    ep = saved["episodes"][0]
+    assert set(ep) >= {"task", "group", "episode", "seed", "success", "steps", "captions",
+                       "chunk_lengths"}
+    pics = tmp_path / "policy" / "pictures"
+    assert sorted(os.listdir(pics)) == ["reach-v3_ep0.gif", "reach-v3_ep0_strip.png",
+                                        "reach-v3_ep0_world.png"]
+    assert Image.open(pics / "reach-v3_ep0.gif").n_frames == ep["steps"] + 1
+    md = (tmp_path / "policy" / "results.md").read_text()
+    assert "planner `oracle` (reads privileged simulator state)" in md
+    assert "| group | success [95% CI] (k/n) | expert |" in md
+    assert "| reach-v3 | 0% [0%–79%] (0/1) | 100% [21%–100%] (1/1) |" in md
+
+
+def _cli(*args):
+    out = subprocess.run([sys.executable, "-m", "wallwm_jax.evaluation", *args],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    return out.returncode, out.stdout, out.stderr
+
+
+def test_cli_user_errors_are_one_line(trained_policies, tmp_path):
+    export = trained_policies["event"].export
+    rc, _, err = _cli("--policy", export, "--suite", "mt11", "--workdir", str(tmp_path))
+    assert rc == 2 and "Traceback" not in err
+    assert "unknown suite 'mt11'; valid suites: mt10_seen" in err
+    rc, _, err = _cli("--policy", export, "--suite", "demo", "--tasks", "door-open-v3",
+                      "--workdir", str(tmp_path))
+    assert rc == 2 and "its tasks: reach-v3, push-v3, button-press-topdown-v3" in err
+    broken = tmp_path / "broken"
+    shutil.copytree(export, broken)
+    os.remove(broken / "tokenizer.model")
+    rc, _, err = _cli("--policy", str(broken), "--suite", "demo", "--workdir", str(tmp_path))
+    assert rc == 2 and "is missing tokenizer.model" in err and "Traceback" not in err
+    rc, _, err = _cli("--policy", export, "--suite", "demo", "--mode", "unified",
+                      "--workdir", str(tmp_path))
+    assert rc == 2 and "trained in event mode and can run event" in err
+
+
+def test_cli_on_a_checkpoint_directory(trained_policies, tmp_path):
+    run = trained_policies["unified"].run
+    rc, out, err = _cli("--policy", os.path.join(run, "checkpoints"), "--step", "3",
+                        "--suite", "mt10_paraphrase", "--tasks", "drawer-open-v3",
+                        "--episodes_per_task", "1", "--episode_limit", "8",
+                        "--workdir", str(tmp_path / "ev"))
+    assert rc == 0, err[-2000:]
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["mode"] == "unified" and results["planner"] is None
+    assert results["privileged"] is False and results["step"] == 3
+    assert results["protocol"]["wording"] == "heldout"
+    assert results["episodes"][0]["steps"] == 8 and "error" not in results["episodes"][0]
+    assert "overall 0.0% (0/1)" in out
+
+
+def test_training_logs_closed_loop_success(trained_policies):
+    run = trained_policies["event"].run
+    rows = [r for r in read_metrics(run) if "closed_loop/demo/overall" in r]
+    assert [r["step"] for r in rows] == [3]
+    assert rows[0]["closed_loop/demo/task/reach-v3"] == rows[0]["closed_loop/demo/overall"]
+    assert "closed_loop/demo/group/demo" in rows[0]
+    assert os.path.isfile(os.path.join(run, "closed_loop", "step_3", "results.json"))

@@ -1,0 +1,317 @@
+"""Run a suite against a policy (export, checkpoint or the scripted expert) and write the
+results: one record per episode, success per task / group / overall, tables and pictures.
+
+Episodes are seeded per (task, episode) — the scene from the suite's seed rule, the
+policy's sampling noise from the same seed — so `workers=N` gives exactly what one worker
+gives, in the same order.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+import dataclasses
+import json
+import multiprocessing
+import os
+import tempfile
+import time
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from wallwm_jax.data import captions
+from wallwm_jax.evaluation import pictures, stats
+from wallwm_jax.evaluation.harness import PLANNERS, GuardedEnv, Recorder, Wording, run_episode
+from wallwm_jax.evaluation.suites import Suite, observation_note
+
+EXPERT = "expert"
+
+
+class EvaluationError(ValueError):
+    """A user error in what was asked to be evaluated (printed without a traceback)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicySpec:
+    """What to evaluate: `path` an export, a checkpoint directory or "expert"."""
+
+    path: str
+    step: int | None = None
+    mode: str | None = None
+    planner: str = "oracle"
+    execute_steps: int | None = None
+
+
+def _checkpoint_dir(path: str) -> str | None:
+    """`path` or its `checkpoints/` child when it holds numbered Orbax steps."""
+    for cand in (path, os.path.join(path, "checkpoints")):
+        if os.path.isdir(cand) and any(n.isdigit() for n in os.listdir(cand)):
+            return cand
+    return None
+
+
+def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
+    """The Policy named by `spec` (None for the expert); errors name the missing file."""
+    if spec.path == EXPERT:
+        return None
+    from wallwm_jax import checkpoint as ckpt
+    from wallwm_jax.policy import Policy, load_policy
+
+    if not os.path.exists(spec.path):
+        raise EvaluationError(f"--policy {spec.path}: no such file or directory (expected an "
+                              "export bundle, a checkpoint directory or 'expert')")
+    if os.path.isfile(os.path.join(spec.path, "config.json")):
+        for name in ("params", "norm_stats.json", "tokenizer.model"):
+            if not os.path.exists(os.path.join(spec.path, name)):
+                raise EvaluationError(f"export {spec.path} is missing {name} (an export holds "
+                                      "params/, config.json, norm_stats.json, tokenizer.model)")
+        if spec.step is not None:
+            raise EvaluationError("--step applies to checkpoint directories, not exports")
+        try:
+            return load_policy(spec.path, mode=spec.mode)
+        except ValueError as err:
+            raise EvaluationError(str(err)) from None
+    ckpt_dir = _checkpoint_dir(spec.path)
+    if ckpt_dir is None:
+        raise EvaluationError(f"--policy {spec.path} is neither an export bundle (no "
+                              "config.json) nor a checkpoint directory (no numbered steps)")
+    import jax
+
+    from wallwm_jax.models import wallwm
+
+    assets = ckpt.read_assets(ckpt_dir, spec.step)
+    config = ckpt.config_from_json(assets["config"])
+    abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
+    params = ckpt.restore_params(ckpt_dir, abstract, spec.step)
+    fd, tok = tempfile.mkstemp(suffix=".model", dir=scratch_dir)
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.b64decode(assets["tokenizer_model_b64"]))
+    try:
+        return Policy(params, config, assets["norm_stats"], tok, mode=spec.mode)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
+
+
+def _env_cameras(actor: Any) -> tuple[str, ...]:
+    """MetaWorld extra cameras a policy reads (`image_<name>` -> `<name>`)."""
+    from wallwm_jax.envs.metaworld import EXTRA_CAMERAS
+
+    if actor is None:
+        return ()
+    extra = tuple(c[len("image_"):] for c in actor.cameras if c != "image")
+    unknown = [c for c in extra if c not in EXTRA_CAMERAS]
+    if unknown or "image" not in actor.cameras:
+        raise EvaluationError(f"the policy reads cameras {list(actor.cameras)}; MetaWorld "
+                              f"offers image and {['image_' + c for c in EXTRA_CAMERAS]}")
+    return extra
+
+
+def check_actor(actor: Any, suite: Suite) -> None:
+    """The policy must read what the suite's protocol provides (state size, cameras)."""
+    if actor is None:
+        return
+    if actor.state_dim != suite.state_dims:
+        raise EvaluationError(f"the policy reads a {actor.state_dim}-D state; suite "
+                              f"{suite.name!r} provides {suite.state_dims}-D agent state")
+    if suite.image_size not in (None, actor.config.data.image_size):
+        raise EvaluationError(f"suite {suite.name!r} renders {suite.image_size}px images; the "
+                              f"policy reads {actor.config.data.image_size}px")
+    _env_cameras(actor)
+
+
+def _wording(suite: Suite, task: str, episode: int) -> Wording:
+    variant = episode % captions.num_variants(suite.wording)
+    return Wording(split=suite.wording, variant=variant,
+                   instruction_override=suite.instructions.get(task))
+
+
+def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, episode: int,
+             picture_dir: str | None) -> dict[str, Any]:
+    from wallwm_jax.envs.metaworld import MetaWorldTask
+
+    seed = suite.seed(task, episode)
+    privileged = actor is None or (mode == "event" and PLANNERS[spec.planner].privileged)
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"task": task, "group": suite.group_of(task), "episode": episode,
+                              "seed": seed}
+    recorder = Recorder() if picture_dir else None
+    try:
+        image_size = suite.image_size or (actor.config.data.image_size if actor else 64)
+        env = GuardedEnv(MetaWorldTask(task, seed=seed, image_size=image_size,
+                                       camera=suite.camera, camera_setup=suite.camera_setup,
+                                       extra_cameras=_env_cameras(actor)),
+                         privileged=privileged)
+    except Exception as err:  # noqa: BLE001
+        return dict(record, success=False, steps=0, captions=[], chunk_lengths=[],
+                    error=f"{type(err).__name__}: {err}")
+    try:
+        env.render_images = actor is not None or recorder is not None  # the expert reads state
+        if actor is not None:
+            actor.reset(seed % 2**31)
+        planner = PLANNERS[spec.planner]() if mode == "event" else None
+        record.update(run_episode(env, actor, task=task, suite=suite, mode=mode,
+                                  wording=_wording(suite, task, episode), planner=planner,
+                                  execute_steps=spec.execute_steps, recorder=recorder))
+    finally:
+        env.close()
+    record["wall_s"] = round(time.perf_counter() - t0, 3)
+    if recorder is not None and recorder.frames:
+        record["pictures"] = _draw(recorder, picture_dir, task, episode, record)
+    return record
+
+
+def _draw(recorder: Recorder, out: str, task: str, episode: int,
+          record: dict[str, Any]) -> list[str]:
+    stem = os.path.join(out, f"{task}_ep{episode}")
+    title = f"{task} episode {episode}: {'success' if record['success'] else 'failure'} " \
+            f"in {record['steps']} steps"
+    paths = [pictures.film_strip(recorder.frames, recorder.frame_captions, stem + "_strip.png",
+                                 title=title),
+             pictures.animation(recorder.frames, recorder.frame_captions, stem + ".gif")]
+    pairs = [(pred, recorder.frames[min(i, len(recorder.frames) - 1)], i)
+             for pred, i in recorder.world]
+    if pairs:
+        paths.append(pictures.world_comparison(pairs, stem + "_world.png"))
+    return [os.path.basename(p) for p in paths]
+
+
+# -- worker processes ---------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(spec: PolicySpec, scratch: str) -> None:
+    _WORKER["actor"] = load_actor(spec, scratch_dir=scratch)
+
+
+def _worker_job(args: tuple) -> dict[str, Any]:
+    return _run_job(_WORKER["actor"], *args)
+
+
+def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int = 1,
+                   videos: int = 0, actor: Any = None, progress: bool = True,
+                   compare: str | None = None) -> dict[str, Any]:
+    """Run every (task, episode) of `suite`; write results.json/.md (+ pictures) to workdir.
+
+    `actor` (a loaded Policy) skips loading `spec.path` (the training loop passes its own).
+    Returns the results dict that results.json holds.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=".policy_", dir=workdir)
+    if actor is None and spec.path != EXPERT:
+        actor = load_actor(spec, scratch_dir=scratch)
+    check_actor(actor, suite)
+    mode = EXPERT if actor is None else (spec.mode or actor.mode)
+    if spec.planner not in PLANNERS:
+        raise EvaluationError(f"unknown planner {spec.planner!r}; planners: {list(PLANNERS)}")
+    picture_dir = os.path.join(workdir, "pictures")
+    jobs = [(spec, suite, mode, task, ep, picture_dir if ep < videos else None)
+            for task in suite.tasks for ep in range(suite.episodes_per_task)]
+    t0 = time.perf_counter()
+    pbar = tqdm(total=len(jobs), desc=f"eval {suite.name} ({mode})", unit="episode",
+                disable=not progress)
+    episodes: list[dict[str, Any]] = []
+    if workers <= 1:
+        for job in jobs:
+            episodes.append(_run_job(actor, *job))
+            pbar.update(1)
+    else:
+        ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
+        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(spec, scratch)) as pool:
+            for record in pool.map(_worker_job, jobs):
+                episodes.append(record)
+                pbar.update(1)
+    pbar.close()
+    planner = spec.planner if mode == "event" else None
+    results = {
+        "suite": suite.name, "question": suite.question, "mode": mode, "planner": planner,
+        "privileged": mode in (EXPERT, "event"),
+        "policy": spec.path or "in-memory",
+        "step": spec.step, "execute_steps": spec.execute_steps,
+        "protocol": dict(suite.protocol(), camera_view=observation_note(suite),
+                         image_size=suite.image_size or (actor.config.data.image_size
+                                                         if actor else 64)),
+        "differences": list(suite.differences),
+        "wall_s": round(time.perf_counter() - t0, 1), "workers": workers,
+        "episodes": episodes,
+        "summary": stats.summarise(episodes, suite.groups),
+    }
+    reference = find_expert_results(workdir, suite.name, compare) if mode != EXPERT else None
+    _write_json(os.path.join(workdir, "results.json"), results)
+    with open(os.path.join(workdir, "results.md"), "w") as f:
+        f.write(results_markdown(results, reference) + "\n")
+    return results
+
+
+def _write_json(path: str, data: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def find_expert_results(workdir: str, suite: str, compare: str | None) -> dict | None:
+    """The expert's results for `suite`: `compare` (file or dir), else a sibling of workdir."""
+    candidates: list[str] = []
+    if compare:
+        candidates.append(compare if compare.endswith(".json")
+                          else os.path.join(compare, "results.json"))
+    parent = os.path.dirname(os.path.abspath(workdir))
+    if os.path.isdir(parent):
+        candidates += [os.path.join(parent, d, "results.json") for d in sorted(os.listdir(parent))
+                       if os.path.abspath(os.path.join(parent, d)) != os.path.abspath(workdir)]
+    for path in candidates:
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if data.get("mode") == EXPERT and data.get("suite") == suite:
+            return data
+    return None
+
+
+def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = None) -> str:
+    """Per task, per group and overall success with Wilson 95% intervals (+ the expert's)."""
+    s = results["summary"]
+    ref = expert["summary"] if expert else None
+    planner = results["planner"]
+    who = f"{results['mode']} mode" + (
+        f", planner `{planner}` (reads privileged simulator state)" if planner else "")
+    lines = [f"# {results['suite']}: {results['question']}", "",
+             f"policy `{results['policy']}`, {who}; {s['overall']['n']} episodes in "
+             f"{results['wall_s']:.0f}s; episode limit {results['protocol']['episode_limit']} "
+             f"steps; camera: {results['protocol']['camera_view']}, "
+             f"{results['protocol']['image_size']}px; wording: {results['protocol']['wording']}",
+             ""]
+    for diff in results.get("differences", []):
+        lines.append(f"- differs from the reference protocol: {diff}")
+    if s.get("errors"):
+        lines.append(f"- {s['errors']} episode(s) crashed (counted as failures; see "
+                     "results.json)")
+    head = "| {} | success [95% CI] (k/n) |" + (" expert |" if ref else "")
+    sep = "|---|---|" + ("---|" if ref else "")
+
+    def row(name: str, r: dict, key: str, part: str) -> str:
+        line = f"| {name} | {stats.format_rate(r)} |"
+        if ref:
+            other = ref["overall"] if part == "overall" else ref[part].get(key)
+            line += f" {stats.format_rate(other)} |" if other else " - |"
+        return line
+
+    lines += ["", head.format("group"), sep]
+    lines += [row(g, r, g, "groups") for g, r in s["groups"].items()]
+    lines.append(row("**overall**", s["overall"], "", "overall"))
+    lines += ["", head.format("task"), sep]
+    lines += [row(t, r, t, "tasks") for t, r in s["tasks"].items()]
+    return "\n".join(lines)
+
+
+def summary_metrics(results: dict[str, Any], prefix: str = "closed_loop") -> dict[str, float]:
+    """Flat scalars for metrics.jsonl / TensorBoard: per task, per group and overall."""
+    s, name = results["summary"], results["suite"]
+    out = {f"{prefix}/{name}/overall": s["overall"]["success"]}
+    out.update({f"{prefix}/{name}/group/{g}": r["success"] for g, r in s["groups"].items()})
+    out.update({f"{prefix}/{name}/task/{t}": r["success"] for t, r in s["tasks"].items()})
+    return out
