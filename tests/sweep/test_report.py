@@ -57,13 +57,6 @@ def sweep_dir(tmp_path):
     return tmp_path
 
 
-def test_wilson_interval():
-    lo, hi = report.wilson_interval(2, 4)
-    assert lo == pytest.approx(0.15004, abs=1e-4) and hi == pytest.approx(0.84996, abs=1e-4)
-    assert report.wilson_interval(0, 10)[0] == 0.0 and report.wilson_interval(10, 10)[1] == 1.0
-    assert report.wilson_interval(0, 0) == (0.0, 1.0)
-
-
 def test_rows_aggregate_and_files(sweep_dir):
     out = report.write_report(str(sweep_dir))
     rows = {r["trial"]: r for r in out["rows"]}

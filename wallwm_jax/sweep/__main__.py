@@ -18,8 +18,6 @@ from ml_collections import config_flags
 
 from wallwm_jax.sweep.hyper import SweepError, base_config, format_value, load_module, split_spec
 
-KNOWN_SUITES = ("mt10_seen", "mt10_paraphrase", "mt50_heldout", "mt50_lerobot", "demo")
-
 flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/sweeps/balance.py[:arg].")
 flags.DEFINE_string("workdir", None, "Sweep directory: trials/, results.csv/md, plots/.")
 flags.DEFINE_integer("parallel", 1, "Local launcher: trials run at once (devices are split).")
@@ -31,6 +29,8 @@ flags.DEFINE_string("report", None, "Only re-render DIR's results and plots.")
 flags.DEFINE_string("eval_tasks", None, "Evaluation: comma-separated task subset.")
 flags.DEFINE_integer("eval_episodes_per_task", None, "Evaluation: episodes per task.")
 flags.DEFINE_integer("eval_workers", None, "Evaluation: parallel episode workers.")
+flags.DEFINE_integer("eval_episode_limit", None, "Evaluation: step limit per episode (smoke "
+                     "runs; default: the suite's).")
 flags.DEFINE_string("eval_args", None, "Evaluation: extra arguments passed through as is.")
 flags.DEFINE_integer("stop_after", None, "Stop each trial's training at this step with a "
                      "checkpoint, as a preemption would (to test resume).")
@@ -52,15 +52,17 @@ def _suites(sweep_eval: dict) -> list[str]:
     if isinstance(value, str):
         value = [s for s in value.split(",") if s.strip()]
     suites = [s.strip() for s in value if s.strip() and s.strip() != "none"]
+    from wallwm_jax.evaluation.suites import names
+
     for suite in suites:
-        if suite not in KNOWN_SUITES:
-            _fail(f"unknown evaluation suite {suite!r}; known: {', '.join(KNOWN_SUITES)}, none")
+        if suite not in names():
+            _fail(f"unknown evaluation suite {suite!r}; known: {', '.join(names())}, none")
     return suites
 
 
 def _eval_settings(sweep_eval: dict) -> dict:
     settings = {k: v for k, v in sweep_eval.items() if k != "suites"}
-    for key in ("tasks", "episodes_per_task", "workers"):
+    for key in ("tasks", "episodes_per_task", "workers", "episode_limit"):
         value = getattr(FLAGS, f"eval_{key}")
         if value is not None:
             settings[key] = value

@@ -11,21 +11,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from wallwm_jax.evaluation.stats import wilson_interval
 from wallwm_jax.sweep.hyper import config_key, format_value, short_keys
 from wallwm_jax.sweep.runner import read_json, read_status
 
 TRAIN_TERMS = ("loss", "loss/action", "loss/caption", "loss/duration", "loss/world")
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion ((0, 1) when n == 0)."""
-    if n <= 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _metrics(run_dir: str) -> list[dict[str, float]]:

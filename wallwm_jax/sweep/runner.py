@@ -67,7 +67,7 @@ class TrialJob:
                "--workdir", os.path.join(self.trial_dir, "eval", suite)]
         if self.mode:
             cmd += ["--mode", self.mode]
-        for key in ("tasks", "episodes_per_task", "workers"):
+        for key in ("tasks", "episodes_per_task", "workers", "episode_limit"):
             if s.get(key) not in (None, ""):
                 value = s[key]
                 value = ",".join(value) if isinstance(value, (list, tuple)) else value
