@@ -1,5 +1,6 @@
 """A real 2x2 sweep of tiny trials through the CLI: interrupted at step 2, resumed to the end
-and evaluated, rerun without retraining anything; and a crashing trial recorded as failed.
+and evaluated (offline, and closed loop on one demo task, one short episode), rerun without
+retraining or re-evaluating anything; and a crashing trial recorded as failed.
 
 The swept fields are data-side (balance_alpha, augmentation), so all trials share one compiled
 train step through the persistent compilation cache (tests/conftest.py).
@@ -58,10 +59,12 @@ def _state(workdir):
             status = json.load(f)
         ckpt = os.path.join(trial, "run", "checkpoints")
         steps = sorted(int(d) for d in os.listdir(ckpt) if d.isdigit())
+        results = os.path.join(trial, "eval", "demo", "results.json")
         out[name] = {"status": status["status"], "steps": steps,
                      "mtimes": {s: os.stat(os.path.join(ckpt, str(s))).st_mtime_ns
                                 for s in steps},
-                     "log": os.path.getsize(os.path.join(trial, "log.txt"))}
+                     "log": os.path.getsize(os.path.join(trial, "log.txt")),
+                     "eval": os.stat(results).st_mtime_ns if os.path.exists(results) else None}
     return out
 
 
@@ -70,7 +73,9 @@ def sweep(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     (root / "tiny_sweep.py").write_text(SWEEP)
     workdir = str(root / "w")
-    args = ["--sweep", str(root / "tiny_sweep.py"), "--workdir", workdir, "--suite", "none"]
+    args = ["--sweep", str(root / "tiny_sweep.py"), "--workdir", workdir, "--suite", "demo",
+            "--eval_tasks", "reach-v3", "--eval_episodes_per_task", "1",
+            "--eval_episode_limit", "5"]
     interrupted = _cli(*args, "--parallel", "2", "--stop_after", "2", data_dir=tiny_dataset)
     after_interrupt = _state(workdir)
     resumed = _cli(*args, "--parallel", "2", data_dir=tiny_dataset)
@@ -87,9 +92,11 @@ def test_interrupted_trials_resume_from_their_checkpoint(sweep):
     assert sorted(sweep["after_interrupt"]) == sorted(NAMES)
     for state in sweep["after_interrupt"].values():
         assert state["status"] == "interrupted" and state["steps"] == [2]
+        assert state["eval"] is None  # no evaluation of an unfinished trial
     assert sweep["resumed"].returncode == 0, sweep["resumed"].stdout + sweep["resumed"].stderr
     for name, state in sweep["after_resume"].items():
         assert state["status"] == "done" and state["steps"] == [2, 4]
+        assert state["eval"] is not None
         # the step-2 checkpoint is the interrupted run's, untouched: training resumed from it
         assert state["mtimes"][2] == sweep["after_interrupt"][name]["mtimes"][2]
         with open(os.path.join(sweep["workdir"], "trials", name, "log.txt")) as f:
@@ -102,8 +109,9 @@ def test_interrupted_trials_resume_from_their_checkpoint(sweep):
 def test_rerun_retrains_nothing(sweep):
     assert sweep["rerun"].returncode == 0, sweep["rerun"].stderr
     assert sweep["rerun"].stdout.count("done, skipped") == 4
-    assert "training" not in sweep["rerun"].stdout
-    assert sweep["after_rerun"] == sweep["after_resume"]  # same checkpoints, mtimes, logs
+    assert "training" not in sweep["rerun"].stdout and "evaluating" not in sweep["rerun"].stdout
+    # same checkpoints and mtimes, logs and closed-loop results
+    assert sweep["after_rerun"] == sweep["after_resume"]
 
 
 def test_results_table_and_plots(sweep):
@@ -116,10 +124,17 @@ def test_results_table_and_plots(sweep):
         assert float(row["loss"]) > 0 and float(row["wall_s"]) > 0
         for key in ("loss/action", "loss/caption", "eval/action_mse", "eval/loss"):
             assert row[key] != "", key
+        assert 0.0 <= float(row["cl/demo"]) <= 1.0 and row["cl/demo/n"] == "1"
+        assert row["cl/demo/demo"] == row["cl/demo"]  # the suite's one group
+        with open(os.path.join(workdir, "trials", row["trial"], "eval", "demo",
+                               "results.json")) as f:
+            results = json.load(f)
+        assert results["mode"] == "event" and results["episodes"][0]["task"] == "reach-v3"
+        assert results["episodes"][0].get("error") is None, results["episodes"][0]["error"]
     assert {r["config.data.balance_alpha"] for r in rows} == {"0.0", "1.0"}
     md = open(os.path.join(workdir, "results.md")).read()
     assert "| balance_alpha=0,enabled=True | 0 | True | done | 4 |" in md
-    for png in ("curves.png", "final.png"):
+    for png in ("curves.png", "success.png"):
         assert os.path.getsize(os.path.join(workdir, "plots", png)) > 10_000
     report = subprocess.run([sys.executable, "-m", "wallwm_jax.sweep", "--report", workdir],
                             capture_output=True, text=True, cwd=ROOT, timeout=300)

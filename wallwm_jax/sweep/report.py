@@ -47,8 +47,10 @@ def trial_row(trial_dir: str, keys: Sequence[str]) -> dict[str, Any]:
     metrics = _metrics(os.path.join(trial_dir, "run"))
     train = [r for r in metrics if "loss" in r]
     evals = [r for r in metrics if any(k.startswith("eval/") for k in r)]
-    row["steps"] = int(train[-1]["step"]) if train else 0
-    row["wall_s"] = float(status.get("train_wall_s", 0.0)) + float(status.get("eval_wall_s", 0.0))
+    if train:
+        row["steps"] = int(train[-1]["step"])
+    if "train_wall_s" in status:
+        row["wall_s"] = float(status["train_wall_s"]) + float(status.get("eval_wall_s", 0.0))
     for term in TRAIN_TERMS:
         if train and term in train[-1]:
             row[term] = train[-1][term]
