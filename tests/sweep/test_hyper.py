@@ -110,3 +110,22 @@ def test_cli_user_errors_are_one_line_exit_2(tmp_path, body, message):
     assert message in out.stderr and "Traceback" not in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "w" / "trials").exists()  # nothing started
+
+
+def test_trial_configs_are_independent_and_match_the_trial_process(tmp_path):
+    import dataclasses
+
+    from wallwm_jax.sweep.runner import config_hash, prepare, trial_config
+    from wallwm_jax.sweep.trial import build_config
+
+    path = _write(tmp_path, "def get_sweep(h):\n    return h.sweep('config.data.image_size', "
+                  "[32, 48])\n")
+    # as the CLI does: --config.total_steps=7 applied to the base, then recorded per trial
+    sweep = load_sweep(path, config=apply_overrides(get_config(), {"total_steps": 7}))
+    first, second = (trial_config(sweep, t) for t in sweep.trials)
+    assert (first.model.image_size, second.model.image_size) == (32, 48)  # references follow
+    assert sweep.config.data.image_size == 64  # the base is untouched
+    jobs = prepare(sweep, str(tmp_path / "w"), {"total_steps": 7}, [], {}, write=False)
+    rebuilt = build_config(path, dataclasses.asdict(jobs[1]))
+    assert rebuilt.total_steps == 7 and rebuilt.model.image_size == 48
+    assert config_hash(rebuilt) == jobs[1].config_hash != jobs[0].config_hash

@@ -7,6 +7,7 @@ metrics.jsonl) and `eval/<suite>/results.json`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -85,7 +86,7 @@ def config_hash(config: ml_collections.ConfigDict) -> str:
 
 def trial_config(sweep: SweepSpec, trial: dict[str, Any]) -> ml_collections.ConfigDict:
     """The base config (CLI overrides applied) with one trial's overrides."""
-    return apply_overrides(ml_collections.ConfigDict(sweep.config), dict(trial))
+    return apply_overrides(copy.deepcopy(sweep.config), dict(trial))  # deep: keeps references
 
 
 def prepare(sweep: SweepSpec, workdir: str, global_overrides: dict[str, Any],
