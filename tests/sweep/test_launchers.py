@@ -73,6 +73,8 @@ def test_slurm_submission_per_trial(tmp_path):
     assert "#SBATCH --array=0-3%4" in dry.stdout and "#SBATCH --nodes=2" in dry.stdout
 
     plan = json.loads((workdir / "slurm" / "submission.json").read_text())
+    assert json.loads((workdir / "sweep.json").read_text())["keys"] == [
+        "config.model.caption_mask", "config.seed"]
     assert plan["job_ids"] == [f"4242_{i}" for i in range(4)]
     names = ["caption_mask=staircase,seed=0", "caption_mask=staircase,seed=1",
              "caption_mask=causal,seed=0", "caption_mask=causal,seed=1"]

@@ -109,6 +109,11 @@ def main(argv: list[str]) -> None:
     for job in jobs:
         values = ", ".join(f"{k}={format_value(v)}" for k, v in job.overrides.items())
         print(f"  {job.name}: {values}")
+    if not FLAGS.dry_run:  # what --report needs: trial order, swept keys
+        with open(os.path.join(workdir, "sweep.json"), "w") as f:
+            json.dump({"sweep": sweep.spec, "names": sweep.names, "keys": list(dict.fromkeys(
+                k for t in sweep.trials for k in t)), "suites": suites,
+                "global_overrides": jobs[0].global_overrides}, f, indent=2)
     if FLAGS.launcher == "slurm":
         plan = launchers.submit_slurm(jobs, workdir, _resources(sweep.resources),
                                       dry_run=FLAGS.dry_run)
@@ -126,10 +131,6 @@ def main(argv: list[str]) -> None:
         return
     if FLAGS.dry_run:
         return
-    with open(os.path.join(workdir, "sweep.json"), "w") as f:
-        json.dump({"sweep": sweep.spec, "names": sweep.names, "keys": list(dict.fromkeys(
-            k for t in sweep.trials for k in t)), "suites": suites,
-            "global_overrides": jobs[0].global_overrides}, f, indent=2)
     statuses = launchers.run_local(jobs, parallel=FLAGS.parallel)
     out = report.write_report(workdir)
     print(out["markdown"])
