@@ -76,7 +76,8 @@ def sweep(tiny_dataset, tmp_path_factory):
     args = ["--sweep", str(root / "tiny_sweep.py"), "--workdir", workdir, "--suite", "demo",
             "--eval_tasks", "reach-v3", "--eval_episodes_per_task", "1",
             "--eval_episode_limit", "5"]
-    interrupted = _cli(*args, "--parallel", "2", "--stop_after", "2", data_dir=tiny_dataset)
+    # one at a time first, so only the first trial compiles (the others hit the cache)
+    interrupted = _cli(*args, "--parallel", "1", "--stop_after", "2", data_dir=tiny_dataset)
     after_interrupt = _state(workdir)
     resumed = _cli(*args, "--parallel", "2", data_dir=tiny_dataset)
     after_resume = _state(workdir)
