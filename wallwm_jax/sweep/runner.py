@@ -108,7 +108,9 @@ def prepare(sweep: SweepSpec, workdir: str, global_overrides: dict[str, Any],
             continue
         os.makedirs(job.trial_dir, exist_ok=True)
         old = read_json(os.path.join(job.trial_dir, "trial.json"))
-        if old and old.get("config_hash") != job.config_hash and read_status(job.trial_dir):
+        previous = read_status(job.trial_dir).get("status")
+        if old and old.get("config_hash") != job.config_hash and previous not in (None,
+                                                                                   "pending"):
             print(f"trial {name}: config changed since its last run; it runs again "
                   f"(training resumes from its latest checkpoint)", flush=True)
             write_status(job.trial_dir, status="pending")
