@@ -66,7 +66,8 @@ def trial_row(trial_dir: str, keys: Sequence[str]) -> dict[str, Any]:
         row[f"cl/{suite}"] = overall["success"]
         row[f"cl/{suite}/successes"], row[f"cl/{suite}/n"] = overall["successes"], overall["n"]
         total_s, total_n = total_s + overall["successes"], total_n + overall["n"]
-        for group, g in sorted(summary.get("groups", {}).items()):
+        groups = summary.get("groups", {})
+        for group, g in sorted(groups.items()) if len(groups) > 1 else ():
             row[f"cl/{suite}/{group}"] = g["success"]
     if total_n and len(trial.get("suites", [])) > 1:
         row["cl/overall"] = total_s / total_n
@@ -180,7 +181,9 @@ def write_report(workdir: str) -> dict[str, Any]:
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    shown = [c for c in cols if not c.endswith(("/n", "/successes"))]
+    # markdown: the headline columns (results.csv has every one)
+    shown = [c for c in cols if not c.endswith(("/n", "/successes"))
+             and not c.startswith("eval/loss/") and c != "eval/world_mse"]
     body = [[r["trial"], *[format_value(r.get(k)) for k in keys], r["status"],
              *[_success_cell(r, c) if c.startswith("cl/") else r.get(c) for c in shown]]
             for r in rows]
@@ -255,8 +258,12 @@ def plot_curves(trials_root: str, rows: Sequence[dict[str, Any]], keys: Sequence
         ax.set_title(term, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
+    handles, names = axes[0][0].get_legend_handles_labels()
+    ncol = min(len(names), 3) or 1
+    rows = -(-len(names) // ncol)
+    fig.set_size_inches(3.2 * len(terms), 3.0 + 0.22 * rows)
+    fig.legend(handles, names, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, min(0.5, 0.22 * rows / (3.0 + 0.22 * rows) + 0.02), 1, 1))
     fig.savefig(path, dpi=150)
     plt.close(fig)
 
@@ -291,6 +298,12 @@ def plot_summary(rows: Sequence[dict[str, Any]], keys: Sequence[str], plots_dir:
                 mean, std, n = mean_std(values)
                 ax.errorbar([x], [mean], yerr=[[std], [std]], fmt="o", color="C0", capsize=4)
                 ax.scatter([x] * n, values, s=12, color="C1", alpha=0.7, zorder=3)
+                if closed_loop:  # all seeds' episodes pooled: Wilson 95%, in grey
+                    k = sum(int(r[f"{col}/successes"]) for r in members)
+                    m = sum(int(r[f"{col}/n"]) for r in members)
+                    lo, hi = wilson_interval(k, m)
+                    ax.errorbar([x + 0.12], [k / m], yerr=[[k / m - lo], [hi - k / m]],
+                                fmt="s", ms=3, color="0.6", capsize=3)
             elif closed_loop:
                 s = sum(int(r[f"{col}/successes"]) for r in members)
                 n = sum(int(r[f"{col}/n"]) for r in members)
@@ -307,11 +320,15 @@ def plot_summary(rows: Sequence[dict[str, Any]], keys: Sequence[str], plots_dir:
         ax.set_title(col.removeprefix("cl/"), fontsize=10)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3, axis="y")
-    note = ("mean ± std over seeds (dots: seeds)" if seeds else
+    note = ("mean ± std over seeds (dots: seeds" + ("; grey: all episodes pooled, Wilson 95%)"
+                                                     if closed_loop else ")") if seeds else
             "Wilson 95% intervals" if closed_loop else "one trial per setting")
     fig.suptitle(note, fontsize=8, y=0.02, va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     path = os.path.join(plots_dir, "success.png" if closed_loop else "final.png")
+    stale = os.path.join(plots_dir, "final.png" if closed_loop else "success.png")
+    if os.path.exists(stale):  # from an earlier report of the same sweep
+        os.remove(stale)
     fig.savefig(path, dpi=150)
     plt.close(fig)
     return path
