@@ -84,6 +84,11 @@ def test_slurm_submission_per_trial(tmp_path):
         assert cmd[1:3] == ["-m", "wallwm_jax.sweep.trial"]
         assert cmd[cmd.index("--workdir") + 1] == str(workdir / "trials" / name / "run")
         assert task["suites"] == ["mt10_seen"]
+        (evaluation,) = task["eval_commands"]
+        assert evaluation[1:3] == ["-m", "wallwm_jax.evaluation"]
+        assert evaluation[evaluation.index("--policy") + 1] == str(
+            workdir / "trials" / name / "run" / "checkpoints")
+        assert evaluation[evaluation.index("--mode") + 1] == "unified"
         trial = json.loads((workdir / "trials" / name / "trial.json").read_text())
         assert trial["global_overrides"] == {"total_steps": 1000,
                                              "data.data_dir": "/data/mt10/1.0.0"}

@@ -125,6 +125,8 @@ def main(argv: list[str]) -> None:
         for task in plan["tasks"]:
             print(f"array task {task['array_index']}: {task['trial']}: "
                   f"{' '.join(task['command'])}")
+            for cmd in task["eval_commands"]:
+                print(f"  then (task 0 of the trial): {' '.join(cmd)}")
         if plan["job_ids"]:
             print(f"submitted {len(plan['job_ids'])} array tasks: {plan['job_ids'][0]}...; "
                   f"`python -m wallwm_jax.sweep --report {workdir}` when they finish")

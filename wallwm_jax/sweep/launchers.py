@@ -170,7 +170,9 @@ def submit_slurm(jobs: Sequence[TrialJob], workdir: str, resources: dict[str, An
     plan: dict[str, Any] = {
         "parameters": params,
         "tasks": [{"array_index": i, "trial": t.job.name, "command": t.command(),
-                   "suites": t.job.suites} for i, t in enumerate(tasks)],
+                   "suites": t.job.suites,
+                   "eval_commands": [t.job.eval_command(s) for s in t.job.suites]}
+                  for i, t in enumerate(tasks)],
         "job_ids": [],
     }
     if not todo:
