@@ -113,8 +113,14 @@ def is_export_bundle(directory: str) -> bool:
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
     """Restore only the `params` item (fine-tuning, export) from a checkpoint directory.
 
-    `directory` may also be an export bundle (then `step` must be None).
+    `directory` may also be an export bundle (then `step` must be None). Leaves of
+    `abstract_params` without a sharding are restored onto this process's first device, so a
+    checkpoint written on another mesh or device count loads here.
     """
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract_params = jax.tree.map(
+        lambda x: x if getattr(x, "sharding", None) is not None
+        else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), abstract_params)
     if is_export_bundle(directory):
         if step is not None:
             raise ValueError(f"{directory} is an export bundle: it has no steps (got {step})")

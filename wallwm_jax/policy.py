@@ -50,7 +50,8 @@ class Policy:
                  mode: str | None = None):
         self.params = jax.device_put(params)  # on the device once, not on every act()
         self.config = config
-        self.norm_stats = norm_stats
+        self.norm_stats = {key: {name: np.asarray(v, np.float32) for name, v in s.items()}
+                           for key, s in norm_stats.items()}  # JSON lists (assets) too
         self.tokenizer = Tokenizer(tokenizer_path)
         self._rng = jax.random.PRNGKey(seed)
         self.modes = runnable_modes(config)

@@ -35,7 +35,7 @@ def test_workers_give_the_same_results_as_one(trained_policies, tmp_path):
 
 
 def test_results_files_pictures_and_expert_column(trained_policies, tmp_path):
-    suite = dataclasses.replace(SMALL.subset(("reach-v3",), 1))
+    suite = dataclasses.replace(SMALL.subset(("reach-v3",), 1), episode_limit=60)
     evaluate_suite(PolicySpec("expert"), suite, str(tmp_path / "expert"), progress=False)
     res = evaluate_suite(PolicySpec(trained_policies["event"].export), suite,
                          str(tmp_path / "policy"), videos=1, progress=False)

@@ -38,7 +38,7 @@ _VERBOSE = flags.DEFINE_bool("traceback", False, "Show the Python traceback of a
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices are not news
     warnings.filterwarnings("ignore", module="metaworld")  # "Constant(s) may be too high"
     from wallwm_jax.envs import metaworld  # noqa: F401  (sets MUJOCO_GL first)
     from wallwm_jax.evaluation import suites

@@ -194,7 +194,6 @@ _SUITES: dict[str, Suite] = {
         differences=(
             "images are rendered at the policy's input size, not LeRobot's 480x480",
             "scenes come from our evaluation seeds (>= 2**32), not LeRobot's reset seeds",
-            "an episode ends at the first success (LeRobot: terminated on success too)",
         )),
     "demo": Suite(
         name="demo", description="the demo's tasks at unseen positions",
