@@ -77,7 +77,6 @@ def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
         raise EvaluationError(f"--policy {spec.path} is neither an export bundle (no "
                               "config.json) nor a checkpoint directory (no numbered steps)")
     import jax
-    import numpy as np
 
     from wallwm_jax.models import wallwm
 
@@ -89,10 +88,7 @@ def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64decode(assets["tokenizer_model_b64"]))
     try:
-        # checkpoint assets hold the statistics as JSON lists; the policy needs arrays
-        norm_stats = {key: {name: np.asarray(v, np.float32) for name, v in s.items()}
-                      for key, s in assets["norm_stats"].items()}
-        return Policy(params, config, norm_stats, tok, mode=spec.mode)
+        return Policy(params, config, assets["norm_stats"], tok, mode=spec.mode)
     except ValueError as err:
         raise EvaluationError(str(err)) from None
 
