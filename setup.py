@@ -34,6 +34,7 @@ setup(
     extras_require={
         "beam": ["apache-beam>=2.55,<3"],  # large conversions (data_builders/rlds_events)
         "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],
+        "slurm": ["submitit>=1.5.2,<1.6"],  # python -m wallwm_jax.sweep --launcher slurm
         "dev": [
             "metaworld>=3.1.0,<3.2",
             "mujoco>=3.3.0,<4",
@@ -42,6 +43,7 @@ setup(
             "pytest-timeout>=2.3,<3",
             "ruff>=0.6,<1",
             "apache-beam>=2.55,<3",
+            "submitit>=1.5.2,<1.6",
         ],
     },
 )

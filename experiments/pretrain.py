@@ -120,6 +120,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.tie_embeddings = True  # caption head = token embedding (else its own head)
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
+    # "staircase": action step j sees captions 0..e(j) only; "causal" (ablation): a plain
+    # causal caption stream that every action step sees whole.
+    config.model.caption_mask = "staircase"
     config.model.duration_bins = config.data.get_ref("duration_bins")
     config.model.num_duration_bins = len(config.data.duration_bins)
     config.model.world_size = config.data.get_ref("world_size")

@@ -99,3 +99,28 @@ def test_batched_mask_equals_stacked_numpy_masks():
         want = np.stack([staircase_mask(4, caption_lens, [int(e) for e in row])
                          for row in events])
         np.testing.assert_array_equal(got, want)
+
+
+def test_causal_caption_mask_lets_an_action_step_see_a_later_caption():
+    """The ablation switch: with "causal" an event-0 step sees caption 1; Staircase hides it."""
+    prefix, lens, events = 2, (2, 3), [0, 0, 1]
+    stair = staircase_mask(prefix, lens, events)
+    causal = staircase_mask(prefix, lens, events, caption_mask="causal")
+    later_caption = slice(prefix + 2, prefix + 5)
+    first_step = prefix + 5
+    assert not stair[first_step, later_caption].any()
+    assert causal[first_step, later_caption].all()
+    assert causal[first_step:, first_step:].all()  # every step sees every step
+    np.testing.assert_array_equal(causal[:first_step], stair[:first_step])  # same caption rows
+    with pytest.raises(ValueError, match="caption_mask"):
+        staircase_mask(prefix, lens, events, caption_mask="bidirectional")
+
+
+def test_batched_causal_caption_mask_matches_unbatched():
+    from wallwm_jax.models.masks import batched_staircase_mask
+
+    events = np.array([[0, 0, 1], [0, 1, 1]], np.int32)
+    got = np.asarray(batched_staircase_mask(2, (2, 3), events, caption_mask="causal"))
+    for b in range(2):
+        np.testing.assert_array_equal(
+            got[b], staircase_mask(2, (2, 3), events[b].tolist(), caption_mask="causal"))

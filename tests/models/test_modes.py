@@ -164,3 +164,27 @@ def test_bf16_compute_keeps_fp32_params_and_matches_fp32_loss(tiny_cfg, tiny_bat
                                                                                  grad32))
     cosine = float(jnp.vdot(g16, g32) / (jnp.linalg.norm(g16) * jnp.linalg.norm(g32)))
     assert cosine > 0.98, cosine
+
+
+@pytest.mark.parametrize("caption_mask", ["staircase", "causal"])
+def test_caption_mask_switch_on_the_network(batch_factory, caption_mask):
+    """model.caption_mask="causal": an event-0 step's velocity changes with caption 1."""
+    cfg = get_config("size=tiny,mode=unified").model
+    cfg.caption_mask = caption_mask
+    params = {"params": wallwm.init_params(cfg, jax.random.key(0))}
+    batch = batch_factory(cfg, batch_size=1, seed=2)
+    caption = np.asarray(batch.obs.caption).copy()
+    caption[:, :, 0], caption[:, :, 1:3] = 1, 7
+    events = (np.arange(cfg.max_event_len) >= 10).astype(np.int32)[None]
+    x_t = jax.random.normal(jax.random.key(1), batch.actions.shape)
+    forward = jax.jit(lambda o: WallWM(ml_collections.FrozenConfigDict(cfg)).apply(
+        params, o, x_t, jnp.asarray([0.5]), events)["velocity"])
+    changed = caption.copy()
+    changed[:, 1, 1:3] = 9
+    base = np.asarray(forward(batch.obs.replace(caption=caption)))
+    out = np.asarray(forward(batch.obs.replace(caption=changed)))
+    moved = np.abs(out[0, :10] - base[0, :10]).max()
+    if caption_mask == "staircase":
+        assert moved == 0.0
+    else:
+        assert moved > 1e-6

@@ -172,12 +172,12 @@ def save(table: EventIndexTable, path: str) -> str:
     meta = {"format": INDEX_FORMAT, "split": table.split, "num_episodes": table.num_episodes,
             "num_events": len(table), "embedding_dim": int(table.embeddings.shape[1]),
             "build_args": table.build_args}
-    tmp = f"{npz_path}.tmp.npz"
+    tmp = f"{npz_path}.tmp{os.getpid()}.npz"  # unique: parallel sweep trials may race
     np.savez(tmp, **{name: getattr(table, name) for name in _ARRAY_COLUMNS})
     os.replace(tmp, npz_path)
-    with open(f"{json_path}.tmp", "w") as f:
+    with open(f"{json_path}.tmp{os.getpid()}", "w") as f:
         json.dump(meta, f, indent=1)
-    os.replace(f"{json_path}.tmp", json_path)
+    os.replace(f"{json_path}.tmp{os.getpid()}", json_path)
     return npz_path
 
 

@@ -2,7 +2,8 @@
 
 `staircase_mask` is the static structure (numpy, built once per shape); `with_padding` adds
 the per-example padding of prefix/caption tokens on device. True = the row may attend to the
-column.
+column. `caption_mask="causal"` is the ablation baseline: a plain causal caption stream that
+every action step sees whole (no stairs).
 """
 
 from __future__ import annotations
@@ -12,9 +13,12 @@ from collections.abc import Sequence
 import jax.numpy as jnp
 import numpy as np
 
+CAPTION_MASKS = ("staircase", "causal")
+
 
 def staircase_mask(prefix_len: int, caption_lens: Sequence[int],
-                   action_events: Sequence[int]) -> np.ndarray:
+                   action_events: Sequence[int], caption_mask: str = "staircase"
+                   ) -> np.ndarray:
     """Staircase Decoding mask, bool [T, T] with T = prefix_len + sum(caption_lens) + H.
 
     Order of rows/columns: [prefix | caption 0 | caption 1 | ... | action steps].
@@ -27,6 +31,10 @@ def staircase_mask(prefix_len: int, caption_lens: Sequence[int],
     Event mode is one caption with all steps in event 0. The chunk baseline has no captions:
     then every step must be in event 0, a caption-less event, and attends to the prefix and
     to all action steps.
+
+    `caption_mask="causal"` (the ablation baseline) keeps the caption rows as they are (a
+    causal text stream) but lets every action step see every caption and every action step,
+    as if all steps were in the last event.
 
     Raises ValueError if the lengths are negative or `action_events` is not a non-decreasing
     sequence of ints in [0, max(1, len(caption_lens))).
@@ -49,19 +57,33 @@ def staircase_mask(prefix_len: int, caption_lens: Sequence[int],
             raise ValueError(f"action_events must be non-decreasing, but action_events[{j}]"
                              f"={e} < action_events[{j - 1}]={events[j - 1]}")
 
-    return _staircase(np, int(prefix_len), caption_lens, np.asarray(events, np.int32))
+    events = _apply_caption_mask(np, np.asarray(events, np.int32), len(caption_lens),
+                                 caption_mask)
+    return _staircase(np, int(prefix_len), caption_lens, events)
 
 
 def batched_staircase_mask(prefix_len: int, caption_lens: Sequence[int],
-                           action_events: jnp.ndarray) -> jnp.ndarray:
+                           action_events: jnp.ndarray, caption_mask: str = "staircase"
+                           ) -> jnp.ndarray:
     """`staircase_mask` for a batch of per-example event assignments, on device.
 
     action_events: int [B, H] (may be traced, so values are not validated: callers keep them
     non-decreasing and in range, as the input pipeline and `events_from_durations` do).
     Returns bool [B, T, T], equal to stacking `staircase_mask` over the batch (tested).
     """
-    return _staircase(jnp, int(prefix_len), [int(n) for n in caption_lens],
-                      jnp.asarray(action_events, jnp.int32))
+    caption_lens = [int(n) for n in caption_lens]
+    events = _apply_caption_mask(jnp, jnp.asarray(action_events, jnp.int32), len(caption_lens),
+                                 caption_mask)
+    return _staircase(jnp, int(prefix_len), caption_lens, events)
+
+
+def _apply_caption_mask(xp, events, num_captions: int, caption_mask: str):
+    """"causal": every action step on the last stair (sees all captions and all steps)."""
+    if caption_mask not in CAPTION_MASKS:
+        raise ValueError(f"caption_mask={caption_mask!r} must be one of {CAPTION_MASKS}")
+    if caption_mask == "causal" and num_captions > 0:
+        return xp.full_like(events, num_captions - 1)
+    return events
 
 
 def _staircase(xp, prefix_len: int, caption_lens: list[int], events):

@@ -110,7 +110,8 @@ class WallWM(nn.Module):
 
     def _layout(self, obs: Observation, valid: jax.Array, n_img: int,
                 action_events: jax.Array):
-        """Staircase mask with padding bool [B, Nv+Na, Nv+Na] and rotary positions.
+        """Staircase mask with padding bool [B, Nv+Na, Nv+Na] and rotary positions
+        (`cfg.caption_mask="causal"`: the plain causal caption mask of the ablation).
 
         Positions: the prefix counts only its real tokens; caption slot c then starts at
         P + c * Lc (P = real prefix tokens) and the action steps at P + K * Lc, whatever the
@@ -119,7 +120,8 @@ class WallWM(nn.Module):
         b, n_prefix = valid.shape[0], n_img + obs.instruction.shape[1]
         k, lc = obs.caption.shape[1], obs.caption.shape[2]
         num_actions = action_events.shape[1]
-        static = batched_staircase_mask(n_prefix, (lc,) * k, action_events)
+        static = batched_staircase_mask(n_prefix, (lc,) * k, action_events,
+                                        self.cfg.get("caption_mask", "staircase"))
         key_valid = jnp.concatenate([valid, jnp.ones((b, num_actions), bool)], 1)
         prefix_real = jnp.sum(valid[:, :n_prefix], axis=1, keepdims=True)
         pos_prefix = jnp.cumsum(valid[:, :n_prefix], axis=1) - 1

@@ -1,0 +1,102 @@
+"""Report arithmetic from hand-written trial directories: rows, seed aggregation (mean ± std,
+n), Wilson intervals, closed-loop columns per suite group, failed trials, plots."""
+
+import csv
+import json
+import math
+import os
+
+import pytest
+
+from wallwm_jax.sweep import report
+from wallwm_jax.sweep.runner import write_json
+
+KEYS = ["config.optimizer.name", "config.seed"]
+
+
+def _trial(root, name, opt, seed, status, losses, eval_mse, closed_loop):
+    d = root / "trials" / name
+    (d / "run").mkdir(parents=True)
+    write_json(str(d / "trial.json"), {"name": name, "suites": ["demo"],
+                                       "overrides": {KEYS[0]: opt, KEYS[1]: seed}})
+    write_json(str(d / "status.json"), {"status": status, "train_wall_s": 10.0,
+                                        "eval_wall_s": 2.5,
+                                        "error": "Traceback\nValueError: boom" if
+                                        status == "failed" else None})
+    with open(d / "run" / "metrics.jsonl", "w") as f:
+        for step, loss in enumerate(losses, 1):
+            f.write(json.dumps({"step": step, "loss": loss, "loss/action": loss / 2}) + "\n")
+        if eval_mse is not None:
+            f.write(json.dumps({"step": len(losses), "eval/action_mse": eval_mse}) + "\n")
+    if closed_loop is not None:
+        (reach, n_reach), (push, n_push) = closed_loop
+        s, n = reach + push, n_reach + n_push
+        grp = lambda a, b: {"success": a / b, "successes": a, "n": b, "ci95": [0, 1]}
+        (d / "eval" / "demo").mkdir(parents=True)
+        write_json(str(d / "eval" / "demo" / "results.json"), {
+            "suite": "demo", "mode": "event", "planner": None, "privileged": False,
+            "policy": "x", "episodes": [],
+            "summary": {"overall": grp(s, n), "groups": {"reach": grp(reach, n_reach),
+                                                          "push": grp(push, n_push)},
+                        "tasks": {}}})
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    _trial(tmp_path, "name=adamw,seed=0", "adamw", 0, "done", [3.0, 2.0], 0.5,
+           ((2, 2), (0, 2)))
+    _trial(tmp_path, "name=adamw,seed=1", "adamw", 1, "done", [3.0, 1.0], 0.7,
+           ((1, 2), (1, 2)))
+    _trial(tmp_path, "name=muon,seed=0", "muon", 0, "done", [2.0, 0.5], 0.25,
+           ((2, 2), (2, 2)))
+    _trial(tmp_path, "name=muon,seed=1", "muon", 1, "failed", [2.0], None, None)
+    write_json(str(tmp_path / "sweep.json"), {
+        "sweep": "x.py", "keys": KEYS, "suites": ["demo"],
+        "names": ["name=adamw,seed=0", "name=adamw,seed=1", "name=muon,seed=0",
+                  "name=muon,seed=1"]})
+    return tmp_path
+
+
+def test_rows_aggregate_and_files(sweep_dir):
+    out = report.write_report(str(sweep_dir))
+    rows = {r["trial"]: r for r in out["rows"]}
+    a0 = rows["name=adamw,seed=0"]
+    assert a0["steps"] == 2 and a0["loss"] == 2.0 and a0["loss/action"] == 1.0
+    assert a0["wall_s"] == 12.5 and a0["eval/action_mse"] == 0.5
+    assert a0["cl/demo"] == 0.5 and a0["cl/demo/reach"] == 1.0 and a0["cl/demo/push"] == 0.0
+    assert "cl/overall" not in a0  # one suite: its overall is the overall
+    assert rows["name=muon,seed=1"]["status"] == "failed"
+    assert rows["name=muon,seed=1"]["error"] == "ValueError: boom"
+
+    agg = {a["config.optimizer.name"]: a for a in out["aggregate"]}
+    mean, std, n = agg["adamw"]["loss"]
+    assert (mean, n) == (1.5, 2) and std == pytest.approx(math.sqrt(0.5))
+    assert agg["adamw"]["cl/demo"] == (0.5, 0.0, 2)
+    mean, std, n = agg["adamw"]["eval/action_mse"]
+    assert mean == pytest.approx(0.6) and std == pytest.approx(math.sqrt(0.02))
+    # the failed seed still has a train loss, but no eval or closed-loop numbers
+    assert agg["muon"]["n"] == 2 and agg["muon"]["done"] == 1
+    assert agg["muon"]["loss"] == (1.25, pytest.approx(math.sqrt(1.125)), 2)
+    assert agg["muon"]["cl/demo"] == (1.0, 0.0, 1)
+
+    with open(sweep_dir / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["trial"] for r in table][0] == "name=adamw,seed=0"
+    assert table[0]["cl/demo/successes"] == "2" and table[3]["status"] == "failed"
+    md = (sweep_dir / "results.md").read_text()
+    assert "50% (2/4, [0.15, 0.85])" in md  # success with its Wilson interval
+    assert "## Mean ± std over seed" in md and "| adamw | 2 | 12.5 ± 0 | 1.5 ± 0.71 |" in md
+    assert "| muon | 2 | 12.5 ± 0 | 1.25 ± 1.1 |" in md and "| 1 ± 0 (n=1) |" in md
+    assert "## Failed trials" in md and "ValueError: boom" in md
+    assert out["figure"].endswith("success.png")
+    for png in ("curves.png", "success.png"):
+        assert os.path.getsize(sweep_dir / "plots" / png) > 10_000
+
+
+def test_without_seed_axis_no_aggregate(sweep_dir):
+    info = json.loads((sweep_dir / "sweep.json").read_text())
+    info["keys"] = KEYS[:1]
+    write_json(str(sweep_dir / "sweep.json"), info)
+    out = report.write_report(str(sweep_dir))
+    assert out["aggregate"] == []
+    assert "Mean ± std" not in (sweep_dir / "results.md").read_text()

@@ -1,0 +1,191 @@
+"""`python -m wallwm_jax.sweep --sweep FILE.py[:arg] --workdir DIR`: run a grid of trials.
+
+Validates the whole sweep first, then trains and evaluates each trial (locally, up to
+`--parallel` at once, or as a slurm job array), skipping finished trials and resuming the rest,
+and writes DIR/results.{csv,md} and DIR/plots/. `--report DIR` only re-renders the results.
+Exit codes: 0 all trials done, 1 some failed or unfinished, 2 a user error (one line).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from wallwm_jax.sweep.hyper import SweepError, base_config, format_value, load_module, split_spec
+
+flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/sweeps/balance.py[:arg].")
+flags.DEFINE_string("workdir", None, "Sweep directory: trials/, results.csv/md, plots/.")
+flags.DEFINE_integer("parallel", 1, "Local launcher: trials run at once (devices are split).")
+flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "Where trials run.")
+flags.DEFINE_string("suite", None, "Closed-loop suite(s), comma-separated, or 'none' "
+                    "(default: the sweep file's get_eval()).")
+flags.DEFINE_bool("dry_run", False, "Print the trials (and the slurm submission) and exit.")
+flags.DEFINE_string("report", None, "Only re-render DIR's results and plots.")
+flags.DEFINE_string("eval_tasks", None, "Evaluation: comma-separated task subset.")
+flags.DEFINE_integer("eval_episodes_per_task", None, "Evaluation: episodes per task.")
+flags.DEFINE_integer("eval_workers", None, "Evaluation: parallel episode workers.")
+flags.DEFINE_integer("eval_episode_limit", None, "Evaluation: step limit per episode (smoke "
+                     "runs; default: the suite's).")
+flags.DEFINE_string("eval_args", None, "Evaluation: extra arguments passed through as is.")
+flags.DEFINE_integer("stop_after", None, "Stop each trial's training at this step with a "
+                     "checkpoint, as a preemption would (to test resume).")
+flags.DEFINE_integer("slurm_nodes", None, "Slurm: nodes per trial (multi-host if > 1).")
+flags.DEFINE_integer("slurm_gpus_per_node", None, "Slurm: GPUs per node.")
+flags.DEFINE_integer("slurm_timeout_min", None, "Slurm: time limit per trial, minutes.")
+flags.DEFINE_string("slurm_partition", None, "Slurm: partition.")
+flags.DEFINE_string("slurm_account", None, "Slurm: account.")
+FLAGS = flags.FLAGS
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _suites(sweep_eval: dict) -> list[str]:
+    value = FLAGS.suite if FLAGS.suite is not None else sweep_eval.get("suites", ())
+    if isinstance(value, str):
+        value = [s for s in value.split(",") if s.strip()]
+    suites = [s.strip() for s in value if s.strip() and s.strip() != "none"]
+    from wallwm_jax.evaluation.suites import names
+
+    for suite in suites:
+        if suite not in names():
+            _fail(f"unknown evaluation suite {suite!r}; known: {', '.join(names())}, none")
+    return suites
+
+
+def _eval_settings(sweep_eval: dict) -> dict:
+    settings = {k: v for k, v in sweep_eval.items() if k != "suites"}
+    for key in ("tasks", "episodes_per_task", "workers", "episode_limit"):
+        value = getattr(FLAGS, f"eval_{key}")
+        if value is not None:
+            settings[key] = value
+    if FLAGS.eval_args is not None:
+        settings["extra_args"] = FLAGS.eval_args
+    return settings
+
+
+def _resources(sweep_resources: dict) -> dict:
+    out = dict(sweep_resources)
+    for key in ("nodes", "gpus_per_node", "timeout_min", "partition", "account"):
+        value = getattr(FLAGS, f"slurm_{key}")
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments {argv[1:]}")
+    from wallwm_jax.sweep import launchers, report, runner
+    from wallwm_jax.sweep.hyper import load_sweep
+
+    if FLAGS.report:
+        if not os.path.isdir(os.path.join(FLAGS.report, "trials")):
+            _fail(f"{FLAGS.report} is not a sweep directory (no trials/)")
+        out = report.write_report(FLAGS.report)
+        print(out["markdown"])
+        return
+    if not FLAGS.sweep or not FLAGS.workdir:
+        _fail("--sweep and --workdir are required (or --report DIR)")
+    try:
+        sweep = load_sweep(FLAGS.sweep, config=FLAGS.config)
+    except SweepError as e:
+        _fail(str(e))
+    overrides = dict(config_flags.get_override_values(FLAGS["config"]))
+    suites = _suites(sweep.eval)
+    settings = _eval_settings(sweep.eval)
+    workdir = os.path.abspath(FLAGS.workdir)
+    jobs = runner.prepare(sweep, workdir, overrides, suites, settings,
+                          stop_after=FLAGS.stop_after, write=not FLAGS.dry_run)
+    print(f"sweep {sweep.spec}: {len(jobs)} trials"
+          + (f", suites {', '.join(suites)}" if suites else ", no closed-loop evaluation"))
+    for job in jobs:
+        values = ", ".join(f"{k}={format_value(v)}" for k, v in job.overrides.items())
+        print(f"  {job.name}: {values}")
+    if not FLAGS.dry_run:  # what --report needs: trial order, swept keys
+        with open(os.path.join(workdir, "sweep.json"), "w") as f:
+            json.dump({"sweep": sweep.spec, "names": sweep.names, "keys": list(dict.fromkeys(
+                k for t in sweep.trials for k in t)), "suites": suites,
+                "global_overrides": jobs[0].global_overrides}, f, indent=2)
+    if FLAGS.launcher == "slurm":
+        plan = launchers.submit_slurm(jobs, workdir, _resources(sweep.resources),
+                                      dry_run=FLAGS.dry_run)
+        if not FLAGS.dry_run:
+            os.makedirs(os.path.join(workdir, "slurm"), exist_ok=True)
+            with open(os.path.join(workdir, "slurm", "submission.json"), "w") as f:
+                json.dump(plan, f, indent=2)
+        print(plan["sbatch"])
+        for task in plan["tasks"]:
+            print(f"array task {task['array_index']}: {task['trial']}: "
+                  f"{' '.join(task['command'])}")
+            for cmd in task["eval_commands"]:
+                print(f"  then (task 0 of the trial): {' '.join(cmd)}")
+        if plan["job_ids"]:
+            print(f"submitted {len(plan['job_ids'])} array tasks: {plan['job_ids'][0]}...; "
+                  f"`python -m wallwm_jax.sweep --report {workdir}` when they finish")
+        return
+    if FLAGS.dry_run:
+        return
+    statuses = launchers.run_local(jobs, parallel=FLAGS.parallel)
+    out = report.write_report(workdir)
+    print(out["markdown"])
+    print(f"results: {os.path.join(workdir, 'results.md')}, plots: "
+          f"{os.path.join(workdir, 'plots')}")
+    failed = [n for n, s in statuses.items() if s == "failed"]
+    unfinished = [n for n, s in statuses.items() if s in ("interrupted", "pending")]
+    if failed:
+        print(f"{len(failed)} trial(s) failed: {', '.join(failed)} (log tails in "
+              f"results.md; rerun the same command to retry)", file=sys.stderr)
+    if unfinished:
+        print(f"{len(unfinished)} trial(s) unfinished: {', '.join(unfinished)}; rerun the "
+              f"same command to resume", file=sys.stderr)
+    if failed or unfinished:
+        raise SystemExit(1)
+
+
+def _define_config_flag(argv: list[str]) -> None:
+    """`--config` is the sweep file's get_config(arg), so `--config.X=V` overrides apply to
+    every trial; check the file loads first, so a bad file is one line, not a traceback."""
+    spec = None
+    for i, a in enumerate(argv):
+        if a.startswith("--sweep="):
+            spec = a.split("=", 1)[1]
+        elif a == "--sweep" and i + 1 < len(argv):
+            spec = argv[i + 1]
+    if spec:
+        path, arg = split_spec(spec)
+        try:
+            base_config(load_module(path), arg)
+        except (SweepError, ValueError, KeyError, TypeError) as e:
+            _fail(f"{spec}: {e}")
+    try:  # config_flags applies the --config.X overrides here
+        config_flags.DEFINE_config_file(
+            "config", spec, "The sweep's base config (set by --sweep); --config.FIELD=VALUE "
+            "applies to every trial.", lock_config=False)
+    except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
+        message = " ".join(re.sub(r"\\?'", "", str(e).replace("\\n", " ")).split())
+        _fail(f"bad --config override: {message}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).splitlines()[0])
+
+
+def run() -> None:
+    """Console entry point."""
+    _define_config_flag(sys.argv)
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    run()
