@@ -238,7 +238,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
     planner = spec.planner if mode == "event" else None
     results = {
         "suite": suite.name, "question": suite.question, "mode": mode, "planner": planner,
-        "privileged": mode in (EXPERT, "event"),
+        "privileged": mode == EXPERT or (mode == "event" and PLANNERS[spec.planner].privileged),
         "policy": spec.path or "in-memory",
         "step": spec.step, "execute_steps": spec.execute_steps,
         "protocol": dict(suite.protocol(), camera_view=observation_note(suite),
