@@ -125,12 +125,13 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
     check_model_data(config)
     model_cfg = config.model
     logical_axes = wallwm.param_logical_axes(model_cfg)
-    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
     lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
 
     shapes = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
     param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules,
                                                   shapes)
+    # Muon spreads its Newton-Schulz work over the mesh when it knows the params' shardings.
+    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes, param_sharding)
     abstract_params = _with_sharding(shapes, param_sharding)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_sharding = sharding.opt_state_sharding(abstract_opt, abstract_params, param_sharding,
