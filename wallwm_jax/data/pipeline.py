@@ -242,10 +242,12 @@ class InputPipeline:
     per_host_batch: int
     samplers: list[EventSampler] = dataclasses.field(default_factory=list)  # one per dataset
 
-    _counts: np.ndarray | None = None
+    _counts: np.ndarray | None = None  # running counts of the clusters drawn so far
+    _target: tuple[np.ndarray, float] | None = None  # target frequencies and exp(H), once
 
     def observe(self, batch: dict[str, np.ndarray]) -> None:
-        """Count the clusters of a drawn batch (primary dataset), for `sampling_metrics`."""
+        """Add the clusters of a drawn batch (primary dataset; only its `cluster` and
+        `dataset` fields are read) to the running counts behind `sampling_metrics`."""
         if self.sampler.event_probs is None:
             return
         if self._counts is None:
@@ -253,8 +255,8 @@ class InputPipeline:
         ids = np.asarray(batch["cluster"])
         if "dataset" in batch:
             ids = ids[np.asarray(batch["dataset"]) == 0]
-        ids = ids[ids >= 0]
-        self._counts += np.bincount(ids, minlength=len(self._counts))[:len(self._counts)]
+        ids = ids[(ids >= 0) & (ids < len(self._counts))]
+        np.add.at(self._counts, ids, 1)  # O(batch), not O(clusters)
 
     def sampling_metrics(self) -> dict[str, float]:
         """`data/cluster_kl` (realised vs target cluster frequencies over the batches
@@ -263,11 +265,14 @@ class InputPipeline:
 
         if self.sampler.event_probs is None or self._counts is None:
             return {}
-        target = np.bincount(self.sampler.cluster, weights=self.sampler.event_probs,
-                             minlength=len(self._counts))
-        h = -np.sum(target[target > 0] * np.log(target[target > 0]))
+        if self._target is None:  # over every event: once, not at every log step
+            target = np.bincount(self.sampler.cluster, weights=self.sampler.event_probs,
+                                 minlength=len(self._counts))
+            h = -np.sum(target[target > 0] * np.log(target[target > 0]))
+            self._target = (target, float(np.exp(h)))
+        target, effective = self._target
         return {"data/cluster_kl": balance.frequency_kl(self._counts, target),
-                "data/effective_clusters": float(np.exp(h))}
+                "data/effective_clusters": effective}
 
     def cluster_report(self) -> dict[str, Any] | None:
         """Cluster sizes, target frequencies and exp(H) of the primary dataset's balanced
