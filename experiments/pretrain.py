@@ -116,7 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.expert_mlp_dim = s["expert_mlp"]
     config.model.scan_layers = True
     config.model.remat_policy = "none"  # none | full | dots_saveable (decoder and ViT layers)
-    config.model.attention = "auto"  # auto (cuDNN on GPU when it applies) | xla | cudnn
+    # auto: cuDNN flash attention on an NVIDIA GPU when the compute dtype is bf16/fp16 and
+    # head_dim fits (multiple of 8, <= 128), XLA's otherwise | xla | cudnn (GPU only)
+    config.model.attention = "auto"
     config.model.tie_embeddings = True  # caption head = token embedding (else its own head)
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
@@ -126,7 +128,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.flow_beta_a = 1.5
     config.model.flow_beta_b = 1.0
     config.model.num_flow_steps = 10
-    config.model.dtype = "float32"  # compute dtype; params are always float32
+    # Compute dtype; params are always float32. auto: bfloat16 on GPU/TPU, float32 on CPU
+    # (where bf16 is emulated); resolved when the train step is built, and logged.
+    config.model.dtype = "auto"
     config.model.loss_weights = ml_collections.ConfigDict(
         dict(action=1.0, caption=0.1, duration=0.1, world=0.1))
 
