@@ -19,9 +19,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import re  # noqa: E402
 import time  # noqa: E402
-from collections import defaultdict  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -31,29 +29,10 @@ from jax.sharding import Mesh  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
 from wallwm_jax.data.batches import EventBatch, Observation  # noqa: E402
+from wallwm_jax.hlo_stats import collective_bytes  # noqa: E402
 from wallwm_jax.models.wallwm import compute_loss, init_params, param_logical_axes  # noqa: E402
 from wallwm_jax.optim import DEFAULT_RULES, muon, plan_params  # noqa: E402
 from wallwm_jax.sharding import logical_to_sharding, opt_state_sharding  # noqa: E402
-
-COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter", "all-reduce")
-_DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1,
-                "f64": 8, "s64": 8, "u64": 8}
-_OP = re.compile(r"=\s*(.+?)\s+(" + "|".join(COLLECTIVES) + r")(-start|-done)?\(")
-_ARRAY = re.compile(r"(\w+)\[([\d,]*)\]")
-
-
-# -- HLO accounting -------------------------------------------------------------------------
-def collective_bytes(hlo: str) -> dict[str, int]:
-    """Bytes of each collective kind: sum of its result shapes (async: the -done result)."""
-    out: dict[str, int] = defaultdict(int)
-    for line in hlo.splitlines():
-        m = _OP.search(line)
-        if not m or m.group(3) == "-start":
-            continue
-        for dtype, dims in _ARRAY.findall(m.group(1)):
-            n = int(np.prod([int(d) for d in dims.split(",") if d])) if dims else 1
-            out[m.group(2)] += n * _DTYPE_BYTES.get(dtype, 4)
-    return dict(out)
 
 
 # -- mesh and shardings ---------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Train-step benchmark: compile time, step time, tokens/s, model FLOP/s and MFU of the exact
-step the training loop runs (`train_step.make_train_step`), for several remat policies.
+step the training loop runs (`train_step.make_train_step`), for several remat policies; and
+(`--loop`) steps/s of the loop before and after it stopped waiting on the host.
 
     python benchmarks/train_step.py                       # small on CPU, base on a GPU
     python benchmarks/train_step.py --size=small --remat=none,full,dots_saveable --steps=5
+    python benchmarks/train_step.py --size=tiny --loop --steps=30
 
 The first `--remat` entry is the baseline; the others are reported as ratios to it. MFU is
 reported only where the device's peak FLOP/s is known (not on CPU). Prints one JSON object
@@ -28,7 +30,10 @@ import numpy as np  # noqa: E402
 from experiments.pretrain import get_config  # noqa: E402
 from wallwm_jax import sharding, throughput  # noqa: E402
 from wallwm_jax.aot import memory_report  # noqa: E402
+from wallwm_jax.data.batches import abstract_batch, check_batch  # noqa: E402
+from wallwm_jax.data.pipeline import to_event_batch  # noqa: E402
 from wallwm_jax.models import wallwm  # noqa: E402
+from wallwm_jax.prefetch import Prefetcher  # noqa: E402
 from wallwm_jax.train_step import make_train_step  # noqa: E402
 
 
@@ -52,6 +57,109 @@ def random_batch(step_fns: Any, config: Any, seed: int) -> Any:
         return jax.device_put(x, a.sharding)
 
     return jax.tree_util.tree_map_with_path(one, step_fns.abstract_batch)
+
+
+class SyntheticSource:
+    """Host batches like the pipeline's (numpy, per-host shapes), made on the host each
+    draw, with the `iterator.get_state()` the prefetcher records."""
+
+    def __init__(self, config: Any, per_host: int, seed: int = 0) -> None:
+        self.config, self.per_host, self.n = config, per_host, 0
+        self.rng = np.random.default_rng(seed)
+        self.iterator = self
+
+    def get_state(self) -> dict[str, int]:
+        return {"n": self.n}
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        self.n += 1
+        leaves = abstract_batch(self.config, self.per_host)
+        vocab, bins = int(self.config.model.vocab_size), int(self.config.model.num_duration_bins)
+        out = {}
+        for path, a in jax.tree_util.tree_leaves_with_path(leaves):
+            name = jax.tree_util.keystr(path).split(".")[-1]
+            if a.dtype == np.uint8:
+                x = self.rng.integers(0, 256, a.shape, dtype=np.uint8)
+            elif a.dtype == bool:
+                x = np.ones(a.shape, bool)
+            elif name == "duration_bin":
+                x = self.rng.integers(0, bins, a.shape).astype(a.dtype)
+            elif a.dtype == np.int32:
+                x = self.rng.integers(1, vocab, a.shape).astype(a.dtype)
+            else:
+                x = self.rng.standard_normal(a.shape).astype(a.dtype)
+            out[name] = x
+        out["action_events"] = np.zeros_like(out["actions"][..., 0], np.int32)
+        return out
+
+
+def loop_bench(config: Any, steps: int, log_every: int = 10,
+               rounds: int = 3) -> dict[str, Any]:
+    """Steps/s of the same compiled step driven three ways on the same kind of host batches:
+    the device alone (one batch, no host work), the former loop (load, check, put, step and
+    fetch the metrics every step, all on the main thread) and the current one (prefetch
+    thread, metrics fetched a step late at log steps). The three alternate for `rounds`
+    rounds (medians reported), so a change in machine load hits them alike.
+    Host share = 1 - device time / loop time."""
+    mesh = sharding.make_mesh(config.mesh)
+    fns = make_train_step(config, mesh)
+    per_host = config.batch_size // jax.process_count()
+    expected = abstract_batch(config, per_host)
+    carry = list(fns.init_fn(jax.random.PRNGKey(0)))
+    batch = random_batch(fns, config, seed=0)
+    carry[0], carry[1], metrics = fns.update_fn(carry[0], carry[1], batch)  # compile
+    jax.block_until_ready(metrics)
+
+    def device_only() -> float:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], batch)
+        jax.block_until_ready(m)
+        return (time.perf_counter() - t0) / steps
+
+    def before() -> float:  # the loop as it was: everything on the main thread, every step
+        source = SyntheticSource(config, per_host)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            host = to_event_batch(next(source))
+            check_batch(host, expected)
+            carry[0], carry[1], m = fns.update_fn(carry[0], carry[1],
+                                                  sharding.global_batch(host, mesh))
+            float(jax.device_get(m)["loss"])
+        return (time.perf_counter() - t0) / steps
+
+    def after() -> tuple[float, float]:
+        source, wait, pending = SyntheticSource(config, per_host), 0.0, []
+        t0 = time.perf_counter()
+        with Prefetcher(source, mesh, expected) as feed:
+            for i in range(1, steps + 1):
+                t = time.perf_counter()
+                item = feed.next()
+                wait += time.perf_counter() - t
+                carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch)
+                pending.append(m)
+                if (i - 1) % log_every == 0 or i == steps:  # a step late, as train.py
+                    jax.device_get(pending[:-1] if i < steps else pending)
+                    pending = pending[-1:] if i < steps else []
+        total = time.perf_counter() - t0
+        return total / steps, wait / total
+
+    runs = {"device": [], "before": [], "after": [], "wait": []}
+    for _ in range(rounds):
+        runs["device"].append(device_only())
+        runs["before"].append(before())
+        a, w = after()
+        runs["after"].append(a)
+        runs["wait"].append(w)
+    device_s, before_s, after_s = (statistics.median(runs[k]) for k in ("device", "before",
+                                                                        "after"))
+    return {"steps": steps, "rounds": rounds, "log_every": log_every,
+            "device_step_s": device_s, "before_step_s": before_s, "after_step_s": after_s,
+            "before_steps_per_s": 1 / before_s, "after_steps_per_s": 1 / after_s,
+            "speedup": before_s / after_s,
+            "host_share_before": max(0.0, 1 - device_s / before_s),
+            "host_share_after": max(0.0, 1 - device_s / after_s),
+            "data_wait_share": statistics.median(runs["wait"]), "runs": runs}
 
 
 def attention_switch(config: Any) -> str:
@@ -104,8 +212,12 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="model compute dtype, e.g. bfloat16")
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--loop", action="store_true",
+                        help="time the training loop before/after (host share), not remat")
     args = parser.parse_args()
     jax.config.update("jax_threefry_partitionable", True)
+    if args.loop:
+        return main_loop(args)
 
     backend = jax.default_backend()
     size = args.size or ("base" if backend == "gpu" else "small")
@@ -148,6 +260,23 @@ def main() -> None:
                      f"{r['model_flops_per_s'] / 1e9:.1f} GFLOP/s{mfu}{ratio}")
     print(f"{size} on {report['num_devices']}x {dev.device_kind}, batch {config.batch_size}, "
           f"{base['flops_per_step']:.3g} FLOPs/step: " + "; ".join(parts))
+
+
+def main_loop(args: Any) -> None:
+    """`--loop`: steps/s before/after for each `--size` (comma list), one JSON + summary."""
+    out = {"backend": jax.default_backend(), "devices": jax.device_count(), "sizes": {}}
+    for size in (args.size or "tiny,small").split(","):
+        config = get_config(f"size={size}")
+        if args.batch_size:
+            config.batch_size = args.batch_size
+        if args.dtype:
+            config.model.dtype = args.dtype
+        out["sizes"][size] = dict(batch_size=config.batch_size,
+                                  **loop_bench(config, args.steps))
+    print(json.dumps(out, indent=2))
+    print("; ".join(f"{s}: {r['before_steps_per_s']:.2f} -> {r['after_steps_per_s']:.2f} "
+                    f"steps/s ({r['speedup']:.2f}x), host share {r['host_share_before']:.0%} "
+                    f"-> {r['host_share_after']:.0%}" for s, r in out["sizes"].items()))
 
 
 if __name__ == "__main__":

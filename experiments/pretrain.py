@@ -82,7 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (Tmax steps across events, Staircase captions), "chunk" (Tmax steps, no language).
     config.data.layout = args["mode"]
     config.data.max_captions = _MAX_CAPTIONS[args["mode"]]  # caption slots per sample
-    # Cluster-balanced event sampling (DESIGN.md section 5): cluster c with n_c events gets
+    # Cluster-balanced event sampling (docs/data.md): cluster c with n_c events gets
     # mass ~ n_c ** alpha (1: events uniform, 0: clusters uniform; None: uniform, no index).
     config.data.balance_alpha = 0.5
     config.data.num_clusters = 16  # k-means clusters of the stored event index
@@ -116,7 +116,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.expert_mlp_dim = s["expert_mlp"]
     config.model.scan_layers = True
     config.model.remat_policy = "none"  # none | full | dots_saveable (decoder and ViT layers)
-    config.model.attention = "auto"  # auto (cuDNN on GPU when it applies) | xla | cudnn
+    # auto: cuDNN flash attention on an NVIDIA GPU when the compute dtype is bf16/fp16 and
+    # head_dim fits (multiple of 8, <= 128), XLA's otherwise | xla | cudnn (GPU only)
+    config.model.attention = "auto"
     config.model.tie_embeddings = True  # caption head = token embedding (else its own head)
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
@@ -129,7 +131,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.flow_beta_a = 1.5
     config.model.flow_beta_b = 1.0
     config.model.num_flow_steps = 10
-    config.model.dtype = "float32"  # compute dtype; params are always float32
+    # Compute dtype; params are always float32. auto: bfloat16 on GPU/TPU, float32 on CPU
+    # (where bf16 is emulated); resolved when the train step is built, and logged.
+    config.model.dtype = "auto"
     config.model.loss_weights = ml_collections.ConfigDict(
         dict(action=1.0, caption=0.1, duration=0.1, world=0.1))
 
@@ -139,6 +143,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 20
     config.optimizer.weight_decay = 1e-4
     config.optimizer.grad_clip = 1.0
+    config.optimizer.b1 = 0.9  # AdamW, and the AdamW group of Muon
+    config.optimizer.b2 = 0.95
+    config.optimizer.eps = 1e-8
+    # name=muon: Newton-Schulz on 2-D kernels (spread over the 'fsdp' mesh axis in training),
+    # AdamW for the rest. rules: ((regex over the param path, 'muon' | 'adamw'), ...), first
+    # match wins; () = wallwm_jax.optim.routing.DEFAULT_RULES. adjust_lr: original |
+    # match_rms_adamw | none. name=optax_muon: optax.contrib.muon, the same routing (reference).
+    config.optimizer.muon = ml_collections.ConfigDict(dict(
+        momentum=0.95, nesterov=True, ns_steps=5, ns_dtype="bfloat16", adjust_lr="original",
+        rules=()))
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # (logical axis, mesh axes) pairs, first match wins; unnamed axes are replicated.

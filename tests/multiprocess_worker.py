@@ -3,9 +3,11 @@
     python tests/multiprocess_worker.py --coordinator 127.0.0.1:PORT --num_processes 2 \
         --process_id 0 --data_dir DIR --workdir DIR --out DIR
 
-Joins the run through `train.initialize_distributed` (what the train CLI calls), writes its
-first two per-host batches to `<out>/batches_<id>.npz`, trains the tiny model to step 3
-(checkpoint), then resumes from that checkpoint to step 6 and writes `<out>/done_<id>.json`.
+Joins the run through `train.initialize_distributed` (what the train CLI calls), builds the
+event index of `--index_dir` (only process 0 may write: `<out>/index_writes_<id>.json` lists
+the files this process wrote), writes its first two per-host batches to
+`<out>/batches_<id>.npz`, trains the tiny model to step 3 (checkpoint), then resumes from
+that checkpoint to step 6 and writes `<out>/done_<id>.json`.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ def main() -> None:
     parser.add_argument("--data_dir", required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--index_dir", default=None)
     args = parser.parse_args()
 
     import jax
@@ -50,6 +53,16 @@ def main() -> None:
     from wallwm_jax.train import initialize_distributed, train_and_evaluate
 
     assert initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    if args.index_dir:
+        from wallwm_jax.data import event_index
+
+        writes = []
+        write = event_index._write
+        event_index._write = lambda path, data: (writes.append(str(path)), write(path, data))
+        event_index.main([args.index_dir, "--clusters", "4"])
+        event_index._write = write
+        with open(os.path.join(args.out, f"index_writes_{args.process_id}.json"), "w") as f:
+            json.dump(writes, f)
     config = tiny_config(args.data_dir)
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
     batches = [next(pipeline) for _ in range(2)]

@@ -7,6 +7,7 @@ step 3 that the same processes restore to finish the run.
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import numpy as np
 import pytest
 
 from wallwm_jax import sharding
+from wallwm_jax.data import event_index
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
 from wallwm_jax.train import initialize_distributed
 from wallwm_jax.train_log import read_metrics
@@ -31,7 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tiny_dataset, workdir, out, num_processes=2):
+def _launch(tiny_dataset, workdir, out, num_processes=2, index_dir=None):
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
@@ -46,7 +48,8 @@ def _launch(tiny_dataset, workdir, out, num_processes=2):
             procs.append(subprocess.Popen(
                 [sys.executable, WORKER, "--coordinator", coordinator,
                  "--num_processes", str(num_processes), "--process_id", str(pid),
-                 "--data_dir", tiny_dataset, "--workdir", str(workdir), "--out", str(out)],
+                 "--data_dir", tiny_dataset, "--workdir", str(workdir), "--out", str(out)]
+                + (["--index_dir", str(index_dir)] if index_dir else []),
                 cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
         codes = [p.wait(timeout=900) for p in procs]
     finally:
@@ -64,8 +67,15 @@ def _launch(tiny_dataset, workdir, out, num_processes=2):
 def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    _launch(tiny_dataset, tmp_path / "multi", out)
+    index_dir = shutil.copytree(tiny_dataset, tmp_path / "index_copy",
+                                ignore=shutil.ignore_patterns("event_index_*"))
+    _launch(tiny_dataset, tmp_path / "multi", out, index_dir=index_dir)
     done = [json.loads((out / f"done_{i}.json").read_text()) for i in range(2)]
+    # The event index of a dataset is written once, by process 0 only, through etils.epath.
+    writes = [json.loads((out / f"index_writes_{i}.json").read_text()) for i in range(2)]
+    assert sorted(os.path.basename(w) for w in writes[0]) == [
+        "event_index_train.json", "event_index_train.npz"] and writes[1] == []
+    assert event_index.load_event_index(str(index_dir), "train").build_args["num_clusters"] == 4
     for d in done:
         assert (d["process_count"], d["local_devices"], d["devices"]) == (2, 4, 8)
         assert d["first"] == [0, 3] and d["second"] == [3, 6]  # resumed from the step-3 save

@@ -28,11 +28,12 @@ from tqdm.auto import tqdm
 
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax import sharding, throughput
-from wallwm_jax.data.batches import abstract_batch, check_batch
-from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
+from wallwm_jax.data.batches import abstract_batch
+from wallwm_jax.data.pipeline import make_pipeline
 from wallwm_jax.evaluation.closed_loop import ClosedLoopEval
 from wallwm_jax.evaluation.offline import OfflineEvaluator
 from wallwm_jax.models.pretrained import describe, load_pretrained
+from wallwm_jax.prefetch import Prefetcher
 from wallwm_jax.train_log import MetricLogger
 from wallwm_jax.train_step import TrainState, make_train_step
 
@@ -89,7 +90,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---------------------------------------------------------------- Input pipeline
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
-    data_iter = pipeline.iterator
+    data_iter = pipeline.iterator  # drawn from only by the prefetch thread once training runs
     norm_stats = pipeline.sampler.norm_stats
     assets = ckpt.make_assets(config, norm_stats, pipeline.sampler.tokenizer_path)
     report = pipeline.cluster_report()
@@ -138,53 +139,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                              pipeline.sampler.tokenizer_path)
 
     # ---------------------------------------------------------------- Loop
+    # The host never waits on the device between log steps: the next batch is prefetched
+    # to the devices while a step runs, and metrics are fetched one step late, only at log,
+    # checkpoint and eval steps (`_fetch`), where NaN/Inf losses are found (flagged inside
+    # the step, see train_step.py) and named.
     logger = MetricLogger(workdir, config, total_steps=config.total_steps, active=is_chief)
     losses: list[float] = []
     eval_metrics: dict[str, float] = {}
     pbar = tqdm(total=config.total_steps, initial=first_step, desc="train", unit="step",
                 file=sys.stdout, disable=first_step >= config.total_steps or not is_chief)
+    log_every = max(1, int(config.log_every_steps))
+    pending: list[tuple[int, dict[str, Any], dict[str, float]]] = []
+    window = {"t0": time.perf_counter(), "steps": 0, "data": 0.0}
+
+    def record(s: int, m: dict[str, Any], extra: dict[str, float], force: bool = False) -> None:
+        _check_finite(m, s, config, manager)
+        losses.append(float(m["loss"]))
+        logger.log(s, m, force=force, **extra)
+        pbar.set_postfix(loss=f"{losses[-1]:.4f}", data=f"{extra.get('data_time', 0):.3f}s")
+
+    def flush(keep_last: bool) -> None:
+        """Fetch the pending steps' metrics (all but the newest when `keep_last`), check
+        them in step order and log them."""
+        done_now = pending[:-1] if keep_last else list(pending)
+        del pending[:len(done_now)]
+        if done_now:
+            for (s, _, extra), m in zip(done_now, _fetch([m for _, m, _ in done_now]),
+                                        strict=True):
+                record(s, m, extra)
+
     step = first_step
-    with _Preemption() as preemption:
+    with _Preemption() as preemption, Prefetcher(pipeline, mesh, expected_host_batch) as feed:
         while step < config.total_steps:
             t0 = time.perf_counter()
-            host_batch = next(data_iter)
-            pipeline.observe(host_batch)  # realised cluster frequencies (data/cluster_kl)
-            host_batch = to_event_batch(host_batch)
-            check_batch(host_batch, expected_host_batch)
-            batch = sharding.global_batch(host_batch, mesh)
+            item = feed.next()
+            pipeline.observe(item.clusters)  # realised cluster frequencies (data/cluster_kl)
             t_data = time.perf_counter() - t0
-            params, state, metrics = update_fn(params, state, batch)
-            metrics = jax.device_get(metrics)
+            params, state, metrics = update_fn(params, state, item.batch)
             step += 1
-            _check_finite(metrics, step, config, manager)
-            losses.append(float(metrics["loss"]))
-            step_time = time.perf_counter() - t0
             pbar.update(1)
-            pbar.set_postfix(loss=f"{float(metrics['loss']):.4f}", data=f"{t_data:.3f}s")
+            window["steps"] += 1
+            window["data"] += t_data
             done = step == config.total_steps
             interrupt = preemption.requested or step == stop_after
-            extra = throughput.throughput(config, step_time, num_devices=mesh.devices.size,
-                                          device_kind=device_kind, flops=flops_per_step)
-            if step % config.checkpoint.every_steps == 0 or done or interrupt:
+            save = step % config.checkpoint.every_steps == 0 or done or interrupt
+            evaluate = evaluator is not None and (step % eval_every == 0 or done)
+            extra: dict[str, float] = {}
+            if step % log_every == 0 or done or save:
+                # Per-step averages over the steps since the last log (dispatch is async).
+                step_time = (time.perf_counter() - window["t0"]) / window["steps"]
+                extra = dict(step_time=step_time, data_time=window["data"] / window["steps"])
+                extra.update(throughput.throughput(config, step_time,
+                                                   num_devices=mesh.devices.size,
+                                                   device_kind=device_kind,
+                                                   flops=flops_per_step))
+                extra.update(pipeline.sampling_metrics())
+                window.update(t0=time.perf_counter(), steps=0, data=0.0)
+            pending.append((step, metrics, extra))
+            # A step late: the device is already busy with this step when we wait on the last.
+            if (step - 1) % log_every == 0 or len(pending) > log_every:
+                flush(keep_last=True)
+            if save:
+                flush(keep_last=True)
+                _, last, extra = pending.pop()
+                last = _fetch(last)
+                _check_finite(last, step, config, manager)  # never save after a NaN/Inf step
                 t_save = time.perf_counter()
+                # The iterator state after this step's batch, not after the prefetched ones.
                 ckpt.save(manager, step, params, {"step": state.step,
                                                   "opt_state": state.opt_state},
-                          data_iter, assets, force=True)
+                          item.iterator_state, assets, force=True)
                 # Time the loop was blocked by the (async) save: also in metrics.jsonl.
                 extra["checkpoint_blocking_s"] = time.perf_counter() - t_save
                 logger.scalar(step, "checkpoint/blocking_s", extra["checkpoint_blocking_s"])
-            extra.update(pipeline.sampling_metrics())
-            logger.log(step, metrics, force="checkpoint_blocking_s" in extra,
-                       step_time=step_time, data_time=t_data, **extra)
-            if evaluator is not None and (step % eval_every == 0 or done):
+                record(step, last, extra, force=True)
+
+            # ------------------------------------------------------------ Evals
+            if evaluate:
+                flush(keep_last=False)
                 eval_metrics = {f"eval/{k.split('/', 1)[1]}": v
                                 for k, v in evaluator(params).items()}
                 logger.log(step, eval_metrics, force=True)
             if closed_loop is not None and closed_loop.due(step, done):
+                flush(keep_last=False)
                 logger.log(step, closed_loop(params, step), force=True)
             if interrupt:
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
+        flush(keep_last=False)
     pbar.close()
     manager.wait_until_finished()
     manager.close()
@@ -195,18 +237,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             "flops_per_step": flops_per_step}
 
 
+def _fetch(tree: Any) -> Any:
+    """The only device-to-host transfer of the loop (log, checkpoint and eval steps)."""
+    return jax.device_get(tree)
+
+
 def _check_finite(metrics: dict[str, Any], step: int, config: ml_collections.ConfigDict,
                   manager: Any) -> None:
     """Stop with a message naming the step and every loss term when the loss is NaN/Inf
     (`on_nonfinite="stop"`); with "skip" the step already kept the previous params."""
     if np.isfinite(metrics["loss"]):
         return
+    terms = {k: float(v) for k, v in metrics.items() if k.startswith("loss")}
     if config.get("on_nonfinite", "stop") == "skip":
-        terms = {k: float(v) for k, v in metrics.items() if k.startswith("loss")}
         print(f"non-finite loss at step {step}: {json.dumps(terms)}; update skipped")
         return
     manager.wait_until_finished()
-    terms = {k: float(v) for k, v in metrics.items() if k.startswith("loss")}
     raise NonFiniteLossError(
         f"non-finite loss at step {step}: {json.dumps(terms)}; the last finished checkpoint "
         f"(step {manager.latest_step()}) in {manager.directory} is intact")

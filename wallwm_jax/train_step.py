@@ -21,7 +21,7 @@ from jax.sharding import Mesh
 from wallwm_jax import sharding
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.models import wallwm
-from wallwm_jax.models.layers import activation_sharding
+from wallwm_jax.models.layers import activation_sharding, compute_dtype, resolve_attention
 from wallwm_jax.optim.factory import learning_rate_schedule, make_optimizer
 
 
@@ -85,6 +85,7 @@ class TrainStep:
     init_fn: Callable[[jax.Array], tuple[Any, TrainState]]
     update_fn: Callable[[Any, TrainState, Any], tuple[Any, TrainState, dict[str, jax.Array]]]
     lr_schedule: optax.Schedule
+    precision: dict = dataclasses.field(default_factory=dict)  # resolved dtype/attention
 
 
 def _with_sharding(shapes: Any, shardings: Any) -> Any:
@@ -124,13 +125,15 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
                          f"mesh size {dp} (mesh.data x mesh.fsdp)")
     check_model_data(config)
     model_cfg = config.model
+    precision = resolved_precision(model_cfg, mesh.devices.flat[0].platform)
     logical_axes = wallwm.param_logical_axes(model_cfg)
-    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes)
     lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
 
     shapes = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
     param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules,
                                                   shapes)
+    # Muon spreads its Newton-Schulz work over the mesh when it knows the params' shardings.
+    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes, param_sharding)
     abstract_params = _with_sharding(shapes, param_sharding)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_sharding = sharding.opt_state_sharding(abstract_opt, abstract_params, param_sharding,
@@ -186,4 +189,19 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
     return TrainStep(mesh=mesh, abstract_params=abstract_params, abstract_state=abstract_state,
                      abstract_batch=batch, param_sharding=param_sharding,
                      state_sharding=state_sharding, batch_sharding=batch_sharding,
-                     init_fn=init_fn, update_fn=update_fn, lr_schedule=lr_schedule)
+                     init_fn=init_fn, update_fn=update_fn, lr_schedule=lr_schedule,
+                     precision=precision)
+
+
+def resolved_precision(model_cfg: ml_collections.ConfigDict, platform: str) -> dict[str, str]:
+    """What `model.dtype` and `model.attention` mean on `platform` (e.g. 'auto' -> bfloat16
+    and cudnn on 'gpu'), as the model resolves them; printed once when the step is built."""
+    dtype = compute_dtype(model_cfg.dtype, platform)
+    out = {"platform": platform, "dtype": str(dtype), "attention": resolve_attention(
+        model_cfg.get("attention", "auto"), dtype, int(model_cfg.head_dim), platform)}
+    if jax.process_index() == 0 and (model_cfg.dtype == "auto"
+                                     or model_cfg.get("attention", "auto") == "auto"):
+        print(f"precision on {platform}: compute dtype {out['dtype']} "
+              f"(model.dtype={model_cfg.dtype}), decoder attention {out['attention']} "
+              f"(model.attention={model_cfg.get('attention', 'auto')}), params float32")
+    return out

@@ -23,7 +23,7 @@ import tqdm
 from etils import epath
 from PIL import Image
 
-from wallwm_jax.data import captions
+from wallwm_jax.data import captions, event_index
 from wallwm_jax.data.episodes import event_features, validate_episode
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
@@ -326,6 +326,9 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
         with open(paraphrase_path + ".tmp", "w") as f:
             json.dump(paraphrase_record(cfg.tasks), f, indent=1)
         os.replace(paraphrase_path + ".tmp", paraphrase_path)
+    # The event index (clusters for balanced sampling) is built with the data, never by
+    # training; a reused dataset without one (or with a stale one) gets it here.
+    event_index.ensure_built(version_dir)
     return version_dir
 
 

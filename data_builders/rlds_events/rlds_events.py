@@ -21,6 +21,7 @@ from etils import epath
 
 from data_builders.rlds_events.mapping import KeyMapping, SourceSpec, convert_episode
 from data_builders.rlds_events.mapping import resolve_mapping as _resolve
+from wallwm_jax.data import event_index
 from wallwm_jax.data.episodes import event_features, keep_encoded_decoder
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
@@ -220,6 +221,9 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
         save_norm_stats(stats_path, compute_norm_stats(
             {k: np.concatenate(v) for k, v in arrays.items()}))
         train_tokenizer(texts, tokenizer_path)
+    # The event index (clusters for balanced sampling) is built with the data, never by
+    # training; a reused dataset without one (or with a stale one) gets it here.
+    event_index.ensure_built(version_dir)
     return version_dir
 
 

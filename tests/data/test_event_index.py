@@ -1,7 +1,12 @@
 """Event index: one row per event, the documented embedding, determinism, storage checks."""
 
 import dataclasses
+import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -171,3 +176,51 @@ def test_cli_builds_stores_and_summarises(dataset_copy, capsys):
     assert summary["phase_purity"] == pytest.approx(majority / len(table))
     assert f"phase purity (events in their cluster's majority phase): " \
            f"{majority / len(table):.3f}" in out
+
+
+# ----------------------------------------------------------------- built with the data
+
+
+def test_builder_writes_the_index_training_reads(tiny_dataset):
+    for split in ("train", "val"):
+        table = ei.load_event_index(tiny_dataset, split)  # rows match the dataset
+        assert table.fingerprint == ei.dataset_fingerprint(tiny_dataset, split)
+    table = ei.load_for_training(tiny_dataset, "train", ei.DEFAULT_CLUSTERS)
+    assert table.build_args["num_clusters"] == min(ei.DEFAULT_CLUSTERS, len(table))
+
+
+def test_training_never_builds_a_missing_index(tiny_config, dataset_copy):
+    from wallwm_jax.data.pipeline import make_pipeline
+
+    tiny_config.data.data_dir = dataset_copy
+    command = f"python -m wallwm_jax.data.event_index {dataset_copy} --split train --clusters 16"
+    with pytest.raises(FileNotFoundError, match=re.escape(command)):
+        make_pipeline(tiny_config.data, global_batch=8, seed=0)
+    assert not [f for f in os.listdir(dataset_copy) if f.startswith("event_index")]
+
+
+def test_stale_index_and_other_k_are_errors_with_the_command(tiny_dataset, dataset_copy):
+    ei.build_all(dataset_copy, num_clusters=4, splits=("train",))
+    table = ei.load_for_training(dataset_copy, "train", 4)
+    with pytest.raises(ValueError, match=r"data.num_clusters=5 .* has 4 clusters.*"
+                                         r"--split train --clusters 5"):
+        ei.load_for_training(dataset_copy, "train", 5)
+    info_path = os.path.join(dataset_copy, "dataset_info.json")
+    info = json.loads(open(info_path).read())
+    info["splits"][0]["numBytes"] = str(int(info["splits"][0]["numBytes"]) + 1)  # rebuilt data
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    with pytest.raises(ValueError, match=r"stale event index .*"
+                                         + re.escape(f"event_index {dataset_copy} --split train")):
+        ei.load_for_training(dataset_copy, "train", 4)
+    assert ei.ensure_built(dataset_copy, num_clusters=4) == {
+        "train": os.path.join(dataset_copy, "event_index_train.npz"),
+        "val": os.path.join(dataset_copy, "event_index_val.npz")}
+    assert ei.load_for_training(dataset_copy, "train", 4).fingerprint != table.fingerprint
+
+
+def test_event_index_imports_without_the_pipeline():
+    code = ("import sys, wallwm_jax.data.event_index as e; "
+            "assert 'wallwm_jax.data.pipeline' not in sys.modules; "
+            "from wallwm_jax.data.pipeline import EventIndex; assert EventIndex is e.EventIndex")
+    subprocess.run([sys.executable, "-c", code], check=True)

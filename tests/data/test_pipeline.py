@@ -213,10 +213,23 @@ def test_normalisation_round_trips(tiny_config, mode):
     np.testing.assert_allclose(back, raw, rtol=1e-4, atol=1e-4)
 
 
-def test_balanced_sampling_realises_the_target_cluster_frequencies(tiny_config):
+@pytest.fixture(scope="module")
+def k3_dataset(tiny_dataset, tmp_path_factory):
+    """The tiny dataset with its train event index rebuilt with 3 clusters (by the CLI)."""
+    import shutil
+
+    from wallwm_jax.data import event_index
+
+    copy = shutil.copytree(tiny_dataset, tmp_path_factory.mktemp("k3") / "dataset").as_posix()
+    event_index.main([copy, "--clusters", "3"])
+    return copy
+
+
+def test_balanced_sampling_realises_the_target_cluster_frequencies(tiny_config, k3_dataset):
     from wallwm_jax.data import balance
 
     cfg = tiny_config.data
+    cfg.data_dir = k3_dataset
     cfg.balance_alpha, cfg.num_clusters = 0.0, 3  # every cluster equally often
     pipe = make_pipeline(cfg, global_batch=8, seed=0)
     sampler, report = pipe.sampler, pipe.cluster_report()
@@ -261,8 +274,9 @@ def test_bad_sampling_settings_are_rejected_by_name(tiny_config, field, value, m
         make_pipeline(tiny_config.data, global_batch=8, seed=0)
 
 
-def test_pipeline_tracks_realised_cluster_frequencies(tiny_config):
+def test_pipeline_tracks_realised_cluster_frequencies(tiny_config, k3_dataset):
     cfg = tiny_config.data
+    cfg.data_dir = k3_dataset
     cfg.balance_alpha, cfg.num_clusters = 0.0, 3
     pipe = make_pipeline(cfg, global_batch=8, seed=0)
     assert pipe.sampling_metrics() == {}

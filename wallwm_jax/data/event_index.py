@@ -1,8 +1,10 @@
 """The event index of a dataset split: one row per event, its embedding and k-means cluster.
 
-Built offline once per dataset and stored next to it (`event_index_<split>.npz` + `.json`), it
-feeds cluster-balanced sampling (`balance.event_sampling_probabilities(table.cluster, alpha)`).
-Rows are in (episode, event) order, the order of `pipeline.build_event_index`.
+Built with the dataset (the builders, or `python -m wallwm_jax.data.event_index DIR`) and
+stored next to it (`event_index_<split>.npz` + `.json`, written by process 0 through
+etils.epath), it feeds cluster-balanced sampling. Training only reads it: a missing or stale
+index (see `dataset_fingerprint`) is an error that prints the command that builds it.
+Rows are in (episode, event) order, the order of `scan_events`.
 
 Embedding of an event = [sqrt(w) * text, sqrt(1 - w) * behaviour], w = `text_weight`:
   text      TF-IDF of the caption (uni- and bigrams) reduced by TruncatedSVD to `text_dims`;
@@ -16,46 +18,87 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import io
 import json
 import os
+import uuid
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+from etils import epath
 
 from wallwm_jax.data import statistics
-from wallwm_jax.data.episodes import open_dataset
+from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
+DEFAULT_CLUSTERS = 16
 _ARRAY_COLUMNS = ("episode", "event", "start", "end", "phase", "caption", "task", "cluster",
                   "embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
-class EventIndexTable:
-    """One row per event of `split` of the dataset at `dataset_dir`, with embedding and cluster."""
+class EventIndex:
+    """One row per event of `split` of a dataset: where it is and, when built by
+    `build_event_index`, its caption, embedding and cluster (None from `scan_events`)."""
 
     episode: np.ndarray  # int64 [N]
     event: np.ndarray  # int64 [N], event number inside its episode
     start: np.ndarray  # int64 [N]
     end: np.ndarray  # int64 [N], exclusive
-    phase: np.ndarray  # str [N]
-    caption: np.ndarray  # str [N]
-    task: np.ndarray  # str [N]
-    cluster: np.ndarray  # int64 [N], in [0, num_clusters)
-    embeddings: np.ndarray  # float32 [N, D], D = text_dims + traj_points * 8
-    num_episodes: int
-    split: str
-    build_args: dict
+    phase: np.ndarray | None = None  # str [N]
+    caption: np.ndarray | None = None  # str [N]
+    task: np.ndarray | None = None  # str [N]
+    cluster: np.ndarray | None = None  # int64 [N], in [0, num_clusters)
+    embeddings: np.ndarray | None = None  # float32 [N, D], D = text_dims + traj_points * 8
+    num_episodes: int = 0
+    split: str = ""
+    build_args: dict = dataclasses.field(default_factory=dict)
+    fingerprint: dict = dataclasses.field(default_factory=dict)  # of the data it indexes
 
     def __len__(self) -> int:
         return len(self.episode)
 
-    def as_event_index(self):
-        """The rows as the `pipeline.EventIndex` an `EventSampler` draws from (same order)."""
-        from wallwm_jax.data.pipeline import EventIndex
+    def as_event_index(self) -> EventIndex:
+        """The index itself (kept for callers of the former two-type API)."""
+        return self
 
-        return EventIndex(self.episode, self.event, self.start, self.end)
+
+EventIndexTable = EventIndex  # the former name of the stored index
+
+
+def scan_events(source: EpisodeSource) -> EventIndex:
+    """Scan every episode of `source` once and list its events (no clusters)."""
+    rows = []
+    for e in range(len(source)):
+        ep = source[e]
+        for k, (s, t) in enumerate(zip(ep["events/start"], ep["events/end"], strict=True)):
+            rows.append((e, k, int(s), int(t)))
+    if not rows:
+        raise ValueError(f"dataset {source.dataset_dir} has no events to sample from")
+    cols = np.asarray(rows, dtype=np.int64).T
+    return EventIndex(*cols, num_episodes=len(source))
+
+
+def dataset_fingerprint(dataset_dir: str, split: str) -> dict[str, Any]:
+    """What an index is valid for: the split, its episode count and a hash of the dataset's
+    identity and shard layout in `dataset_info.json` (read in O(1), no episode is opened)."""
+    info = json.loads((epath.Path(dataset_dir) / "dataset_info.json").read_text())
+    entry = next((x for x in info.get("splits", []) if x.get("name") == split), None)
+    if entry is None:
+        raise ValueError(f"{dataset_dir} has no split '{split}' in dataset_info.json")
+    ident = {k: info.get(k) for k in ("name", "configName", "version")}
+    digest = hashlib.sha256(json.dumps({**ident, "split": entry}, sort_keys=True).encode())
+    return {"split": split, "num_episodes": sum(int(n) for n in entry.get("shardLengths", [])),
+            "dataset_info": digest.hexdigest()[:16]}
+
+
+def build_command(dataset_dir: str, split: str, num_clusters: int | None = None) -> str:
+    """The command line that (re)builds the index of `split`."""
+    k = "" if num_clusters is None else f" --clusters {num_clusters}"
+    return f"python -m wallwm_jax.data.event_index {dataset_dir} --split {split}{k}"
 
 
 # ----------------------------------------------------------------------------- reading
@@ -113,7 +156,7 @@ def caption_features(captions: list[str], dims: int, seed: int) -> np.ndarray:
 
 def build_event_index(dataset_dir: str, split: str = "train", *, num_clusters: int = 16,
                       text_dims: int = 16, traj_points: int = 8, text_weight: float = 0.5,
-                      norm_mode: str = "mean_std", seed: int = 0) -> EventIndexTable:
+                      norm_mode: str = "mean_std", seed: int = 0) -> EventIndex:
     """Scan `split` once (no image decoding), embed every event and cluster with k-means."""
     from sklearn.cluster import KMeans
 
@@ -144,14 +187,16 @@ def build_event_index(dataset_dir: str, split: str = "train", *, num_clusters: i
                                 axis=1).astype(np.float32)
     kmeans = KMeans(n_clusters=num_clusters, n_init=10, random_state=seed)
     cluster = kmeans.fit_predict(embeddings.astype(np.float64))
+    fingerprint = dataset_fingerprint(dataset_dir, split)
     args = dict(num_clusters=num_clusters, text_dims=text_dims, traj_points=traj_points,
                 text_weight=text_weight, norm_mode=norm_mode, seed=seed)
-    return EventIndexTable(
+    return EventIndex(
         episode=np.asarray(episode, np.int64), event=np.asarray(event, np.int64),
         start=np.asarray(start, np.int64), end=np.asarray(end, np.int64),
         phase=np.asarray(phase, str), caption=np.asarray(caption, str),
         task=np.asarray(task, str), cluster=np.asarray(cluster, np.int64),
-        embeddings=embeddings, num_episodes=num_episodes, split=split, build_args=args)
+        embeddings=embeddings, num_episodes=num_episodes, split=split, build_args=args,
+        fingerprint=fingerprint)
 
 
 # ----------------------------------------------------------------------------- storage
@@ -163,37 +208,109 @@ def index_paths(dataset_dir: str, split: str) -> tuple[str, str]:
     return f"{base}.npz", f"{base}.json"
 
 
-def save(table: EventIndexTable, path: str) -> str:
-    """Store `table` next to its dataset (`path` = the dataset dir) or at `path` (.npz);
-    atomically, so a crash never leaves a half-written index. Returns the .npz path."""
+def _write(path: epath.Path, data: bytes) -> None:
+    """Whole-file write through etils.epath (local disk, gs://, ...): to a name unique to
+    this writer, then renamed, so a reader never sees half a file."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def save(table: EventIndex, path: str) -> str:
+    """Store `table` next to its dataset (`path` = the dataset dir) or at `path` (.npz).
+    Only JAX process 0 writes (the others return the path at once). Returns the .npz path."""
     path = os.fspath(path)
     npz_path = path if path.endswith(".npz") else index_paths(path, table.split)[0]
     json_path = npz_path[:-len(".npz")] + ".json"
+    if _process_index() != 0:
+        return npz_path
     meta = {"format": INDEX_FORMAT, "split": table.split, "num_episodes": table.num_episodes,
             "num_events": len(table), "embedding_dim": int(table.embeddings.shape[1]),
-            "build_args": table.build_args}
-    tmp = f"{npz_path}.tmp{os.getpid()}.npz"  # unique: parallel sweep trials may race
-    np.savez(tmp, **{name: getattr(table, name) for name in _ARRAY_COLUMNS})
-    os.replace(tmp, npz_path)
-    with open(f"{json_path}.tmp{os.getpid()}", "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(f"{json_path}.tmp{os.getpid()}", json_path)
+            "build_args": table.build_args, "fingerprint": table.fingerprint}
+    buf = io.BytesIO()
+    np.savez(buf, **{name: getattr(table, name) for name in _ARRAY_COLUMNS})
+    _write(epath.Path(npz_path), buf.getvalue())
+    _write(epath.Path(json_path), json.dumps(meta, indent=1).encode())
     return npz_path
 
 
+def _process_index() -> int:
+    import jax  # only to know which process writes
+
+    return jax.process_index()
+
+
+def build_all(dataset_dir: str, *, num_clusters: int = DEFAULT_CLUSTERS,
+              splits: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Build and store the index of every split (k capped at the split's event count), as
+    the dataset builders do when a dataset is built or converted. Returns {split: path}."""
+    info = json.loads((epath.Path(dataset_dir) / "dataset_info.json").read_text())
+    names = splits or tuple(x["name"] for x in info.get("splits", []))
+    out = {}
+    for split in names:
+        source = open_dataset(dataset_dir, split)
+        if len(source) == 0:
+            continue  # an empty split has nothing to sample
+        events = len(scan_events(source))
+        table = build_event_index(dataset_dir, split, num_clusters=min(num_clusters, events))
+        out[split] = save(table, dataset_dir)
+    return out
+
+
+def ensure_built(dataset_dir: str, *, num_clusters: int = DEFAULT_CLUSTERS) -> dict[str, str]:
+    """`build_all` for the splits whose index is missing or stale (the builders call this
+    last, so a reused dataset gets its index too). Returns {split: path} of those built."""
+    info = json.loads((epath.Path(dataset_dir) / "dataset_info.json").read_text())
+    todo = []
+    for split in (x["name"] for x in info.get("splits", [])):
+        try:
+            current = load_event_index(dataset_dir, split, check_dataset=False)
+            if current.fingerprint == dataset_fingerprint(dataset_dir, split):
+                continue
+        except (FileNotFoundError, ValueError):
+            pass
+        todo.append(split)
+    return build_all(dataset_dir, num_clusters=num_clusters, splits=tuple(todo)) if todo else {}
+
+
+def load_for_training(dataset_dir: str, split: str, num_clusters: int) -> EventIndex:
+    """The stored index of `split`, checked against the dataset (fingerprint) and against
+    `data.num_clusters` without scanning the episodes; never builds or writes anything."""
+    npz_path, _ = index_paths(dataset_dir, split)
+    try:
+        table = load_event_index(dataset_dir, split, check_dataset=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"no event index for split '{split}' of {dataset_dir} ({npz_path}); training "
+            f"reads it and never builds it. Build it with "
+            f"`{build_command(dataset_dir, split, num_clusters)}`") from None
+    now = dataset_fingerprint(dataset_dir, split)
+    want_k = min(int(num_clusters), len(table))
+    if table.fingerprint != now:
+        raise ValueError(f"stale event index {npz_path}: built for {table.fingerprint}, the "
+                         f"dataset is now {now}; rebuild it with "
+                         f"`{build_command(dataset_dir, split, want_k)}`")
+    have_k = table.build_args.get("num_clusters")
+    if have_k != want_k:
+        raise ValueError(f"data.num_clusters={num_clusters} but the event index {npz_path} "
+                         f"has {have_k} clusters: rebuild it with "
+                         f"`{build_command(dataset_dir, split, want_k)}` or set "
+                         f"--config.data.num_clusters={have_k}")
+    return table
+
+
 def load_event_index(dataset_dir: str, split: str = "train", *,
-                     check_dataset: bool = True) -> EventIndexTable:
+                     check_dataset: bool = True) -> EventIndex:
     """Read the stored index of `split`; with `check_dataset`, scan the split (no image decode)
     and raise ValueError naming the file when its rows are not the dataset's events."""
     npz_path, json_path = index_paths(dataset_dir, split)
     for path in (npz_path, json_path):
-        if not os.path.exists(path):
+        if not epath.Path(path).exists():
             raise FileNotFoundError(
                 f"event index not found: expected {path}; build it with "
                 f"`python -m wallwm_jax.data.event_index {dataset_dir} --split {split}`")
-    with open(json_path) as f:
-        meta = json.load(f)
-    with np.load(npz_path, allow_pickle=False) as z:
+    meta = json.loads(epath.Path(json_path).read_text())
+    with np.load(io.BytesIO(epath.Path(npz_path).read_bytes()), allow_pickle=False) as z:
         missing = [name for name in _ARRAY_COLUMNS if name not in z]
         if missing:
             raise ValueError(f"{npz_path}: column '{missing[0]}' missing; rebuild the index")
@@ -203,15 +320,15 @@ def load_event_index(dataset_dir: str, split: str = "train", *,
         raise ValueError(f"{json_path} does not describe {npz_path} (format "
                          f"{meta.get('format')}, split {meta.get('split')!r}, "
                          f"{meta.get('num_events')} events vs {len(cols['episode'])} rows); "
-                         "rebuild the index")
-    table = EventIndexTable(**cols, num_episodes=int(meta["num_episodes"]), split=split,
-                            build_args=meta["build_args"])
+                         f"rebuild it with `{build_command(dataset_dir, split)}`")
+    table = EventIndex(**cols, num_episodes=int(meta["num_episodes"]), split=split,
+                       build_args=meta["build_args"], fingerprint=meta.get("fingerprint", {}))
     if check_dataset:
         _check_matches_dataset(table, dataset_dir, npz_path)
     return table
 
 
-def _check_matches_dataset(table: EventIndexTable, dataset_dir: str, npz_path: str) -> None:
+def _check_matches_dataset(table: EventIndex, dataset_dir: str, npz_path: str) -> None:
     rows, num_episodes = [], 0
     for e, ep in enumerate(read_episodes_without_images(dataset_dir, table.split)):
         num_episodes += 1
@@ -221,20 +338,20 @@ def _check_matches_dataset(table: EventIndexTable, dataset_dir: str, npz_path: s
              f"{len(table)} events, the dataset split '{table.split}' has {num_episodes} "
              f"episodes / {len(rows)} events")
     if num_episodes != table.num_episodes or len(rows) != len(table):
-        raise ValueError(f"{stale}; rebuild the index")
+        raise ValueError(f"{stale}; rebuild it with `{build_command(dataset_dir, table.split)}`")
     stored = np.stack([table.episode, table.event, table.start, table.end], axis=1)
     diff = np.flatnonzero((stored != np.asarray(rows, np.int64)).any(axis=1))
     if diff.size:
         r = int(diff[0])
         raise ValueError(f"{stale}, but row {r} is (episode, event, start, end) = "
                          f"{tuple(stored[r].tolist())} in the index and {rows[r]} in the "
-                         "dataset; rebuild the index")
+                         f"dataset; rebuild it with `{build_command(dataset_dir, table.split)}`")
 
 
 # ----------------------------------------------------------------------------- summary
 
 
-def summarize(table: EventIndexTable) -> dict:
+def summarize(table: EventIndex) -> dict:
     """Events, cluster sizes, effective clusters exp(H) and phase purity of the clusters."""
     from wallwm_jax.data.balance import cluster_report, event_sampling_probabilities
 
@@ -276,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset_dir", help="dataset version dir (has dataset_info.json)")
     parser.add_argument("--split", default="train")
-    parser.add_argument("--clusters", type=int, default=16)
+    parser.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
     parser.add_argument("--text-dims", type=int, default=16)
     parser.add_argument("--traj-points", type=int, default=8)
     parser.add_argument("--text-weight", type=float, default=0.5)

@@ -9,7 +9,6 @@ so the hosts' shares are disjoint, cover the batch, and assemble in global order
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import OrderedDict
 from typing import Any
 
@@ -24,36 +23,10 @@ from wallwm_jax.data import statistics
 from wallwm_jax.data.augment import augment_frame, check_augment
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
+from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
 from wallwm_jax.data.tokenizer import Tokenizer
 
 _MAX_SAMPLES = 2**40  # effectively infinite; sampling is with replacement
-
-
-@dataclasses.dataclass(frozen=True)
-class EventIndex:
-    """One row per event of a dataset split (episode number, event number, start, end)."""
-
-    episode: np.ndarray  # int64 [N]
-    event: np.ndarray  # int64 [N]
-    start: np.ndarray  # int64 [N]
-    end: np.ndarray  # int64 [N], exclusive
-
-    def __len__(self) -> int:
-        return len(self.episode)
-
-
-def scan_events(source: EpisodeSource) -> EventIndex:
-    """Scan every episode of `source` once and list its events (no clusters; see
-    `wallwm_jax.data.event_index` for the stored index with embeddings and clusters)."""
-    rows = []
-    for e in range(len(source)):
-        ep = source[e]
-        for k, (s, t) in enumerate(zip(ep["events/start"], ep["events/end"], strict=True)):
-            rows.append((e, k, int(s), int(t)))
-    if not rows:
-        raise ValueError(f"dataset {source.dataset_dir} has no events to sample from")
-    cols = np.asarray(rows, dtype=np.int64).T
-    return EventIndex(*cols)
 
 
 def duration_bin(remaining: int, edges: tuple[int, ...]) -> int:
@@ -242,10 +215,12 @@ class InputPipeline:
     per_host_batch: int
     samplers: list[EventSampler] = dataclasses.field(default_factory=list)  # one per dataset
 
-    _counts: np.ndarray | None = None
+    _counts: np.ndarray | None = None  # running counts of the clusters drawn so far
+    _target: tuple[np.ndarray, float] | None = None  # target frequencies and exp(H), once
 
     def observe(self, batch: dict[str, np.ndarray]) -> None:
-        """Count the clusters of a drawn batch (primary dataset), for `sampling_metrics`."""
+        """Add the clusters of a drawn batch (primary dataset; only its `cluster` and
+        `dataset` fields are read) to the running counts behind `sampling_metrics`."""
         if self.sampler.event_probs is None:
             return
         if self._counts is None:
@@ -253,8 +228,8 @@ class InputPipeline:
         ids = np.asarray(batch["cluster"])
         if "dataset" in batch:
             ids = ids[np.asarray(batch["dataset"]) == 0]
-        ids = ids[ids >= 0]
-        self._counts += np.bincount(ids, minlength=len(self._counts))[:len(self._counts)]
+        ids = ids[(ids >= 0) & (ids < len(self._counts))]
+        np.add.at(self._counts, ids, 1)  # O(batch), not O(clusters)
 
     def sampling_metrics(self) -> dict[str, float]:
         """`data/cluster_kl` (realised vs target cluster frequencies over the batches
@@ -263,11 +238,14 @@ class InputPipeline:
 
         if self.sampler.event_probs is None or self._counts is None:
             return {}
-        target = np.bincount(self.sampler.cluster, weights=self.sampler.event_probs,
-                             minlength=len(self._counts))
-        h = -np.sum(target[target > 0] * np.log(target[target > 0]))
+        if self._target is None:  # over every event: once, not at every log step
+            target = np.bincount(self.sampler.cluster, weights=self.sampler.event_probs,
+                                 minlength=len(self._counts))
+            h = -np.sum(target[target > 0] * np.log(target[target > 0]))
+            self._target = (target, float(np.exp(h)))
+        target, effective = self._target
         return {"data/cluster_kl": balance.frequency_kl(self._counts, target),
-                "data/effective_clusters": float(np.exp(h))}
+                "data/effective_clusters": effective}
 
     def cluster_report(self) -> dict[str, Any] | None:
         """Cluster sizes, target frequencies and exp(H) of the primary dataset's balanced
@@ -338,32 +316,17 @@ def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
 
 
 def _balanced_index(source: EpisodeSource, split: str, data_cfg: ml_collections.ConfigDict):
-    """(EventIndex, per-event probabilities, cluster ids) from the stored event index of the
-    dataset, balanced with `data.balance_alpha`. The index is (re)built and stored next to
-    the dataset when it is missing, stale, or was built with another k (k is capped at the
-    number of events)."""
-    from wallwm_jax.data import balance, event_index
+    """(EventIndex, per-event probabilities, cluster ids) from the event index stored with
+    the dataset, balanced with `data.balance_alpha`. Read only: a missing or stale index, or
+    one with another k than `data.num_clusters`, raises with the command that builds it."""
+    from wallwm_jax.data import balance
 
-    dataset_dir = source.dataset_dir
-    scanned = scan_events(source)
-    k = min(int(data_cfg.num_clusters), len(scanned))
-    npz_path, _ = event_index.index_paths(dataset_dir, split)
-    table = None
-    if os.path.exists(npz_path):
-        table = event_index.load_event_index(dataset_dir, split, check_dataset=False)
-        rows = table.as_event_index()
-        same = all(np.array_equal(getattr(rows, f), getattr(scanned, f))
-                   for f in ("episode", "event", "start", "end"))
-        if not same or table.build_args.get("num_clusters") != k:
-            print(f"event index: {npz_path} is stale or has another k: rebuilding (k={k})")
-            table = None
-    if table is None:
-        print(f"event index: building {npz_path} (k={k}); "
-              f"`python -m wallwm_jax.data.event_index` builds it ahead of time")
-        table = event_index.build_event_index(dataset_dir, split, num_clusters=k)
-        event_index.save(table, dataset_dir)
+    table = load_for_training(source.dataset_dir, split, int(data_cfg.num_clusters))
+    if table.num_episodes != len(source):
+        raise ValueError(f"the event index of {source.dataset_dir} has {table.num_episodes} "
+                         f"episodes, the dataset {len(source)}; rebuild it")
     probs = balance.event_sampling_probabilities(table.cluster, data_cfg.balance_alpha)
-    return table.as_event_index(), probs, np.asarray(table.cluster, np.int32)
+    return table, probs, np.asarray(table.cluster, np.int32)
 
 
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int,

@@ -103,17 +103,47 @@ def remat_policy(name: str):
     return REMAT_POLICIES[name]
 
 
-def attention_impl(name: str) -> str | None:
-    """`config.model.attention` -> `jax.nn.dot_product_attention`'s implementation argument."""
+ACCELERATORS = ("gpu", "cuda", "tpu")  # platforms where bf16 compute is native
+
+
+def _platform(platform: str | None) -> str:
+    return (platform or jax.default_backend()).lower()
+
+
+def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
+    """`config.model.dtype` -> the compute dtype; "auto" is bfloat16 on GPU/TPU (fp32
+    params, bf16 matmuls: the peak MFU is quoted against) and float32 on CPU, where bf16 is
+    emulated and slower. `platform` defaults to `jax.default_backend()`."""
+    if name == "auto":
+        return jnp.dtype(jnp.bfloat16 if _platform(platform) in ACCELERATORS else jnp.float32)
+    return jnp.dtype(name)
+
+
+def resolve_attention(name: str, dtype: Any, head_dim: int,
+                      platform: str | None = None) -> str:
+    """`config.model.attention` -> "xla" | "cudnn". "auto" is cuDNN flash attention on an
+    NVIDIA GPU when it applies (bf16/fp16 inputs, head_dim a multiple of 8 and <= 128),
+    else XLA's. (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
     if name not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention='{name}' is not one of {sorted(ATTENTION_IMPLS)}")
-    return ATTENTION_IMPLS[name]
+    if name != "auto":
+        return name
+    fits = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+            and head_dim % 8 == 0 and head_dim <= 128)
+    return "cudnn" if _platform(platform) in ("gpu", "cuda") and fits else "xla"
+
+
+def attention_impl(name: str, dtype: Any = jnp.float32, head_dim: int = 64,
+                   platform: str | None = None) -> str:
+    """`config.model.attention` -> `jax.nn.dot_product_attention`'s implementation argument
+    for attention of this compute dtype and head size (see `resolve_attention`)."""
+    return resolve_attention(name, dtype, head_dim, platform)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
               mask: jax.Array | None = None, *, implementation: str | None = None) -> jax.Array:
-    """Softmax attention via `jax.nn.dot_product_attention`: implementation None picks cuDNN
-    on GPU when it applies and XLA otherwise; "xla" / "cudnn" force one (cuDNN: GPU only).
+    """Softmax attention via `jax.nn.dot_product_attention`: implementation "xla" or "cudnn"
+    (GPU only; `resolve_attention` picks it for "auto"); None is XLA's.
 
     q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: bool [B, T, S] or None.
     Returns [B, T, N, H].

@@ -21,6 +21,7 @@ from wallwm_jax.models.layers import (
     apply_rope,
     attention,
     attention_impl,
+    compute_dtype,
     constrain_activation,
     dense,
     remat_policy,
@@ -87,7 +88,7 @@ class MoTLayer(nn.Module):
         mask: bool [B, Nv + Na, Nc + Nv + Na] (queries: present tokens; keys: cache first).
         Returns the new xs and the VLM (k, v) of this layer (cache + new VLM tokens) or None.
         """
-        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        cfg, dtype = self.cfg, compute_dtype(self.cfg.dtype)
         common = dict(num_heads=cfg.num_heads, num_kv_heads=cfg.num_kv_heads,
                       head_dim=cfg.head_dim, dtype=dtype)
         experts = (
@@ -111,7 +112,8 @@ class MoTLayer(nn.Module):
                          jnp.concatenate(vs, 1)[:, :n_vlm_keys])
         out = attention(jnp.concatenate(qs, 1), jnp.concatenate(ks, 1),
                         jnp.concatenate(vs, 1), mask,
-                        implementation=attention_impl(cfg.get("attention", "auto")))
+                        implementation=attention_impl(cfg.get("attention", "auto"),
+                                                      dtype, cfg.head_dim))
         new_xs, start = [], 0
         for expert, x in zip(experts, xs, strict=True):
             if x is None:
@@ -154,7 +156,7 @@ class MoTDecoder(nn.Module):
                 caches.append(kv)
             new_cache = None if x_vlm is None else jax.tree.map(
                 lambda *c: jnp.stack(c), *caches)
-        dtype = jnp.dtype(cfg.dtype)
+        dtype = compute_dtype(cfg.dtype)
         if x_vlm is not None:
             x_vlm = rms_norm("embed", dtype, name="backbone_norm")(x_vlm)
         if x_act is not None:

@@ -20,6 +20,7 @@ import optax
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.models.layers import (
     attention_impl,
+    compute_dtype,
     constrain_activation,
     dense,
     partitioned,
@@ -66,11 +67,12 @@ class WallWM(nn.Module):
     cfg: Any  # FrozenConfigDict of config.model
 
     def setup(self) -> None:
-        cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+        cfg, dtype = self.cfg, compute_dtype(self.cfg.dtype)
         self.vit = ViT(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
                        cfg.vit_mlp_dim, cfg.width, dtype, scan=cfg.scan_layers,
                        remat_policy=cfg.remat_policy,
-                       attention_impl=attention_impl(cfg.get("attention", "auto")),
+                       attention_impl=attention_impl(cfg.get("attention", "auto"), dtype,
+                                                     cfg.vit_width // cfg.vit_heads),
                        cameras=cfg.get("cameras", 1))
         self.embedder = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
                                  embedding_init=partitioned(nn.initializers.normal(0.02),
@@ -218,7 +220,7 @@ class WallWM(nn.Module):
         padding (id 0), as in `_layout`. Returns logits f32 [B, vocab] for the next token and
         this token's (k, v), each [L, B, 1, K, H], for the caller to write into the cache.
         """
-        x = self.embedder(tokens).astype(jnp.dtype(self.cfg.dtype))
+        x = self.embedder(tokens).astype(compute_dtype(self.cfg.dtype))
         mask = jnp.concatenate([cache_mask, tokens != 0], axis=1)[:, None, :]
         h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
         logits = self.lm_logits(h[:, 0]).astype(jnp.float32)

@@ -1,4 +1,8 @@
-"""Build the configured optimizer (AdamW or Muon) with warmup-cosine schedule and clipping."""
+"""Build the configured optimizer (AdamW, Muon or optax's Muon) with schedule and clipping.
+
+Settings live in `config.optimizer`: `b1`, `b2`, `eps` (AdamW, and Muon's AdamW group) and
+`muon.*` (momentum, nesterov, ns_steps, ns_dtype, adjust_lr, rules); see `docs/optimizers.md`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from typing import Any
 
 import ml_collections
 import optax
+
+OPTIMIZERS = ("adamw", "muon", "optax_muon")
 
 
 def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict,
@@ -19,18 +25,65 @@ def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict,
         decay_steps=max(total_steps, warmup + 1), end_value=0.1 * opt_cfg.learning_rate)
 
 
+def muon_settings(opt_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+    """`optimizer.muon` (plus the AdamW betas/eps) as keyword arguments of `optim.muon`."""
+    from wallwm_jax.optim.routing import DEFAULT_RULES
+
+    m = opt_cfg.get("muon") or ml_collections.ConfigDict()
+    adjust = m.get("adjust_lr", "original")
+    rules = m.get("rules") or DEFAULT_RULES
+    return dict(momentum=float(m.get("momentum", 0.95)), nesterov=bool(m.get("nesterov", True)),
+                ns_steps=int(m.get("ns_steps", 5)), ns_dtype=str(m.get("ns_dtype", "bfloat16")),
+                adjust_lr=None if adjust in (None, "none", "") else adjust,
+                rules=tuple((str(p), str(g)) for p, g in rules),
+                adam_b1=float(opt_cfg.get("b1", 0.9)), adam_b2=float(opt_cfg.get("b2", 0.95)),
+                adam_eps=float(opt_cfg.get("eps", 1e-8)))
+
+
 def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int,
-                   logical_axes: Any = None) -> optax.GradientTransformation:
-    """`optimizer.name` in {'adamw', 'muon'} -> clipped optax transformation."""
+                   logical_axes: Any = None, shardings: Any = None
+                   ) -> optax.GradientTransformation:
+    """`optimizer.name` in OPTIMIZERS -> clipped optax transformation.
+
+    `shardings` (the params' NamedShardings) lets Muon spread Newton–Schulz over the mesh
+    instead of all-gathering every matrix; the train step always passes them.
+    `optax_muon` is `optax.contrib.muon` with the same routing, kept as a reference.
+    """
     schedule = learning_rate_schedule(opt_cfg, total_steps)
+    b1, b2, eps = (float(opt_cfg.get("b1", 0.9)), float(opt_cfg.get("b2", 0.95)),
+                   float(opt_cfg.get("eps", 1e-8)))
     if opt_cfg.name == "adamw":
-        base = optax.adamw(schedule, b1=0.9, b2=0.95, weight_decay=opt_cfg.weight_decay)
+        base = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=opt_cfg.weight_decay)
     elif opt_cfg.name == "muon":
         from wallwm_jax.optim.muon import muon
 
-        base = muon(schedule, weight_decay=opt_cfg.weight_decay, logical_axes=logical_axes)
+        base = muon(schedule, weight_decay=opt_cfg.weight_decay, logical_axes=logical_axes,
+                    shardings=shardings, **muon_settings(opt_cfg))
+    elif opt_cfg.name == "optax_muon":
+        base = _optax_muon(schedule, opt_cfg, logical_axes)
     else:
-        raise ValueError(f"optimizer.name='{opt_cfg.name}' must be 'adamw' or 'muon'")
+        raise ValueError(f"optimizer.name='{opt_cfg.name}' must be one of {OPTIMIZERS}")
     if opt_cfg.grad_clip and opt_cfg.grad_clip > 0:
         return optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip), base)
     return base
+
+
+def _optax_muon(schedule: optax.Schedule, opt_cfg: ml_collections.ConfigDict,
+                logical_axes: Any) -> optax.GradientTransformation:
+    """`optax.contrib.muon` routed like ours (same matrices, same AdamW group)."""
+    import jax
+
+    from wallwm_jax.optim.routing import plan_params
+
+    kw = muon_settings(opt_cfg)
+    if logical_axes is None:
+        raise ValueError("optimizer.name='optax_muon' needs the params' logical axes")
+    plans = plan_params(logical_axes, kw["rules"], logical_axes=logical_axes)
+    dims = jax.tree.map(
+        lambda pl: (optax.contrib.MuonDimensionNumbers(pl.in_axes, pl.out_axes)
+                    if pl.group == "muon" else None), plans)
+    return optax.contrib.muon(schedule, ns_steps=kw["ns_steps"], beta=kw["momentum"],
+                              nesterov=kw["nesterov"], eps=1e-7, adam_b1=kw["adam_b1"],
+                              adam_b2=kw["adam_b2"], adam_eps_root=0.0,
+                              weight_decay=opt_cfg.weight_decay,
+                              muon_weight_dimension_numbers=dims)
