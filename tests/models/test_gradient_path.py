@@ -1,4 +1,4 @@
-"""The action loss reaches the backbone weights (DESIGN.md section 4): jax.grad of the
+"""The action loss reaches the backbone weights (docs/model.md): jax.grad of the
 flow-matching term w.r.t. backbone kernels is non-zero and matches central finite differences.
 
 fp32 throughout (the model casts to float32 in several places, so x64 would not buy real

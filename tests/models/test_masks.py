@@ -1,4 +1,4 @@
-"""staircase_mask against a token-by-token reference written from the rules in DESIGN.md §4."""
+"""staircase_mask against a token-by-token reference written from the rules in docs/model.md."""
 
 import numpy as np
 import pytest

@@ -2,7 +2,7 @@
 
 The Staircase property is tested on the real network, not just the mask: changing caption
 k+1 leaves the velocities of every step in events <= k bit-identical, and changes those of
-event k+1 (DESIGN.md section 4).
+event k+1 (docs/model.md).
 """
 
 import functools

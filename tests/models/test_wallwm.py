@@ -114,7 +114,7 @@ def _stack_loop_layers(loop_params, depth, vit_depth):
 
 
 def test_scan_loop_and_remat_agree_and_action_loss_reaches_backbone(tiny_cfg, tiny_batch):
-    # Action loss only: the gradient-continuous path (DESIGN.md section 4) must move the
+    # Action loss only: the gradient-continuous path (docs/model.md) must move the
     # backbone and the token embeddings, through the caption/instruction keys and values.
     tiny_cfg.loss_weights = ml_collections.ConfigDict(
         dict(action=1.0, caption=0.0, duration=0.0, world=0.0))

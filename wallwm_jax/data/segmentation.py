@@ -1,7 +1,7 @@
 """Automatic event segmentation of episodes without phase labels, its captions and its score.
 
 Cuts an episode at gripper open/close transitions, end-effector speed minima and jumps of the
-commanded motion (DESIGN.md §5), names each event from its motion primitive, and scores
+commanded motion (docs/segmentation.md), names each event from its motion primitive, and scores
 boundaries against ground truth (precision/recall/F1 at a tolerance). `python -m` prints that
 score per task on a built dataset or on fresh MetaWorld expert rollouts.
 """

@@ -8,6 +8,7 @@ task, group and overall with Wilson 95% intervals) and OUT/pictures/ for `--vide
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import warnings
 
@@ -72,6 +73,8 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Entry point: user errors print one line and exit 2 (tracebacks with --traceback)."""
+    # SIGTERM unwinds like Ctrl-C, so episode worker processes are stopped with the run.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         app.run(main)
     except (ValueError, FileNotFoundError) as err:

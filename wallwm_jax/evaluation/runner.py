@@ -9,7 +9,6 @@ gives, in the same order.
 from __future__ import annotations
 
 import base64
-import concurrent.futures as cf
 import dataclasses
 import json
 import multiprocessing
@@ -229,11 +228,14 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
             pbar.update(1)
     else:
         ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-        with cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(spec, scratch)) as pool:
-            for record in pool.map(_worker_job, jobs):
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec, scratch))
+        try:
+            for record in pool.imap(_worker_job, jobs):  # in job order
                 episodes.append(record)
                 pbar.update(1)
+        finally:  # also on an interrupt: no worker outlives the run
+            pool.terminate()
+            pool.join()
     pbar.close()
     planner = spec.planner if mode == "event" else None
     results = {

@@ -9,7 +9,7 @@ reached.
 
 Positions and masks equal those of the training forward (`WallWM._layout`): slot k's token i
 sits at P + k * Lc + i, padding is never attended, so the cached logits equal the uncached
-ones. `staircase_decode` is unified-mode inference (DESIGN.md §4): caption k, then caption
+ones. `staircase_decode` is unified-mode inference (docs/model.md): caption k, then caption
 k+1 while the predicted remaining duration is shorter than the chunk, then one denoising pass.
 """
 

@@ -1,4 +1,4 @@
-"""Attention masks for the joint [prefix | captions | action steps] sequence (DESIGN.md §4).
+"""Attention masks for the joint [prefix | captions | action steps] sequence (docs/model.md).
 
 `staircase_mask` is the static structure (numpy, built once per shape); `with_padding` adds
 the per-example padding of prefix/caption tokens on device. True = the row may attend to the
