@@ -59,20 +59,29 @@ def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[s
     return params, config, norm_stats, os.path.join(export_dir, "tokenizer.model")
 
 
-def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | None = None) -> str:
-    """Turn a training checkpoint (params + assets items) into an export bundle."""
+def read_checkpoint(checkpoint_dir: str, step: int | None = None
+                    ) -> tuple[Any, ml_collections.ConfigDict, dict[str, Any], bytes]:
+    """(params, config, norm_stats, tokenizer model bytes) of a training checkpoint step
+    (latest finished when `step` is None), params on this process's device."""
     import base64
-    import tempfile
 
     assets = ckpt.read_assets(checkpoint_dir, step)
     config = ckpt.config_from_json(assets["config"])
     abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
     params = ckpt.restore_params(checkpoint_dir, abstract, step)
+    return params, config, assets["norm_stats"], base64.b64decode(assets["tokenizer_model_b64"])
+
+
+def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | None = None) -> str:
+    """Turn a training checkpoint (params + assets items) into an export bundle."""
+    import tempfile
+
+    params, config, norm_stats, tokenizer = read_checkpoint(checkpoint_dir, step)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer_path = os.path.join(tmp, "tokenizer.model")
         with open(tokenizer_path, "wb") as f:
-            f.write(base64.b64decode(assets["tokenizer_model_b64"]))
-        return export_bundle(export_dir, params, config, assets["norm_stats"], tokenizer_path)
+            f.write(tokenizer)
+        return export_bundle(export_dir, params, config, norm_stats, tokenizer_path)
 
 
 def main() -> None:

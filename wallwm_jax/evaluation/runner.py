@@ -8,7 +8,6 @@ gives, in the same order.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import multiprocessing
@@ -54,7 +53,6 @@ def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
     """The Policy named by `spec` (None for the expert); errors name the missing file."""
     if spec.path == EXPERT:
         return None
-    from wallwm_jax import checkpoint as ckpt
     from wallwm_jax.policy import Policy, load_policy
 
     if not os.path.exists(spec.path):
@@ -75,19 +73,14 @@ def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
     if ckpt_dir is None:
         raise EvaluationError(f"--policy {spec.path} is neither an export bundle (no "
                               "config.json) nor a checkpoint directory (no numbered steps)")
-    import jax
+    from wallwm_jax.export import read_checkpoint
 
-    from wallwm_jax.models import wallwm
-
-    assets = ckpt.read_assets(ckpt_dir, spec.step)
-    config = ckpt.config_from_json(assets["config"])
-    abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
-    params = ckpt.restore_params(ckpt_dir, abstract, spec.step)
+    params, config, norm_stats, tokenizer = read_checkpoint(ckpt_dir, spec.step)
     fd, tok = tempfile.mkstemp(suffix=".model", dir=scratch_dir)
     with os.fdopen(fd, "wb") as f:
-        f.write(base64.b64decode(assets["tokenizer_model_b64"]))
+        f.write(tokenizer)
     try:
-        return Policy(params, config, assets["norm_stats"], tok, mode=spec.mode)
+        return Policy(params, config, norm_stats, tok, mode=spec.mode)
     except ValueError as err:
         raise EvaluationError(str(err)) from None
 
