@@ -1,0 +1,88 @@
+"""How every command line of the package runs: absl flags, quiet logs, one-line user errors.
+
+    if __name__ == "__main__":
+        cli.run(main)
+
+- Logs: warnings and our own progress lines only. Orbax, TFDS, absl and JAX INFO lines (and
+  JAX's "Unable to initialize backend 'tpu'") come back with `--verbosity=0` (INFO) or higher.
+- Errors: a `UserError` (and ValueError / FileNotFoundError, which the library raises for bad
+  input with a message naming the file or field) prints `error: <message>` on stderr and exits
+  2; the traceback is printed only when `--verbosity` is given. Ctrl-C exits 130 and SIGTERM
+  143, both unwinding (`finally` blocks and worker pools run their clean-up).
+"""
+
+from __future__ import annotations
+
+import logging as py_logging
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from absl import app, flags
+from absl import logging as absl_logging
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix (a flag, a path, a config value): printed as one line."""
+
+
+# What counts as bad input: the library raises these with messages written for the user.
+USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFoundError,
+                                                NotADirectoryError, IsADirectoryError,
+                                                PermissionError)
+
+
+def verbose() -> bool:
+    """Whether the user asked for logs and tracebacks (`--verbosity` on the command line)."""
+    fl = flags.FLAGS
+    return "verbosity" in fl and fl["verbosity"].present and fl.verbosity >= 0
+
+
+def quiet_logs() -> None:
+    """Warnings and above from every library, unless `--verbosity` was given."""
+    if verbose():
+        return
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    py_logging.getLogger().setLevel(py_logging.WARNING)
+    for name in ("jax", "jax._src.xla_bridge", "absl", "orbax", "tensorflow_datasets",
+                 "grain"):
+        py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+def fail(message: str) -> NoReturn:
+    """Stop with a user error: `error: <message>` on stderr, exit status 2."""
+    raise UserError(message)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(143)
+
+
+def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True) -> None:
+    """`absl.app.run(main)` with quiet logs and user errors as one line (exit 2).
+
+    `sigterm_unwinds=False` leaves SIGTERM to `main` (training turns it into a checkpoint).
+    """
+
+    def wrapped(argv: list[str]) -> Any:
+        quiet_logs()
+        if sigterm_unwinds:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            return main(argv)
+        except USER_ERRORS as err:
+            if verbose():
+                raise
+            message = str(err).strip() or type(err).__name__
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+        except KeyboardInterrupt:
+            if verbose():
+                raise
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
+
+    app.run(wrapped)
