@@ -71,6 +71,13 @@ def main() -> None:
 
     first = train_and_evaluate(config, args.workdir, stop_after=3)
     second = train_and_evaluate(config, args.workdir)
+    from jax.experimental import multihost_utils
+
+    # The final params, gathered whole onto every process, for the comparison with one process.
+    final = multihost_utils.process_allgather(second["params"], tiled=True)
+    np.savez(os.path.join(args.out, f"params_{args.process_id}.npz"),
+             **{jax.tree_util.keystr(k): np.asarray(v)
+                for k, v in jax.tree_util.tree_leaves_with_path(final)})
     with open(os.path.join(args.out, f"done_{args.process_id}.json"), "w") as f:
         json.dump({"process_count": jax.process_count(),
                    "local_devices": jax.local_device_count(), "devices": jax.device_count(),

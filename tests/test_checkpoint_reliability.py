@@ -175,6 +175,8 @@ def test_sigkill_during_async_save_resumes_from_last_finished(tiny_dataset, stra
     finally:
         _stop(proc)
     assert proc.returncode == -signal.SIGKILL
+    # The kill landed mid-save: the save's tmp dir is still there (a finished save renames it).
+    assert _tmp_dirs(ckpt_dir), "the kill landed after the save had finished; nothing tested"
     finished = _saved_steps(ckpt_dir)
     assert finished and finished[-1] < TOTAL
     print(f"after SIGKILL: finished steps {finished}, tmp dirs {_tmp_dirs(ckpt_dir)}")
@@ -236,12 +238,35 @@ def test_restore_onto_other_mesh(tiny_dataset, tmp_path):
         assert isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
         assert set(x.sharding.device_set) == set(devices)
 
+    # The run that never moved: the same checkpoint continued on the 8-device fsdp mesh.
+    unmoved_dir = tmp_path / "unmoved"
+    shutil.copytree(tmp_path / "checkpoints", unmoved_dir / "checkpoints")
+    config8 = config.copy_and_resolve_references()
+    config8.mesh.data, config8.mesh.fsdp = 1, 8
+    unmoved = train_and_evaluate(config8, str(unmoved_dir), stop_after=3)
+
     # Params, optimizer state and data iterator resume on the 4-device mesh.
     resumed = train_and_evaluate(config, str(tmp_path), stop_after=3, devices=devices)
     assert resumed["first_step"] == 2 and resumed["last_step"] == 3
-    assert np.isfinite(resumed["losses"]).all()
+    assert unmoved["first_step"] == 2 and unmoved["last_step"] == 3
     assert {d for x in jax.tree.leaves(resumed["params"]) for d in x.sharding.device_set} \
         == set(devices)
+    # Step 3 continues like the unmoved run: the same batch (data iterator), step and
+    # optimizer state. The two meshes reduce gradients in another float32 order (fsdp over 8
+    # vs data over 4), so they agree to rounding, not bit for bit: the loss to 1e-6, and the
+    # step's update as a whole to 1%. (Element-wise is not a fair test: Adam turns the
+    # rounding noise of zero-gradient leaves, e.g. attention key biases, into lr-sized
+    # steps.) A wrong batch or optimizer state would miss both by far.
+    np.testing.assert_allclose(resumed["losses"], unmoved["losses"], rtol=1e-6)
+
+    def update(run):
+        return np.concatenate([(np.asarray(a) - np.asarray(b)).ravel() for a, b in
+                               zip(jax.tree.leaves(run["params"]),
+                                   jax.tree.leaves(saved["params"]), strict=True)])
+
+    moved, stayed = update(resumed), update(unmoved)
+    assert np.linalg.norm(stayed) > 0  # step 3 did update the params
+    assert np.linalg.norm(moved - stayed) <= 1e-2 * np.linalg.norm(stayed)
 
 
 def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path):
@@ -259,3 +284,151 @@ def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path
         assert _saved_steps(tmp_path / name / "checkpoints") == [1]
         # Not the source's loss at step 1 (that was random init): a trained model's.
         assert run["losses"][0] < straight["losses"][1], name
+
+
+# ------------------------------------------------------------------ damaged finished steps
+def _largest(step_dir, item):
+    root = os.path.join(step_dir, item, "ocdbt.process_0")
+    files = [os.path.join(r, n) for r, _, ns in os.walk(root) for n in ns]
+    return max(files, key=os.path.getsize)
+
+
+def _truncate(step_dir):
+    path = _largest(step_dir, "params")
+    os.truncate(path, os.path.getsize(path) // 2)
+    return path
+
+
+def _zero(step_dir):
+    path = _largest(step_dir, "train_state")
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size // 4)
+        f.write(b"\0" * (size // 2))
+    return path
+
+
+def _drop_manifest(step_dir):
+    path = os.path.join(step_dir, "params", "manifest.ocdbt")
+    os.remove(path)
+    return path
+
+
+def _empty_iterator_state(step_dir):
+    path = os.path.join(step_dir, "data_iter", "process_0-of-1.json")
+    assert os.path.getsize(path) > 0
+    open(path, "w").close()
+    return path
+
+
+DAMAGE = {"truncated_array_file": _truncate, "zeroed_bytes": _zero,
+          "missing_manifest": _drop_manifest, "empty_iterator_state": _empty_iterator_state}
+
+
+@pytest.fixture(scope="module")
+def two_steps(tiny_dataset, tmp_path_factory):
+    """A run stopped at step 2 with finished checkpoints at steps 1 and 2."""
+    workdir = tmp_path_factory.mktemp("two_steps")
+    config = _config(tiny_dataset, every_steps=1)
+    train_and_evaluate(config, str(workdir), stop_after=2)
+    ckpt_dir = str(workdir / "checkpoints")
+    assert _saved_steps(ckpt_dir) == [1, 2]
+    return {"workdir": workdir, "ckpt_dir": ckpt_dir, "config": config}
+
+
+def _abstract_and_iterator(config):
+    from wallwm_jax.data.pipeline import make_pipeline
+    from wallwm_jax.train_step import make_train_step
+
+    fns = make_train_step(config, sharding.make_mesh(config.mesh))
+    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
+    return fns, pipeline.iterator
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_latest_step_falls_back_to_previous(two_steps, tmp_path, kind, capsys):
+    """Each kind of damage to the newest step: verify_step names the file, restore_latest
+    sets the step aside as 2.corrupt (its damaged bytes kept) and restores step 1 exactly."""
+    ckpt_dir = str(tmp_path / "checkpoints")
+    shutil.copytree(two_steps["ckpt_dir"], ckpt_dir)
+    damaged_file = DAMAGE[kind](os.path.join(ckpt_dir, "2"))
+    kept_bytes = open(damaged_file, "rb").read() if os.path.exists(damaged_file) else None
+
+    damage = ckpt.verify_step(ckpt_dir, 2)
+    assert damage and damage[0].file == damaged_file, damage
+    assert ckpt.verify_step(ckpt_dir, 1) == []
+
+    config = two_steps["config"]
+    fns, data_iter = _abstract_and_iterator(config)
+    manager = ckpt.make_manager(ckpt_dir, config.checkpoint)
+    try:
+        step, params, _ = ckpt.restore_latest(manager, fns.abstract_params,
+                                              fns.abstract_state, data_iter)
+        assert manager.all_steps() == [1]
+    finally:
+        manager.close()
+    assert step == 1
+    warning = capsys.readouterr().out
+    assert "checkpoint step 2 is damaged" in warning and damaged_file in warning
+    assert sorted(os.listdir(ckpt_dir)) == ["1", "2.corrupt"]
+    aside = damaged_file.replace(os.sep + "2" + os.sep, os.sep + "2.corrupt" + os.sep)
+    if kept_bytes is not None:  # never deleted: the damaged file is there, byte for byte
+        assert open(aside, "rb").read() == kept_bytes
+    reference = ckpt.restore_params(two_steps["ckpt_dir"], fns.abstract_params, step=1)
+    _assert_params_equal(params, reference)
+
+
+def test_every_step_damaged_moves_nothing_and_names_the_files(two_steps, tmp_path):
+    ckpt_dir = str(tmp_path / "checkpoints")
+    shutil.copytree(two_steps["ckpt_dir"], ckpt_dir)
+    files = [_truncate(os.path.join(ckpt_dir, "2")),
+             _empty_iterator_state(os.path.join(ckpt_dir, "1"))]
+    fns, data_iter = _abstract_and_iterator(two_steps["config"])
+    manager = ckpt.make_manager(ckpt_dir, two_steps["config"].checkpoint)
+    try:
+        with pytest.raises(ckpt.DamagedCheckpointError) as err:
+            ckpt.restore_latest(manager, fns.abstract_params, fns.abstract_state, data_iter)
+    finally:
+        manager.close()
+    assert all(f in str(err.value) for f in files), str(err.value)
+    assert sorted(os.listdir(ckpt_dir)) == ["1", "2"]
+    # Reading the params of a damaged step (export, evaluation) names the file too.
+    with pytest.raises(ckpt.DamagedCheckpointError, match=files[0]):
+        ckpt.restore_params(ckpt_dir, fns.abstract_params, step=2)
+
+
+def test_intact_step_of_another_model_is_not_set_aside(two_steps, tmp_path):
+    """A restore that fails on an intact step (another model size) is the user's error:
+    raised as is, nothing moved."""
+    ckpt_dir = str(tmp_path / "checkpoints")
+    shutil.copytree(two_steps["ckpt_dir"], ckpt_dir)
+    config = two_steps["config"].copy_and_resolve_references()
+    config.model.width = config.model.width * 2
+    fns, data_iter = _abstract_and_iterator(config)
+    manager = ckpt.make_manager(ckpt_dir, config.checkpoint)
+    try:
+        with pytest.raises(ValueError, match="shape") as err:
+            ckpt.restore_latest(manager, fns.abstract_params, fns.abstract_state, data_iter)
+    finally:
+        manager.close()
+    assert not isinstance(err.value, ckpt.DamagedCheckpointError)
+    assert sorted(os.listdir(ckpt_dir)) == ["1", "2"]
+
+
+def test_cli_resumes_past_a_damaged_step_like_the_straight_run(tiny_dataset, straight,
+                                                               two_steps, tmp_path):
+    """The training command itself: step 2 truncated, the rerun warns, resumes from step 1
+    and ends with the uninterrupted run's params and losses, bit for bit."""
+    workdir = tmp_path / "run"
+    shutil.copytree(two_steps["workdir"], workdir)
+    damaged = _truncate(str(workdir / "checkpoints" / "2"))
+    done = subprocess.run(_cli(workdir, tiny_dataset), cwd=REPO, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "checkpoint step 2 is damaged" in done.stdout and damaged in done.stdout
+    assert "Resumed from checkpoint step 1" in done.stdout
+    assert "2.corrupt" in os.listdir(workdir / "checkpoints")
+    assert _losses_by_step(workdir) == straight["losses"]
+    resumed = ckpt.restore_params(str(workdir / "checkpoints"),
+                                  _host_abstract_params(two_steps["config"]))
+    _assert_params_equal(resumed, straight["params"])

@@ -1,25 +1,55 @@
-"""End-to-end: the demo at its smallest settings, then again in the same workdir (resume)."""
+"""End-to-end: the demo at its smallest settings; then a longer rerun stopped by SIGTERM
+(exit 0, export and summary untouched) and resumed to the end by the same command."""
 
+import hashlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run_demo(workdir):
-    cmd = [sys.executable, "-m", "wallwm_jax.demo", "--workdir", str(workdir),
-           "--tasks", "reach-v3", "--episodes_per_task", "3", "--steps", "4",
-           "--batch_size", "8", "--eval_episodes", "1", "--eval_max_steps", "120",
-           "--image_size", "32", "--build_workers", "1"]
-    env = dict(os.environ, XLA_FLAGS="")  # the demo itself runs on one CPU device
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=900, env=env)
+def _cmd(workdir, steps):
+    return [sys.executable, "-m", "wallwm_jax.demo", "--workdir", str(workdir),
+            "--tasks", "reach-v3", "--episodes_per_task", "3", "--steps", str(steps),
+            "--batch_size", "8", "--eval_episodes", "1", "--eval_max_steps", "120",
+            "--image_size", "32", "--build_workers", "1"]
+
+
+ENV = dict(os.environ, XLA_FLAGS="")  # the demo itself runs on one CPU device
+
+
+def _run_demo(workdir, steps=4):
+    out = subprocess.run(_cmd(workdir, steps), capture_output=True, text=True, cwd=REPO,
+                         timeout=900, env=ENV)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 
 
-def test_demo_end_to_end_and_resume(tmp_path):
+def _digest(directory):
+    """Name -> sha256 of every file under `directory` (what "untouched" means here)."""
+    out = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, directory)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def _last_step(workdir):
+    path = os.path.join(workdir, "run", "metrics.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.endswith("\n")]
+    return max((r["step"] for r in rows), default=0)
+
+
+def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     stdout = _run_demo(tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train_steps"] == "0 -> 4"
@@ -29,7 +59,37 @@ def test_demo_end_to_end_and_resume(tmp_path):
     assert os.path.isdir(summary["export_dir"]) and os.path.isdir(summary["checkpoint_dir"])
     assert summary["fresh_process_chunk"].startswith("shape [")
     assert "| reach-v3 |" in stdout
+    export_before = _digest(summary["export_dir"])
+    summary_before = (tmp_path / "summary.json").read_bytes()
 
-    _run_demo(tmp_path)
+    # A longer run in the same workdir, stopped by SIGTERM while it trains.
+    log = open(tmp_path / "sigterm.log", "w+")  # noqa: SIM115
+    proc = subprocess.Popen(_cmd(tmp_path, 200), cwd=REPO, env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while _last_step(tmp_path) < 6 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log.seek(0)
+    output = log.read()
+    log.close()
+    stopped = _last_step(tmp_path)
+    assert rc == 0, output[-3000:]
+    assert 6 <= stopped < 200, f"SIGTERM did not land during training (step {stopped})"
+    assert f"interrupted during pretraining at step {stopped}" in output, output[-3000:]
+    assert "[3/5]" not in output and "Traceback" not in output
+    assert _digest(summary["export_dir"]) == export_before
+    assert (tmp_path / "summary.json").read_bytes() == summary_before
+    assert str(stopped) in os.listdir(summary["checkpoint_dir"])
+
+    # The same command again resumes from that step and finishes every stage.
+    _run_demo(tmp_path, steps=200)
     again = json.loads((tmp_path / "summary.json").read_text())
-    assert again["train_steps"] == "4 -> 4 (resumed)"
+    assert again["train_steps"] == f"{stopped} -> 200 (resumed)"
+    assert _digest(summary["export_dir"]) != export_before

@@ -116,6 +116,23 @@ def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
     # differently (gloo between processes vs in-process), i.e. float32 summation order.
     np.testing.assert_allclose(done[0]["losses"], reference, rtol=1e-5, atol=1e-6)
 
+    # The final params: both processes hold the same arrays bit for bit, and they equal the
+    # single-process run's up to that summation order (6 steps; a wrong batch, step or
+    # restored optimizer state moves them by far more than the tolerance).
+    finals = [dict(np.load(out / f"params_{i}.npz")) for i in range(2)]
+    single_final = {jax.tree_util.keystr(k): np.asarray(v)
+                    for k, v in jax.tree_util.tree_leaves_with_path(params)}
+    assert sorted(finals[0]) == sorted(finals[1]) == sorted(single_final)
+    init = {jax.tree_util.keystr(k): np.asarray(v) for k, v in
+            jax.tree_util.tree_leaves_with_path(fns.init_fn(
+                jax.random.PRNGKey(tiny_config.seed + 1))[0])}
+    moved = 0
+    for name, value in single_final.items():
+        np.testing.assert_array_equal(finals[0][name], finals[1][name], err_msg=name)
+        np.testing.assert_allclose(finals[0][name], value, rtol=1e-4, atol=1e-6, err_msg=name)
+        moved += not np.allclose(value, init[name], rtol=1e-4, atol=1e-6)
+    assert moved > len(single_final) // 2  # training changed most tensors: the check can fail
+
 
 def test_initialize_distributed_arguments(monkeypatch):
     for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):

@@ -81,13 +81,23 @@ def test_keep_period_keeps_multiples(tiny_config, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
-    train_and_evaluate(tiny_config, str(tmp_path), stop_after=3)
+    """The NaN stop leaves the step-3 checkpoint as it was: listed as the latest, and its
+    params are the step-3 params bit for bit (nothing after the NaN was saved over it)."""
+    before = train_and_evaluate(tiny_config, str(tmp_path), stop_after=3)
     tiny_config.model.loss_weights.world = float("nan")
     with pytest.raises(NonFiniteLossError, match=r"step 4.*loss/world"):
         train_and_evaluate(tiny_config, str(tmp_path))
-    manager = ckpt.make_manager(str(tmp_path / "checkpoints"), tiny_config.checkpoint)
-    assert manager.latest_step() == 3
-    manager.close()
+    ckpt_dir = str(tmp_path / "checkpoints")
+    assert sorted(d for d in os.listdir(ckpt_dir) if d.isdigit()) == ["3"]
+    assert ckpt.verify_step(ckpt_dir, 3) == []
+    local = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                            before["params"])
+    kept = ckpt.restore_params(ckpt_dir, abstract)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(kept),
+                            jax.tree.leaves(before["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                      err_msg=jax.tree_util.keystr(path))
 
 
 def test_restore_into_other_model_size_names_parameter(tiny_config, tmp_path):

@@ -17,8 +17,9 @@ import sys
 import time
 from typing import Any
 
-from absl import app, flags, logging
+from absl import flags
 
+from wallwm_jax import cli
 from wallwm_jax.envs import metaworld as mw  # sets MUJOCO_GL before MuJoCo is imported
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset, run and export go.")
@@ -118,7 +119,6 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
-    logging.set_verbosity(logging.WARNING)  # Orbax/TFDS info lines would bury the progress bars
     from data_builders.metaworld_events import build
     from wallwm_jax.data.episodes import open_dataset
     from wallwm_jax.evaluation.offline import evaluate_offline
@@ -142,6 +142,11 @@ def main(argv: list[str]) -> None:
     run_dir = os.path.join(workdir, "run")
     result = train_and_evaluate(config, run_dir)
     timings["train"] = time.time() - t
+    if result["preempted"]:  # SIGTERM: stop here, leave the last export and summary alone
+        print(f"interrupted during pretraining at step {result['last_step']}: checkpoint in "
+              f"{result['checkpoint_dir']}; export and summary not touched. Run the same "
+              f"command again to resume.")
+        return
 
     t = time.time()
     print("[3/5] offline evaluation on held-out episodes")
@@ -189,4 +194,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+    cli.run(main)

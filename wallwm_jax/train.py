@@ -111,10 +111,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---------------------------------------------------------------- Checkpoint
     manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    start_step = manager.latest_step()
+    # The newest intact step; damaged newer ones are set aside as <step>.corrupt.
+    start_step, params, state = ckpt.restore_latest(manager, step_fns.abstract_params,
+                                                    step_fns.abstract_state, data_iter)
     if start_step is not None:
-        params, state = ckpt.restore(manager, start_step, step_fns.abstract_params,
-                                     step_fns.abstract_state, data_iter)
         print(f"Resumed from checkpoint step {start_step} in {manager.directory}")
     else:
         params, state = step_fns.init_fn(jax.random.PRNGKey(config.seed + 1))
