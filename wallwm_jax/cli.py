@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging as py_logging
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -38,6 +39,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFo
 def verbose() -> bool:
     """Whether the user asked for logs and tracebacks (`--verbosity` on the command line)."""
     fl = flags.FLAGS
+    if not fl.is_parsed():  # flag parsing itself failed: look at the raw command line
+        return any(a.startswith(("--verbosity", "-v=")) or a == "-v" for a in sys.argv[1:])
     return "verbosity" in fl and fl["verbosity"].present and fl.verbosity >= 0
 
 
@@ -55,6 +58,57 @@ def quiet_logs() -> None:
 def fail(message: str) -> NoReturn:
     """Stop with a user error: `error: <message>` on stderr, exit status 2."""
     raise UserError(message)
+
+
+def _config_error(err: BaseException, argv: list[str]) -> str:
+    """One line for an error ml_collections' config flags raise while parsing, instead of
+    its chained tracebacks and escaped strings."""
+    text = str(err)
+    guess = re.search(r'Did you mean \W*"([^"\\]+)\\?" instead of \\?"([^"\\]+)', text)
+    if guess:
+        suggestion, field = guess.groups()
+        arg = next((a.split("=", 1)[0] for a in argv
+                    if a.startswith("--") and f".{field}" in a.split("=", 1)[0]), "")
+        where = f" ({arg})" if arg else ""
+        return f"unknown config field '{field}'{where}; did you mean '{suggestion}'?"
+    if isinstance(err, KeyError | AttributeError):
+        field = text.strip("\"'\\")
+        arg = next((a.split("=", 1)[0] for a in argv
+                    if a.startswith("--") and f".{field}" in a.split("=", 1)[0]), "")
+        return f"unknown config field '{field}'" + (f" ({arg})" if arg else "")
+    missing = re.search(r"No such file or directory: '([^']+)'", text)
+    if "Failed loading config file" in text and missing:
+        return (f"config file '{missing.group(1)}' does not exist (--config takes "
+                f"path/to/config.py[:arg], e.g. experiments/pretrain.py:size=tiny)")
+    if "Error whilst parsing config file" in text:  # the config's own error, last line
+        flag = re.match(r"\s*flag (--\S+): Error whilst", text)
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        last = re.sub(r"^\w+(Error|Exception): ", "", last)
+        return f"{flag.group(1) if flag else '--config'}: {last}"
+    text = text.replace("\\n", " ").replace("\n", " ")
+    return " ".join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose errors (unknown flag, bad value, misspelt config field,
+    missing config file) are one `error:` line and exit 2, or a traceback with --verbosity."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+        if verbose():
+            raise
+        print(f"error: {_config_error(err, argv)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def config_value(name: str = "config") -> Any:
+    """The value of a `config_flags` flag; a config file that failed to load is a UserError
+    (config_flags only reports it on first use, as an OSError)."""
+    value = flags.FLAGS[name].value
+    error = getattr(value, "_error", None) if type(value).__name__ == "_ErrorConfig" else None
+    if error is not None:
+        raise UserError(_config_error(error, sys.argv)) from error
+    return value
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -85,4 +139,4 @@ def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True) -> No
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=parse_flags)
