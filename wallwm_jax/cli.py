@@ -111,14 +111,27 @@ def config_value(name: str = "config") -> Any:
     return value
 
 
+def positional(argv: list[str], *names: str) -> list[str]:
+    """The positional arguments after the program name, exactly `names` of them."""
+    args = list(argv[1:])
+    if len(args) != len(names):
+        got = " ".join(args) if args else "none"
+        raise UserError(f"expected {len(names)} positional argument(s) "
+                        f"{' '.join(names)}, got {got}")
+    return args
+
+
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(143)
 
 
-def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True) -> None:
+def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True,
+        flags_parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
     """`absl.app.run(main)` with quiet logs and user errors as one line (exit 2).
 
     `sigterm_unwinds=False` leaves SIGTERM to `main` (training turns it into a checkpoint).
+    `flags_parser` replaces `parse_flags` where flags depend on the command line (the sweep
+    defines `--config` from `--sweep`).
     """
 
     def wrapped(argv: list[str]) -> Any:
@@ -139,4 +152,4 @@ def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True) -> No
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 
-    app.run(wrapped, flags_parser=parse_flags)
+    app.run(wrapped, flags_parser=flags_parser)

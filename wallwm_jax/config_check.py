@@ -44,12 +44,17 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _int(config, "log_every_steps", low=1)
     _int(config, "eval_every_steps", low=0)
     _choice(config, "on_nonfinite", ON_NONFINITE)
-    _data(config, check_data)
+    _data(config)
     _model(config)
     _optimizer(config)
     _mesh(config)
     _checkpoint(config)
     _eval(config)
+    if check_data:  # last: every field is checked before the slower look at the disk
+        mixture = _get(config, "data.mixture") or ()
+        dirs = [d for d, _ in mixture] or [_get(config, "data.data_dir")]
+        for j, path in enumerate(dirs):
+            check_dataset_dir(path, f"data.mixture[{j}]" if mixture else "data.data_dir")
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -93,7 +98,7 @@ def _number(config: ml_collections.ConfigDict, path: str, low: float | None = No
     return float(value)
 
 
-def _data(config: ml_collections.ConfigDict, check_data: bool) -> None:
+def _data(config: ml_collections.ConfigDict) -> None:
     layout = _choice(config, "data.layout", MODES)
     if layout != config.mode:
         raise UserError(f"config.mode={config.mode!r} but config.data.layout={layout!r}; "
@@ -136,10 +141,6 @@ def _data(config: ml_collections.ConfigDict, check_data: bool) -> None:
     if augment.get("enabled"):
         _number(config, "data.augment.crop_scale", low=0.0, high=1.0, open_low=True)
         _number(config, "data.augment.jitter", low=0.0)
-    if check_data:
-        dirs = [d for d, _ in mixture] or [_get(config, "data.data_dir")]
-        for j, path in enumerate(dirs):
-            check_dataset_dir(path, f"data.mixture[{j}]" if mixture else "data.data_dir")
 
 
 def check_dataset_dir(path: str, field: str = "data.data_dir") -> None:
