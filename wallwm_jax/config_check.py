@@ -51,10 +51,16 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _checkpoint(config)
     _eval(config)
     if check_data:  # last: every field is checked before the slower look at the disk
-        mixture = _get(config, "data.mixture") or ()
-        dirs = [d for d, _ in mixture] or [_get(config, "data.data_dir")]
-        for j, path in enumerate(dirs):
-            check_dataset_dir(path, f"data.mixture[{j}]" if mixture else "data.data_dir")
+        check_datasets(config)
+
+
+def check_datasets(config: ml_collections.ConfigDict) -> None:
+    """Raise `UserError` unless `data.data_dir` (or every `data.mixture` entry) is a built
+    dataset."""
+    mixture = _get(config, "data.mixture") or ()
+    dirs = [d for d, _ in mixture] or [_get(config, "data.data_dir")]
+    for j, path in enumerate(dirs):
+        check_dataset_dir(path, f"data.mixture[{j}]" if mixture else "data.data_dir")
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -204,10 +210,7 @@ def _model(config: ml_collections.ConfigDict) -> None:
 def _optimizer(config: ml_collections.ConfigDict) -> None:
     name = _choice(config, "optimizer.name", OPTIMIZERS)
     _number(config, "optimizer.learning_rate", low=0.0, open_low=True)
-    warmup = _int(config, "optimizer.warmup_steps", low=0)
-    if warmup > config.total_steps:
-        raise UserError(f"config.optimizer.warmup_steps={warmup} is more than "
-                        f"config.total_steps={config.total_steps}")
+    _int(config, "optimizer.warmup_steps", low=0)  # clamped to total_steps - 1 by the schedule
     _number(config, "optimizer.weight_decay", low=0.0)
     _number(config, "optimizer.grad_clip", low=0.0)
     _number(config, "optimizer.b1", low=0.0, high=1.0)

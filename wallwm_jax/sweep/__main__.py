@@ -91,8 +91,9 @@ def main(argv: list[str]) -> None:
     if not FLAGS.sweep or not FLAGS.workdir:
         cli.fail("--sweep and --workdir are required (or --report DIR)")
     try:
+        # Datasets are checked only where trials will run: here (slurm's are on the cluster).
         sweep = load_sweep(FLAGS.sweep, config=cli.config_value("config"),
-                           check_data=not FLAGS.dry_run)
+                           check_data=FLAGS.launcher == "local" and not FLAGS.dry_run)
     except SweepError as e:
         cli.fail(str(e))
     overrides = dict(config_flags.get_override_values(FLAGS["config"]))
