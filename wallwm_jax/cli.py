@@ -55,6 +55,17 @@ def quiet_logs() -> None:
         py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
+def drop_below(level: int, path_part: str) -> py_logging.Filter:
+    """A logging filter that drops records under `level` logged from files whose path holds
+    `path_part` (e.g. TFDS's notices for a local build, which absl routes through 'absl')."""
+
+    class _Drop(py_logging.Filter):
+        def filter(self, record: py_logging.LogRecord) -> bool:
+            return record.levelno >= level or path_part not in record.pathname
+
+    return _Drop()
+
+
 def fail(message: str) -> NoReturn:
     """Stop with a user error: `error: <message>` on stderr, exit status 2."""
     raise UserError(message)
