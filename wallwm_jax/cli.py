@@ -71,9 +71,9 @@ def fail(message: str) -> NoReturn:
     raise UserError(message)
 
 
-def _config_error(err: BaseException, argv: list[str]) -> str:
-    """One line for an error ml_collections' config flags raise while parsing, instead of
-    its chained tracebacks and escaped strings."""
+def describe_flag_error(err: BaseException, argv: list[str]) -> str:
+    """One line for an error absl or ml_collections' config flags raise while parsing (a
+    misspelt field, a missing config file), instead of chained tracebacks and escapes."""
     text = str(err)
     guess = re.search(r'Did you mean \W*"([^"\\]+)\\?" instead of \\?"([^"\\]+)', text)
     if guess:
@@ -108,7 +108,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
         if verbose():
             raise
-        print(f"error: {_config_error(err, argv)}", file=sys.stderr)
+        print(f"error: {describe_flag_error(err, argv)}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
 
 
@@ -118,7 +118,7 @@ def config_value(name: str = "config") -> Any:
     value = flags.FLAGS[name].value
     error = getattr(value, "_error", None) if type(value).__name__ == "_ErrorConfig" else None
     if error is not None:
-        raise UserError(_config_error(error, sys.argv)) from error
+        raise UserError(describe_flag_error(error, sys.argv)) from error
     return value
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
 from absl import flags
@@ -168,8 +167,7 @@ def _define_config_flag(argv: list[str]) -> None:
             "config", spec, "The sweep's base config (set by --sweep); --config.FIELD=VALUE "
             "applies to every trial.", lock_config=False)
     except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
-        message = " ".join(re.sub(r"\\?'", "", str(e).replace("\\n", " ")).split())
-        cli.fail(f"bad --config override: {message}")
+        cli.fail(cli.describe_flag_error(e, argv))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
