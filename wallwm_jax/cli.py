@@ -26,8 +26,10 @@ from absl import logging as absl_logging
 EXIT_USER_ERROR = 2
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a flag, a path, a config value): printed as one line."""
+class UserError(ValueError):
+    """A mistake the user can fix (a flag, a path, a config value): printed as one line.
+
+    A ValueError, so callers of the library that catch bad values keep working."""
 
 
 # What counts as bad input: the library raises these with messages written for the user.

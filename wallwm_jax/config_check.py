@@ -204,7 +204,10 @@ def _model(config: ml_collections.ConfigDict) -> None:
     _number(config, "model.flow_beta_a", low=0.0, open_low=True)
     _number(config, "model.flow_beta_b", low=0.0, open_low=True)
     for name in ("action", "caption", "duration", "world"):
-        _number(config, f"model.loss_weights.{name}", low=0.0)
+        # Not required finite: a NaN weight is how the on_nonfinite handling is exercised.
+        weight = _get(config, f"model.loss_weights.{name}")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight < 0:
+            raise _bad(f"model.loss_weights.{name}", weight, "a number >= 0")
 
 
 def _optimizer(config: ml_collections.ConfigDict) -> None:
