@@ -11,16 +11,21 @@ episodes/min and the ratio build / raw (above 1 with several workers: parallel r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
 import time
 
-from absl import logging
+from absl import flags
 
 from data_builders.metaworld_events import metaworld_events as mwe
+from wallwm_jax import cli
 from wallwm_jax.envs.metaworld import rollout_expert
+
+flags.DEFINE_string("config", "mt10", "Builder config: demo | mt10 | mt50.")
+flags.DEFINE_integer("episodes_per_task", 2, "Expert episodes per task.")
+flags.DEFINE_integer("image_size", 64, "Square image side in pixels.")
+flags.DEFINE_string("workers", "1,2", "Comma list of rollout worker counts.")
 
 
 def raw_rate(cfg: mwe.MetaworldEventsConfig) -> dict[str, float]:
@@ -38,15 +43,10 @@ def raw_rate(cfg: mwe.MetaworldEventsConfig) -> dict[str, float]:
             "episodes_per_min": 60 * len(jobs) / seconds}
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     """Run the benchmark; print JSON and a summary line."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--config", default="mt10")
-    p.add_argument("--episodes_per_task", type=int, default=2)
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--workers", default="1,2")
-    a = p.parse_args()
-    logging.set_verbosity(logging.WARNING)
+    cli.positional(argv)
+    a = flags.FLAGS
     cfg = mwe.make_config(a.config, episodes_per_task=a.episodes_per_task,
                           image_size=a.image_size)
     raw = raw_rate(cfg)
@@ -72,4 +72,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -16,16 +16,16 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
 import optax  # noqa: E402
-from absl import logging  # noqa: E402
+from absl import flags  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
+from wallwm_jax import cli  # noqa: E402
 from wallwm_jax.data.pipeline import make_pipeline, to_event_batch  # noqa: E402
 from wallwm_jax.models import wallwm  # noqa: E402
 
@@ -79,17 +79,20 @@ def train_consumption_rate(config, steps: int) -> dict[str, float]:
             "samples_per_s": config.batch_size / step_s}
 
 
-def main() -> None:
+def define_flags() -> None:
+    """The benchmark's flags (defined only when run as a program)."""
+    flags.DEFINE_string("data_dir", "", "Built dataset dir (default: build one).")
+    flags.DEFINE_enum("layout", "event", ["event", "unified", "chunk"], "Sample layout.")
+    flags.DEFINE_integer("batch_size", 32, "Global batch.")
+    flags.DEFINE_integer("batches", 10, "Batches timed per worker count.")
+    flags.DEFINE_integer("train_steps", 3, "Train steps timed.")
+    flags.DEFINE_string("workers", "0,1,2", "Comma list of Grain worker counts.")
+
+
+def main(argv: list[str]) -> None:
     """Run the benchmark and print JSON + a summary line."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data_dir", default="", help="built dataset dir (default: build one)")
-    parser.add_argument("--layout", default="event", choices=["event", "unified", "chunk"])
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--batches", type=int, default=10)
-    parser.add_argument("--train_steps", type=int, default=3)
-    parser.add_argument("--workers", default="0,1,2")
-    args = parser.parse_args()
-    logging.set_verbosity(logging.WARNING)
+    cli.positional(argv)
+    args = flags.FLAGS
 
     data_dir = args.data_dir
     if not data_dir:
@@ -115,4 +118,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -17,7 +17,6 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import argparse  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 
@@ -25,9 +24,11 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+from absl import flags  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
+from wallwm_jax import cli  # noqa: E402
 from wallwm_jax.data.batches import EventBatch, Observation  # noqa: E402
 from wallwm_jax.hlo_stats import collective_bytes  # noqa: E402
 from wallwm_jax.models.wallwm import compute_loss, init_params, param_logical_axes  # noqa: E402
@@ -195,16 +196,21 @@ def convergence(size: str, steps: int, adamw_lrs, muon_lrs, batch_size: int) -> 
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="hlo,share,convergence")
-    parser.add_argument("--sizes", default="small,base", help="sizes for the HLO byte count")
-    parser.add_argument("--time_sizes", default="small", help="sizes whose step is also run")
-    parser.add_argument("--conv_size", default="tiny")
-    parser.add_argument("--conv_steps", type=int, default=150)
-    parser.add_argument("--adamw_lrs", default="3e-4,1e-3,3e-3")
-    parser.add_argument("--muon_lrs", default="0.005,0.01,0.02,0.04")
-    args = parser.parse_args()
+def define_flags() -> None:
+    """The benchmark's flags (defined only when run as a program)."""
+    flags.DEFINE_string("parts", "hlo,share,convergence", "Comma list of parts to run.")
+    flags.DEFINE_string("sizes", "small,base", "Sizes for the HLO byte count.")
+    flags.DEFINE_string("time_sizes", "small", "Sizes whose step is also run.")
+    flags.DEFINE_string("conv_size", "tiny", "Size of the convergence comparison.")
+    flags.DEFINE_integer("conv_steps", 150, "Steps of the convergence comparison.")
+    flags.DEFINE_string("adamw_lrs", "3e-4,1e-3,3e-3", "AdamW learning rates tried.")
+    flags.DEFINE_string("muon_lrs", "0.005,0.01,0.02,0.04", "Muon learning rates tried.")
+
+
+def main(argv: list[str]) -> None:
+    """CLI: collective bytes, optimizer share and convergence of Muon vs optax and AdamW."""
+    cli.positional(argv)
+    args = flags.FLAGS
     parts, report = args.parts.split(","), {"devices": jax.device_count(),
                                             "backend": jax.default_backend()}
     if "hlo" in parts:
@@ -232,4 +238,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

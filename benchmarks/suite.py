@@ -14,13 +14,13 @@ Markdown, one JSON object (also to `--out`) and a one-line summary.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,10 +30,11 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 import train_step as step_bench  # noqa: E402  (benchmarks/train_step.py)
+from absl import flags  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
 from wallwm_jax import checkpoint as ckpt  # noqa: E402
-from wallwm_jax import sharding  # noqa: E402
+from wallwm_jax import cli, sharding  # noqa: E402
 from wallwm_jax.data.batches import Observation  # noqa: E402
 from wallwm_jax.models import wallwm  # noqa: E402
 from wallwm_jax.models.decoding import staircase_decode  # noqa: E402
@@ -165,15 +166,21 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default=None,
-                        help="comma list; default small,base on GPU/TPU, tiny,small on CPU")
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--latency_repeats", type=int, default=20)
-    parser.add_argument("--out", default=None, help="also write the JSON here")
-    args = parser.parse_args(argv)
+def define_flags() -> None:
+    """The benchmark's flags (defined only when run as a program)."""
+    flags.DEFINE_string("sizes", None, "Comma list; default small,base on GPU/TPU, tiny,small "
+                        "on CPU.")
+    flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
+    flags.DEFINE_integer("steps", 3, "Timed steps per size.")
+    flags.DEFINE_integer("latency_repeats", 20, "Inference calls per latency figure.")
+    flags.DEFINE_string("out", None, "Also write the JSON here.")
+
+
+def run_suite(sizes: str | None = None, batch_size: int | None = None, steps: int = 3,
+              latency_repeats: int = 20, out: str | None = None) -> dict[str, Any]:
+    """Measure every size, print the table and the JSON report, return the report."""
+    args = SimpleNamespace(sizes=sizes, batch_size=batch_size, steps=steps,
+                           latency_repeats=latency_repeats, out=out)
     jax.config.update("jax_threefry_partitionable", True)
     backend = jax.default_backend()
     sizes = args.sizes or ("tiny,small" if backend == "cpu" else "small,base")
@@ -202,5 +209,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return report
 
 
+def main(argv: list[str]) -> None:
+    """CLI: `python benchmarks/suite.py [--sizes tiny] [--out results.json]`."""
+    cli.positional(argv)
+    fl = flags.FLAGS
+    run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out)
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -14,7 +14,6 @@ pipeline's, via `abstract_batch`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -26,9 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from absl import flags  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
-from wallwm_jax import sharding, throughput  # noqa: E402
+from wallwm_jax import cli, sharding, throughput  # noqa: E402
 from wallwm_jax.aot import memory_report  # noqa: E402
 from wallwm_jax.data.batches import abstract_batch, check_batch  # noqa: E402
 from wallwm_jax.data.pipeline import to_event_batch  # noqa: E402
@@ -201,20 +201,26 @@ def bench_variant(config: Any, steps: int, warmup: int) -> dict[str, Any]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default=None, help="default: base on GPU, small otherwise")
-    parser.add_argument("--remat", default="none,full",
-                        help="comma list of remat policies; the first is the baseline")
-    parser.add_argument("--attention", default="auto",
-                        help="comma list of model.attention values: auto, xla, cudnn (GPU)")
-    parser.add_argument("--batch_size", type=int, default=None)
-    parser.add_argument("--dtype", default=None, help="model compute dtype, e.g. bfloat16")
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--loop", action="store_true",
-                        help="time the training loop before/after (host share), not remat")
-    args = parser.parse_args()
+def define_flags() -> None:
+    """The benchmark's flags (defined only when run as a program: suite.py imports this)."""
+    flags.DEFINE_string("size", None, "Default: base on GPU, small otherwise (--loop: a comma "
+                        "list, default tiny,small).")
+    flags.DEFINE_string("remat", "none,full", "Comma list of remat policies; the first is the "
+                        "baseline.")
+    flags.DEFINE_string("attention", "auto", "Comma list of model.attention values: auto, xla, "
+                        "cudnn (GPU).")
+    flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
+    flags.DEFINE_string("dtype", None, "Model compute dtype, e.g. bfloat16.")
+    flags.DEFINE_integer("steps", 5, "Timed steps.")
+    flags.DEFINE_integer("warmup", 1, "Untimed steps first.")
+    flags.DEFINE_bool("loop", False, "Time the training loop before/after (host share), not "
+                      "remat.")
+
+
+def main(argv: list[str]) -> None:
+    """CLI: time the train step for each remat policy and attention (or `--loop`)."""
+    cli.positional(argv)
+    args = flags.FLAGS
     jax.config.update("jax_threefry_partitionable", True)
     if args.loop:
         return main_loop(args)
@@ -280,4 +286,5 @@ def main_loop(args: Any) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

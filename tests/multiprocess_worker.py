@@ -12,7 +12,6 @@ that checkpoint to step 6 and writes `<out>/done_<id>.json`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -35,16 +34,22 @@ def tiny_config(data_dir: str):
     return config
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--coordinator", required=True)
-    parser.add_argument("--num_processes", type=int, required=True)
-    parser.add_argument("--process_id", type=int, required=True)
-    parser.add_argument("--data_dir", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--index_dir", default=None)
-    args = parser.parse_args()
+def define_flags() -> None:
+    """The worker's flags."""
+    from absl import flags
+
+    for name in ("coordinator", "data_dir", "workdir", "out"):
+        flags.DEFINE_string(name, None, name, required=True)
+    flags.DEFINE_integer("num_processes", None, "processes in the run", required=True)
+    flags.DEFINE_integer("process_id", None, "this process's index", required=True)
+    flags.DEFINE_string("index_dir", None, "dataset whose event index is built")
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    args = flags.FLAGS
 
     import jax
     import numpy as np
@@ -59,7 +64,7 @@ def main() -> None:
         writes = []
         write = event_index._write
         event_index._write = lambda path, data: (writes.append(str(path)), write(path, data))
-        event_index.main([args.index_dir, "--clusters", "4"])
+        event_index.build_and_save(args.index_dir, clusters=4)
         event_index._write = write
         with open(os.path.join(args.out, f"index_writes_{args.process_id}.json"), "w") as f:
             json.dump(writes, f)
@@ -87,4 +92,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from wallwm_jax import cli
+
+    define_flags()
+    cli.run(main)

@@ -15,8 +15,8 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
     out = tmp_path / "results.json"
-    report = suite.main(["--sizes", "tiny", "--steps", "2", "--batch_size", "8",
-                         "--latency_repeats", "3", "--out", str(out)])
+    report = suite.run_suite(sizes="tiny", steps=2, batch_size=8, latency_repeats=3,
+                             out=str(out))
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     for key in ("compile_s", "step_time_s", "flops_per_step", "muon_share", "data_wait_share",

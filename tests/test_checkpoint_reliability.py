@@ -6,6 +6,7 @@ update step (the LR schedule is baked into it) through the persistent compile ca
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -151,6 +152,12 @@ def test_sigterm_saves_and_resume_equals_straight_run(tiny_dataset, straight, tm
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"Resumed from checkpoint step {stopped}" in done.stdout
+    # Quiet by default: our own progress lines, no absl/Orbax/JAX INFO (was ~270 lines).
+    output = done.stdout + done.stderr
+    lines = [ln for ln in re.split(r"[\r\n]", output)  # the progress bar redraws with \r
+             if ln.strip() and not ln.startswith("train:")]
+    assert not any(re.match(r"[IW]\d{4} ", ln) for ln in lines), lines
+    assert "Unable to initialize backend" not in output and len(lines) <= 6, lines
 
     assert _losses_by_step(workdir) == straight["losses"]
     config = _config(tiny_dataset)

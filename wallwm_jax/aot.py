@@ -20,8 +20,10 @@ import re
 import time
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from wallwm_jax import cli
 
 GIB = 1024**3
 
@@ -160,8 +162,9 @@ def _devices(topology: str | None) -> list[Any]:
 
 def main(argv: list[str]) -> None:
     """CLI: choose the target devices (before JAX starts), compile, print table + JSON."""
-    del argv
+    cli.positional(argv)
     fl = flags.FLAGS
+    config = cli.config_value("config")
     target_kind = fl.device_kind
     if fl.topology and importlib.util.find_spec("libtpu") is None:
         n = topology_chips(fl.topology)
@@ -172,7 +175,7 @@ def main(argv: list[str]) -> None:
     elif fl.num_devices:
         _set_fake_cpu_devices(fl.num_devices)
     devices = _devices(fl.topology)
-    report = compile_report(fl.config, devices, hbm_gib=fl.hbm_gib, device_kind=target_kind)
+    report = compile_report(config, devices, hbm_gib=fl.hbm_gib, device_kind=target_kind)
     print(format_table(report))
     print(json.dumps(report))
     if fl.json_out:
@@ -196,4 +199,4 @@ if __name__ == "__main__":
                         "or 'H100' (default: the compile devices' kind).")
     flags.DEFINE_string("json_out", None, "Also write the report to this JSON file.")
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    cli.run(main)

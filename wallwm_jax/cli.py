@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import logging as py_logging
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -25,8 +26,10 @@ from absl import logging as absl_logging
 EXIT_USER_ERROR = 2
 
 
-class UserError(Exception):
-    """A mistake the user can fix (a flag, a path, a config value): printed as one line."""
+class UserError(ValueError):
+    """A mistake the user can fix (a flag, a path, a config value): printed as one line.
+
+    A ValueError, so callers of the library that catch bad values keep working."""
 
 
 # What counts as bad input: the library raises these with messages written for the user.
@@ -38,6 +41,8 @@ USER_ERRORS: tuple[type[BaseException], ...] = (UserError, ValueError, FileNotFo
 def verbose() -> bool:
     """Whether the user asked for logs and tracebacks (`--verbosity` on the command line)."""
     fl = flags.FLAGS
+    if not fl.is_parsed():  # flag parsing itself failed: look at the raw command line
+        return any(a.startswith(("--verbosity", "-v=")) or a == "-v" for a in sys.argv[1:])
     return "verbosity" in fl and fl["verbosity"].present and fl.verbosity >= 0
 
 
@@ -52,19 +57,94 @@ def quiet_logs() -> None:
         py_logging.getLogger(name).setLevel(py_logging.WARNING)
 
 
+def drop_below(level: int, path_part: str) -> py_logging.Filter:
+    """A logging filter that drops records under `level` logged from files whose path holds
+    `path_part` (e.g. TFDS's notices for a local build, which absl routes through 'absl')."""
+
+    class _Drop(py_logging.Filter):
+        def filter(self, record: py_logging.LogRecord) -> bool:
+            return record.levelno >= level or path_part not in record.pathname
+
+    return _Drop()
+
+
 def fail(message: str) -> NoReturn:
     """Stop with a user error: `error: <message>` on stderr, exit status 2."""
     raise UserError(message)
+
+
+def describe_flag_error(err: BaseException, argv: list[str]) -> str:
+    """One line for an error absl or ml_collections' config flags raise while parsing (a
+    misspelt field, a missing config file), instead of chained tracebacks and escapes."""
+    text = str(err)
+    guess = re.search(r'Did you mean \W*"([^"\\]+)\\?" instead of \\?"([^"\\]+)', text)
+    if guess:
+        suggestion, field = guess.groups()
+        arg = next((a.split("=", 1)[0] for a in argv
+                    if a.startswith("--") and f".{field}" in a.split("=", 1)[0]), "")
+        where = f" ({arg})" if arg else ""
+        return f"unknown config field '{field}'{where}; did you mean '{suggestion}'?"
+    if isinstance(err, KeyError | AttributeError):
+        field = text.strip("\"'\\")
+        arg = next((a.split("=", 1)[0] for a in argv
+                    if a.startswith("--") and f".{field}" in a.split("=", 1)[0]), "")
+        return f"unknown config field '{field}'" + (f" ({arg})" if arg else "")
+    missing = re.search(r"No such file or directory: '([^']+)'", text)
+    if "Failed loading config file" in text and missing:
+        return (f"config file '{missing.group(1)}' does not exist (--config takes "
+                f"path/to/config.py[:arg], e.g. experiments/pretrain.py:size=tiny)")
+    if "Error whilst parsing config file" in text:  # the config's own error, last line
+        flag = re.match(r"\s*flag (--\S+): Error whilst", text)
+        last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+        last = re.sub(r"^\w+(Error|Exception): ", "", last)
+        return f"{flag.group(1) if flag else '--config'}: {last}"
+    text = text.replace("\\n", " ").replace("\n", " ")
+    return " ".join(text.split())
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing whose errors (unknown flag, bad value, misspelt config field,
+    missing config file) are one `error:` line and exit 2, or a traceback with --verbosity."""
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as err:
+        if verbose():
+            raise
+        print(f"error: {describe_flag_error(err, argv)}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def config_value(name: str = "config") -> Any:
+    """The value of a `config_flags` flag; a config file that failed to load is a UserError
+    (config_flags only reports it on first use, as an OSError)."""
+    value = flags.FLAGS[name].value
+    error = getattr(value, "_error", None) if type(value).__name__ == "_ErrorConfig" else None
+    if error is not None:
+        raise UserError(describe_flag_error(error, sys.argv)) from error
+    return value
+
+
+def positional(argv: list[str], *names: str) -> list[str]:
+    """The positional arguments after the program name, exactly `names` of them."""
+    args = list(argv[1:])
+    if len(args) != len(names):
+        got = " ".join(args) if args else "none"
+        raise UserError(f"expected {len(names)} positional argument(s) "
+                        f"{' '.join(names)}, got {got}")
+    return args
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(143)
 
 
-def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True) -> None:
+def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True,
+        flags_parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
     """`absl.app.run(main)` with quiet logs and user errors as one line (exit 2).
 
     `sigterm_unwinds=False` leaves SIGTERM to `main` (training turns it into a checkpoint).
+    `flags_parser` replaces `parse_flags` where flags depend on the command line (the sweep
+    defines `--config` from `--sweep`).
     """
 
     def wrapped(argv: list[str]) -> Any:
@@ -85,4 +165,4 @@ def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True) -> No
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 
-    app.run(wrapped)
+    app.run(wrapped, flags_parser=flags_parser)

@@ -22,12 +22,12 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
 from wallwm_jax import checkpoint as ckpt
-from wallwm_jax import sharding, throughput
+from wallwm_jax import cli, config_check, sharding, throughput
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.pipeline import make_pipeline
 from wallwm_jax.evaluation.closed_loop import ClosedLoopEval
@@ -81,6 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     `config.eval_every_steps` > 0 runs the offline evaluation on the val split every that
     many steps and at the end (0: none here; the caller evaluates the final params).
     """
+    config_check.validate(config)  # before any data, device or compile: a bad field is one line
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_threefry_partitionable", True)
     is_chief = jax.process_index() == 0
@@ -169,6 +170,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 record(s, m, extra)
 
     step = first_step
+    if is_chief and first_step < config.total_steps:  # the first step waits minutes on it
+        tqdm.write(f"compiling the train step ({config.get('size', 'custom')}, {config.mode} "
+                   f"mode, batch {config.batch_size}, mesh {dict(mesh.shape)})",
+                   file=sys.stdout)
     with _Preemption() as preemption, Prefetcher(pipeline, mesh, expected_host_batch) as feed:
         while step < config.total_steps:
             t0 = time.perf_counter()
@@ -290,8 +295,10 @@ def main(argv: list[str]) -> None:
     """CLI entry point: `--config`, `--workdir` and the optional multi-process flags."""
     del argv
     fl = flags.FLAGS
+    config = cli.config_value("config")
+    config_check.validate(config)  # before joining other processes
     initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
-    summary = train_and_evaluate(fl.config, fl.workdir)
+    summary = train_and_evaluate(config, fl.workdir)
     losses = summary["losses"]
     if losses and jax.process_index() == 0:
         print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
@@ -311,4 +318,5 @@ if __name__ == "__main__":
                          "Number of processes (default: $JAX_NUM_PROCESSES, else 1).")
     flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    # SIGTERM stays with the loop, which turns it into a checkpoint and a clean exit.
+    cli.run(main, sigterm_unwinds=False)

@@ -5,32 +5,41 @@ Builds (or reuses) a MetaWorld scripted-expert event dataset and prints its buil
 
 from __future__ import annotations
 
-import argparse
+import logging
+
+import tensorflow_datasets as tfds
+from absl import flags
 
 from data_builders.metaworld_events.metaworld_events import build
+from wallwm_jax import cli
+
+flags.DEFINE_string("data_dir", None, "Root the dataset is written under: "
+                    "<data_dir>/metaworld_events/<config>/<version>.", required=True)
+flags.DEFINE_string("config", "demo", "Task set: demo | mt10 | mt50.")
+flags.DEFINE_integer("episodes_per_task", 10, "Expert episodes per task.")
+flags.DEFINE_integer("image_size", 64, "Square image side in pixels.")
+flags.DEFINE_integer("seed", 0, "First rollout seed.")
+flags.DEFINE_integer("workers", 1, "Parallel rollout processes.")
+flags.DEFINE_string("tasks", "", "Comma-separated subset of the config's tasks.")
+flags.DEFINE_string("cameras", "", "Extra cameras, e.g. gripper.")
+flags.DEFINE_bool("keep_failures", False, "Keep failed expert episodes.")
+flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
+FLAGS = flags.FLAGS
 
 
-def main() -> None:
-    """Parse flags and build."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--config", default="demo", help="demo | mt10 | mt50")
-    p.add_argument("--episodes_per_task", type=int, default=10)
-    p.add_argument("--image_size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--tasks", default="", help="comma-separated subset of the config's tasks")
-    p.add_argument("--cameras", default="", help="extra cameras, e.g. gripper")
-    p.add_argument("--keep_failures", action="store_true", help="keep failed expert episodes")
-    p.add_argument("--strict", action="store_true", help="fail on an invalid episode")
-    a = p.parse_args()
-    path = build(a.data_dir, config=a.config, episodes_per_task=a.episodes_per_task,
-                 image_size=a.image_size, seed=a.seed, num_workers=a.workers,
-                 tasks=tuple(a.tasks.split(",")) if a.tasks else None,
-                 cameras=tuple(c for c in a.cameras.split(",") if c),
-                 keep_failures=a.keep_failures, strict=a.strict)
+def main(argv: list[str]) -> None:
+    """Build and print the dataset's version directory."""
+    cli.positional(argv)
+    if not cli.verbose():  # our report and rollout bar say what happens; TFDS's own add noise
+        tfds.disable_progress_bar()
+        logging.getLogger("absl").addFilter(cli.drop_below(logging.ERROR, "tensorflow_datasets"))
+    path = build(FLAGS.data_dir, config=FLAGS.config, episodes_per_task=FLAGS.episodes_per_task,
+                 image_size=FLAGS.image_size, seed=FLAGS.seed, num_workers=FLAGS.workers,
+                 tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,
+                 cameras=tuple(c for c in FLAGS.cameras.split(",") if c),
+                 keep_failures=FLAGS.keep_failures, strict=FLAGS.strict)
     print(path)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -192,6 +192,15 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [make_config("demo"), make_config("mt10"), make_config("mt50")]
     DEFAULT_CONFIG_NAME = "demo"
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+    # prepared" for every build; nothing is downloaded here, and the build report says where
+    # the dataset went.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path:

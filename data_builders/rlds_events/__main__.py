@@ -8,55 +8,67 @@ event-segmented episodes and prints the build report and the output version dir.
 
 from __future__ import annotations
 
-import argparse
+import logging
+
+import tensorflow_datasets as tfds
+from absl import flags
 
 from data_builders.rlds_events.mapping import KeyMapping
 from data_builders.rlds_events.rlds_events import build
+from wallwm_jax import cli
+
+flags.DEFINE_string("source", None, "Source TFDS version dir.", required=True)
+flags.DEFINE_string("data_dir", None, "Root the converted dataset is written under.",
+                    required=True)
+flags.DEFINE_string("name", None, "Config name prefix (default: the source's name).")
+flags.DEFINE_string("image_keys", "image", "Comma-separated; the first is the main camera.")
+flags.DEFINE_string("state_key", "state", "Observation key of the robot state.")
+flags.DEFINE_string("action_key", "action", "Step key of the action.")
+flags.DEFINE_integer("gripper_index", None, "Index of the gripper command in the action.",
+                     required=True)
+flags.DEFINE_bool("gripper_open_high", False, "A high gripper command means open.")
+flags.DEFINE_string("position_slice", "0:3", "START:STOP of the end-effector position in the "
+                    "state.")
+flags.DEFINE_string("instruction_key", "language_instruction", "Step key of the instruction.")
+flags.DEFINE_string("success_key", None, "Episode key of success, if any.")
+flags.DEFINE_string("task_key", None, "Episode key of the task name, if any.")
+flags.DEFINE_integer("image_size", None, "Square resize (default: keep).")
+flags.DEFINE_integer("smooth_steps", None, "Segmenter speed smoothing (raise it for noisy "
+                     "teleop data).")
+flags.DEFINE_float("val_fraction", 0.1, "Fraction of episodes in the val split.")
+flags.DEFINE_integer("seed", 0, "Split seed.")
+flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
+flags.DEFINE_bool("beam", False, "Convert with Apache Beam.")
+flags.DEFINE_integer("workers", 2, "Beam DirectRunner workers.")
+FLAGS = flags.FLAGS
 
 
 def parse_slice(text: str) -> tuple[int, int]:
     """"0:3" -> (0, 3)."""
     start, sep, stop = text.partition(":")
-    if not sep or not start or not stop:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (e.g. 0:3), got {text!r}")
+    if not sep or not start.strip().isdigit() or not stop.strip().isdigit():
+        raise cli.UserError(f"--position_slice={text}: expected START:STOP (e.g. 0:3)")
     return int(start), int(stop)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse flags and convert."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", required=True, help="source TFDS version dir")
-    p.add_argument("--data_dir", required=True)
-    p.add_argument("--name", default=None, help="config name prefix (default: source name)")
-    p.add_argument("--image_keys", default="image", help="comma-separated; the first is main")
-    p.add_argument("--state_key", default="state")
-    p.add_argument("--action_key", default="action")
-    p.add_argument("--gripper_index", type=int, required=True)
-    p.add_argument("--gripper_open_high", action="store_true",
-                   help="a high gripper command means open")
-    p.add_argument("--position_slice", type=parse_slice, default=(0, 3))
-    p.add_argument("--instruction_key", default="language_instruction")
-    p.add_argument("--success_key", default=None)
-    p.add_argument("--task_key", default=None)
-    p.add_argument("--image_size", type=int, default=None, help="square resize (default: keep)")
-    p.add_argument("--smooth_steps", type=int, default=None,
-                   help="segmenter speed smoothing (raise it for noisy teleop data)")
-    p.add_argument("--val_fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strict", action="store_true", help="fail on an invalid episode")
-    p.add_argument("--beam", action="store_true", help="convert with Apache Beam")
-    p.add_argument("--workers", type=int, default=2, help="Beam DirectRunner workers")
-    a = p.parse_args(argv)
+def main(argv: list[str]) -> None:
+    """Convert and print the build report and the output version dir."""
+    cli.positional(argv)
+    if not cli.verbose():  # our report and rollout bar say what happens; TFDS's own add noise
+        tfds.disable_progress_bar()
+        logging.getLogger("absl").addFilter(cli.drop_below(logging.ERROR, "tensorflow_datasets"))
     mapping = KeyMapping(
-        image_keys=tuple(k for k in a.image_keys.split(",") if k), state_key=a.state_key,
-        action_key=a.action_key, gripper_index=a.gripper_index,
-        position_slice=a.position_slice, instruction_key=a.instruction_key,
-        success_key=a.success_key, task_key=a.task_key, image_size=a.image_size,
-        gripper_open_high=a.gripper_open_high,
-        segmenter=(("smooth_steps", a.smooth_steps),) if a.smooth_steps else ())
-    print(build(a.source, a.data_dir, mapping, name=a.name, val_fraction=a.val_fraction,
-                seed=a.seed, strict=a.strict, beam=a.beam, workers=a.workers))
+        image_keys=tuple(k for k in FLAGS.image_keys.split(",") if k),
+        state_key=FLAGS.state_key, action_key=FLAGS.action_key,
+        gripper_index=FLAGS.gripper_index, position_slice=parse_slice(FLAGS.position_slice),
+        instruction_key=FLAGS.instruction_key, success_key=FLAGS.success_key,
+        task_key=FLAGS.task_key, image_size=FLAGS.image_size,
+        gripper_open_high=FLAGS.gripper_open_high,
+        segmenter=(("smooth_steps", FLAGS.smooth_steps),) if FLAGS.smooth_steps else ())
+    print(build(FLAGS.source, FLAGS.data_dir, mapping, name=FLAGS.name,
+                val_fraction=FLAGS.val_fraction, seed=FLAGS.seed, strict=FLAGS.strict,
+                beam=FLAGS.beam, workers=FLAGS.workers))
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -123,6 +123,15 @@ class RldsEvents(tfds.core.GeneratorBasedBuilder):
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Key-mapped RLDS source, automatic events, PNG frames."}
 
+    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
+    # prepared" for every build; nothing is downloaded here, and the build report says where
+    # the dataset went.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path:

@@ -42,15 +42,24 @@ def test_caption_fills_object_and_target():
     assert "puck" in text and "goal" in text
 
 
-def test_captioner_hook_replaces_templates():
-    captions.set_captioner(lambda task, phase, variant, split: f"model:{task}:{phase}")
-    try:
-        assert captions.event_caption("push-v3", "reach", variant=0) == "model:push-v3:reach"
-    finally:
-        captions.set_captioner(None)
-    assert captions.event_caption("push-v3", "reach", variant=0).startswith("move")
-    own = captions.CaptionSource(lambda *a: "x")
-    assert own.event_caption("push-v3", "reach", variant=0) == "x"
+def test_captioner_passed_explicitly_replaces_templates():
+    model = lambda task, phase, variant, split: f"model:{task}:{phase}"  # noqa: E731
+    assert captions.event_caption("push-v3", "reach", variant=0,
+                                  captioner=model) == "model:push-v3:reach"
+    assert captions.event_caption("push-v3", "reach", variant=0).startswith("move")  # no state
+    assert captions.CaptionSource(model).event_caption("push-v3", "reach",
+                                                       variant=0) == "model:push-v3:reach"
+    assert captions.CaptionSource().event_caption("push-v3", "reach", variant=0).startswith("move")
+
+
+def test_captions_and_tasks_import_without_the_simulator():
+    import subprocess
+    import sys
+
+    code = ("import sys, wallwm_jax.data.captions, wallwm_jax.data.tasks; "
+            "assert 'wallwm_jax.envs.metaworld' not in sys.modules; "
+            "assert not any(m.split('.')[0] in ('metaworld', 'mujoco') for m in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_unknown_split_and_phase_raise():

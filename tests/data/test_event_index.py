@@ -165,7 +165,7 @@ def test_index_with_same_counts_but_other_rows_is_stale(table, dataset_copy):
 
 
 def test_cli_builds_stores_and_summarises(dataset_copy, capsys):
-    summary = ei.main([dataset_copy, "--clusters", "3", "--text-dims", "4"])
+    summary = ei.build_and_save(dataset_copy, clusters=3, text_dims=4)
     out = capsys.readouterr().out
     table = ei.load_event_index(dataset_copy, "train")
     assert len(np.unique(table.cluster)) == 3 and table.build_args["num_clusters"] == 3

@@ -30,7 +30,7 @@ def cli_run(dataset_copy, tmp_path_factory):
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        result = inspect_lib.main([dataset_copy, "--out", out_dir, "--episode", "1"])
+        result = inspect_lib.inspect_and_print(dataset_copy, out_dir, episode=1)
     return result, stdout.getvalue(), out_dir
 
 

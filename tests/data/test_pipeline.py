@@ -221,7 +221,7 @@ def k3_dataset(tiny_dataset, tmp_path_factory):
     from wallwm_jax.data import event_index
 
     copy = shutil.copytree(tiny_dataset, tmp_path_factory.mktemp("k3") / "dataset").as_posix()
-    event_index.main([copy, "--clusters", "3"])
+    event_index.build_and_save(copy, clusters=3)
     return copy
 
 

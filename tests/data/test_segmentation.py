@@ -9,7 +9,7 @@ from wallwm_jax.data.segmentation import (
     dataset_episodes,
     describe_events,
     evaluate,
-    main,
+    print_quality,
     segment_events,
     uniform_starts,
 )
@@ -247,9 +247,9 @@ def test_metaworld_captions_name_the_grasp(real_episodes):
 def test_command_on_dataset_and_rollouts(tiny_dataset, capsys):
     episodes = list(dataset_episodes(tiny_dataset, "train"))
     assert {ep["task"] for ep in episodes} == {"reach-v3", "push-v3"}
-    main(["--dataset", tiny_dataset, "--tolerance", "1", "3"])
+    print_quality(tiny_dataset, tolerances=(1, 3))
     out = capsys.readouterr().out
     assert "±1:" in out and "±3:" in out and "push-v3" in out and "overall" in out
-    main(["--tasks", "reach-v3", "--episodes", "1", "--seed", "2000"])
+    print_quality(tasks="reach-v3", episodes=1, seed=2000)
     lines = capsys.readouterr().out.splitlines()
     assert lines[-1].startswith("overall") and lines[-2].startswith("reach-v3")

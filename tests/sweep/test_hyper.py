@@ -100,6 +100,9 @@ def test_load_sweep_reads_eval_and_rejects_empty(tmp_path):
     ("def get_sweep(h):\n    return h.sweep('config.data.balance_alfa', [0.0])\n",
      "'config.data.balance_alfa' is not in the config; did you mean config.data.balance_alpha"),
     ("def get_sweep(h):\n    return []\n", "empty sweep"),
+    ("def get_sweep(h):\n    return h.sweep('config.optimizer.name', ['adamw', 'adam'])\n",
+     "trial config.optimizer.name=adam: config.optimizer.name='adam': expected one of "
+     "'adamw', 'muon'"),
 ])
 def test_cli_user_errors_are_one_line_exit_2(tmp_path, body, message):
     path = _write(tmp_path, body)

@@ -42,34 +42,6 @@ class EventBatch:
     end_image: np.ndarray  # uint8 [B, h, w, 3] low-resolution frame at the event's end
 
 
-def check_event_batch(batch: EventBatch, *, image_size: int, state_dim: int, action_dim: int,
-                      max_event_len: int, world_size: int, max_captions: int = 1) -> None:
-    """Raise ValueError naming the first field whose shape disagrees with the config."""
-    b = batch.obs.image.shape[0]
-    expected = {
-        "obs.image": (b, *batch.obs.image.shape[1:-3], image_size, image_size, 3),
-        "obs.state": (b, state_dim),
-        "actions": (b, max_event_len, action_dim),
-        "action_mask": (b, max_event_len),
-        "action_events": (b, max_event_len),
-        "duration_bin": (b, max_captions),
-        "end_image": (b, world_size, world_size, 3),
-    }
-    actual = {
-        "obs.image": batch.obs.image.shape,
-        "obs.state": batch.obs.state.shape,
-        "actions": batch.actions.shape,
-        "action_mask": batch.action_mask.shape,
-        "action_events": batch.action_events.shape,
-        "duration_bin": batch.duration_bin.shape,
-        "end_image": batch.end_image.shape,
-    }
-    for name, shape in expected.items():
-        if tuple(actual[name]) != shape:
-            raise ValueError(f"batch field '{name}' has shape {tuple(actual[name])}, "
-                             f"expected {shape} from the config")
-
-
 def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
     """Shapes and dtypes of a global training batch for `config`, as `jax.ShapeDtypeStruct`s.
 

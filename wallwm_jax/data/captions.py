@@ -1,14 +1,15 @@
 """Event captions and task instructions from templates, with train / held-out paraphrases.
 
 Each paraphrase set is split once: the first `NUM_TRAIN` wordings are for training, the rest
-are held out for the language-generalisation evaluation. `set_captioner` swaps in a model.
+are held out for the language-generalisation evaluation. A captioning model replaces the
+templates where it is passed explicitly (`captioner=`, or a `CaptionSource`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from wallwm_jax.envs.metaworld import MT50_EXTRA, TASK_OBJECTS
+from wallwm_jax.data.tasks import MT50_EXTRA, TASK_OBJECTS
 
 NUM_TRAIN = 4
 SPLITS = ("train", "heldout")
@@ -201,35 +202,24 @@ def template_caption(task: str, phase: str, *, variant: int, split: str = "train
 
 
 class CaptionSource:
-    """Captions for events: templates by default, or a captioning model once one is set."""
+    """Captions for events: templates, or the captioning model it was built with."""
 
     def __init__(self, captioner: Captioner | None = None):
         self.captioner = captioner
 
-    def set_captioner(self, fn: Captioner | None) -> None:
-        """Replace templates with `fn(task, phase, variant, split)`; None restores templates."""
-        self.captioner = fn
-
     def event_caption(self, task: str, phase: str, *, variant: int, split: str = "train") -> str:
-        if self.captioner is not None:
-            return self.captioner(task, phase, variant, split)
-        return template_caption(task, phase, variant=variant, split=split)
-
-
-_DEFAULT = CaptionSource()
-
-
-def set_captioner(fn: Captioner | None) -> None:
-    """Route `event_caption` through a captioning model (None restores templates)."""
-    _DEFAULT.set_captioner(fn)
+        """Caption of an event from the model if there is one, else from the templates."""
+        return event_caption(task, phase, variant=variant, split=split,
+                             captioner=self.captioner)
 
 
 def event_caption(task: str, phase: str, *, variant: int, split: str = "train",
                   captioner: Captioner | None = None) -> str:
-    """Caption of an event; `captioner` (or one set via `set_captioner`) replaces templates."""
+    """Caption of an event: `captioner(task, phase, variant, split)` when given, else the
+    template paraphrase `variant` of `split`."""
     if captioner is not None:
         return captioner(task, phase, variant, split)
-    return _DEFAULT.event_caption(task, phase, variant=variant, split=split)
+    return template_caption(task, phase, variant=variant, split=split)
 
 
 def instruction(task: str, *, variant: int, split: str = "train") -> str:

@@ -236,6 +236,7 @@ class EpisodeSource:
                              for k in self.cameras}
         self.image_shape = self.image_shapes["steps/observation/image"]
         self.files = [os.fspath(f) for f in builder.info.splits[split].filepaths]
+        self._shard_ends = np.cumsum(builder.info.splits[split].shard_lengths)
         # Frames stay PNG bytes; LazyFrames decodes the ones a sample touches.
         skip = {"steps": {"observation": {k: keep_encoded_decoder() for k in self.cameras}}}
         self._source = builder.as_data_source(split=split, decoders=skip)
@@ -248,8 +249,9 @@ class EpisodeSource:
         try:
             raw = self._source[index]
         except Exception as err:  # a corrupt/truncated ArrayRecord or undecodable example
-            raise ValueError(f"{where}: record does not decode ({type(err).__name__}: {err}); "
-                             f"record files of this split: {self.files}") from None
+            raise ValueError(f"{where}: record file {self.file_of(index)} is damaged (truncated "
+                             f"or overwritten?): {type(err).__name__}: {err}; rebuild the "
+                             f"dataset") from None
         episode = to_flat_episode(raw, image_shapes=self.image_shapes, where=where)
         try:
             validate_episode(episode, image_shape=self.image_shape)
@@ -257,6 +259,11 @@ class EpisodeSource:
             raise ValueError(f"{self.dataset_dir} split '{self.split}' episode {index}: "
                              f"{err}") from None
         return episode
+
+    def file_of(self, index: int) -> str:
+        """The ArrayRecord shard that holds episode `index` of this split."""
+        shard = int(np.searchsorted(self._shard_ends, index, side="right"))
+        return self.files[min(shard, len(self.files) - 1)]
 
     def __repr__(self) -> str:
         return f"EpisodeSource({self.dataset_dir!r}, split={self.split!r}, len={len(self)})"

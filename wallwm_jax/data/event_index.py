@@ -16,7 +16,6 @@ is w * (text distance)^2 + (1 - w) * (behaviour distance)^2, whatever the block 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import io
@@ -28,8 +27,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+from absl import flags
 from etils import epath
 
+from wallwm_jax import cli
 from wallwm_jax.data import statistics
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 
@@ -388,26 +389,38 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """CLI: build and store the event index of one split, print its summary."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset_dir", help="dataset version dir (has dataset_info.json)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--clusters", type=int, default=DEFAULT_CLUSTERS)
-    parser.add_argument("--text-dims", type=int, default=16)
-    parser.add_argument("--traj-points", type=int, default=8)
-    parser.add_argument("--text-weight", type=float, default=0.5)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    table = build_event_index(args.dataset_dir, args.split, num_clusters=args.clusters,
-                              text_dims=args.text_dims, traj_points=args.traj_points,
-                              text_weight=args.text_weight, seed=args.seed)
-    path = save(table, args.dataset_dir)
+def build_and_save(dataset_dir: str, split: str = "train", *,
+                   clusters: int = DEFAULT_CLUSTERS, text_dims: int = 16, traj_points: int = 8,
+                   text_weight: float = 0.5, seed: int = 0) -> dict:
+    """Build and store the event index of one split; print and return its summary."""
+    table = build_event_index(dataset_dir, split, num_clusters=clusters, text_dims=text_dims,
+                              traj_points=traj_points, text_weight=text_weight, seed=seed)
+    path = save(table, dataset_dir)
     summary = summarize(table)
     print(format_summary(summary))
     print(f"wrote {path}")
     return summary
 
 
+def define_flags() -> None:
+    """The CLI's flags (defined only when run as a program, so importers keep theirs)."""
+    flags.DEFINE_string("split", "train", "Dataset split.")
+    flags.DEFINE_integer("clusters", DEFAULT_CLUSTERS, "k-means clusters (data.num_clusters).")
+    flags.DEFINE_integer("text-dims", 16, "TruncatedSVD dimensions of the caption TF-IDF.")
+    flags.DEFINE_integer("traj-points", 8, "Steps each event's trajectory is resampled to.")
+    flags.DEFINE_float("text-weight", 0.5, "Weight w of the text block in the embedding.")
+    flags.DEFINE_integer("seed", 0, "k-means seed.")
+
+
+def main(argv: list[str]) -> None:
+    """CLI: `python -m wallwm_jax.data.event_index DATASET_DIR [--clusters K]`."""
+    (dataset_dir,) = cli.positional(argv, "DATASET_DIR")
+    fl = flags.FLAGS
+    build_and_save(dataset_dir, fl.split, clusters=fl.clusters, text_dims=fl["text-dims"].value,
+                   traj_points=fl["traj-points"].value, text_weight=fl["text-weight"].value,
+                   seed=fl.seed)
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -6,13 +6,14 @@ events/durations histograms, cluster sizes, 2-D PCA of the event embeddings).
 
 from __future__ import annotations
 
-import argparse
 import os
 import textwrap
 from collections import Counter
 
 import numpy as np
+from absl import flags
 
+from wallwm_jax import cli
 from wallwm_jax.data import event_index as event_index_lib
 from wallwm_jax.data.episodes import open_dataset
 
@@ -203,15 +204,10 @@ def inspect_dataset(dataset_dir: str, out_dir: str, *, split: str = "train",
             "event_index_note": index_note, "pictures": pictures}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    """CLI: print the dataset summary and the paths of the pictures written."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset_dir", help="dataset version dir (has dataset_info.json)")
-    parser.add_argument("--out", default="dataset_inspect", help="picture dir")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--episode", type=int, default=0)
-    args = parser.parse_args(argv)
-    result = inspect_dataset(args.dataset_dir, args.out, split=args.split, episode=args.episode)
+def inspect_and_print(dataset_dir: str, out_dir: str = "dataset_inspect",
+                      split: str = "train", episode: int = 0) -> dict:
+    """Print the dataset summary and the paths of the pictures written; return the result."""
+    result = inspect_dataset(dataset_dir, out_dir, split=split, episode=episode)
     print(format_dataset_summary(result["summary"]))
     print(f"event index ({result['event_index_note']}: {result['event_index_path']}):")
     print(event_index_lib.format_summary(result["event_index"]))
@@ -220,5 +216,20 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def define_flags() -> None:
+    """The CLI's flags (defined only when run as a program, so importers keep theirs)."""
+    flags.DEFINE_string("out", "dataset_inspect", "Picture directory.")
+    flags.DEFINE_string("split", "train", "Dataset split.")
+    flags.DEFINE_integer("episode", 0, "Episode drawn as a film strip.")
+
+
+def main(argv: list[str]) -> None:
+    """CLI: `python -m wallwm_jax.data.inspect DATASET_DIR [--out DIR]`."""
+    (dataset_dir,) = cli.positional(argv, "DATASET_DIR")
+    fl = flags.FLAGS
+    inspect_and_print(dataset_dir, fl.out, split=fl.split, episode=fl.episode)
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -8,12 +8,14 @@ score per task on a built dataset or on fresh MetaWorld expert rollouts.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
+from absl import flags
+
+from wallwm_jax import cli
 
 # Word for (negative, positive) displacement along each position axis; MetaWorld's world frame
 # seen from the robot: +x right, +y forward (away from the base), +z up.
@@ -464,36 +466,52 @@ def rollout_episodes(tasks: Sequence[str], episodes: int, seed: int) -> Iterator
                    "phases": [p for _, _, p in ep["events"]]}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Print boundary precision/recall/F1 of the segmenter against MetaWorld ground truth."""
+def define_flags() -> None:
+    """The CLI's flags (defined only when run as a program, so importers keep theirs)."""
+    flags.DEFINE_string("dataset", None, "Built dataset version dir (else: fresh rollouts).")
+    flags.DEFINE_string("split", "train", "Dataset split.")
+    flags.DEFINE_list("tolerance", ["3"], "Tolerances in steps, e.g. --tolerance 1,3,5.")
+    flags.DEFINE_string("tasks", "mt10", "Rollouts: 'mt10', 'demo' or comma-separated task "
+                        "names.")
+    flags.DEFINE_integer("episodes", 5, "Rollouts per task.")
+    flags.DEFINE_integer("seed", 1000, "First rollout seed (defaults were tuned on seeds 0-9).")
+
+
+def print_quality(dataset: str | None = None, split: str = "train",
+                  tolerances: Sequence[int] = (3,), tasks: str = "mt10", episodes: int = 5,
+                  seed: int = 1000) -> None:
+    """Print boundary precision/recall/F1 of the segmenter against MetaWorld ground truth,
+    on a built dataset's split or on fresh expert rollouts of `tasks`."""
     from wallwm_jax.envs.metaworld import DEMO_TASKS, MT10_TASKS
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--dataset", help="built dataset version dir (else: fresh rollouts)")
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--tolerance", type=int, nargs="+", default=[3],
-                        help="tolerances in steps, e.g. --tolerance 1 3 5")
-    parser.add_argument("--tasks", default="mt10",
-                        help="rollouts: 'mt10', 'demo' or comma-separated task names")
-    parser.add_argument("--episodes", type=int, default=5, help="rollouts per task")
-    parser.add_argument("--seed", type=int, default=1000,
-                        help="first rollout seed (defaults were tuned on seeds 0-9)")
-    args = parser.parse_args(argv)
-    if args.dataset:
-        episodes = dataset_episodes(args.dataset, args.split)
-        source = f"{args.dataset} split {args.split}"
+    tolerances = tuple(tolerances)
+    if dataset:
+        source_episodes = dataset_episodes(dataset, split)
+        source = f"{dataset} split {split}"
     else:
-        tasks = {"mt10": MT10_TASKS, "demo": DEMO_TASKS}.get(args.tasks)
-        tasks = tasks or tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-        episodes = rollout_episodes(tasks, args.episodes, args.seed)
-        source = (f"fresh expert rollouts, {args.episodes}/task, seeds "
-                  f"{args.seed}-{args.seed + args.episodes - 1}")
-    results = evaluate(episodes, tolerances=tuple(args.tolerance))
+        names = {"mt10": MT10_TASKS, "demo": DEMO_TASKS}.get(tasks)
+        names = names or tuple(t.strip() for t in tasks.split(",") if t.strip())
+        source_episodes = rollout_episodes(names, episodes, seed)
+        source = f"fresh expert rollouts, {episodes}/task, seeds {seed}-{seed + episodes - 1}"
+    results = evaluate(source_episodes, tolerances=tolerances)
     print(f"Boundary P/R/F1 vs ground-truth event starts ({source}); F1vis: without "
           f"{'/'.join(INVISIBLE_PHASES)} starts; F1uni: uniform cuts, same event count")
-    print(format_table(results, tuple(args.tolerance)))
+    print(format_table(results, tolerances))
     sys.stdout.flush()
 
 
+def main(argv: list[str]) -> None:
+    """CLI: `python -m wallwm_jax.data.segmentation [--dataset DIR] [--tolerance 1,3,5]`."""
+    cli.positional(argv)
+    fl = flags.FLAGS
+    try:
+        tolerances = tuple(int(t) for t in fl.tolerance)
+    except ValueError:
+        raise cli.UserError(f"--tolerance={','.join(fl.tolerance)}: expected integers, e.g. "
+                            f"--tolerance 1,3,5") from None
+    print_quality(fl.dataset, fl.split, tolerances, fl.tasks, fl.episodes, fl.seed)
+
+
 if __name__ == "__main__":
-    main()
+    define_flags()
+    cli.run(main)

@@ -8,11 +8,11 @@ task, group and overall with Wilson 95% intervals) and OUT/pictures/ for `--vide
 from __future__ import annotations
 
 import dataclasses
-import signal
-import sys
 import warnings
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from wallwm_jax import cli
 
 _POLICY = flags.DEFINE_string("policy", None, "Export bundle, checkpoint directory (latest "
                               "finished step, or --step) or 'expert' (scripted experts).")
@@ -34,12 +34,12 @@ _COMPARE = flags.DEFINE_string("compare", None, "Expert results (results.json or
 _LIMIT = flags.DEFINE_integer("episode_limit", None, "Override the suite's step limit per "
                               "episode (smoke runs; the result records it).")
 _LIST = flags.DEFINE_bool("list", False, "List the suites and exit.")
-_VERBOSE = flags.DEFINE_bool("traceback", False, "Show the Python traceback of an error.")
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices are not news
+    cli.positional(argv)
+    if not cli.verbose():
+        logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices are not news
     warnings.filterwarnings("ignore", module="metaworld")  # "Constant(s) may be too high"
     from wallwm_jax.envs import metaworld  # noqa: F401  (sets MUJOCO_GL first)
     from wallwm_jax.evaluation import suites
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> None:
     missing = [f"--{n}" for n, f in (("policy", _POLICY), ("suite", _SUITE),
                                      ("workdir", _WORKDIR)) if not f.value]
     if missing:
-        raise ValueError(f"missing required flag(s) {', '.join(missing)}")
+        raise cli.UserError(f"missing required flag(s) {', '.join(missing)}")
     suite = suites.get(_SUITE.value).subset(tuple(_TASKS.value or ()) or None, _EPISODES.value)
     if _LIMIT.value is not None:
         if _LIMIT.value < 1:
@@ -71,18 +71,6 @@ def main(argv: list[str]) -> None:
           f"-> {_WORKDIR.value}/results.json")
 
 
-def run() -> None:
-    """Entry point: user errors print one line and exit 2 (tracebacks with --traceback)."""
-    # SIGTERM unwinds like Ctrl-C, so episode worker processes are stopped with the run.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        app.run(main)
-    except (ValueError, FileNotFoundError) as err:
-        if "--traceback" in sys.argv:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
 if __name__ == "__main__":
-    run()
+    # SIGTERM unwinds (cli.run), so episode worker processes are stopped with the run.
+    cli.run(main)

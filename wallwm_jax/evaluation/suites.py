@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 
-from wallwm_jax.envs.metaworld import DEMO_TASKS, MT10_TASKS, MT50_TASKS
+from wallwm_jax.data.tasks import DEMO_TASKS, MT10_TASKS, MT50_TASKS
 
 EVAL_SEED_BASE = 2**32  # every dataset-build seed is below this
 TRAIN_SEED_LIMIT = 2**32

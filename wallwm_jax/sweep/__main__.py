@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
+from wallwm_jax import cli
 from wallwm_jax.sweep.hyper import SweepError, base_config, format_value, load_module, split_spec
 
 flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/sweeps/balance.py[:arg].")
@@ -42,11 +42,6 @@ flags.DEFINE_string("slurm_account", None, "Slurm: account.")
 FLAGS = flags.FLAGS
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _suites(sweep_eval: dict) -> list[str]:
     value = FLAGS.suite if FLAGS.suite is not None else sweep_eval.get("suites", ())
     if isinstance(value, str):
@@ -56,7 +51,7 @@ def _suites(sweep_eval: dict) -> list[str]:
 
     for suite in suites:
         if suite not in names():
-            _fail(f"unknown evaluation suite {suite!r}; known: {', '.join(names())}, none")
+            cli.fail(f"unknown evaluation suite {suite!r}; known: {', '.join(names())}, none")
     return suites
 
 
@@ -82,22 +77,24 @@ def _resources(sweep_resources: dict) -> dict:
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        _fail(f"unexpected arguments {argv[1:]}")
+        cli.fail(f"unexpected arguments {argv[1:]}")
     from wallwm_jax.sweep import launchers, report, runner
     from wallwm_jax.sweep.hyper import load_sweep
 
     if FLAGS.report:
         if not os.path.isdir(os.path.join(FLAGS.report, "trials")):
-            _fail(f"{FLAGS.report} is not a sweep directory (no trials/)")
+            cli.fail(f"{FLAGS.report} is not a sweep directory (no trials/)")
         out = report.write_report(FLAGS.report)
         print(out["markdown"])
         return
     if not FLAGS.sweep or not FLAGS.workdir:
-        _fail("--sweep and --workdir are required (or --report DIR)")
+        cli.fail("--sweep and --workdir are required (or --report DIR)")
     try:
-        sweep = load_sweep(FLAGS.sweep, config=FLAGS.config)
+        # Datasets are checked only where trials will run: here (slurm's are on the cluster).
+        sweep = load_sweep(FLAGS.sweep, config=cli.config_value("config"),
+                           check_data=FLAGS.launcher == "local" and not FLAGS.dry_run)
     except SweepError as e:
-        _fail(str(e))
+        cli.fail(str(e))
     overrides = dict(config_flags.get_override_values(FLAGS["config"]))
     suites = _suites(sweep.eval)
     settings = _eval_settings(sweep.eval)
@@ -164,27 +161,30 @@ def _define_config_flag(argv: list[str]) -> None:
         try:
             base_config(load_module(path), arg)
         except (SweepError, ValueError, KeyError, TypeError) as e:
-            _fail(f"{spec}: {e}")
+            cli.fail(f"{spec}: {e}")
     try:  # config_flags applies the --config.X overrides here
         config_flags.DEFINE_config_file(
             "config", spec, "The sweep's base config (set by --sweep); --config.FIELD=VALUE "
             "applies to every trial.", lock_config=False)
     except (AttributeError, KeyError, TypeError, ValueError, flags.Error) as e:
-        message = " ".join(re.sub(r"\\?'", "", str(e).replace("\\n", " ")).split())
-        _fail(f"bad --config override: {message}")
+        cli.fail(cli.describe_flag_error(e, argv))
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
+    """Define `--config` from `--sweep`, then parse (errors: one line, exit 2)."""
     try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).splitlines()[0])
+        _define_config_flag(argv)
+    except cli.UserError as e:
+        if cli.verbose():
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(cli.EXIT_USER_ERROR) from None
+    return cli.parse_flags(argv)
 
 
 def run() -> None:
     """Console entry point."""
-    _define_config_flag(sys.argv)
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

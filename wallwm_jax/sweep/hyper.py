@@ -7,8 +7,10 @@ anything runs.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -20,6 +22,9 @@ from types import ModuleType
 from typing import Any
 
 import ml_collections
+
+from wallwm_jax import config_check
+from wallwm_jax.cli import UserError
 
 Trial = dict[str, Any]
 
@@ -165,9 +170,10 @@ def base_config(module: ModuleType, arg: str | None) -> ml_collections.ConfigDic
     return module.get_config(arg) if arg is not None else module.get_config()
 
 
-def load_sweep(spec: str, config: ml_collections.ConfigDict | None = None) -> SweepSpec:
+def load_sweep(spec: str, config: ml_collections.ConfigDict | None = None, *,
+               check_data: bool = False) -> SweepSpec:
     """Load and validate a sweep file; `config` (already overridden by the CLI) replaces
-    `get_config(arg)` when given."""
+    `get_config(arg)` when given. `check_data` also checks each trial's dataset exists."""
     path, arg = split_spec(spec)
     module = load_module(path)
     if config is None:
@@ -180,7 +186,7 @@ def load_sweep(spec: str, config: ml_collections.ConfigDict | None = None) -> Sw
     for trial in trials:
         if not isinstance(trial, dict):
             raise SweepError(f"{path}: a trial must be a dict of overrides, got {trial!r}")
-    validate(config, trials)
+    validate(config, trials, check_data=check_data)
     names = trial_names(trials)
     settings = module.get_eval() if hasattr(module, "get_eval") else {}
     if isinstance(settings, (str, list, tuple)):
@@ -201,9 +207,11 @@ def all_paths(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return out
 
 
-def validate(config: ml_collections.ConfigDict, trials: Sequence[Trial]) -> None:
-    """Every swept key exists and every value fits its field's type; raise SweepError naming
-    the first key/value that does not (with close matches for a misspelt key)."""
+def validate(config: ml_collections.ConfigDict, trials: Sequence[Trial], *,
+             check_data: bool = False) -> None:
+    """Every swept key exists, every value fits its field's type and every trial's whole
+    config passes `config_check.validate`; raise SweepError naming the first key/value or
+    trial that does not (with close matches for a misspelt key)."""
     paths = all_paths(config)
     for trial in trials:
         for key, value in trial.items():
@@ -220,6 +228,18 @@ def validate(config: ml_collections.ConfigDict, trials: Sequence[Trial]) -> None
                 raise SweepError(
                     f"swept value {value!r} for {key!r} does not fit the field "
                     f"({type(current).__name__} {current!r}): {e}") from None
+    # Every trial's fields first, then (slower, the same for most trials) its datasets.
+    configs = [apply_overrides(copy.deepcopy(config), dict(t)) for t in trials]  # keeps refs
+    checks = [functools.partial(config_check.validate, check_data=False)]
+    if check_data:
+        checks.append(config_check.check_datasets)
+    for check in checks:
+        for trial, trial_config in zip(trials, configs, strict=True):
+            try:
+                check(trial_config)
+            except UserError as e:
+                values = ", ".join(f"{k}={format_value(v)}" for k, v in trial.items())
+                raise SweepError(f"trial {values}: {e}") from None
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 
-from absl import app, flags
+from absl import flags
 
+from wallwm_jax import cli
 from wallwm_jax.sweep.hyper import apply_overrides, base_config, load_module, split_spec
 from wallwm_jax.sweep.runner import EXIT_INTERRUPTED
 
@@ -32,7 +33,7 @@ def build_config(sweep: str, trial: dict):
 
 
 def main(argv: list[str]) -> None:
-    del argv
+    cli.positional(argv)
     with open(FLAGS.trial) as f:
         trial = json.load(f)
     config = build_config(FLAGS.sweep, trial)
@@ -49,4 +50,5 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    # SIGTERM stays with training, which saves a checkpoint and exits (EXIT_INTERRUPTED).
+    cli.run(main, sigterm_unwinds=False)

@@ -1,0 +1,62 @@
+"""`config_check.validate`: every shipped config passes; a bad field is named with its value and
+what was expected, before any data or device is touched."""
+
+import pytest
+
+from experiments.pretrain import get_config
+from wallwm_jax import cli, config_check
+
+
+@pytest.mark.parametrize("size", ["tiny", "small", "base", "large"])
+@pytest.mark.parametrize("mode", ["event", "unified", "chunk"])
+def test_shipped_configs_pass(size, mode):
+    config_check.validate(get_config(f"size={size},mode={mode}"), check_data=False)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("optimizer.name", "adam", "config.optimizer.name='adam': expected one of 'adamw', 'muon'"),
+    ("optimizer.learning_rate", 0.0, "config.optimizer.learning_rate=0.0: expected a number > 0"),
+    ("batch_size", 0, "config.batch_size=0: expected an integer >= 1"),
+    ("eval.episodes_per_task", 0, "config.eval.episodes_per_task=0: expected an integer >= 1"),
+    ("data.image_size", 4, "smaller than one patch"),
+    ("data.balance_alpha", -1.0, "config.data.balance_alpha=-1.0: expected a number >= 0"),
+    ("data.layout", "chunk", "config.mode='event' but config.data.layout='chunk'"),
+    ("model.remat_policy", "some", "config.model.remat_policy='some': expected one of 'none'"),
+    ("model.cameras", 2, "config.model.cameras=2 but config.data.cameras has 1"),
+    ("mesh.fsdp", 0, "axis sizes >= 1, or -1"),
+    ("checkpoint.every_steps", 0, "config.checkpoint.every_steps=0: expected an integer >= 1"),
+    ("init_from", "/no/such/run", "config.init_from='/no/such/run' does not exist"),
+    ("on_nonfinite", "ignore", "config.on_nonfinite='ignore': expected one of 'stop', 'skip'"),
+])
+def test_a_bad_field_is_named(field, value, message):
+    config = get_config("size=tiny,mode=event")
+    *parents, leaf = field.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    setattr(node, leaf, value)
+    with pytest.raises(cli.UserError) as err:
+        config_check.validate(config, check_data=False)
+    assert message in str(err.value)
+
+
+def test_fields_are_checked_before_the_dataset():
+    config = get_config("size=tiny,mode=event")
+    config.optimizer.name = "adam"
+    config.data.data_dir = "/no/such/dataset"
+    with pytest.raises(cli.UserError, match="optimizer.name"):
+        config_check.validate(config)
+
+
+def test_dataset_dir_messages(tmp_path):
+    (tmp_path / "metaworld_events" / "demo-e2-i32-s0" / "1.0.0").mkdir(parents=True)
+    version = tmp_path / "metaworld_events" / "demo-e2-i32-s0" / "1.0.0"
+    with pytest.raises(cli.UserError, match="holds no built dataset .* it holds: "
+                                            "metaworld_events"):
+        config_check.check_dataset_dir(str(tmp_path))
+    (version / "dataset_info.json").write_text("{}")
+    config_check.check_dataset_dir(str(version))
+    with pytest.raises(cli.UserError, match=f"datasets below it: {version}"):
+        config_check.check_dataset_dir(str(tmp_path))
+    with pytest.raises(cli.UserError, match="is not set: pass --config.data.data_dir=DIR"):
+        config_check.check_dataset_dir("")
