@@ -28,7 +28,7 @@ from wallwm_jax.models import wallwm
 
 WEIGHTS_FILE = "model.safetensors"
 REQUIRED = (WEIGHTS_FILE, "config.json", "norm_stats.json", "tokenizer.model")
-DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", jax.numpy.bfloat16)}
+DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
 
 
 # -- modes ------------------------------------------------------------------------------------
@@ -84,11 +84,11 @@ def export_bundle(export_dir: str, params: Any, config: ml_collections.ConfigDic
     tmp = export_dir + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
-    tag, np_dtype = DTYPES[dtype]
+    np_dtype = DTYPES[dtype]
     tensors = {}
     for name, leaf in flat_names(params).items():
         array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)).astype(np_dtype))
-        tensors[name] = {"dtype": tag, "shape": list(array.shape), "data": array.tobytes()}
+        tensors[name] = {"dtype": dtype, "shape": list(array.shape), "data": array.tobytes()}
     serialize_file(tensors, os.path.join(tmp, WEIGHTS_FILE),
                    metadata={"format": "wallwm_jax", "dtype": dtype})
     with open(os.path.join(tmp, "config.json"), "w") as f:
