@@ -341,8 +341,11 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
         source = open_dataset(directory, split)
         index, probs, cluster = (_balanced_index(source, split, data_cfg) if balanced
                                  else (scan_events(source), None, None))
+        # Fine-tuning reads a new dataset with the export's tokenizer and norm stats
+        # (data.tokenizer / data.norm_stats), so token ids and action scales stay the model's.
         samplers.append(EventSampler(
-            source, index, f"{directory}/tokenizer.model", statistics.load_norm_stats(directory),
+            source, index, data_cfg.get("tokenizer") or f"{directory}/tokenizer.model",
+            statistics.load_norm_stats(data_cfg.get("norm_stats") or directory),
             data_cfg, seed=seed, augment=augment, event_probs=probs, cluster=cluster))
     sampler = samplers[0]
     fn = sampler if len(samplers) == 1 else MixtureSampler(
