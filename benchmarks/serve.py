@@ -71,7 +71,13 @@ def time_server(policy: Policy, mode: str, requests: int) -> dict[str, float]:
     with __import__("socket").socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    task = loop.create_task(serve(policy, mode, "127.0.0.1", port, on_listen=listening.set))
+    async def until_cancelled() -> None:
+        try:
+            await serve(policy, mode, "127.0.0.1", port, on_listen=listening.set)
+        except asyncio.CancelledError:
+            pass  # the benchmark is done with this server
+
+    task = loop.create_task(until_cancelled())
     thread = threading.Thread(target=loop.run_until_complete, args=(task,), daemon=True)
     thread.start()
     listening.wait(60)
