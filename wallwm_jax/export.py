@@ -114,7 +114,7 @@ def model_card(config: ml_collections.ConfigDict, flat: dict[str, Any], dtype: s
     n_params = sum(int(np.prod(x.shape)) for x in flat.values())
     lines = [
         "# WALL-WM export", "",
-        f"- Model: size `{m.get('size', '?')}`, {n_params:,} parameters, stored as {dtype} "
+        f"- Model: size `{config.get('size', '?')}`, {n_params:,} parameters, stored as {dtype} "
         f"in `{WEIGHTS_FILE}` ({len(flat)} tensors, names like `{next(iter(flat))}`).",
         f"- Training data: {', '.join(data)}; "
         f"{'step ' + str(step) if step is not None else 'final params'} of "
