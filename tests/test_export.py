@@ -81,6 +81,14 @@ def test_training_starts_from_an_export(exported):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_policy_holds_params_on_device(exported):
+    """Loaded once onto the device: act() never copies the weights host -> device."""
+    from wallwm_jax.policy import load_policy
+
+    policy = load_policy(exported[0])
+    assert all(isinstance(x, jax.Array) for x in jax.tree.leaves(policy.params))
+
+
 def test_fresh_process_acts_with_documented_shape(exported):
     path, _, config, _ = exported
     out = subprocess.run([sys.executable, "-m", "wallwm_jax.policy", "--export", path,
