@@ -30,6 +30,8 @@ setup(
         "etils>=1.10,<2",
         "safetensors>=0.4,<0.8",
         "matplotlib>=3.8,<4",
+        "msgpack>=1.0,<2",  # python -m wallwm_jax.serve (openpi's msgpack-numpy protocol)
+        "websockets>=13,<16",  # python -m wallwm_jax.serve
     ],
     extras_require={
         "beam": ["apache-beam>=2.55,<3"],  # large conversions (data_builders/rlds_events)
@@ -44,6 +46,11 @@ setup(
             "ruff>=0.6,<1",
             "apache-beam>=2.55,<3",
             "submitit>=1.5.2,<1.6",
+            # tests/test_serve.py runs openpi-client 0.1.2 (installed --no-deps: it pins
+            # numpy<2); what its client code imports besides msgpack/websockets/numpy:
+            "typing-extensions>=4.6,<5",
+            "pillow>=10,<14",
+            "dm-tree>=0.1.8,<0.2",
         ],
     },
 )

@@ -348,9 +348,10 @@ def _set_aside_all(manager: ocp.CheckpointManager, damaged: list[tuple[int, list
 
 
 def is_export_bundle(directory: str) -> bool:
-    """Whether `directory` is an export bundle (`params/` + `config.json`, see export.py)."""
+    """Whether `directory` is an export bundle (`model.safetensors` + `config.json`, see
+    export.py)."""
     return (os.path.isfile(os.path.join(directory, "config.json"))
-            and os.path.isdir(os.path.join(directory, "params")))
+            and os.path.isfile(os.path.join(directory, "model.safetensors")))
 
 
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
@@ -367,11 +368,9 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
     if is_export_bundle(directory):
         if step is not None:
             raise ValueError(f"{directory} is an export bundle: it has no steps (got {step})")
-        path = os.path.join(os.path.abspath(directory), "params")
-        with ocp.StandardCheckpointer() as checkpointer:
-            _compare_shapes(checkpointer.metadata(path).item_metadata, abstract_params,
-                            f"export bundle {directory}")
-            return checkpointer.restore(path, abstract_params)
+        from wallwm_jax.export import load_params  # safetensors; names a mis-shaped tensor
+
+        return load_params(directory, abstract_params)
     with _read_only(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:

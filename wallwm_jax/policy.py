@@ -18,49 +18,42 @@ import jax
 import ml_collections
 import numpy as np
 
-from wallwm_jax.data import statistics
 from wallwm_jax.data.batches import Observation
-from wallwm_jax.data.pipeline import bin_to_steps
 from wallwm_jax.data.tokenizer import Tokenizer
-from wallwm_jax.export import load_bundle
+from wallwm_jax.data.transforms import ModelIO
+from wallwm_jax.export import load_bundle, runnable_modes, trained_mode
 from wallwm_jax.models import wallwm
 from wallwm_jax.models.decoding import staircase_decode
 
 MODES = ("event", "unified", "chunk")
-
-
-def trained_mode(config: ml_collections.ConfigDict) -> str:
-    """The mode a config trains: caption slots 0 -> chunk, 1 -> event, >= 2 -> unified."""
-    slots = int(config.model.max_captions)
-    return "chunk" if slots == 0 else "event" if slots == 1 else "unified"
-
-
-def runnable_modes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Modes a policy trained with `config` can run: its own, and event mode for a unified
-    policy (one given caption, the degenerate case of Staircase Decoding)."""
-    mode = trained_mode(config)
-    return ("unified", "event") if mode == "unified" else (mode,)
+__all__ = ["MODES", "Policy", "load_policy", "runnable_modes", "trained_mode"]
 
 
 class Policy:
-    """A jitted policy over one set of params (batch of one observation), any mode."""
+    """A jitted policy over one set of params (batch of one observation), any mode.
+
+    Inputs go through `wallwm_jax.data.transforms.ModelIO`, the preprocessing the training
+    pipeline uses, so the model sees what it saw in training.
+    """
 
     def __init__(self, params: Any, config: ml_collections.ConfigDict,
                  norm_stats: dict[str, Any], tokenizer_path: str, *, seed: int = 0,
                  mode: str | None = None):
-        self.params = jax.device_put(params)  # on the device once, not on every act()
+        # On the device once: a numpy tree here would be copied host->device on every act().
+        self.params = jax.device_put(params)
         self.config = config
-        self.norm_stats = {key: {name: np.asarray(v, np.float32) for name, v in s.items()}
-                           for key, s in norm_stats.items()}  # JSON lists (assets) too
         self.tokenizer = Tokenizer(tokenizer_path)
+        self.io = ModelIO(config.data, norm_stats, self.tokenizer)
+        self.norm_stats = self.io.norm_stats
         self._rng = jax.random.PRNGKey(seed)
         self.modes = runnable_modes(config)
         self.mode = mode or self.modes[0]
         if self.mode not in self.modes:
             raise ValueError(f"this policy was trained in {trained_mode(config)} mode and can "
                              f"run {', '.join(self.modes)}; {self.mode!r} is not one of them")
-        self.cameras = tuple(config.data.get("cameras", ("image",)))
+        self.cameras = self.io.cameras
         self.state_dim = int(config.model.state_dim)
+        self.action_dim = int(config.model.action_dim)
         model_cfg = config.model
         self.num_slots = int(model_cfg.max_captions)
         self._sample = jax.jit(
@@ -74,61 +67,52 @@ class Policy:
         """Restart the sampling noise from `seed` (the evaluator seeds every episode)."""
         self._rng = jax.random.PRNGKey(seed)
 
-    def _images(self, image: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        size = self.config.data.image_size
-        if not isinstance(image, dict):
-            image = {self.cameras[0]: image}
-        missing = [c for c in self.cameras if c not in image]
-        if missing:
-            raise ValueError(f"observation lacks camera(s) {missing}; this policy reads "
-                             f"{list(self.cameras)}")
-        frames = []
-        for name in self.cameras:
-            frame = np.asarray(image[name])
-            if frame.shape != (size, size, 3):
-                raise ValueError(f"camera {name!r} has shape {frame.shape}, expected "
-                                 f"{(size, size, 3)}")
-            frames.append(frame.astype(np.uint8))
-        return np.stack(frames)[None] if len(frames) > 1 else frames[0][None]
+    def frames(self, image: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A single frame (the first camera) or {camera: frame} -> {camera: frame}."""
+        return dict(image) if isinstance(image, dict) else {self.cameras[0]: image}
+
+    def observation(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
+                    instruction: str, caption: str | None = None, *,
+                    mode: str | None = None) -> Observation:
+        """The batch-of-one model input of one step (what `act` feeds the model)."""
+        mode = self._check_mode(mode)
+        state = np.asarray(state, np.float32)
+        if state.shape != (self.state_dim,):
+            raise ValueError(f"state has shape {state.shape}, expected ({self.state_dim},)")
+        if mode == "event" and caption is None:
+            raise ValueError("event mode needs the next event's caption")
+        texts = [caption] if mode == "event" else []
+        x = self.io.inputs(self.frames(image), state, instruction, texts, self.num_slots)
+        return Observation(image=x["image"][None], state=x["state"][None],
+                           instruction=x["instruction"][None], caption=x["caption"][None])
+
+    def _check_mode(self, mode: str | None) -> str:
+        mode = mode or self.mode
+        if mode not in self.modes:
+            raise ValueError(f"this policy can run {', '.join(self.modes)}, not {mode!r}")
+        return mode
 
     def act(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
             instruction: str, caption: str | None = None, *,
             mode: str | None = None) -> dict[str, Any]:
-        """image uint8 [H,W,3] (or {camera: image}), state float [S] -> `actions` [n, A].
+        """image uint8 [H,W,3] (or {camera: image}, any size: resized to the model's),
+        state float [S] -> `actions` [n, A] in raw units.
 
         `caption` (the next event's description) is required in event mode and ignored
         otherwise. Also returns `chunk` (all Tmax predicted steps, raw units), `duration_bin`
         per caption slot, `world` (uint8 [w,w,3], the predicted event-end frame) and, in
         unified mode, the decoded `captions` (text) and `event_steps` per decoded caption.
         """
-        dcfg = self.config.data
-        mode = mode or self.mode
-        if mode not in self.modes:
-            raise ValueError(f"this policy can run {', '.join(self.modes)}, not {mode!r}")
-        state = np.asarray(state, np.float32)
-        if state.shape != (self.state_dim,):
-            raise ValueError(f"state has shape {state.shape}, expected ({self.state_dim},)")
-        if mode == "event" and caption is None:
-            raise ValueError("event mode needs the next event's caption")
-        slots = np.zeros((1, self.num_slots, dcfg.caption_len), np.int32)
-        if mode == "event":
-            slots[0, 0] = self.tokenizer.encode(caption, dcfg.caption_len)
-        obs = Observation(
-            image=self._images(image),
-            state=statistics.normalize(state, self.norm_stats["state"],
-                                       dcfg.norm_mode)[None].astype(np.float32),
-            instruction=self.tokenizer.encode(instruction, dcfg.instruction_len)[None],
-            caption=slots,
-        )
+        mode = self._check_mode(mode)
+        obs = self.observation(image, state, instruction, caption, mode=mode)
         self._rng, rng = jax.random.split(self._rng)
         fn = self._decode if mode == "unified" else self._sample
         out = jax.device_get(fn(self.params, obs, rng))
-        chunk = statistics.unnormalize(np.asarray(out["actions"][0]), self.norm_stats["action"],
-                                       dcfg.norm_mode).astype(np.float32)
+        chunk = self.io.actions(np.asarray(out["actions"][0]))
         bins = np.asarray(out["duration_bin"][0])
         world = np.clip((np.asarray(out["world"][0]) + 1.0) * 127.5, 0, 255).astype(np.uint8)
         result: dict[str, Any] = {"chunk": chunk, "duration_bin": bins, "world": world}
-        steps = bin_to_steps(bins, tuple(dcfg.duration_bins))
+        steps = self.io.steps(bins)
         if mode == "chunk":
             n = int(self.config.eval.get("chunk_execute_steps") or chunk.shape[0])
         elif mode == "event":
@@ -149,37 +133,41 @@ def load_policy(export_dir: str, *, seed: int = 0, mode: str | None = None) -> P
     return Policy(params, config, norm_stats, tokenizer_path, seed=seed, mode=mode)
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
     """`python -m wallwm_jax.policy --export DIR --task reach-v3`: act once, print JSON."""
-    import argparse
     import json
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--export", required=True, help="export bundle directory")
-    parser.add_argument("--task", default="reach-v3", help="MetaWorld task to observe")
-    args = parser.parse_args()
-    from absl import logging
+    from absl import flags
 
-    logging.set_verbosity(logging.WARNING)
-
+    from wallwm_jax import cli
     from wallwm_jax.data import captions
     from wallwm_jax.envs.metaworld import MetaWorldTask
 
-    policy = load_policy(args.export)
-    env = MetaWorldTask(args.task, seed=7, image_size=policy.config.data.image_size)
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {argv[1:]}")
+    fl = flags.FLAGS
+    policy = load_policy(fl.export)
+    env = MetaWorldTask(fl.task, seed=7, image_size=policy.config.data.image_size)
     try:
         obs = env.reset()
         phase = env.phase()
     finally:
         env.close()
     out = policy.act(obs["image"], obs["state"],
-                     captions.instruction(args.task, variant=0, split="train"),
-                     captions.event_caption(args.task, phase, variant=0, split="train"))
-    print(json.dumps({"task": args.task, "phase": phase,
+                     captions.instruction(fl.task, variant=0, split="train"),
+                     captions.event_caption(fl.task, phase, variant=0, split="train"))
+    print(json.dumps({"task": fl.task, "phase": phase,
                       "actions_shape": list(out["actions"].shape),
                       "chunk_shape": list(out["chunk"].shape),
                       "first_action": out["actions"][0].round(4).tolist()}))
 
 
 if __name__ == "__main__":
-    main()
+    from absl import flags
+
+    from wallwm_jax import cli
+
+    flags.DEFINE_string("export", None, "Export bundle directory.")
+    flags.DEFINE_string("task", "reach-v3", "MetaWorld task to observe.")
+    flags.mark_flags_as_required(["export"])
+    cli.run(main)

@@ -108,3 +108,35 @@ def test_second_caption_decodes_against_the_first(unified_cfg, batch_factory):
     assert float(jnp.abs(other_logits[:, 0] - logits[:, 0]).max()) > 1e-4
     with pytest.raises(ValueError, match="max_len"):
         decode_caption(unified_cfg, params, obs, rng, max_len=MAX_LEN + 1)
+
+
+def test_staircase_decode_encodes_once_and_matches_reference(unified_cfg, batch_factory):
+    """Unified inference with one prefix encode (K/V cache reused by every caption and the
+    chunk) gives the reference's captions and present-slot durations exactly, and its
+    actions to float32 rounding (the slot K/V come from a [Lc]-token pass instead of the
+    full-sequence one: other matmul shapes, other summation order)."""
+    from wallwm_jax.models.decoding import staircase_decode, staircase_decode_reference
+
+    params = wallwm.init_params(unified_cfg, jax.random.key(0))
+    obs = jax.tree.map(jnp.asarray, batch_factory(unified_cfg, batch_size=3, seed=5).obs)
+    rng = jax.random.key(4)
+    run = functools.partial(staircase_decode, unified_cfg, max_len=MAX_LEN)
+    out = jax.jit(run)(params, obs, rng)
+    ref = jax.jit(functools.partial(staircase_decode_reference, unified_cfg,
+                                    max_len=MAX_LEN))(params, obs, rng)
+    np.testing.assert_array_equal(out["captions"], ref["captions"])
+    present = np.asarray(ref["captions"][:, :, 0] != 0)
+    assert present[:, 0].all()
+    np.testing.assert_array_equal(np.asarray(out["duration_bin"])[present],
+                                  np.asarray(ref["duration_bin"])[present])
+    np.testing.assert_array_equal(out["action_events"], ref["action_events"])
+    np.testing.assert_allclose(out["actions"], ref["actions"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(out["world"], ref["world"], atol=1e-5, rtol=0)
+    # One encode: the image tower runs once in the cached program, K + 2 times in the
+    # reference (one per caption, one per duration read, one for the chunk).
+    def vit_calls(fn):
+        text = jax.jit(fn).lower(params, obs, rng).as_text()
+        return text.count("stablehlo.convolution")
+    assert vit_calls(run) == 1
+    assert vit_calls(functools.partial(staircase_decode_reference, unified_cfg,
+                                       max_len=MAX_LEN)) == 2 * unified_cfg.max_captions

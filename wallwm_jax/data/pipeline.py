@@ -25,21 +25,12 @@ from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
 from wallwm_jax.data.tokenizer import Tokenizer
+from wallwm_jax.data.transforms import ModelIO, bin_to_steps, duration_bin
+
+__all__ = ["EventSampler", "InputPipeline", "make_pipeline", "to_event_batch", "duration_bin",
+           "bin_to_steps"]
 
 _MAX_SAMPLES = 2**40  # effectively infinite; sampling is with replacement
-
-
-def duration_bin(remaining: int, edges: tuple[int, ...]) -> int:
-    """Index of the first bin whose upper edge is >= `remaining` (the last bin catches all)."""
-    for b, edge in enumerate(edges):
-        if remaining <= edge:
-            return b
-    return len(edges) - 1
-
-
-def bin_to_steps(bin_index: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
-    """Number of steps a predicted duration bin stands for (its upper edge)."""
-    return np.asarray(edges)[np.asarray(bin_index)]
 
 
 class EventSampler:
@@ -67,11 +58,13 @@ class EventSampler:
         self.cache_size = cache_size
         self.augment = augment
         self._tokenizer: Tokenizer | None = None
+        self._io: ModelIO | None = None
         self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_tokenizer"] = None
+        state["_io"] = None
         state["_cache"] = OrderedDict()
         return state
 
@@ -80,6 +73,13 @@ class EventSampler:
         if self._tokenizer is None:
             self._tokenizer = Tokenizer(self.tokenizer_path)
         return self._tokenizer
+
+    @property
+    def io(self) -> ModelIO:
+        """The preprocessing shared with the policy (wallwm_jax.data.transforms)."""
+        if self._io is None:
+            self._io = ModelIO(self.cfg, self.norm_stats, self.tokenizer)
+        return self._io
 
     def _episode(self, e: int) -> dict[str, Any]:
         if e in self._cache:
@@ -134,38 +134,33 @@ class EventSampler:
         n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
         rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
 
+        io = self.io
         chunk = np.zeros((tmax, ep["steps/action"].shape[-1]), np.float32)
-        chunk[:n] = statistics.normalize(ep["steps/action"][t:t + n], self.norm_stats["action"],
-                                         cfg.norm_mode)
+        chunk[:n] = io.normalize_actions(ep["steps/action"][t:t + n])
         mask = np.arange(tmax) < n
         action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: stay monotone
         action_events[:n] = rel
-        caption = np.zeros((num_slots, cfg.caption_len), np.int32)
-        durations = np.zeros((num_slots,), np.int32)
-        edges = tuple(cfg.duration_bins)
+        texts, durations = [], np.zeros((num_slots,), np.int32)
         for c in range(num_slots):
             if c > 0 and not np.any(rel == c):
                 break
-            caption[c] = self.tokenizer.encode(ep["events/caption"][k + c], cfg.caption_len)
+            texts.append(ep["events/caption"][k + c])
             length = int(ends[k] - t) if c == 0 else int(ends[k + c] - starts[k + c])
-            durations[c] = duration_bin(length, edges)
+            durations[c] = io.duration_bin(length)
         end_frame = Image.fromarray(images[int(ends[k]) - 1]).resize(
             (cfg.world_size, cfg.world_size), Image.BILINEAR)
-        state = statistics.normalize(ep["steps/observation/state"][t],
-                                     self.norm_stats["state"], cfg.norm_mode)
+        inputs = io.inputs({name: frames[t] for name, frames in zip(cfg.cameras, cameras,
+                                                                     strict=True)},
+                           ep["steps/observation/state"][t],
+                           ep["episode_metadata/instruction"], texts, num_slots)
         return {
-            "image": images[t] if len(cameras) == 1 else np.stack([c[t] for c in cameras]),
-            "state": np.asarray(state, np.float32),
-            "instruction": self.tokenizer.encode(ep["episode_metadata/instruction"],
-                                                 cfg.instruction_len),
-            "caption": caption,
+            **inputs,
             "actions": chunk,
             "action_mask": mask,
             "action_events": action_events,
             "duration_bin": durations,
             "end_image": np.asarray(end_frame, np.uint8),
         }
-
 
     def _camera(self, ep: dict[str, Any], name: str) -> np.ndarray:
         """Frames [T, H, W, 3] of camera feature `steps/observation/<name>`, shape-checked."""
@@ -346,8 +341,11 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
         source = open_dataset(directory, split)
         index, probs, cluster = (_balanced_index(source, split, data_cfg) if balanced
                                  else (scan_events(source), None, None))
+        # Fine-tuning reads a new dataset with the export's tokenizer and norm stats
+        # (data.tokenizer / data.norm_stats), so token ids and action scales stay the model's.
         samplers.append(EventSampler(
-            source, index, f"{directory}/tokenizer.model", statistics.load_norm_stats(directory),
+            source, index, data_cfg.get("tokenizer") or f"{directory}/tokenizer.model",
+            statistics.load_norm_stats(data_cfg.get("norm_stats") or directory),
             data_cfg, seed=seed, augment=augment, event_probs=probs, cluster=cluster))
     sampler = samplers[0]
     fn = sampler if len(samplers) == 1 else MixtureSampler(

@@ -59,10 +59,12 @@ def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
         raise EvaluationError(f"--policy {spec.path}: no such file or directory (expected an "
                               "export bundle, a checkpoint directory or 'expert')")
     if os.path.isfile(os.path.join(spec.path, "config.json")):
-        for name in ("params", "norm_stats.json", "tokenizer.model"):
+        from wallwm_jax.export import REQUIRED
+
+        for name in REQUIRED:
             if not os.path.exists(os.path.join(spec.path, name)):
                 raise EvaluationError(f"export {spec.path} is missing {name} (an export holds "
-                                      "params/, config.json, norm_stats.json, tokenizer.model)")
+                                      f"{', '.join(REQUIRED)})")
         if spec.step is not None:
             raise EvaluationError("--step applies to checkpoint directories, not exports")
         try:

@@ -23,7 +23,13 @@ import jax.numpy as jnp
 import ml_collections
 
 from wallwm_jax.data.batches import Observation
-from wallwm_jax.models.wallwm import WallWM, _frozen, duration_steps, sample_actions
+from wallwm_jax.models.wallwm import (
+    WallWM,
+    _frozen,
+    denoise,
+    duration_steps,
+    sample_actions,
+)
 
 BOS_ID, EOS_ID = 1, 2
 
@@ -75,8 +81,22 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
     real_prefix = n_img + jnp.sum(obs.instruction != 0, axis=1).astype(jnp.int32)
     slot_start = real_prefix + k * max_len
 
+    tokens, logits_out, _, _ = _decode_slot(
+        model, variables, cache, cache_mask, n_prefix, slot_start, rng, max_len=max_len,
+        temperature=temperature, bos_id=bos_id, eos_id=eos_id)
+    return (tokens, logits_out) if return_logits else tokens
+
+
+def _decode_slot(model: WallWM, variables: Any, cache: Any, cache_mask: jax.Array,
+                 offset: int, slot_start: jax.Array, rng: jax.Array, *, max_len: int,
+                 temperature: float, bos_id: int, eos_id: int):
+    """Decode one caption slot token by token into a fixed-size cache whose entries
+    [offset, offset + max_len) hold the slot; the token at i sits at position slot_start + i.
+    Returns (tokens int32 [B, max_len], logits f32 [B, max_len - 1, vocab], cache,
+    cache_mask) with the fed tokens' K/V written into the cache."""
+    batch = cache_mask.shape[0]
     tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
-    logits_out = jnp.zeros((batch, max(max_len - 1, 0), cfg.vocab_size), jnp.float32)
+    logits_out = jnp.zeros((batch, max(max_len - 1, 0), model.cfg.vocab_size), jnp.float32)
     state = (jnp.int32(0), tokens[:, 0], jnp.zeros((batch,), bool), cache, cache_mask,
              tokens, logits_out)
 
@@ -90,7 +110,7 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
         position = slot_start + i
         logits, kv = model.apply(variables, cache, token[:, None], position[:, None],
                                  cache_mask, method=WallWM.decode_step)
-        slot = n_prefix + i
+        slot = offset + i
         cache = jax.tree.map(
             lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2),
             cache, kv)
@@ -101,8 +121,8 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
         logits_out = jax.lax.dynamic_update_slice_in_dim(logits_out, logits[:, None], i, 1)
         return i + 1, nxt, done, cache, cache_mask, tokens, logits_out
 
-    *_, tokens, logits_out = jax.lax.while_loop(cond, body, state)
-    return (tokens, logits_out) if return_logits else tokens
+    _, _, _, cache, cache_mask, tokens, logits_out = jax.lax.while_loop(cond, body, state)
+    return tokens, logits_out, cache, cache_mask
 
 
 def _context(obs: Observation, max_len: int) -> Observation:
@@ -156,6 +176,61 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
                      max_len: int, temperature: float = 0.0,
                      num_steps: int | None = None) -> dict[str, jax.Array]:
     """Unified-mode inference (Staircase Decoding); `obs.caption` is ignored.
+
+    Encodes [image | instruction] once into a cache with room for K caption slots. Decodes
+    caption 0 (the current event) token by token into it, then runs the finished slot
+    through the backbone once (its K/V and its duration); caption k+1 follows for the rows
+    whose predicted steps of events 0..k are fewer than the chunk length Tmax (other rows get
+    an absent, all-0 slot), up to `model.max_captions` slots; then denoises the Tmax-step
+    chunk once over that cache. Same outputs as `staircase_decode_reference` (which
+    re-encodes the prefix per caption): `sample_actions`'s outputs plus `captions` int32
+    [B, K, max_len]. Jittable.
+    """
+    _check(max_len, temperature)
+    cfg = _frozen(model_cfg)
+    model, variables = WallWM(cfg), {"params": params}
+    batch, num_slots = obs.state.shape[0], cfg.max_captions
+    prefix_obs = obs.replace(caption=jnp.zeros((batch, 0, max_len), jnp.int32))
+    cache, heads = model.apply(variables, prefix_obs, method=WallWM.encode)  # the only encode
+    n_prefix = cache[0].shape[2]
+    n_img = n_prefix - obs.instruction.shape[1]
+    pad = [(0, 0), (0, 0), (0, num_slots * max_len), (0, 0), (0, 0)]
+    cache = jax.tree.map(lambda c: jnp.pad(c, pad), cache)
+    cache_mask = jnp.concatenate([jnp.ones((batch, n_img), bool), obs.instruction != 0,
+                                  jnp.zeros((batch, num_slots * max_len), bool)], 1)
+    real_prefix = n_img + jnp.sum(obs.instruction != 0, axis=1).astype(jnp.int32)
+    captions = jnp.zeros((batch, num_slots, max_len), jnp.int32)
+    bins = jnp.zeros((batch, num_slots), jnp.int32)
+    need = jnp.ones((batch,), bool)
+    for k in range(num_slots):
+        offset, slot_start = n_prefix + k * max_len, real_prefix + k * max_len
+        tokens, *_ = _decode_slot(
+            model, variables, cache, cache_mask, offset, slot_start, jax.random.fold_in(rng, k),
+            max_len=max_len, temperature=temperature, bos_id=BOS_ID, eos_id=EOS_ID)
+        tokens = jnp.where(need[:, None], tokens, 0)
+        # The finished slot in one pass: K/V of every token (EOS included) and its duration.
+        seen = jax.tree.map(lambda c, n=offset: c[:, :, :n], cache)  # prefix + slots < k
+        logits, kv = model.apply(variables, seen,
+                                 tokens, slot_start[:, None] + jnp.arange(max_len)[None],
+                                 cache_mask[:, :offset], method=WallWM.extend_slot)
+        cache = jax.tree.map(lambda c, new, n=offset: jax.lax.dynamic_update_slice_in_dim(
+            c, new.astype(c.dtype), n, 2), cache, kv)
+        cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, tokens != 0, offset, 1)
+        captions = captions.at[:, k].set(tokens)
+        bins = bins.at[:, k].set(jnp.argmax(logits, -1).astype(jnp.int32))
+        present = captions[:, :k + 1, 0] != 0
+        covered = jnp.sum(jnp.where(present, duration_steps(cfg, bins[:, :k + 1]), 0), axis=1)
+        need = need & (covered < cfg.max_event_len)
+    out = denoise(cfg, params, obs.replace(caption=captions), cache, bins, heads["world"],
+                  jax.random.fold_in(rng, num_slots), num_steps=num_steps)
+    return dict(out, captions=captions)
+
+
+def staircase_decode_reference(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
+                     max_len: int, temperature: float = 0.0,
+                     num_steps: int | None = None) -> dict[str, jax.Array]:
+    """Reference for `staircase_decode` (same arguments and outputs) that re-encodes
+    [image | instruction | captions so far] for every caption and for the chunk.
 
     Decodes caption 0 (the current event), then caption k+1 for the rows whose predicted
     steps of events 0..k are fewer than the chunk length Tmax (other rows get an absent,

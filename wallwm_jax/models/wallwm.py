@@ -226,6 +226,26 @@ class WallWM(nn.Module):
         logits = self.lm_logits(h[:, 0]).astype(jnp.float32)
         return logits, jax.tree.map(lambda c: c[:, :, -1:], new_cache)
 
+    def extend_slot(self, cache: KVCache, tokens: jax.Array, positions: jax.Array,
+                    cache_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+        """One whole caption slot against a K/V cache (the prefix and earlier slots).
+
+        cache: [L, B, S, K, H]; tokens, positions: int [B, Lc] (the slot, 0 = padding);
+        cache_mask: bool [B, S]. Each token attends to the valid cache entries and causally to
+        the slot's real tokens, as in `_layout`. Returns the slot's duration logits [B, bins]
+        (at its last real token, as `vlm_heads` reads them) and its (k, v), [L, B, Lc, K, H].
+        """
+        x = self.embedder(tokens).astype(compute_dtype(self.cfg.dtype))
+        n = tokens.shape[1]
+        causal = jnp.tril(jnp.ones((n, n), bool))[None] & (tokens != 0)[:, None, :]
+        mask = jnp.concatenate(
+            [jnp.broadcast_to(cache_mask[:, None, :], (tokens.shape[0], n, cache_mask.shape[1])),
+             causal], axis=2)
+        h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
+        last = jnp.maximum(jnp.sum(tokens != 0, axis=1) - 1, 0)
+        h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
+        return self.duration_head(h_last), jax.tree.map(lambda c: c[:, :, -n:], new_cache)
+
 
 def _flat_captions(obs: Observation) -> jax.Array:
     """Caption slots [B, K, Lc] -> the token sequence [B, K * Lc] in slot order."""
@@ -345,11 +365,22 @@ def sample_actions(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
     action_events int32 [B, Tmax], world [B, w, w, 3].
     """
     cfg = _frozen(model_cfg)
+    cache, heads = WallWM(cfg).apply({"params": params}, obs, method=WallWM.encode)
+    duration_bin = jnp.argmax(heads["duration_logits"], -1).astype(jnp.int32)
+    return denoise(cfg, params, obs, cache, duration_bin, heads["world"], rng,
+                   num_steps=num_steps, action_events=action_events)
+
+
+def denoise(model_cfg: Any, params: Any, obs: Observation, cache: KVCache,
+            duration_bin: jax.Array, world: jax.Array, rng: jax.Array, *,
+            num_steps: int | None = None,
+            action_events: jax.Array | None = None) -> dict[str, jax.Array]:
+    """The action half of `sample_actions` over an encoded cache [L, B, Nv, K, H] of
+    [image | instruction | captions] and the slots' duration bins int [B, K]."""
+    cfg = _frozen(model_cfg)
     model, variables = WallWM(cfg), {"params": params}
     num_steps = int(num_steps or cfg.num_flow_steps)
-    cache, heads = model.apply(variables, obs, method=WallWM.encode)
     batch = obs.state.shape[0]
-    duration_bin = jnp.argmax(heads["duration_logits"], -1).astype(jnp.int32)
     if action_events is None:
         action_events = events_from_durations(duration_steps(cfg, duration_bin),
                                               obs.caption[:, :, 0] != 0, cfg.max_event_len)
@@ -363,4 +394,4 @@ def sample_actions(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
 
     x = jax.lax.fori_loop(0, num_steps, euler_step, x)
     return {"actions": x, "duration_bin": duration_bin, "action_events": action_events,
-            "world": heads["world"].astype(jnp.float32)}
+            "world": world.astype(jnp.float32)}

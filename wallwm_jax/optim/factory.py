@@ -2,6 +2,7 @@
 
 Settings live in `config.optimizer`: `b1`, `b2`, `eps` (AdamW, and Muon's AdamW group) and
 `muon.*` (momentum, nesterov, ns_steps, ns_dtype, adjust_lr, rules); see `docs/optimizers.md`.
+`freeze` (optional): model parts held fixed, e.g. ("vit", "backbone") (optim/freeze.py).
 """
 
 from __future__ import annotations
@@ -64,7 +65,11 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int,
     else:
         raise ValueError(f"optimizer.name='{opt_cfg.name}' must be one of {OPTIMIZERS}")
     if opt_cfg.grad_clip and opt_cfg.grad_clip > 0:
-        return optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip), base)
+        base = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip), base)
+    if opt_cfg.get("freeze"):  # fine-tuning: parts held fixed (experiments/finetune.py)
+        from wallwm_jax.optim.freeze import freeze
+
+        base = freeze(base, opt_cfg.freeze)
     return base
 
 

@@ -1,0 +1,121 @@
+"""Policy server: the real `openpi-client` package (unchanged) drives `python -m
+wallwm_jax.serve` on a trained export; bad observations get an error naming the key and the
+server keeps serving; several clients; the reply equals the in-process policy's."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Runs with PYTHONPATH=<openpi-client>: two clients, a bad observation between good ones.
+CLIENT = r"""
+import json, sys
+import numpy as np
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+
+port, mode = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(0)
+obs = {"observation/image": rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
+       "observation/state": np.array([0.0, 0.6, 0.2, 1.0], np.float32),
+       "prompt": "reach the goal", "caption": "move the gripper to the goal"}
+a, b = WebsocketClientPolicy("127.0.0.1", port), WebsocketClientPolicy("127.0.0.1", port)
+first = a.infer(obs)
+try:
+    a.infer(dict(obs, **{"observation/state": np.zeros(3, np.float32)}))
+    error = None
+except RuntimeError as err:
+    error = str(err)
+second = a.infer(obs)
+other = b.infer(obs)
+print(json.dumps({"metadata": a.get_server_metadata(), "error": error,
+                  "actions": first["actions"].tolist(), "dtype": str(first["actions"].dtype),
+                  "duration": first["duration"], "caption": first.get("caption"),
+                  "captions": first.get("captions"), "timing": first["server_timing"],
+                  "second_shape": list(second["actions"].shape),
+                  "other_shape": list(other["actions"].shape)}))
+"""
+
+
+@pytest.fixture(scope="session")
+def openpi_client(tmp_path_factory):
+    """openpi-client 0.1.2 as published, without its numpy<2 pin (its code runs on numpy 2)."""
+    target = tmp_path_factory.mktemp("openpi_client")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                    "openpi-client==0.1.2", "--target", str(target)], check=True,
+                   capture_output=True, timeout=300)
+    return str(target)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _serve_and_drive(export: str, mode: str, client_dir: str) -> dict:
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "wallwm_jax.serve", "--policy", export,
+                               "--port", str(port), "--host", "127.0.0.1", "--mode", mode],
+                              cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True)
+    try:
+        deadline = time.time() + 300
+        line = ""
+        while "listening" not in line:  # printed once compiled and bound
+            line = server.stdout.readline()
+            assert line or server.poll() is None, "server exited before listening"
+            assert time.time() < deadline, "server did not start"
+        env = dict(os.environ, PYTHONPATH=client_dir)
+        run = subprocess.run([sys.executable, "-c", CLIENT, str(port), mode], env=env,
+                             capture_output=True, text=True, timeout=300, cwd="/")
+        assert run.returncode == 0, run.stderr
+        assert server.poll() is None  # still serving after the bad observation
+        print(run.stdout)
+        return json.loads(run.stdout.strip().splitlines()[-1])
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+def test_openpi_client_drives_event_policy(trained_policies, openpi_client):
+    from wallwm_jax.policy import load_policy
+    from wallwm_jax.serve import warm_up
+
+    trained = trained_policies["event"]
+    out = _serve_and_drive(trained.export, "event", openpi_client)
+    meta = out["metadata"]
+    assert meta["mode"] == "event" and meta["needs_caption"]
+    assert meta["observation_keys"] == {"observation/image": [32, 32, 3],
+                                        "observation/state": [4]}
+    assert out["error"].startswith("Error in inference server:\nbad observation: "
+                                   "'observation/state' has shape [3], expected [4]")
+    actions = np.asarray(out["actions"])
+    n = out["duration"]
+    assert out["dtype"] == "float32" and actions.shape == (n, 4)
+    assert 1 <= n <= trained.config.data.max_event_len and np.all(np.isfinite(actions))
+    assert out["caption"] == "move the gripper to the goal"
+    assert out["second_shape"][1] == 4 and out["other_shape"][1] == 4
+    # The server's first reply is what the in-process policy gives for the same request.
+    policy = load_policy(trained.export)
+    warm_up(policy, "event")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    want = policy.act(image, np.array([0.0, 0.6, 0.2, 1.0], np.float32), "reach the goal",
+                      "move the gripper to the goal")["actions"]
+    np.testing.assert_allclose(actions, want, atol=1e-6)
+
+
+def test_openpi_client_drives_unified_policy(trained_policies, openpi_client):
+    out = _serve_and_drive(trained_policies["unified"].export, "unified", openpi_client)
+    assert out["metadata"]["mode"] == "unified" and not out["metadata"]["needs_caption"]
+    assert isinstance(out["captions"], list) and len(out["captions"]) >= 1
+    assert out["caption"] == out["captions"][0]
+    assert np.asarray(out["actions"]).shape == (out["duration"], 4)
+    assert out["timing"]["infer_ms"] > 0

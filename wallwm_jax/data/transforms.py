@@ -1,0 +1,133 @@
+"""The one preprocessing path between robot data and the model, shared by training and serving.
+
+Inputs (one step): camera frames in `data.cameras` order, resized to `data.image_size`; the
+state normalised with the dataset statistics; the instruction and caption slots tokenised and
+padded. Outputs: normalised action chunks back to raw units, duration bins to steps. The Grain
+pipeline (`pipeline.EventSampler`) and the policy (`wallwm_jax.policy`) both call `ModelIO`,
+so a step seen in training and the same step seen by a deployed policy give identical inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from wallwm_jax.data import statistics
+from wallwm_jax.data.tokenizer import Tokenizer
+
+
+def duration_bin(remaining: int, edges: tuple[int, ...]) -> int:
+    """Index of the first bin whose upper edge is >= `remaining` (the last bin catches all)."""
+    for b, edge in enumerate(edges):
+        if remaining <= edge:
+            return b
+    return len(edges) - 1
+
+
+def bin_to_steps(bin_index: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
+    """Number of steps a predicted duration bin stands for (its upper edge)."""
+    return np.asarray(edges)[np.asarray(bin_index)]
+
+
+def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3] (bilinear, as the dataset builders resize); a frame
+    already at that size is returned unchanged."""
+    frame = np.asarray(frame)
+    if frame.shape[:2] == (size, size):
+        return frame.astype(np.uint8, copy=False)
+    return np.asarray(Image.fromarray(frame.astype(np.uint8)).resize((size, size),
+                                                                     Image.BILINEAR))
+
+
+def camera_key(name: str) -> str:
+    """Dataset camera name -> the openpi observation key the server reads for it:
+    the first camera "image" is `observation/image`, "image_wrist" `observation/image_wrist`."""
+    return f"observation/{name}"
+
+
+class ModelIO:
+    """Raw observation <-> model inputs, and model outputs -> raw actions, for one data config.
+
+    `norm_stats`: {"state"|"action": {stat: float32 [D]}} (the dataset's, carried in exports);
+    `tokenizer`: the dataset's SentencePiece model.
+    """
+
+    def __init__(self, data_cfg: ml_collections.ConfigDict, norm_stats: dict[str, Any],
+                 tokenizer: Tokenizer):
+        self.cfg = data_cfg
+        self.norm_stats = {key: {name: np.asarray(v, np.float32) for name, v in s.items()}
+                           for key, s in norm_stats.items()}  # JSON lists (assets) too
+        self.tokenizer = tokenizer
+        self.cameras = tuple(data_cfg.get("cameras", ("image",)))
+        self.image_size = int(data_cfg.image_size)
+        self.edges = tuple(int(e) for e in data_cfg.duration_bins)
+
+    # -- observation -> model inputs -------------------------------------------------------
+    def images(self, frames: dict[str, np.ndarray], *, resize: bool = True) -> np.ndarray:
+        """{camera: uint8 [H, W, 3]} -> uint8 [size, size, 3] (one camera) or
+        [C, size, size, 3] in `data.cameras` order. ValueError names a missing camera or a
+        frame that is not [H, W, 3] (or, with `resize=False`, not at the model's size)."""
+        missing = [c for c in self.cameras if c not in frames]
+        if missing:
+            raise ValueError(f"observation lacks camera(s) {missing}; this model reads "
+                             f"{list(self.cameras)}")
+        out = []
+        for name in self.cameras:
+            frame = np.asarray(frames[name])
+            want = (self.image_size, self.image_size, 3)
+            if frame.ndim != 3 or frame.shape[-1] != 3 or (not resize and frame.shape != want):
+                raise ValueError(f"camera {name!r} has shape {frame.shape}, expected "
+                                 f"{want if not resize else '(H, W, 3)'}")
+            out.append(resize_frame(frame, self.image_size))
+        return out[0] if len(out) == 1 else np.stack(out)
+
+    def state(self, state: np.ndarray) -> np.ndarray:
+        """Raw state float [S] (or [..., S]) -> normalised float32."""
+        return np.asarray(statistics.normalize(np.asarray(state, np.float32),
+                                               self.norm_stats["state"], self.cfg.norm_mode),
+                          np.float32)
+
+    def instruction(self, text: str) -> np.ndarray:
+        """Instruction -> int32 [instruction_len]: BOS pieces EOS, 0-padded."""
+        return self.tokenizer.encode(text, self.cfg.instruction_len)
+
+    def captions(self, texts: list[str], num_slots: int) -> np.ndarray:
+        """Captions of the current and next events -> int32 [num_slots, caption_len]; slots
+        past `texts` are absent (all 0)."""
+        if len(texts) > num_slots:
+            raise ValueError(f"{len(texts)} captions for {num_slots} caption slot(s)")
+        out = np.zeros((num_slots, self.cfg.caption_len), np.int32)
+        for c, text in enumerate(texts):
+            out[c] = self.tokenizer.encode(text, self.cfg.caption_len)
+        return out
+
+    def inputs(self, frames: dict[str, np.ndarray], state: np.ndarray, instruction: str,
+               captions: list[str], num_slots: int) -> dict[str, np.ndarray]:
+        """One step's model inputs (unbatched): image, state, instruction, caption."""
+        return {"image": self.images(frames), "state": self.state(state),
+                "instruction": self.instruction(instruction),
+                "caption": self.captions(captions, num_slots)}
+
+    # -- targets and outputs ---------------------------------------------------------------
+    def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Raw actions float [..., A] -> normalised float32 (training targets)."""
+        return np.asarray(statistics.normalize(np.asarray(actions, np.float32),
+                                               self.norm_stats["action"], self.cfg.norm_mode),
+                          np.float32)
+
+    def actions(self, chunk: np.ndarray) -> np.ndarray:
+        """Normalised model actions float [..., A] -> raw units, float32."""
+        return np.asarray(statistics.unnormalize(np.asarray(chunk, np.float32),
+                                                 self.norm_stats["action"],
+                                                 self.cfg.norm_mode), np.float32)
+
+    def duration_bin(self, steps: int) -> int:
+        """Steps -> duration bin (the label the duration head learns)."""
+        return duration_bin(steps, self.edges)
+
+    def steps(self, bins: np.ndarray) -> np.ndarray:
+        """Predicted duration bins int [...] -> steps (each bin's upper edge)."""
+        return bin_to_steps(bins, self.edges)
