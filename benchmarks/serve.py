@@ -11,7 +11,6 @@ summary.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import functools
 import json
@@ -22,8 +21,10 @@ import time
 
 import jax
 import numpy as np
+from absl import flags
 
 from experiments.pretrain import get_config
+from wallwm_jax import cli
 from wallwm_jax.data.statistics import compute_norm_stats
 from wallwm_jax.data.tokenizer import train_tokenizer
 from wallwm_jax.models import wallwm
@@ -117,11 +118,9 @@ def time_decoders(policy: Policy, obs, requests: int) -> dict[str, dict[str, flo
             for name, fn in (("decode_cached", policy._decode), ("decode_reencoding", ref))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", default="tiny")
-    parser.add_argument("--requests", type=int, default=30)
-    args = parser.parse_args()
+def main(argv: list[str]) -> None:
+    del argv
+    args = flags.FLAGS
     report = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
               "size": args.size, "requests": args.requests}
     with tempfile.TemporaryDirectory() as scratch:
@@ -149,4 +148,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    flags.DEFINE_string("size", "tiny", "Model size (experiments/pretrain.py sizes).")
+    flags.DEFINE_integer("requests", 30, "Timed requests per mode.")
+    cli.run(main)

@@ -90,22 +90,32 @@ def compare(export: str, task: str | None, workdir: str, *, suite: str = "mt50_h
     return {"task": task, "demos": demos, "steps": steps, "episodes": episodes, "rows": rows}
 
 
-if __name__ == "__main__":
-    import argparse
+def main(argv: list[str]) -> None:
+    """CLI: the fine-tuned vs from-scratch table for one held-out task."""
     import json
 
-    p = argparse.ArgumentParser(description="fine-tuned vs from scratch, closed loop")
-    p.add_argument("--export", required=True)
-    p.add_argument("--task", default=None, help="default: the first task of --suite")
-    p.add_argument("--suite", default="mt50_heldout")
-    p.add_argument("--workdir", default="/tmp/wallwm_finetune")
-    p.add_argument("--demos", type=int, default=5)
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--episodes", type=int, default=10)
-    p.add_argument("--freeze", default="vit")
-    a = p.parse_args()
-    table = compare(a.export, a.task, a.workdir, suite=a.suite, demos=a.demos, steps=a.steps,
-                    episodes=a.episodes, freeze=a.freeze)
+    from absl import flags
+
+    fl = flags.FLAGS
+    table = compare(fl.export, fl.task, fl.workdir, suite=fl.suite, demos=fl.demos,
+                    steps=fl.steps, episodes=fl.episodes, freeze=fl.freeze)
     print(json.dumps(table, indent=1))
     for name, r in table["rows"].items():
         print(f"{name}: {r['successes']}/{r['n']} ({r['success']:.0%})")
+
+
+if __name__ == "__main__":
+    from absl import flags
+
+    from wallwm_jax import cli
+
+    flags.DEFINE_string("export", None, "Pretrained export bundle to start from.")
+    flags.DEFINE_string("task", None, "Held-out task (default: the first task of --suite).")
+    flags.DEFINE_string("suite", "mt50_heldout", "Suite the task comes from.")
+    flags.DEFINE_string("workdir", "/tmp/wallwm_finetune", "Where data, runs and evals go.")
+    flags.DEFINE_integer("demos", 5, "Expert demonstrations of the task.")
+    flags.DEFINE_integer("steps", 200, "Fine-tuning steps (both arms).")
+    flags.DEFINE_integer("episodes", 10, "Closed-loop episodes per arm.")
+    flags.DEFINE_string("freeze", "vit", "Parts held fixed: vit, backbone, vit,backbone or ''.")
+    flags.mark_flags_as_required(["export"])
+    cli.run(main)
