@@ -35,13 +35,31 @@ def _parse_arg(arg: str | None) -> dict[str, str]:
     return out
 
 
+def _with_new_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """An export's config with the fields added to the recipe since it was trained, at their
+    defaults (an export from an older version then passes today's config check)."""
+    from experiments.pretrain import get_config as pretrain_config
+
+    def fill(saved: ml_collections.ConfigDict, default: ml_collections.ConfigDict) -> None:
+        for key, value in default.items():
+            if key not in saved:
+                with saved.unlocked():
+                    saved[key] = value
+            elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+                    saved[key], ml_collections.ConfigDict):
+                fill(saved[key], value)
+
+    fill(config, pretrain_config(f"mode={config.get('mode', 'event')}"))
+    return config
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The export's training config, pointed at the fine-tuning data with its own schedule."""
     from wallwm_jax.export import read_config
 
     args = _parse_arg(arg)
     export = os.path.abspath(args["export"])
-    config = read_config(export)
+    config = _with_new_fields(read_config(export))
     scratch = args["scratch"] not in ("0", "", "false")
     config.init_from = "" if scratch else export
     if args["data"]:
