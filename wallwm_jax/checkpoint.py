@@ -42,9 +42,23 @@ def _handlers() -> dict[str, Any]:
             "assets": ocp.JsonCheckpointHandler()}
 
 
+class _NoReadOnlyNotices(logging.Filter):
+    """Orbax warns three times that a read-only manager is read-only; we asked for that."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("read_only" in message or "read only" in message)
+
+
 def _read_only(directory: str) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(epath.Path(directory), item_handlers=_handlers(),
-                                 options=ocp.CheckpointManagerOptions(read_only=True))
+    absl_logger = logging.getLogger("absl")
+    notices = _NoReadOnlyNotices()
+    absl_logger.addFilter(notices)
+    try:
+        return ocp.CheckpointManager(epath.Path(directory), item_handlers=_handlers(),
+                                     options=ocp.CheckpointManagerOptions(read_only=True))
+    finally:
+        absl_logger.removeFilter(notices)
 
 
 def make_manager(directory: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
