@@ -43,6 +43,7 @@ setup(
             "gymnasium>=1.1,<1.5",
             "pytest>=8,<10",
             "pytest-timeout>=2.3,<3",
+            "pytest-xdist>=3.5,<4",  # the suite runs on 2 workers (pyproject addopts)
             "ruff>=0.6,<1",
             "apache-beam>=2.55,<3",
             "submitit>=1.5.2,<1.6",

@@ -134,6 +134,6 @@ if __name__ == "__main__":
     flags.DEFINE_integer("demos", 5, "Expert demonstrations of the task.")
     flags.DEFINE_integer("steps", 200, "Fine-tuning steps (both arms).")
     flags.DEFINE_integer("episodes", 10, "Closed-loop episodes per arm.")
-    flags.DEFINE_string("freeze", "vit", "Parts held fixed: vit, backbone, vit,backbone or ''.")
+    flags.DEFINE_string("freeze", "vit", "Parts held fixed: vit, backbone, vit+backbone or none.")
     flags.mark_flags_as_required(["export"])
     cli.run(main)

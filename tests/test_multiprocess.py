@@ -37,7 +37,6 @@ def _launch(tiny_dataset, workdir, out, num_processes=2, index_dir=None):
     env = dict(os.environ)
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     env["JAX_PLATFORMS"] = "cpu"
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)  # no cache shared by concurrent processes
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     coordinator = f"127.0.0.1:{_free_port()}"
     procs, logs = [], []
@@ -50,7 +49,10 @@ def _launch(tiny_dataset, workdir, out, num_processes=2, index_dir=None):
                  "--num_processes", str(num_processes), "--process_id", str(pid),
                  "--data_dir", tiny_dataset, "--workdir", str(workdir), "--out", str(out)]
                 + (["--index_dir", str(index_dir)] if index_dir else []),
-                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+                cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                # Each process its own compile cache (none shared by concurrent processes):
+                # the resumed run's train step then loads instead of compiling again.
+                env=dict(env, JAX_COMPILATION_CACHE_DIR=str(out / f"jax_cache_{pid}"))))
         codes = [p.wait(timeout=900) for p in procs]
     finally:
         for p in procs:

@@ -20,6 +20,9 @@ import json, sys
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
+# Shares the session's trained policies: one xdist worker builds them once.
+pytestmark = pytest.mark.xdist_group("trained_policies")
+
 port, mode = int(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(0)
 obs = {"observation/image": rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
