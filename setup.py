@@ -35,6 +35,9 @@ setup(
     ],
     extras_require={
         "beam": ["apache-beam>=2.55,<3"],  # large conversions (data_builders/rlds_events)
+        # LeRobot video features (data_builders/lerobot_events): PyAV's wheels bundle FFmpeg
+        # with AV1 (dav1d), H.264 and HEVC decoders; lerobot 0.4.4 itself uses av 15.x
+        "lerobot": ["av>=15,<19"],
         "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],
         "slurm": ["submitit>=1.5.2,<1.6"],  # python -m wallwm_jax.sweep --launcher slurm
         "dev": [
@@ -47,6 +50,7 @@ setup(
             "ruff>=0.6,<1",
             "apache-beam>=2.55,<3",
             "submitit>=1.5.2,<1.6",
+            "av>=15,<19",
             # tests/test_serve.py runs openpi-client 0.1.2 (installed --no-deps: it pins
             # numpy<2); what its client code imports besides msgpack/websockets/numpy:
             "typing-extensions>=4.6,<5",

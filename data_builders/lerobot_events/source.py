@@ -2,9 +2,11 @@
 
     meta/info.json                     codebase_version, fps, features, data_path, video_path
     meta/tasks.parquet                 task_index -> task text (the pandas index column)
-    meta/episodes/chunk-*/file-*.parquet  per episode: length, data chunk/file, row range
+    meta/episodes/chunk-*/file-*.parquet  per episode: length, data chunk/file, row range,
+                                       per video key: chunk/file, from/to_timestamp
     data/chunk-*/file-*.parquet        frames: feature columns, episode_index, frame_index,
-                                       task_index; images as {bytes: PNG, path}
+                                       timestamp, task_index; images as {bytes: PNG, path}
+    videos/<key>/chunk-*/file-*.mp4    video features: episodes one after another (video.py)
 
 `resolve` checks a `KeyMapping` against info.json (errors name the key and list the
 available ones); `LeRobotSource[e]` is episode e as {key: [T, ...] array, "task": str}.
@@ -20,6 +22,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from data_builders.lerobot_events.video import decode_frames
 from data_builders.rlds_events.mapping import KeyMapping, SourceSpec
 
 INSTRUCTION_KEY = "task"  # LeRobot's per-frame task text (tasks.parquet via task_index)
@@ -61,13 +64,10 @@ def resolve(mapping: KeyMapping, info: dict, dataset_name: str) -> SourceSpec:
     cameras = []
     for i, key in enumerate(mapping.image_keys):
         ft = find(key, "an image key")
-        if ft["dtype"] == "video":
-            raise ValueError(f"{key}: stored as video ({info.get('video_path')}); this "
-                             "converter reads image features (record with use_videos=False)")
         shape = tuple(int(s) for s in ft["shape"])
-        if ft["dtype"] != "image" or len(shape) != 3 or shape[-1] != 3:
+        if ft["dtype"] not in ("image", "video") or len(shape) != 3 or shape[-1] != 3:
             raise ValueError(f"{key}: dtype {ft['dtype']} shape {shape}, expected an image "
-                             "(H, W, 3)")
+                             "or video (H, W, 3)")
         size = mapping.image_size
         cameras.append((camera_name(key, i == 0), key, (size, size, 3) if size else shape))
     dims = {}
@@ -113,6 +113,9 @@ class LeRobotSource:
             raise FileNotFoundError(f"{self.root}/meta/episodes: no parquet files")
         cols = ["episode_index", "data/chunk_index", "data/file_index", "dataset_from_index",
                 "dataset_to_index"]
+        cols += [f"videos/{key}/{c}" for key in self.keys
+                 if self.info["features"][key]["dtype"] == "video"
+                 for c in ("chunk_index", "file_index", "from_timestamp")]
         rows = [r for f in files for r in pq.read_table(f, columns=cols).to_pylist()]
         return sorted(rows, key=lambda r: r["episode_index"])
 
@@ -130,7 +133,8 @@ class LeRobotSource:
         path = os.path.join(self.root, self.info["data_path"].format(chunk_index=chunk,
                                                                      file_index=file))
         if self._file is None or self._file[0] != path:
-            cols = [*self.keys, "episode_index", "frame_index", "task_index"]
+            cols = [k for k in self.keys if self.info["features"][k]["dtype"] != "video"]
+            cols += ["episode_index", "frame_index", "timestamp", "task_index"]
             self._file = (path, pq.read_table(path, columns=cols).to_pydict())
         return self._file[1]
 
@@ -141,6 +145,15 @@ class LeRobotSource:
                 data = f.read()
         return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
+    def _video(self, key: str, meta: dict, timestamps: list[float]) -> np.ndarray:
+        """[T, H, W, 3] uint8 frames of video feature `key` at the episode's `timestamps`."""
+        path = os.path.join(self.root, self.info["video_path"].format(
+            video_key=key, chunk_index=meta[f"videos/{key}/chunk_index"],
+            file_index=meta[f"videos/{key}/file_index"]))
+        start = meta[f"videos/{key}/from_timestamp"]
+        codec = self.info["features"][key].get("info", {}).get("video.codec", "?")
+        return decode_frames(path, [start + t for t in timestamps], codec)
+
     def __getitem__(self, e: int) -> dict:
         meta = self.episodes[e]
         table = self._data_file(meta["data/chunk_index"], meta["data/file_index"])
@@ -148,9 +161,12 @@ class LeRobotSource:
         rows.sort(key=lambda i: table["frame_index"][i])
         out: dict = {}
         for key in self.keys:
-            ft = self.info["features"][key]
+            dtype = self.info["features"][key]["dtype"]
+            if dtype == "video":
+                out[key] = self._video(key, meta, [table["timestamp"][i] for i in rows])
+                continue
             cells = [table[key][i] for i in rows]
-            out[key] = (np.stack([self._image(c) for c in cells]) if ft["dtype"] == "image"
+            out[key] = (np.stack([self._image(c) for c in cells]) if dtype == "image"
                         else np.asarray(cells, np.float32))
         out[INSTRUCTION_KEY] = self.tasks[table["task_index"][rows[0]]] if rows else ""
         return out

@@ -4,8 +4,8 @@
     /tmp/lerobot/bin/python tests/data_builders/testdata/make_lerobot_tiny.py
 
 Two episodes of a scripted 4-D arm (xyz + gripper) reaching, grasping and lifting, two 32x32
-cameras stored as images (`use_videos=False`: lerobot's videos are AV1, which would need a
-video decoder dependency to read back), LeRobot v3.0 layout on disk.
+cameras stored as images (`use_videos=False`; make_lerobot_tiny_video.py writes the same kind
+of episodes with video cameras), LeRobot v3.0 layout on disk.
 """
 
 import os
