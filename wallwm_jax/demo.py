@@ -125,6 +125,13 @@ def main(argv: list[str]) -> None:
     from wallwm_jax.export import export_bundle
     from wallwm_jax.train import train_and_evaluate
 
+    if not cli.verbose():  # our build report and rollout bar say what happens; TFDS's add noise
+        import logging
+
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()
+        logging.getLogger("absl").addFilter(cli.drop_below(logging.ERROR, "tensorflow_datasets"))
     workdir = os.path.abspath(_WORKDIR.value)
     timings: dict[str, float] = {}
     tasks = tuple(_TASKS.value)
