@@ -14,14 +14,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Shares the session's trained policies: one xdist worker builds them once.
+pytestmark = pytest.mark.xdist_group("trained_policies")
+
 # Runs with PYTHONPATH=<openpi-client>: two clients, a bad observation between good ones.
 CLIENT = r"""
 import json, sys
 import numpy as np
 from openpi_client.websocket_client_policy import WebsocketClientPolicy
-
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
 
 port, mode = int(sys.argv[1]), sys.argv[2]
 rng = np.random.default_rng(0)
