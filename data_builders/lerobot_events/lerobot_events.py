@@ -11,7 +11,6 @@ import json
 import os
 import time
 
-import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
@@ -20,14 +19,11 @@ from data_builders.rlds_events.mapping import KeyMapping, convert_episode
 from data_builders.rlds_events.rlds_events import (
     REPORT_FILE,
     build_report,
+    finish_dataset,
     format_report,
     plan_splits,
-    read_train_split,
 )
-from wallwm_jax.data import event_index
 from wallwm_jax.data.episodes import event_features
-from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
-from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
 
 DEFAULT_MAPPING = KeyMapping(image_keys=("observation.images.top",),
                              state_key="observation.state", action_key="action",
@@ -130,12 +126,4 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping = DEFAULT_MAPPING,
         (epath.Path(version_dir) / REPORT_FILE).write_text(json.dumps(report, indent=1))
         print(format_report(report).replace("rlds_events/", "lerobot_events/", 1))
         notes.rmtree()
-    stats_path = os.path.join(version_dir, NORM_STATS_FILE)
-    tokenizer_path = os.path.join(version_dir, TOKENIZER_FILE)
-    if not (os.path.exists(stats_path) and os.path.exists(tokenizer_path)):
-        arrays, texts = read_train_split(version_dir)
-        save_norm_stats(stats_path, compute_norm_stats(
-            {k: np.concatenate(v) for k, v in arrays.items()}))
-        train_tokenizer(texts, tokenizer_path)
-    event_index.ensure_built(version_dir)
-    return version_dir
+    return finish_dataset(version_dir)

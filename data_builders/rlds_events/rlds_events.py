@@ -223,6 +223,12 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
         (epath.Path(version_dir) / REPORT_FILE).write_text(json.dumps(report, indent=1))
         print(format_report(report))
         notes.rmtree()
+    return finish_dataset(version_dir)
+
+
+def finish_dataset(version_dir: str) -> str:
+    """What every converted dataset carries besides its episodes: norm stats and tokenizer
+    (from the train split, written once) and the event index; returns `version_dir`."""
     stats_path = os.path.join(version_dir, NORM_STATS_FILE)
     tokenizer_path = os.path.join(version_dir, TOKENIZER_FILE)
     if not (os.path.exists(stats_path) and os.path.exists(tokenizer_path)):
