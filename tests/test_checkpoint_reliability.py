@@ -146,7 +146,8 @@ def test_sigterm_saves_and_resume_equals_straight_run(tiny_dataset, straight, tm
     assert 3 <= stopped < TOTAL, "SIGTERM landed after the run ended; nothing was tested"
     assert f"interrupted: saved checkpoint at step {stopped}" in open(log).read()
     assert _saved_steps(workdir / "checkpoints") == [stopped]
-    assert rows[-1]["checkpoint_blocking_s"] >= 0  # the save at the interrupted step
+    # The save at the interrupted step is recorded (its duration is benchmarks/checkpoint.py's).
+    assert np.isfinite(rows[-1]["checkpoint_blocking_s"])
 
     done = subprocess.run(_cli(workdir, tiny_dataset), cwd=REPO, env=dict(os.environ),
                           capture_output=True, text=True, timeout=300)
@@ -209,7 +210,7 @@ def test_sigkill_during_async_save_resumes_from_last_finished(tiny_dataset, stra
     blocking = {r["step"]: r["checkpoint_blocking_s"] for r in rows
                 if "checkpoint_blocking_s" in r}
     assert sorted(blocking) == list(range(last + 2, TOTAL + 1, 2))
-    assert all(v >= 0 for v in blocking.values())
+    assert all(isinstance(v, float) and np.isfinite(v) for v in blocking.values())
     config = _config(tiny_dataset)
     resumed = ckpt.restore_params(ckpt_dir, _host_abstract_params(config))
     _assert_params_equal(resumed, straight["params"])
@@ -219,7 +220,7 @@ def test_blocking_time_in_metrics(straight):
     rows = read_metrics(str(straight["workdir"]))
     with_save = [r for r in rows if "checkpoint_blocking_s" in r]
     assert [r["step"] for r in with_save] == [TOTAL]  # every_steps=1000: only the final save
-    assert with_save[0]["checkpoint_blocking_s"] >= 0
+    assert np.isfinite(with_save[0]["checkpoint_blocking_s"])
 
 
 def test_restore_onto_other_mesh(tiny_dataset, tmp_path):
