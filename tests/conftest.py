@@ -3,8 +3,13 @@
 import os
 import tempfile
 
+# LLVM at -O0 (XLA_FLAGS --xla_backend_optimization_level=0) halves CPU compile time, which
+# is most of a tiny test's time; XLA's own HLO passes (sharding, collectives, fusion) still run,
+# so what the tests check of the compiled program is unchanged. Training outside tests is not
+# affected. Subprocesses started by tests inherit both flags.
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+    " --xla_backend_optimization_level=0"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MUJOCO_GL", "egl")

@@ -15,6 +15,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import Mesh
 
@@ -83,9 +84,36 @@ class TrainStep:
     state_sharding: TrainState
     batch_sharding: jax.sharding.NamedSharding
     init_fn: Callable[[jax.Array], tuple[Any, TrainState]]
-    update_fn: Callable[[Any, TrainState, Any], tuple[Any, TrainState, dict[str, jax.Array]]]
+    update_fn: BoundStep
     lr_schedule: optax.Schedule
     precision: dict = dataclasses.field(default_factory=dict)  # resolved dtype/attention
+
+
+class BoundStep:
+    """`update(params, state, batch)`: the jitted step with the run's seed and length bound.
+
+    The seed's key and `total_steps` (the LR schedule's length) are inputs of the compiled step,
+    not constants folded into it, so runs that differ only in those share one executable (and
+    one persistent-cache entry). `lower` takes the same three arguments as the call.
+    """
+
+    def __init__(self, jitted: Any, run_inputs: dict[str, jax.Array]):
+        self.jitted = jitted
+        self.run_inputs = run_inputs
+
+    def __call__(self, params: Any, state: TrainState, batch: Any
+                 ) -> tuple[Any, TrainState, dict[str, jax.Array]]:
+        return self.jitted(params, state, batch, self.run_inputs)
+
+    def lower(self, params: Any, state: TrainState, batch: Any) -> Any:
+        return self.jitted.lower(params, state, batch, self.run_inputs)
+
+
+def _replicated_input(value: Any, mesh: Mesh) -> jax.Array:
+    """A small host value as a global array replicated over `mesh` (works multi-process)."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding.replicated(mesh),
+                                        lambda index: value[index])
 
 
 def _with_sharding(shapes: Any, shardings: Any) -> Any:
@@ -152,7 +180,8 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         return params, TrainState(step=jnp.zeros((), jnp.int32), opt_state=tx.init(params))
 
     init_fn = jax.jit(init, out_shardings=(param_sharding, state_sharding))
-    base_rng = jax.random.PRNGKey(config.seed)
+    run_inputs = {"rng": _replicated_input(jax.random.PRNGKey(config.seed), mesh),
+                  "total_steps": _replicated_input(np.int32(config.total_steps), mesh)}
 
     rules = activation_rules(config.sharding_rules)
     on_nonfinite = config.get("on_nonfinite", "stop")
@@ -160,13 +189,17 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         raise ValueError(f"on_nonfinite='{on_nonfinite}' must be 'stop' or 'skip'")
     skip_nonfinite = on_nonfinite == "skip"
 
-    def update(params: Any, state: TrainState, batch: Any) -> tuple[Any, TrainState, dict]:
-        rng = jax.random.fold_in(base_rng, state.step)
+    def update(params: Any, state: TrainState, batch: Any, run: dict[str, jax.Array]
+               ) -> tuple[Any, TrainState, dict]:
+        rng = jax.random.fold_in(run["rng"], state.step)
+        # The same optimizer as `tx` (same state), its schedule reading the run's length.
+        run_tx = make_optimizer(config.optimizer, run["total_steps"], logical_axes,
+                                param_sharding)
         grad_fn = jax.value_and_grad(
             lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
         with activation_sharding(mesh, rules):  # the model's activation constraints apply
             (_, metrics), grads = grad_fn(params)
-        updates, opt_state = tx.update(grads, state.opt_state, params)
+        updates, opt_state = run_tx.update(grads, state.opt_state, params)
         new_params = optax.apply_updates(params, updates)
         if skip_nonfinite:  # a NaN/Inf loss leaves params and optimizer state as they were
             finite = jnp.isfinite(metrics["loss"])
@@ -177,15 +210,17 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         params = new_params
         metrics = dict(metrics, grad_norm=optax.global_norm(grads),
                        update_norm=optax.global_norm(updates),
-                       lr=lr_schedule(state.step))  # the LR this update used: schedule(step-1)
+                       # the LR this update used: schedule(step - 1)
+                       lr=learning_rate_schedule(config.optimizer, run["total_steps"])(state.step))
         metrics.update({f"grad_norm/{g}": n for g, n in group_norms(grads, groups).items()})
         metrics.update({f"update_norm/{g}": n for g, n in group_norms(updates, groups).items()})
         return params, TrainState(step=state.step + 1, opt_state=opt_state), metrics
 
-    update_fn = jax.jit(
+    update_fn = BoundStep(jax.jit(
         update, donate_argnums=(0, 1),
-        in_shardings=(param_sharding, state_sharding, batch_sharding),
-        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh)))
+        in_shardings=(param_sharding, state_sharding, batch_sharding,
+                      sharding.replicated(mesh)),
+        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh))), run_inputs)
     return TrainStep(mesh=mesh, abstract_params=abstract_params, abstract_state=abstract_state,
                      abstract_batch=batch, param_sharding=param_sharding,
                      state_sharding=state_sharding, batch_sharding=batch_sharding,

@@ -9,21 +9,39 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 OPTIMIZERS = ("adamw", "muon", "optax_muon")
 
 
 def learning_rate_schedule(opt_cfg: ml_collections.ConfigDict,
-                           total_steps: int) -> optax.Schedule:
-    """Linear warmup to `learning_rate`, then cosine decay to 10% of it at `total_steps`."""
+                           total_steps: int | jax.Array) -> optax.Schedule:
+    """Linear warmup to `learning_rate`, then cosine decay to 10% of it at `total_steps`.
+
+    `total_steps` may be a traced int32 scalar: the train step takes it as an input rather than
+    a compile-time constant, so runs that differ only in length share one executable.
+    """
     if opt_cfg.learning_rate <= 0:
         raise ValueError(f"optimizer.learning_rate must be > 0, got {opt_cfg.learning_rate}")
-    warmup = max(1, min(int(opt_cfg.warmup_steps), total_steps - 1))
-    return optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=opt_cfg.learning_rate, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=0.1 * opt_cfg.learning_rate)
+    peak = float(opt_cfg.learning_rate)
+    end = 0.1 * peak
+    xp = jnp if isinstance(total_steps, jax.Array) else np  # numbers stay numbers
+    total = xp.asarray(total_steps, xp.float32)
+    warmup = xp.maximum(1.0, xp.minimum(float(int(opt_cfg.warmup_steps)), total - 1.0))
+    decay = xp.maximum(total, warmup + 1.0) - warmup  # steps from the peak to the end
+
+    def schedule(count: Any) -> jax.Array:
+        count = jnp.asarray(count, jnp.float32)
+        rising = peak * jnp.minimum(count, warmup) / warmup
+        t = jnp.clip(count - warmup, 0.0, decay) / decay
+        falling = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * t))
+        return jnp.where(count < warmup, rising, falling)
+
+    return schedule
 
 
 def muon_settings(opt_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -41,7 +59,7 @@ def muon_settings(opt_cfg: ml_collections.ConfigDict) -> dict[str, Any]:
                 adam_eps=float(opt_cfg.get("eps", 1e-8)))
 
 
-def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int,
+def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int | jax.Array,
                    logical_axes: Any = None, shardings: Any = None
                    ) -> optax.GradientTransformation:
     """`optimizer.name` in OPTIMIZERS -> clipped optax transformation.
@@ -76,8 +94,6 @@ def make_optimizer(opt_cfg: ml_collections.ConfigDict, total_steps: int,
 def _optax_muon(schedule: optax.Schedule, opt_cfg: ml_collections.ConfigDict,
                 logical_axes: Any) -> optax.GradientTransformation:
     """`optax.contrib.muon` routed like ours (same matrices, same AdamW group)."""
-    import jax
-
     from wallwm_jax.optim.routing import plan_params
 
     kw = muon_settings(opt_cfg)

@@ -36,6 +36,8 @@ class MuonState(NamedTuple):
 def _check_nonneg(name: str, value: Any) -> None:
     if callable(value):
         value = value(0)
+    if isinstance(value, jax.core.Tracer):  # a schedule of the run's length, inside the step
+        return
     if not float(value) >= 0:  # also catches NaN
         raise ValueError(f"muon: {name}={value!r} must be >= 0")
 
