@@ -14,7 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_aot(*args):
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # the CLI sets the device count itself (--num_devices)
+    # The CLI sets the device count itself (--num_devices); fast LLVM compile as conftest.py.
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-m", "wallwm_jax.aot", "--config",

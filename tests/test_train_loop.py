@@ -9,6 +9,7 @@ from wallwm_jax import checkpoint as ckpt
 from wallwm_jax import train
 from wallwm_jax.models import wallwm
 from wallwm_jax.train import NonFiniteLossError, train_and_evaluate
+from wallwm_jax.train_log import read_metrics
 
 
 @pytest.fixture
@@ -53,6 +54,12 @@ def test_nonfinite_skip_keeps_params_without_per_step_sync(tiny_config, tmp_path
     tiny_config.model.loss_weights.world = float("nan")
     result = train_and_evaluate(tiny_config, str(tmp_path))
     assert result["last_step"] == 6 and fetches == [3, 2, 1]
+    rows = read_metrics(str(tmp_path))
+    logged = {r["step"]: r["skipped"] for r in rows if "skipped" in r}
+    assert logged and set(logged.values()) == {1.0}, logged  # every logged step was skipped
     init = wallwm.init_params(tiny_config.model, jax.random.PRNGKey(tiny_config.seed + 1))
     for a, b in zip(jax.tree.leaves(result["params"]), jax.tree.leaves(init), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    tiny_config.on_nonfinite = "ignore"
+    with pytest.raises(ValueError, match="on_nonfinite='ignore'"):
+        train_and_evaluate(tiny_config, str(tmp_path / "bad"))
