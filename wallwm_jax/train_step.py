@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import json
 import re
 from collections.abc import Callable
 from typing import Any
@@ -105,8 +107,29 @@ class BoundStep:
                  ) -> tuple[Any, TrainState, dict[str, jax.Array]]:
         return self.jitted(params, state, batch, self.run_inputs)
 
-    def lower(self, params: Any, state: TrainState, batch: Any) -> Any:
-        return self.jitted.lower(params, state, batch, self.run_inputs)
+    def lower(self, params: Any, state: TrainState, batch: Any) -> _Bound:
+        """Lower for these abstract trees; `.compile()` gives a three-argument callable too."""
+        return _Bound(self.jitted.lower(params, state, batch, self.run_inputs), self.run_inputs)
+
+
+class _Bound:
+    """A lowered or compiled step with the run inputs bound: `compile()` and `(p, s, b)` take
+    what `BoundStep` takes; everything else (memory_analysis, as_text, ...) is the wrapped one's.
+    """
+
+    def __init__(self, stage: Any, run_inputs: dict[str, jax.Array]):
+        self._stage = stage
+        self._run_inputs = run_inputs
+
+    def compile(self, *args: Any, **kwargs: Any) -> _Bound:
+        return _Bound(self._stage.compile(*args, **kwargs), self._run_inputs)
+
+    def __call__(self, params: Any, state: TrainState, batch: Any
+                 ) -> tuple[Any, TrainState, dict[str, jax.Array]]:
+        return self._stage(params, state, batch, self._run_inputs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stage, name)
 
 
 def _replicated_input(value: Any, mesh: Mesh) -> jax.Array:
@@ -139,12 +162,31 @@ def activation_rules(sharding_rules: Any) -> tuple[tuple[str, Any], ...]:
                  for name, axes in sharding_rules if name.startswith("activation_"))
 
 
+# Steps built in this process, by what their program depends on (`_program_key`): a second
+# run of the same model in one process (a test, a resumed or in-process sweep trial, the
+# fine-tuning baseline) reuses the traced step instead of tracing it again.
+_BUILT: collections.OrderedDict[str, TrainStep] = collections.OrderedDict()
+_BUILT_MAX = 4
+RUN_INPUTS = ("seed", "total_steps")  # inputs of the compiled step, not part of its program
+
+
+def _program_key(config: ml_collections.ConfigDict, mesh: Mesh, batch_size: int) -> str:
+    """Everything the step's program depends on: the config without `RUN_INPUTS`, the mesh
+    (devices, axis names and sizes) and the global batch."""
+    fields = json.loads(config.to_json_best_effort(sort_keys=True))
+    for name in RUN_INPUTS:
+        fields.pop(name, None)
+    devices = [d.id for d in mesh.devices.flat]
+    return json.dumps([fields, devices, list(mesh.shape.items()), batch_size], sort_keys=True)
+
+
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
                     batch_size: int | None = None) -> TrainStep:
     """Build the sharded train step of `config` on `mesh` (no weights are allocated).
 
     `batch_size` (default `config.batch_size`) is the global batch; it must divide over the
-    data-parallel axes ('data', 'fsdp').
+    data-parallel axes ('data', 'fsdp'). The seed and `total_steps` are bound as inputs of
+    the compiled step (`BoundStep`); the rest is built once per process and program.
     """
     batch_size = int(batch_size or config.batch_size)
     dp = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -152,6 +194,27 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         raise ValueError(f"batch_size={batch_size} is not divisible by the data-parallel "
                          f"mesh size {dp} (mesh.data x mesh.fsdp)")
     check_model_data(config)
+    key = _program_key(config, mesh, batch_size)
+    built = _BUILT.get(key)
+    if built is None:
+        # A private copy: later edits of the caller's config cannot reach a cached program.
+        built = _build_train_step(config.copy_and_resolve_references(), mesh, batch_size)
+        _BUILT[key] = built
+        while len(_BUILT) > _BUILT_MAX:
+            _BUILT.popitem(last=False)
+    else:
+        _BUILT.move_to_end(key)
+        resolved_precision(config.model, mesh.devices.flat[0].platform)  # says it again
+    run_inputs = {"rng": _replicated_input(jax.random.PRNGKey(config.seed), mesh),
+                  "total_steps": _replicated_input(np.int32(config.total_steps), mesh)}
+    return dataclasses.replace(
+        built, update_fn=BoundStep(built.update_fn.jitted, run_inputs),
+        lr_schedule=learning_rate_schedule(config.optimizer, config.total_steps))
+
+
+def _build_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
+                      batch_size: int) -> TrainStep:
+    """`make_train_step` without the per-process reuse (seed/total_steps bound later)."""
     model_cfg = config.model
     precision = resolved_precision(model_cfg, mesh.devices.flat[0].platform)
     logical_axes = wallwm.param_logical_axes(model_cfg)
@@ -180,8 +243,6 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         return params, TrainState(step=jnp.zeros((), jnp.int32), opt_state=tx.init(params))
 
     init_fn = jax.jit(init, out_shardings=(param_sharding, state_sharding))
-    run_inputs = {"rng": _replicated_input(jax.random.PRNGKey(config.seed), mesh),
-                  "total_steps": _replicated_input(np.int32(config.total_steps), mesh)}
 
     rules = activation_rules(config.sharding_rules)
     on_nonfinite = config.get("on_nonfinite", "stop")
@@ -220,7 +281,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
         update, donate_argnums=(0, 1),
         in_shardings=(param_sharding, state_sharding, batch_sharding,
                       sharding.replicated(mesh)),
-        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh))), run_inputs)
+        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh))), {})
     return TrainStep(mesh=mesh, abstract_params=abstract_params, abstract_state=abstract_state,
                      abstract_batch=batch, param_sharding=param_sharding,
                      state_sharding=state_sharding, batch_sharding=batch_sharding,
