@@ -76,9 +76,9 @@ def offline(policy, dataset_dir: str, stride: int) -> dict:
 
 
 def closed_loop(policy, episodes: int) -> dict:
+    from wallwm_jax.envs.metaworld import MetaWorldTask
     from wallwm_jax.evaluation import suites
     from wallwm_jax.evaluation.harness import OraclePlanner, Wording
-    from wallwm_jax.envs.metaworld import MetaWorldTask
 
     suite = suites.get("demo")
     out = {}
@@ -87,7 +87,7 @@ def closed_loop(policy, episodes: int) -> dict:
         for ep in range(episodes):
             seed = suite.seed(task, ep)
             env = MetaWorldTask(task, seed=seed, image_size=policy.config.data.image_size,
-                                **_env_kwargs(policy))
+                                privileged_state=policy.privileged_state)
             policy.reset(seed % 2**31)
             wording = Wording(split="train", variant=ep % 3)
             planner = OraclePlanner()
@@ -122,11 +122,6 @@ def closed_loop(policy, episodes: int) -> dict:
                      "final_hand_to_target_m": round(float(np.mean(final)), 3),
                      "chunk_lengths": dict(collections.Counter(lens))}
     return out
-
-
-def _env_kwargs(policy) -> dict:
-    privileged = bool(policy.config.data.get("privileged_state", False))
-    return {"privileged_state": True} if privileged else {}
 
 
 def _agent(x: np.ndarray) -> np.ndarray:

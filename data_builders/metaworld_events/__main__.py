@@ -24,6 +24,8 @@ flags.DEFINE_string("tasks", "", "Comma-separated subset of the config's tasks."
 flags.DEFINE_string("cameras", "", "Extra cameras, e.g. gripper.")
 flags.DEFINE_bool("keep_failures", False, "Keep failed expert episodes.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
+flags.DEFINE_bool("privileged_state", False, "Store privileged simulator state: object and "
+                  "goal positions after the 4-D agent state (10-D steps/observation/state).")
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +39,8 @@ def main(argv: list[str]) -> None:
                  image_size=FLAGS.image_size, seed=FLAGS.seed, num_workers=FLAGS.workers,
                  tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,
                  cameras=tuple(c for c in FLAGS.cameras.split(",") if c),
-                 keep_failures=FLAGS.keep_failures, strict=FLAGS.strict)
+                 keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
+                 privileged_state=FLAGS.privileged_state)
     print(path)
 
 
