@@ -30,22 +30,27 @@ from wallwm_jax.envs import metaworld as mw  # sets MUJOCO_GL before MuJoCo is i
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset, run and export go.")
 _TASKS = flags.DEFINE_list("tasks", list(mw.DEMO_TASKS), "MetaWorld tasks (v3 names).")
-_EPISODES = flags.DEFINE_integer("episodes_per_task", 20, "Expert episodes per task.")
+_EPISODES = flags.DEFINE_integer("episodes_per_task", 30, "Expert episodes per task.")
 _STEPS = flags.DEFINE_integer("steps", 1500, "Training steps (of each policy).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _SIZE = flags.DEFINE_string("size", "tiny", "Model size (experiments/pretrain.py sizes).")
-_LR = flags.DEFINE_float("learning_rate", 3e-4, "Peak learning rate.")
-_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 3, "Closed-loop episodes per task.")
+_LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
+_EXPERT_WIDTH = flags.DEFINE_integer("expert_width", 64, "Action expert width (its MLP: 2x).")
+_MAX_EVENT_LEN = flags.DEFINE_integer("max_event_len", 16, "Tmax: action steps predicted at "
+                                      "once (the rest of the event, at most this many).")
+_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 10, "Closed-loop episodes per task.")
 _EVAL_MAX_STEPS = flags.DEFINE_integer("eval_max_steps", 150, "Step limit per eval episode.")
 _EVAL_WORKERS = flags.DEFINE_integer("eval_workers", 2, "Closed-loop evaluation processes.")
-_EXECUTE = flags.DEFINE_integer("execute_steps", 0, "Closed loop: replan after at most this "
+_EXECUTE = flags.DEFINE_integer("execute_steps", 8, "Closed loop: replan after at most this "
                                 "many steps of a chunk, in both modes (0: the whole chunk).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Camera image side in pixels.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Camera image side in pixels.")
 _WORKERS = flags.DEFINE_integer("build_workers", 2, "Rollout worker processes for the build.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for data, init and sampling.")
 _PRIVILEGED = flags.DEFINE_bool("privileged_state", True, "State vector with privileged "
                                 "simulator state (object and goal positions after the 4-D "
                                 "agent state), in the dataset, the model and the evaluation.")
+_NOISE = flags.DEFINE_float("action_noise", 0.3, "Dataset rollouts execute the expert's action "
+                            "plus N(0, noise^2) and record the expert's (DART).")
 _CHUNK = flags.DEFINE_bool("chunk_baseline", True, "Also train and evaluate the chunk-mode "
                            "baseline on the same data, steps and model.")
 
@@ -67,6 +72,9 @@ def demo_config(dataset_dir: str, mode: str = "event") -> Any:
     config.data.privileged_state = _PRIVILEGED.value
     config.model.state_dim = state_dim(_PRIVILEGED.value)
     config.checkpoint.every_steps = max(1, _STEPS.value // 4)
+    config.model.expert_width = _EXPERT_WIDTH.value
+    config.model.expert_mlp_dim = 2 * _EXPERT_WIDTH.value
+    config.data.max_event_len = _MAX_EVENT_LEN.value  # model.max_event_len follows (a ref)
     return config
 
 
@@ -188,7 +196,7 @@ def main(argv: list[str]) -> None:
     dataset_dir = build(os.path.join(workdir, "data"), config="demo", tasks=tasks,
                         episodes_per_task=_EPISODES.value, image_size=_IMAGE_SIZE.value,
                         seed=_SEED.value, num_workers=_WORKERS.value,
-                        privileged_state=_PRIVILEGED.value)
+                        privileged_state=_PRIVILEGED.value, action_noise=_NOISE.value)
     timings["dataset"] = time.time() - t
 
     def pretrain(mode: str, run_dir: str, what: str) -> tuple[Any, dict[str, Any] | None]:

@@ -26,6 +26,8 @@ flags.DEFINE_bool("keep_failures", False, "Keep failed expert episodes.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
 flags.DEFINE_bool("privileged_state", False, "Store privileged simulator state: object and "
                   "goal positions after the 4-D agent state (10-D steps/observation/state).")
+flags.DEFINE_float("action_noise", 0.0, "DART: perturb executed actions by N(0, noise^2); the "
+                   "recorded actions stay the expert's.")
 FLAGS = flags.FLAGS
 
 
@@ -40,7 +42,7 @@ def main(argv: list[str]) -> None:
                  tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,
                  cameras=tuple(c for c in FLAGS.cameras.split(",") if c),
                  keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
-                 privileged_state=FLAGS.privileged_state)
+                 privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise)
     print(path)
 
 

@@ -329,7 +329,7 @@ def segment_phases(phases: list[str], min_len: int = MIN_EVENT_STEPS) -> list[tu
 
 def rollout_expert(task: str, *, seed: int, image_size: int = 64,
                    max_steps: int = 200, extra_cameras: tuple[str, ...] = (),
-                   privileged_state: bool = False) -> dict:
+                   privileged_state: bool = False, action_noise: float = 0.0) -> dict:
     """Run the scripted expert once; T = steps taken (stops SETTLE_STEPS after success).
 
     Returns images uint8[T,H,W,3], states float32[T,S] (S = 4, or 10 with
@@ -339,6 +339,10 @@ def rollout_expert(task: str, *, seed: int, image_size: int = 64,
     """
     env = MetaWorldTask(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras,
                         privileged_state=privileged_state)
+    # DART-style noise injection: with action_noise > 0 the executed action is the expert's
+    # plus N(0, action_noise^2) (seeded by `seed`), while the recorded action stays the
+    # expert's clean one, so the data shows how the expert recovers from small deviations.
+    noise_rng = np.random.default_rng(seed)
     try:
         obs = env.reset()
         images, states, actions, phases = [], [], [], []
@@ -352,7 +356,11 @@ def rollout_expert(task: str, *, seed: int, image_size: int = 64,
             states.append(obs["state"])
             actions.append(action)
             phases.append(env.phase())
-            obs, success = env.step(action)
+            executed = action
+            if action_noise > 0:
+                executed = np.clip(action + noise_rng.normal(0.0, action_noise, action.shape),
+                                   -1.0, 1.0).astype(np.float32)
+            obs, success = env.step(executed)
             if success and success_at is None:
                 success_at = t
             if success_at is not None and t >= success_at + SETTLE_STEPS:
