@@ -73,7 +73,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
 
     # A longer run in the same workdir, stopped by SIGTERM while it trains.
     log = open(tmp_path / "sigterm.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(_cmd(tmp_path, 100), cwd=REPO, env=ENV, stdout=log,
+    proc = subprocess.Popen(_cmd(tmp_path, 50), cwd=REPO, env=ENV, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
@@ -90,7 +90,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     log.close()
     stopped = _last_step(tmp_path)
     assert rc == 0, output[-3000:]
-    assert 6 <= stopped < 100, f"SIGTERM did not land during training (step {stopped})"
+    assert 6 <= stopped < 50, f"SIGTERM did not land during training (step {stopped})"
     assert f"interrupted during pretraining at step {stopped}" in output, output[-3000:]
     assert "[3/5]" not in output and "Traceback" not in output
     assert _digest(summary["export_dir"]) == export_before
@@ -98,7 +98,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     assert str(stopped) in os.listdir(summary["checkpoint_dir"])
 
     # The same command again resumes from that step and finishes every stage.
-    _run_demo(tmp_path, steps=100)
+    _run_demo(tmp_path, steps=50)
     again = json.loads((tmp_path / "summary.json").read_text())
-    assert again["train_steps"] == f"{stopped} -> 100 (resumed)"
+    assert again["train_steps"] == f"{stopped} -> 50 (resumed)"
     assert _digest(summary["export_dir"]) != export_before
