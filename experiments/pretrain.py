@@ -93,6 +93,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
                                                          jitter=0.15))
     config.data.num_workers = 0
+    # Privileged simulator state: the state vector carries MetaWorld's object and goal
+    # positions after the 4-D agent state (wallwm_jax.data.tasks.state_layout), read from a
+    # dataset built with --privileged_state and provided by the evaluator's environment.
+    # Set model.state_dim to match (10; 4 without). Off: what a real robot reports.
+    config.data.privileged_state = False
     config.data.split = "train"
 
     config.model = ml_collections.ConfigDict()

@@ -1,5 +1,6 @@
-"""End-to-end: the demo at its smallest settings; then a longer rerun stopped by SIGTERM
-(exit 0, export and summary untouched) and resumed to the end by the same command."""
+"""End-to-end: the demo at its smallest settings (event policy and chunk baseline, privileged
+simulator state); then a longer rerun without the baseline stopped by SIGTERM (exit 0, export
+and summary untouched) and resumed to the end by the same command."""
 
 import hashlib
 import json
@@ -12,19 +13,20 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cmd(workdir, steps):
+def _cmd(workdir, steps, chunk_baseline=False):
     return [sys.executable, "-m", "wallwm_jax.demo", "--workdir", str(workdir),
             "--tasks", "reach-v3", "--episodes_per_task", "3", "--steps", str(steps),
             "--batch_size", "8", "--eval_episodes", "1", "--eval_max_steps", "120",
-            "--image_size", "32", "--build_workers", "1"]
+            "--image_size", "32", "--build_workers", "1", "--eval_workers", "1",
+            "--chunk_baseline" if chunk_baseline else "--nochunk_baseline"]
 
 
 ENV = dict(os.environ, XLA_FLAGS="")  # the demo itself runs on one CPU device
 
 
-def _run_demo(workdir, steps=4):
-    out = subprocess.run(_cmd(workdir, steps), capture_output=True, text=True, cwd=REPO,
-                         timeout=900, env=ENV)
+def _run_demo(workdir, steps=4, chunk_baseline=False):
+    out = subprocess.run(_cmd(workdir, steps, chunk_baseline), capture_output=True, text=True,
+                         cwd=REPO, timeout=900, env=ENV)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out.stdout
 
@@ -50,12 +52,19 @@ def _last_step(workdir):
 
 
 def test_demo_end_to_end_sigterm_and_resume(tmp_path):
-    stdout = _run_demo(tmp_path)
+    stdout = _run_demo(tmp_path, chunk_baseline=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train_steps"] == "0 -> 4"
+    assert summary["chunk_baseline"].startswith("0 -> 4, ")
+    assert "privileged simulator state" in summary["state"]
+    assert "[6/6] closed-loop evaluation" in stdout
     assert set(summary["closed_loop"]) == {"reach-v3"}
     row = summary["closed_loop"]["reach-v3"]
     assert 0.0 <= row["policy_success"] <= 1.0 and row["expert_success"] == 1.0
+    assert 0.0 <= row["chunk_success"] <= 1.0 and row["chunk_n"] == row["policy_n"] == 1
+    chunk_eval = json.loads((tmp_path / "eval" / "chunk" / "results.json").read_text())
+    assert chunk_eval["mode"] == "chunk" and chunk_eval["privileged_state"] is True
+    assert "| task | policy success (event) | chunk success | expert success |" in stdout
     assert os.path.isdir(summary["export_dir"]) and os.path.isdir(summary["checkpoint_dir"])
     assert summary["fresh_process_chunk"].startswith("shape [")
     assert "| reach-v3 |" in stdout
@@ -64,7 +73,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
 
     # A longer run in the same workdir, stopped by SIGTERM while it trains.
     log = open(tmp_path / "sigterm.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(_cmd(tmp_path, 200), cwd=REPO, env=ENV, stdout=log,
+    proc = subprocess.Popen(_cmd(tmp_path, 50), cwd=REPO, env=ENV, stdout=log,
                             stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
@@ -81,7 +90,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     log.close()
     stopped = _last_step(tmp_path)
     assert rc == 0, output[-3000:]
-    assert 6 <= stopped < 200, f"SIGTERM did not land during training (step {stopped})"
+    assert 6 <= stopped < 50, f"SIGTERM did not land during training (step {stopped})"
     assert f"interrupted during pretraining at step {stopped}" in output, output[-3000:]
     assert "[3/5]" not in output and "Traceback" not in output
     assert _digest(summary["export_dir"]) == export_before
@@ -89,7 +98,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     assert str(stopped) in os.listdir(summary["checkpoint_dir"])
 
     # The same command again resumes from that step and finishes every stage.
-    _run_demo(tmp_path, steps=200)
+    _run_demo(tmp_path, steps=50)
     again = json.loads((tmp_path / "summary.json").read_text())
-    assert again["train_steps"] == f"{stopped} -> 200 (resumed)"
+    assert again["train_steps"] == f"{stopped} -> 50 (resumed)"
     assert _digest(summary["export_dir"]) != export_before

@@ -130,7 +130,13 @@ def test_dataset_paths_are_the_ones_the_builder_writes():
     _, args = _program(build)
     value = {a: b for a, b in zip(args, args[1:], strict=False) if a.startswith("--")}
     built = mwe.make_config(value["--config"], episodes_per_task=int(value["--episodes_per_task"]))
-    demo = mwe.make_config("demo", episodes_per_task=20)  # the demo's defaults
+    from wallwm_jax import demo as demo_cli
+
+    demo = mwe.make_config(  # what the demo builds with its default flags
+        "demo", episodes_per_task=demo_cli._EPISODES.default,
+        image_size=demo_cli._IMAGE_SIZE.default, seed=demo_cli._SEED.default,
+        privileged_state=demo_cli._PRIVILEGED.default,
+        action_noise=demo_cli._NOISE.default)
     version = str(mwe.MetaworldEvents.VERSION)
     named = set(re.findall(r"metaworld_events/([\w.-]+)/(\d+\.\d+\.\d+)", README))
     assert (built.name, version) in named and (demo.name, version) in named, named

@@ -143,6 +143,9 @@ def _data(config: ml_collections.ConfigDict) -> None:
             raise _bad(f"data.mixture[{j}]", entry, "(dataset dir, weight >= 0)")
     if mixture and not any(w > 0 for _, w in mixture):
         raise _bad("data.mixture", mixture, "at least one weight > 0")
+    privileged = config.data.get("privileged_state", False)
+    if not isinstance(privileged, bool):
+        raise _bad("data.privileged_state", privileged, "True or False")
     augment = _get(config, "data.augment")
     if augment.get("enabled"):
         _number(config, "data.augment.crop_scale", low=0.0, high=1.0, open_low=True)
@@ -190,6 +193,14 @@ def _model(config: ml_collections.ConfigDict) -> None:
                  "model.head_dim", "model.mlp_dim", "model.expert_width",
                  "model.expert_mlp_dim", "model.num_flow_steps"):
         _int(config, path, low=1)
+    if config.data.get("privileged_state", False):
+        from wallwm_jax.data.tasks import state_dim
+
+        if config.model.state_dim != state_dim(True):
+            raise UserError(f"config.data.privileged_state=True gives a {state_dim(True)}-D "
+                            f"state (agent state + object and goal positions) but "
+                            f"config.model.state_dim={config.model.state_dim}; set "
+                            f"--config.model.state_dim={state_dim(True)}")
     cameras = len(config.data.cameras)
     if config.model.cameras != cameras:
         raise UserError(f"config.model.cameras={config.model.cameras} but config.data.cameras "

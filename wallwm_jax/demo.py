@@ -3,9 +3,15 @@
     python -m wallwm_jax.demo --workdir /tmp/wallwm_demo
 
 MetaWorld scripted rollouts -> event-segmented TFDS/ArrayRecord dataset -> event-mode
-pretraining of a tiny WALL-WM -> Orbax checkpoints -> offline + closed-loop evaluation ->
-export bundle -> a fresh process loads the export and acts. Re-running with the same workdir
-resumes every stage instead of starting over. Flags scale it up.
+pretraining of a tiny WALL-WM (and, on the same data, steps and model, the chunk-mode
+baseline) -> Orbax checkpoints -> offline + closed-loop evaluation -> export bundles -> a
+fresh process loads the export and acts. Re-running with the same workdir resumes every stage
+instead of starting over. Flags scale it up.
+
+By default the state vector carries privileged simulator state (the object and goal
+positions MetaWorld knows, after the 4-D agent state; `--noprivileged_state` for the 4-D
+agent state alone): at 64x64 the goal of reach and the puck of push are a few pixels, and a
+tiny model trained for minutes does not find them (docs/demo.md).
 """
 
 from __future__ import annotations
@@ -24,29 +30,51 @@ from wallwm_jax.envs import metaworld as mw  # sets MUJOCO_GL before MuJoCo is i
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where the dataset, run and export go.")
 _TASKS = flags.DEFINE_list("tasks", list(mw.DEMO_TASKS), "MetaWorld tasks (v3 names).")
-_EPISODES = flags.DEFINE_integer("episodes_per_task", 20, "Expert episodes per task.")
-_STEPS = flags.DEFINE_integer("steps", 1500, "Training steps.")
+_EPISODES = flags.DEFINE_integer("episodes_per_task", 30, "Expert episodes per task.")
+_STEPS = flags.DEFINE_integer("steps", 1500, "Training steps (of each policy).")
 _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _SIZE = flags.DEFINE_string("size", "tiny", "Model size (experiments/pretrain.py sizes).")
-_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 3, "Closed-loop episodes per task.")
+_LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
+_EXPERT_WIDTH = flags.DEFINE_integer("expert_width", 64, "Action expert width (its MLP: 2x).")
+_MAX_EVENT_LEN = flags.DEFINE_integer("max_event_len", 16, "Tmax: action steps predicted at "
+                                      "once (the rest of the event, at most this many).")
+_EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 10, "Closed-loop episodes per task.")
 _EVAL_MAX_STEPS = flags.DEFINE_integer("eval_max_steps", 150, "Step limit per eval episode.")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", 64, "Camera image side in pixels.")
+_EVAL_WORKERS = flags.DEFINE_integer("eval_workers", 2, "Closed-loop evaluation processes.")
+_EXECUTE = flags.DEFINE_integer("execute_steps", 8, "Closed loop: replan after at most this "
+                                "many steps of a chunk, in both modes (0: the whole chunk).")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Camera image side in pixels.")
 _WORKERS = flags.DEFINE_integer("build_workers", 2, "Rollout worker processes for the build.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for data, init and sampling.")
+_PRIVILEGED = flags.DEFINE_bool("privileged_state", True, "State vector with privileged "
+                                "simulator state (object and goal positions after the 4-D "
+                                "agent state), in the dataset, the model and the evaluation.")
+_NOISE = flags.DEFINE_float("action_noise", 0.3, "Dataset rollouts execute the expert's action "
+                            "plus N(0, noise^2) and record the expert's (DART).")
+_CHUNK = flags.DEFINE_bool("chunk_baseline", True, "Also train and evaluate the chunk-mode "
+                           "baseline on the same data, steps and model.")
 
 
-def demo_config(dataset_dir: str) -> Any:
-    """The tiny event-mode config, pointed at the demo dataset and sized by the flags."""
+def demo_config(dataset_dir: str, mode: str = "event") -> Any:
+    """The tiny config in `mode` (event, or chunk for the baseline), pointed at the demo
+    dataset and sized by the flags; both modes get the same data, steps and model."""
     from experiments.pretrain import get_config
+    from wallwm_jax.data.tasks import state_dim
 
-    config = get_config(f"size={_SIZE.value},mode=event")
+    config = get_config(f"size={_SIZE.value},mode={mode}")
     config.seed = _SEED.value
     config.total_steps = _STEPS.value
     config.batch_size = _BATCH.value
     config.log_every_steps = 1
+    config.optimizer.learning_rate = _LR.value
     config.data.data_dir = dataset_dir
     config.data.image_size = _IMAGE_SIZE.value
+    config.data.privileged_state = _PRIVILEGED.value
+    config.model.state_dim = state_dim(_PRIVILEGED.value)
     config.checkpoint.every_steps = max(1, _STEPS.value // 4)
+    config.model.expert_width = _EXPERT_WIDTH.value
+    config.model.expert_mlp_dim = 2 * _EXPERT_WIDTH.value
+    config.data.max_event_len = _MAX_EVENT_LEN.value  # model.max_event_len follows (a ref)
     return config
 
 
@@ -70,18 +98,30 @@ def act_in_fresh_process(export_dir: str, task: str) -> dict[str, Any]:
 
 
 def closed_loop_table(closed: dict[str, dict[str, float]]) -> str:
-    """Per-task table of policy vs expert success and mean episode lengths."""
-    lines = ["| task | policy success | expert success | policy steps | expert steps |",
-             "|---|---|---|---|---|"]
+    """Per-task table: success (k/n) of the event-mode policy, the chunk-mode baseline (when
+    it ran) and the scripted expert, and their mean episode lengths."""
+    who = [w for w in ("policy", "chunk", "expert") if f"{w}_success" in next(
+        iter(closed.values()), {})]
+    names = {"policy": "policy success (event)", "chunk": "chunk success",
+             "expert": "expert success"}
+    steps = {"policy": "event steps", "chunk": "chunk steps", "expert": "expert steps"}
+    lines = ["| task | " + " | ".join(names[w] for w in who) + " | "
+             + " | ".join(steps[w] for w in who) + " |",
+             "|---|" + "---|" * (2 * len(who))]
     for task, row in closed.items():
-        lines.append(f"| {task} | {row['policy_success']:.0%} | {row['expert_success']:.0%} | "
-                     f"{row['policy_steps']:.0f} | {row['expert_steps']:.0f} |")
+        rates = [f"{row[f'{w}_success']:.0%} ({row[f'{w}_successes']}/{row[f'{w}_n']})"
+                 for w in who]
+        lines.append(f"| {task} | " + " | ".join(rates) + " | "
+                     + " | ".join(f"{row[f'{w}_steps']:.0f}" for w in who) + " |")
     return "\n".join(lines)
 
 
 def closed_loop_eval(export_dir: str, workdir: str, tasks: tuple[str, ...], episodes: int,
-                     max_steps: int) -> dict[str, dict[str, float]]:
-    """The `demo` suite (unseen positions) for the export and the expert, per task."""
+                     max_steps: int, *, chunk_export: str | None = None, workers: int = 1,
+                     execute_steps: int | None = None) -> dict[str, dict[str, float]]:
+    """The `demo` suite (unseen positions) for the export (event mode, oracle planner), the
+    chunk-mode baseline's export (when given) and the expert, per task. Policies run in
+    `workers` processes; the expert reads state only (no rendering) in this one."""
     import dataclasses
 
     import numpy as np
@@ -91,15 +131,23 @@ def closed_loop_eval(export_dir: str, workdir: str, tasks: tuple[str, ...], epis
 
     suite = dataclasses.replace(suites.get("demo"), groups={"demo": tasks},
                                 episodes_per_task=episodes, episode_limit=max_steps)
-    runs = {who: evaluate_suite(PolicySpec(path), suite, os.path.join(workdir, "eval", who))
-            for who, path in (("expert", "expert"), ("policy", export_dir))}
+    who = [("expert", "expert"), ("policy", export_dir)]
+    if chunk_export:
+        who.append(("chunk", chunk_export))
+    runs = {name: evaluate_suite(PolicySpec(path, execute_steps=execute_steps or None), suite,
+                                 os.path.join(workdir, "eval", name),
+                                 workers=1 if path == "expert" else workers)
+            for name, path in who}
     table: dict[str, dict[str, float]] = {}
     for task in tasks:
         row = {}
-        for who, res in runs.items():
+        for name, res in runs.items():
             eps = [e for e in res["episodes"] if e["task"] == task]
-            row[f"{who}_success"] = res["summary"]["tasks"][task]["success"]
-            row[f"{who}_steps"] = float(np.mean([e["steps"] for e in eps]))
+            stats = res["summary"]["tasks"][task]
+            row[f"{name}_success"] = stats["success"]
+            row[f"{name}_successes"] = stats["successes"]
+            row[f"{name}_n"] = stats["n"]
+            row[f"{name}_steps"] = float(np.mean([e["steps"] for e in eps]))
         table[task] = row
     return table
 
@@ -109,7 +157,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["| stage | result |", "|---|---|"]
     for key in ("dataset", "episodes", "train_steps", "loss_first_10pct", "loss_last_10pct",
                 "val_action_mse", "val_duration_acc", "checkpoint_dir", "export_dir",
-                "fresh_process_chunk"):
+                "fresh_process_chunk", "state", "chunk_baseline", "execute_steps"):
         lines.append(f"| {key} | {summary[key]} |")
     lines += ["", closed_loop_table(summary["closed_loop"])]
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
@@ -135,42 +183,71 @@ def main(argv: list[str]) -> None:
     workdir = os.path.abspath(_WORKDIR.value)
     timings: dict[str, float] = {}
     tasks = tuple(_TASKS.value)
+    n_stages = 6 if _CHUNK.value else 5
+    stage = iter(range(1, n_stages + 1))
+
+    def announce(text: str) -> None:
+        print(f"[{next(stage)}/{n_stages}] {text}", flush=True)
 
     t = time.time()
-    print(f"[1/5] dataset: {len(tasks)} tasks x {_EPISODES.value} expert episodes")
+    state = ("privileged simulator state: hand, gripper, object and goal positions"
+             if _PRIVILEGED.value else "4-D agent state")
+    announce(f"dataset: {len(tasks)} tasks x {_EPISODES.value} expert episodes ({state})")
     dataset_dir = build(os.path.join(workdir, "data"), config="demo", tasks=tasks,
                         episodes_per_task=_EPISODES.value, image_size=_IMAGE_SIZE.value,
-                        seed=_SEED.value, num_workers=_WORKERS.value)
+                        seed=_SEED.value, num_workers=_WORKERS.value,
+                        privileged_state=_PRIVILEGED.value, action_noise=_NOISE.value)
     timings["dataset"] = time.time() - t
 
-    t = time.time()
-    print(f"[2/5] pretraining ({_SIZE.value}, event mode) for {_STEPS.value} steps")
-    config = demo_config(dataset_dir)
+    def pretrain(mode: str, run_dir: str, what: str) -> tuple[Any, dict[str, Any] | None]:
+        t = time.time()
+        announce(f"pretraining {what} ({_SIZE.value}, {mode} mode) for {_STEPS.value} steps")
+        config = demo_config(dataset_dir, mode)
+        result = train_and_evaluate(config, run_dir)
+        timings[f"train_{mode}"] = time.time() - t
+        if result["preempted"]:  # SIGTERM: stop here, leave the last export and summary alone
+            print(f"interrupted during pretraining at step {result['last_step']}: checkpoint "
+                  f"in {result['checkpoint_dir']}; export and summary not touched. Run the "
+                  f"same command again to resume.")
+            return config, None
+        return config, result
+
     run_dir = os.path.join(workdir, "run")
-    result = train_and_evaluate(config, run_dir)
-    timings["train"] = time.time() - t
-    if result["preempted"]:  # SIGTERM: stop here, leave the last export and summary alone
-        print(f"interrupted during pretraining at step {result['last_step']}: checkpoint in "
-              f"{result['checkpoint_dir']}; export and summary not touched. Run the same "
-              f"command again to resume.")
+    config, result = pretrain("event", run_dir, "WALL-WM")
+    if result is None:
         return
+    chunk_run_dir = os.path.join(workdir, "run_chunk")
+    chunk_config = chunk_result = None
+    if _CHUNK.value:
+        chunk_config, chunk_result = pretrain("chunk", chunk_run_dir,
+                                              "the chunk baseline, same data, steps and model")
+        if chunk_result is None:
+            return
 
     t = time.time()
-    print("[3/5] offline evaluation on held-out episodes")
+    announce("offline evaluation on held-out episodes")
     offline = evaluate_offline(result["params"], config, split="val")
     timings["offline_eval"] = time.time() - t
 
     t = time.time()
-    print("[4/5] export")
+    announce("export")
+    tokenizer = os.path.join(dataset_dir, "tokenizer.model")
     export_dir = export_bundle(os.path.join(workdir, "export"), result["params"], config,
-                               result["norm_stats"], os.path.join(dataset_dir, "tokenizer.model"))
+                               result["norm_stats"], tokenizer)
+    chunk_export = None
+    if chunk_result is not None:
+        chunk_export = export_bundle(os.path.join(workdir, "export_chunk"),
+                                     chunk_result["params"], chunk_config,
+                                     chunk_result["norm_stats"], tokenizer)
     fresh = act_in_fresh_process(export_dir, tasks[0])
     timings["export"] = time.time() - t
 
     t = time.time()
-    print(f"[5/5] closed-loop evaluation: {_EVAL_EPISODES.value} episodes per task")
+    announce(f"closed-loop evaluation: {_EVAL_EPISODES.value} episodes per task at unseen "
+             f"positions, {_EVAL_WORKERS.value} worker(s)")
     closed = closed_loop_eval(export_dir, workdir, tasks, _EVAL_EPISODES.value,
-                              _EVAL_MAX_STEPS.value)
+                              _EVAL_MAX_STEPS.value, chunk_export=chunk_export,
+                              workers=_EVAL_WORKERS.value, execute_steps=_EXECUTE.value)
     timings["closed_loop_eval"] = time.time() - t
 
     first, last = loss_drop(run_dir)
@@ -187,6 +264,11 @@ def main(argv: list[str]) -> None:
         "checkpoint_dir": result["checkpoint_dir"],
         "export_dir": export_dir,
         "fresh_process_chunk": f"shape {fresh['actions_shape']}",
+        "state": state,
+        "chunk_baseline": (f"{chunk_result['first_step']} -> {chunk_result['last_step']}"
+                           f"{' (resumed)' if chunk_result['first_step'] else ''}, "
+                           f"{chunk_export}" if chunk_result else "off"),
+        "execute_steps": _EXECUTE.value or "whole chunk",
         "closed_loop": closed,
         "offline": offline,
         "timings_s": timings,

@@ -124,7 +124,10 @@ def model_card(config: ml_collections.ConfigDict, flat: dict[str, Any], dtype: s
         f"- Cameras: {', '.join(d.get('cameras', ('image',)))} "
         f"({d.image_size}x{d.image_size} RGB uint8; the first is `observation/image`).",
         f"- State size {m.state_dim}, action size {m.action_dim}, chunk {d.max_event_len} "
-        f"steps, normalisation `{d.norm_mode}` (stats in norm_stats.json).", "",
+        f"steps, normalisation `{d.norm_mode}` (stats in norm_stats.json).",
+        "- State: " + ("privileged simulator state (hand xyz, gripper, object xyz, goal xyz: "
+                       "positions only a simulator knows; `data.privileged_state`)"
+                       if d.get("privileged_state", False) else "agent state") + ".", "",
         "Load: `wallwm_jax.policy.load_policy(DIR)`; serve: "
         "`python -m wallwm_jax.serve --policy DIR --port 8000`.", "",
         "## Evaluation", "",

@@ -53,6 +53,9 @@ class Policy:
                              f"run {', '.join(self.modes)}; {self.mode!r} is not one of them")
         self.cameras = self.io.cameras
         self.state_dim = int(config.model.state_dim)
+        # Reads privileged simulator state (object and goal positions after the agent state,
+        # wallwm_jax.data.tasks.state_layout): the environment must be built to provide it.
+        self.privileged_state = bool(config.data.get("privileged_state", False))
         self.action_dim = int(config.model.action_dim)
         model_cfg = config.model
         self.num_slots = int(model_cfg.max_captions)
@@ -147,7 +150,8 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments {argv[1:]}")
     fl = flags.FLAGS
     policy = load_policy(fl.export)
-    env = MetaWorldTask(fl.task, seed=7, image_size=policy.config.data.image_size)
+    env = MetaWorldTask(fl.task, seed=7, image_size=policy.config.data.image_size,
+                        privileged_state=policy.privileged_state)
     try:
         obs = env.reset()
         phase = env.phase()

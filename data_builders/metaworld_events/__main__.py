@@ -24,6 +24,10 @@ flags.DEFINE_string("tasks", "", "Comma-separated subset of the config's tasks."
 flags.DEFINE_string("cameras", "", "Extra cameras, e.g. gripper.")
 flags.DEFINE_bool("keep_failures", False, "Keep failed expert episodes.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
+flags.DEFINE_bool("privileged_state", False, "Store privileged simulator state: object and "
+                  "goal positions after the 4-D agent state (10-D steps/observation/state).")
+flags.DEFINE_float("action_noise", 0.0, "DART: perturb executed actions by N(0, noise^2); the "
+                   "recorded actions stay the expert's.")
 FLAGS = flags.FLAGS
 
 
@@ -37,7 +41,8 @@ def main(argv: list[str]) -> None:
                  image_size=FLAGS.image_size, seed=FLAGS.seed, num_workers=FLAGS.workers,
                  tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,
                  cameras=tuple(c for c in FLAGS.cameras.split(",") if c),
-                 keep_failures=FLAGS.keep_failures, strict=FLAGS.strict)
+                 keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
+                 privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise)
     print(path)
 
 

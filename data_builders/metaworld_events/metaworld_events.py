@@ -26,6 +26,7 @@ from PIL import Image
 from wallwm_jax.data import captions, event_index
 from wallwm_jax.data.episodes import event_features, validate_episode
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
+from wallwm_jax.data.tasks import STATE_LAYOUT_FILE, state_dim, state_record
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
 from wallwm_jax.envs.metaworld import (
     DEMO_TASKS,
@@ -49,6 +50,12 @@ class MetaworldEventsConfig(tfds.core.BuilderConfig):
     seed: int = 0
     cameras: tuple[str, ...] = ()  # extra cameras, stored as steps/observation/image_<name>
     keep_failures: bool = False  # keep failed expert episodes (episode_metadata/success False)
+    # Privileged simulator state: steps/observation/state is 10-D (hand xyz, gripper, object
+    # xyz, goal xyz) instead of the 4-D agent state; recorded in STATE_LAYOUT_FILE.
+    privileged_state: bool = False
+    # DART-style noise injection: executed actions = expert + N(0, action_noise^2); the
+    # recorded actions stay the expert's (labels for the states a deviation leads to).
+    action_noise: float = 0.0
 
 
 BASE_TASKS = {"demo": DEMO_TASKS, "mt10": MT10_TASKS, "mt50": MT50_TASKS}
@@ -57,7 +64,9 @@ BASE_TASKS = {"demo": DEMO_TASKS, "mt10": MT10_TASKS, "mt50": MT50_TASKS}
 def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size: int = 64,
                 seed: int = 0, tasks: tuple[str, ...] | None = None,
                 cameras: tuple[str, ...] = (),
-                keep_failures: bool = False) -> MetaworldEventsConfig:
+                keep_failures: bool = False,
+                privileged_state: bool = False,
+                action_noise: float = 0.0) -> MetaworldEventsConfig:
     """Config `config` with overrides; non-default overrides get their own config name
     (so their own directory), which keeps "already built" meaning "built with these settings"."""
     if config not in BASE_TASKS:
@@ -77,10 +86,21 @@ def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size
         name += "-c" + "+".join(cameras)
     if keep_failures:
         name += "-withfailures"
+    description = f"{config}: {', '.join(tasks)}"
+    if privileged_state:
+        name += "-privstate"
+        description += "; state with privileged simulator state (object and goal positions)"
+    if action_noise < 0:
+        raise ValueError(f"action_noise must be >= 0, got {action_noise}")
+    if action_noise:
+        name += f"-dart{action_noise:g}"
+        description += (f"; executed actions perturbed by N(0, {action_noise:g}^2), recorded "
+                        "actions the expert's")
     return MetaworldEventsConfig(
-        name=name, description=f"{config}: {', '.join(tasks)}", tasks=tasks,
+        name=name, description=description, tasks=tasks,
         episodes_per_task=episodes_per_task, image_size=image_size, seed=seed,
-        cameras=tuple(cameras), keep_failures=keep_failures)
+        cameras=tuple(cameras), keep_failures=keep_failures,
+        privileged_state=bool(privileged_state), action_noise=float(action_noise))
 
 
 def split_episodes(episodes_per_task: int) -> dict[str, range]:
@@ -159,7 +179,7 @@ def check_rollout(rollout: dict, image_size: int, cameras: tuple[str, ...]) -> N
 def _rollout_job(job: tuple) -> tuple[str, int, dict]:
     """One expert rollout, read from / written to the rollout cache (`cache_dir`) so an
     interrupted build restarts from the episodes it already simulated."""
-    task, index, seed, image_size, cameras, cache_dir = job
+    task, index, seed, image_size, cameras, privileged_state, action_noise, cache_dir = job
     path = os.path.join(cache_dir, f"{task}_{index:06d}.npz") if cache_dir else None
     if path and os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
@@ -171,7 +191,8 @@ def _rollout_job(job: tuple) -> tuple[str, int, dict]:
         rollout["phases"] = list(rollout["phases"])
         return task, index, rollout
     rollout = rollout_expert(task, seed=seed, image_size=image_size, max_steps=MAX_STEPS,
-                             extra_cameras=cameras)
+                             extra_cameras=cameras, privileged_state=privileged_state,
+                             action_noise=action_noise)
     if path:
         arrays = {k: v for k, v in rollout.items() if k not in ("events",)}
         arrays["phases"] = np.asarray(rollout["phases"], str)
@@ -222,7 +243,8 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
         size = self.builder_config.image_size
         cameras = ["image", *(f"image_{c}" for c in self.builder_config.cameras)]
         return self.dataset_info_from_configs(
-            features=event_features({name: (size, size, 3) for name in cameras}, 4, 4),
+            features=event_features({name: (size, size, 3) for name in cameras},
+                                    state_dim(self.builder_config.privileged_state), 4),
             homepage="https://github.com/Farama-Foundation/Metaworld",
         )
 
@@ -236,7 +258,8 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, indices: range):
         cfg = self.builder_config
         jobs = [(task, i, episode_seed(cfg.seed, task, i), cfg.image_size, cfg.cameras,
-                 self.cache_dir) for task in cfg.tasks for i in indices]
+                 cfg.privileged_state, cfg.action_noise, self.cache_dir)
+                for task in cfg.tasks for i in indices]
         bar = tqdm.tqdm(total=len(jobs), desc=f"metaworld_events/{cfg.name} {split} rollouts",
                         unit="ep")
         if self.num_workers > 1:
@@ -284,7 +307,8 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
 def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
           image_size: int = 64, seed: int = 0, num_workers: int = 1,
           tasks: tuple[str, ...] | None = None, cameras: tuple[str, ...] = (),
-          keep_failures: bool = False, strict: bool = False) -> str:
+          keep_failures: bool = False, strict: bool = False,
+          privileged_state: bool = False, action_noise: float = 0.0) -> str:
     """Build (or reuse) the dataset; write norm stats, tokenizer and build report; return the
     version dir.
 
@@ -294,12 +318,18 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     TFDS writes into a temporary directory renamed only when every split is written, so an
     interrupted build never looks finished. Invalid episodes are excluded and counted
     (`strict=True` raises instead, naming the episode and field); failed expert episodes are
-    excluded unless `keep_failures` (then kept with `episode_metadata/success` False). With
+    excluded unless `keep_failures` (then kept with `episode_metadata/success` False).
+    `privileged_state=True` stores privileged simulator state (object and goal positions
+    after the 4-D agent state) and gets its own config name (`-privstate`); the state layout
+    of every build is written to `state_layout.json` beside dataset_info.json.
+    `action_noise > 0` perturbs the executed actions (DART) and keeps the expert's as labels
+    (config name `-dart<noise>`). With
     `num_workers > 1` rollouts run in spawned processes (results kept in job order, so the
     output does not depend on it); call from under `if __name__ == "__main__":` in scripts.
     """
     cfg = make_config(config, episodes_per_task=episodes_per_task, image_size=image_size,
-                      seed=seed, tasks=tasks, cameras=cameras, keep_failures=keep_failures)
+                      seed=seed, tasks=tasks, cameras=cameras, keep_failures=keep_failures,
+                      privileged_state=privileged_state, action_noise=action_noise)
     builtin = {c.name for c in MetaworldEvents.BUILDER_CONFIGS}
     cache_dir = os.path.join(data_dir, "metaworld_events", ".rollouts", cfg.name)
     builder = MetaworldEvents(data_dir=data_dir, config=cfg.name if cfg.name in builtin else cfg,
@@ -320,6 +350,11 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
             json.dump(report, f, indent=1)
         print(format_report(report))
         shutil.rmtree(cache_dir, ignore_errors=True)
+    layout_path = os.path.join(version_dir, STATE_LAYOUT_FILE)
+    if not os.path.exists(layout_path):
+        with open(layout_path + ".tmp", "w") as f:
+            json.dump(state_record(cfg.privileged_state), f, indent=1)
+        os.replace(layout_path + ".tmp", layout_path)
     stats_path = os.path.join(version_dir, NORM_STATS_FILE)
     if not os.path.exists(stats_path):
         arrays = builder.norm_arrays

@@ -24,6 +24,7 @@ from wallwm_jax.data.augment import augment_frame, check_augment
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
+from wallwm_jax.data.tasks import STATE_LAYOUT_FILE
 from wallwm_jax.data.tokenizer import Tokenizer
 from wallwm_jax.data.transforms import ModelIO, bin_to_steps, duration_bin
 
@@ -310,6 +311,34 @@ def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
         check_augment(data_cfg.augment)
 
 
+def dataset_state_record(dataset_dir: str) -> dict | None:
+    """The dataset's state layout record (`state_layout.json`, written by the MetaWorld
+    builder), or None for a dataset without one (agent state of whatever width it stores)."""
+    import json
+
+    from etils import epath
+
+    path = epath.Path(dataset_dir) / STATE_LAYOUT_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def check_state_layout(dataset_dir: str, data_cfg: ml_collections.ConfigDict) -> None:
+    """Raise ValueError when `data.privileged_state` disagrees with what the dataset stores
+    (privileged simulator state must be asked for on both sides, never picked up by chance)."""
+    want = bool(data_cfg.get("privileged_state", False))
+    record = dataset_state_record(dataset_dir)
+    has = bool(record and record.get("privileged_state"))
+    if want != has:
+        raise ValueError(
+            f"{dataset_dir}: data.privileged_state={want} but the dataset stores "
+            + (f"privileged simulator state ({record['state_dim']}-D: {record['source']})"
+               if has else "no privileged simulator state (" + (
+                   f"{record['state_dim']}-D agent state" if record else
+                   f"no {STATE_LAYOUT_FILE}") + ")")
+            + "; build the dataset with --privileged_state or set "
+            f"--config.data.privileged_state={has}")
+
+
 def _balanced_index(source: EpisodeSource, split: str, data_cfg: ml_collections.ConfigDict):
     """(EventIndex, per-event probabilities, cluster ids) from the event index stored with
     the dataset, balanced with `data.balance_alpha`. Read only: a missing or stale index, or
@@ -338,6 +367,7 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     balanced = split == "train" and data_cfg.get("balance_alpha") is not None
     samplers = []
     for directory, _ in entries:
+        check_state_layout(directory, data_cfg)
         source = open_dataset(directory, split)
         index, probs, cluster = (_balanced_index(source, split, data_cfg) if balanced
                                  else (scan_events(source), None, None))

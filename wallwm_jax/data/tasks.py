@@ -1,10 +1,13 @@
-"""The MetaWorld task vocabulary: task sets and the object/target words of each task.
+"""The MetaWorld task vocabulary: task sets, the object/target words of each task, and the
+layout of the state vector (agent state, or with privileged simulator state).
 
 Plain data without import side effects, so captions, suites and tokenizers can name tasks
 without importing the simulator (`wallwm_jax.envs.metaworld` re-exports these).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 DEMO_TASKS = ("reach-v3", "push-v3", "button-press-topdown-v3")
 MT10_TASKS = (
@@ -80,3 +83,48 @@ MT50_EXTRA: dict[str, tuple[str, str, bool, str, str]] = {
 }
 TASK_OBJECTS.update({task: (obj, target) for task, (obj, target, *_) in MT50_EXTRA.items()})
 MT50_TASKS = tuple(sorted(TASK_OBJECTS))
+
+
+# -- The MetaWorld state vector: the one definition of its layout -------------------------
+# (name, start, stop) slices of MetaWorld's 39-D simulator observation. The 4-D agent state
+# (hand xyz + gripper opening) is what a real robot reports and what LeRobot's MT50 protocol
+# gives. "Privileged simulator state" appends the first object's position and the goal
+# position, which only the simulator knows; a dataset built with `privileged_state=True`
+# stores it (recorded in the dataset's STATE_LAYOUT_FILE), `config.data.privileged_state`
+# says a model reads it, and the evaluator builds the environment to provide it.
+AGENT_STATE: tuple[tuple[str, int, int], ...] = (("hand_xyz", 0, 3), ("gripper", 3, 4))
+PRIVILEGED_STATE: tuple[tuple[str, int, int], ...] = AGENT_STATE + (
+    ("object_xyz", 4, 7), ("goal_xyz", 36, 39))
+STATE_LAYOUT_FILE = "state_layout.json"
+
+
+def state_layout(privileged_state: bool) -> tuple[tuple[str, int, int], ...]:
+    """(name, start, stop) slices of the simulator observation that make the state vector."""
+    return PRIVILEGED_STATE if privileged_state else AGENT_STATE
+
+
+def state_dim(privileged_state: bool) -> int:
+    """Width of the state vector: 4 (agent state) or 10 (with privileged simulator state)."""
+    return sum(stop - start for _, start, stop in state_layout(privileged_state))
+
+
+def state_names(privileged_state: bool) -> list[str]:
+    """Per-dimension names of the state vector, e.g. hand_xyz[0] ... goal_xyz[2]."""
+    return [name if stop - start == 1 else f"{name}[{i}]"
+            for name, start, stop in state_layout(privileged_state)
+            for i in range(stop - start)]
+
+
+def state_vector(sim_obs: np.ndarray, privileged_state: bool) -> np.ndarray:
+    """MetaWorld's 39-D observation -> the float32 state vector of that layout."""
+    sim_obs = np.asarray(sim_obs)
+    return np.concatenate([sim_obs[start:stop] for _, start, stop in
+                           state_layout(privileged_state)]).astype(np.float32)
+
+
+def state_record(privileged_state: bool) -> dict:
+    """What a dataset records about its state vector (STATE_LAYOUT_FILE)."""
+    return {"privileged_state": bool(privileged_state), "state_dim": state_dim(privileged_state),
+            "names": state_names(privileged_state),
+            "source": "MetaWorld observation slices " + ", ".join(
+                f"{n}=[{a}:{b}]" for n, a, b in state_layout(privileged_state))}

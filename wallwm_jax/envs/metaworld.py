@@ -25,6 +25,8 @@ from wallwm_jax.data.tasks import (  # noqa: E402, F401
     MT50_EXTRA,
     MT50_TASKS,
     TASK_OBJECTS,
+    state_dim,
+    state_vector,
 )
 
 # Extra camera feature name -> MuJoCo camera (the scene camera is `image`, from `camera`).
@@ -187,11 +189,16 @@ def _import_mujoco_envs():
 
 
 class MetaWorldTask:
-    """One MetaWorld task; object and goal positions are drawn from `seed` at each reset."""
+    """One MetaWorld task; object and goal positions are drawn from `seed` at each reset.
+
+    Observations carry `state`: the 4-D agent state (hand xyz, gripper), or with
+    `privileged_state=True` the 10-D vector that adds the object and goal positions only the
+    simulator knows (layout: `wallwm_jax.data.tasks.state_layout`).
+    """
 
     def __init__(self, task: str, *, seed: int, image_size: int = 64, camera: str = "corner2",
                  fast_render: bool = True, extra_cameras: tuple[str, ...] = (),
-                 camera_setup: str = "ours"):
+                 camera_setup: str = "ours", privileged_state: bool = False):
         if task not in TASK_OBJECTS:
             raise ValueError(f"unknown MetaWorld task {task!r}; known: {sorted(TASK_OBJECTS)}")
         env_dict, policies = _import_mujoco_envs()
@@ -229,6 +236,8 @@ class MetaWorldTask:
             _, _, grasps, verb, _ = MT50_EXTRA[task]
             self._phase_fn = GenericPhases(grasps, verb)
         self._seed = seed
+        self.privileged_state = bool(privileged_state)
+        self.state_dim = state_dim(self.privileged_state)
         self._obs: np.ndarray | None = None
         self._succeeded = False
 
@@ -244,7 +253,7 @@ class MetaWorldTask:
             viewer.scn.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             viewer.scn.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             self._fast_render_pending = False
-        out = {"state": self._obs[:4].astype(np.float32)}
+        out = {"state": state_vector(self._obs, self.privileged_state)}
         if not self.render_images:
             return out
         frame = self._env.render()
@@ -262,7 +271,8 @@ class MetaWorldTask:
         return out
 
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
-        """Reset with new positions; returns {'image': uint8[H,W,3], 'state': float32[4]}."""
+        """Reset with new positions; returns {'image': uint8[H,W,3], 'state': float32[S]}
+        (S = 4, or 10 with privileged simulator state)."""
         self._env.seed(self._seed if seed is None else seed)
         self._obs, _ = self._env.reset()
         self._succeeded = False
@@ -318,14 +328,21 @@ def segment_phases(phases: list[str], min_len: int = MIN_EVENT_STEPS) -> list[tu
 
 
 def rollout_expert(task: str, *, seed: int, image_size: int = 64,
-                   max_steps: int = 200, extra_cameras: tuple[str, ...] = ()) -> dict:
+                   max_steps: int = 200, extra_cameras: tuple[str, ...] = (),
+                   privileged_state: bool = False, action_noise: float = 0.0) -> dict:
     """Run the scripted expert once; T = steps taken (stops SETTLE_STEPS after success).
 
-    Returns images uint8[T,H,W,3], states float32[T,4], actions float32[T,4] in [-1, 1],
+    Returns images uint8[T,H,W,3], states float32[T,S] (S = 4, or 10 with
+    `privileged_state`: object and goal positions appended), actions float32[T,4] in [-1, 1],
     phases (T names), events [(start, end_exclusive, phase)], success (bool), and
     `images_<name>` uint8[T,H,W,3] per extra camera.
     """
-    env = MetaWorldTask(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras)
+    env = MetaWorldTask(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras,
+                        privileged_state=privileged_state)
+    # DART-style noise injection: with action_noise > 0 the executed action is the expert's
+    # plus N(0, action_noise^2) (seeded by `seed`), while the recorded action stays the
+    # expert's clean one, so the data shows how the expert recovers from small deviations.
+    noise_rng = np.random.default_rng(seed)
     try:
         obs = env.reset()
         images, states, actions, phases = [], [], [], []
@@ -339,7 +356,11 @@ def rollout_expert(task: str, *, seed: int, image_size: int = 64,
             states.append(obs["state"])
             actions.append(action)
             phases.append(env.phase())
-            obs, success = env.step(action)
+            executed = action
+            if action_noise > 0:
+                executed = np.clip(action + noise_rng.normal(0.0, action_noise, action.shape),
+                                   -1.0, 1.0).astype(np.float32)
+            obs, success = env.step(executed)
             if success and success_at is None:
                 success_at = t
             if success_at is not None and t >= success_at + SETTLE_STEPS:

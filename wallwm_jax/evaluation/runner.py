@@ -101,11 +101,29 @@ def _env_cameras(actor: Any) -> tuple[str, ...]:
     return extra
 
 
+def reads_privileged_state(actor: Any) -> bool:
+    """Whether the policy's state vector carries privileged simulator state."""
+    return bool(actor is not None and getattr(actor, "privileged_state", False))
+
+
 def check_actor(actor: Any, suite: Suite) -> None:
-    """The policy must read what the suite's protocol provides (state size, cameras)."""
+    """The policy must read what the suite's protocol provides (state size, cameras).
+    A policy trained on privileged simulator state gets it from the environment, except in
+    a suite whose protocol fixes the agent state (LeRobot's)."""
     if actor is None:
         return
-    if actor.state_dim != suite.state_dims:
+    if reads_privileged_state(actor):
+        from wallwm_jax.data.tasks import state_dim
+
+        if suite.camera_setup == "lerobot":
+            raise EvaluationError(f"the policy reads privileged simulator state; suite "
+                                  f"{suite.name!r} follows a protocol with {suite.state_dims}-D "
+                                  f"agent state only")
+        if actor.state_dim != state_dim(True):
+            raise EvaluationError(f"the policy reads privileged simulator state but a "
+                                  f"{actor.state_dim}-D state; the environment provides "
+                                  f"{state_dim(True)}-D")
+    elif actor.state_dim != suite.state_dims:
         raise EvaluationError(f"the policy reads a {actor.state_dim}-D state; suite "
                               f"{suite.name!r} provides {suite.state_dims}-D agent state")
     if suite.image_size not in (None, actor.config.data.image_size):
@@ -144,7 +162,8 @@ def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, e
         image_size = suite.image_size or (actor.config.data.image_size if actor else 64)
         env = GuardedEnv(MetaWorldTask(task, seed=seed, image_size=image_size,
                                        camera=suite.camera, camera_setup=suite.camera_setup,
-                                       extra_cameras=_env_cameras(actor)),
+                                       extra_cameras=_env_cameras(actor),
+                                       privileged_state=reads_privileged_state(actor)),
                          privileged=privileged)
     except Exception as err:  # noqa: BLE001
         return dict(record, success=False, steps=0, captions=[], chunk_lengths=[],
@@ -235,7 +254,9 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
     planner = spec.planner if mode == "event" else None
     results = {
         "suite": suite.name, "question": suite.question, "mode": mode, "planner": planner,
-        "privileged": mode == EXPERT or (mode == "event" and PLANNERS[spec.planner].privileged),
+        "privileged": mode == EXPERT or (mode == "event" and PLANNERS[spec.planner].privileged)
+                      or reads_privileged_state(actor),
+        "privileged_state": reads_privileged_state(actor),
         "policy": spec.path or "in-memory",
         "step": spec.step, "execute_steps": spec.execute_steps,
         "protocol": dict(suite.protocol(), camera_view=observation_note(suite),
@@ -288,6 +309,8 @@ def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = No
     planner = results["planner"]
     who = f"{results['mode']} mode" + (
         f", planner `{planner}` (reads privileged simulator state)" if planner else "")
+    if results.get("privileged_state"):
+        who += ", state vector with privileged simulator state (object and goal positions)"
     lines = [f"# {results['suite']}: {results['question']}", "",
              f"policy `{results['policy']}`, {who}; {s['overall']['n']} episodes in "
              f"{results['wall_s']:.0f}s; episode limit {results['protocol']['episode_limit']} "
