@@ -21,7 +21,8 @@ def _cmd(workdir, steps, chunk_baseline=False):
             "--chunk_baseline" if chunk_baseline else "--nochunk_baseline"]
 
 
-ENV = dict(os.environ, XLA_FLAGS="")  # the demo itself runs on one CPU device
+# The demo itself runs on one CPU device; compiled at -O0 like the rest of the tests.
+ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
 
 
 def _run_demo(workdir, steps=4, chunk_baseline=False):
