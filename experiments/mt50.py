@@ -17,18 +17,17 @@ only sets what MT50 on GPUs changes. Everything is in docs/mt50.md; the commands
    224 px (= data.image_size, the size mt50_lerobot renders for this policy):
 
        python -m data_builders.metaworld_events --data_dir /data --config mt50 \\
-           --episodes_per_task 59 --image_size 224 --workers 16
-       # -> /data/metaworld_events/mt50-e59-i224-s0/1.0.0
+           --episodes_per_task 59 --image_size 224 --camera_setup lerobot --workers 16
+       # -> /data/metaworld_events/mt50-e59-i224-s0-viewlerobot/1.0.0
 
-   The builder renders corner2 upright at MetaWorld's position; mt50_lerobot renders it moved
-   to LeRobot's (0.75, 0.075, 0.7) and flipped. The builder has no flag for LeRobot's view yet
-   (docs/mt50.md, "Camera"): until it does, the policy is evaluated on a view it never saw.
+   `--camera_setup lerobot` renders corner2 as mt50_lerobot does (moved to LeRobot's
+   (0.75, 0.075, 0.7) and flipped), so the policy trains on the view it is evaluated on.
 
 2. Train (one host, 8 GPUs; re-running resumes):
 
        python -m wallwm_jax.train --config experiments/mt50.py:size=small \\
            --workdir /runs/mt50_small \\
-           --config.data.data_dir=/data/metaworld_events/mt50-e59-i224-s0/1.0.0
+           --config.data.data_dir=/data/metaworld_events/mt50-e59-i224-s0-viewlerobot/1.0.0
 
 3. Evaluate (LeRobot's protocol, 10 episodes per task, per-group success):
 
@@ -93,7 +92,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # The observation mt50_lerobot provides: one corner2 image, 4-D agent state.
     config.data.builder_config = "mt50"
-    # On the command line: <builder --data_dir>/metaworld_events/mt50-e59-i224-s0/1.0.0
+    # On the command line: <builder --data_dir>/metaworld_events/mt50-e59-i224-s0-viewlerobot/1.0.0
     config.data.data_dir = ""
     config.data.image_size = IMAGE_SIZE  # model.image_size follows (a reference)
     config.data.cameras = ("image",)

@@ -28,6 +28,9 @@ flags.DEFINE_bool("privileged_state", False, "Store privileged simulator state: 
                   "goal positions after the 4-D agent state (10-D steps/observation/state).")
 flags.DEFINE_float("action_noise", 0.0, "DART: perturb executed actions by N(0, noise^2); the "
                    "recorded actions stay the expert's.")
+flags.DEFINE_enum("camera_setup", "ours", ["ours", "lerobot"], "Scene camera: ours (corner2 "
+                  "upright where MetaWorld puts it) or lerobot (the view the mt50_lerobot "
+                  "evaluation suite renders).")
 FLAGS = flags.FLAGS
 
 
@@ -42,7 +45,8 @@ def main(argv: list[str]) -> None:
                  tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,
                  cameras=tuple(c for c in FLAGS.cameras.split(",") if c),
                  keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
-                 privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise)
+                 privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise,
+                 camera_setup=FLAGS.camera_setup)
     print(path)
 
 

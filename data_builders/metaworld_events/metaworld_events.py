@@ -56,6 +56,9 @@ class MetaworldEventsConfig(tfds.core.BuilderConfig):
     # DART-style noise injection: executed actions = expert + N(0, action_noise^2); the
     # recorded actions stay the expert's (labels for the states a deviation leads to).
     action_noise: float = 0.0
+    # Scene camera placement, as MetaWorldTask takes it: "ours" (corner2 where MetaWorld puts
+    # it, upright) or "lerobot" (the view the mt50_lerobot evaluation suite renders).
+    camera_setup: str = "ours"
 
 
 BASE_TASKS = {"demo": DEMO_TASKS, "mt10": MT10_TASKS, "mt50": MT50_TASKS}
@@ -66,7 +69,8 @@ def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size
                 cameras: tuple[str, ...] = (),
                 keep_failures: bool = False,
                 privileged_state: bool = False,
-                action_noise: float = 0.0) -> MetaworldEventsConfig:
+                action_noise: float = 0.0,
+                camera_setup: str = "ours") -> MetaworldEventsConfig:
     """Config `config` with overrides; non-default overrides get their own config name
     (so their own directory), which keeps "already built" meaning "built with these settings"."""
     if config not in BASE_TASKS:
@@ -96,8 +100,13 @@ def make_config(config: str = "demo", *, episodes_per_task: int = 10, image_size
         name += f"-dart{action_noise:g}"
         description += (f"; executed actions perturbed by N(0, {action_noise:g}^2), recorded "
                         "actions the expert's")
+    if camera_setup not in ("ours", "lerobot"):
+        raise ValueError(f"camera_setup must be 'ours' or 'lerobot', got {camera_setup!r}")
+    if camera_setup != "ours":
+        name += f"-view{camera_setup}"
+        description += f"; scene camera as the {camera_setup} setup places it"
     return MetaworldEventsConfig(
-        name=name, description=description, tasks=tasks,
+        name=name, description=description, tasks=tasks, camera_setup=camera_setup,
         episodes_per_task=episodes_per_task, image_size=image_size, seed=seed,
         cameras=tuple(cameras), keep_failures=keep_failures,
         privileged_state=bool(privileged_state), action_noise=float(action_noise))
@@ -179,7 +188,8 @@ def check_rollout(rollout: dict, image_size: int, cameras: tuple[str, ...]) -> N
 def _rollout_job(job: tuple) -> tuple[str, int, dict]:
     """One expert rollout, read from / written to the rollout cache (`cache_dir`) so an
     interrupted build restarts from the episodes it already simulated."""
-    task, index, seed, image_size, cameras, privileged_state, action_noise, cache_dir = job
+    (task, index, seed, image_size, cameras, privileged_state, action_noise, camera_setup,
+     cache_dir) = job
     path = os.path.join(cache_dir, f"{task}_{index:06d}.npz") if cache_dir else None
     if path and os.path.exists(path):
         with np.load(path, allow_pickle=False) as f:
@@ -192,7 +202,7 @@ def _rollout_job(job: tuple) -> tuple[str, int, dict]:
         return task, index, rollout
     rollout = rollout_expert(task, seed=seed, image_size=image_size, max_steps=MAX_STEPS,
                              extra_cameras=cameras, privileged_state=privileged_state,
-                             action_noise=action_noise)
+                             action_noise=action_noise, camera_setup=camera_setup)
     if path:
         arrays = {k: v for k, v in rollout.items() if k not in ("events",)}
         arrays["phases"] = np.asarray(rollout["phases"], str)
@@ -258,7 +268,7 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, split: str, indices: range):
         cfg = self.builder_config
         jobs = [(task, i, episode_seed(cfg.seed, task, i), cfg.image_size, cfg.cameras,
-                 cfg.privileged_state, cfg.action_noise, self.cache_dir)
+                 cfg.privileged_state, cfg.action_noise, cfg.camera_setup, self.cache_dir)
                 for task in cfg.tasks for i in indices]
         bar = tqdm.tqdm(total=len(jobs), desc=f"metaworld_events/{cfg.name} {split} rollouts",
                         unit="ep")
@@ -308,7 +318,8 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
           image_size: int = 64, seed: int = 0, num_workers: int = 1,
           tasks: tuple[str, ...] | None = None, cameras: tuple[str, ...] = (),
           keep_failures: bool = False, strict: bool = False,
-          privileged_state: bool = False, action_noise: float = 0.0) -> str:
+          privileged_state: bool = False, action_noise: float = 0.0,
+          camera_setup: str = "ours") -> str:
     """Build (or reuse) the dataset; write norm stats, tokenizer and build report; return the
     version dir.
 
@@ -323,13 +334,15 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     after the 4-D agent state) and gets its own config name (`-privstate`); the state layout
     of every build is written to `state_layout.json` beside dataset_info.json.
     `action_noise > 0` perturbs the executed actions (DART) and keeps the expert's as labels
-    (config name `-dart<noise>`). With
+    (config name `-dart<noise>`). `camera_setup="lerobot"` renders the scene camera as the
+    `mt50_lerobot` evaluation suite does (config name `-viewlerobot`). With
     `num_workers > 1` rollouts run in spawned processes (results kept in job order, so the
     output does not depend on it); call from under `if __name__ == "__main__":` in scripts.
     """
     cfg = make_config(config, episodes_per_task=episodes_per_task, image_size=image_size,
                       seed=seed, tasks=tasks, cameras=cameras, keep_failures=keep_failures,
-                      privileged_state=privileged_state, action_noise=action_noise)
+                      privileged_state=privileged_state, action_noise=action_noise,
+                      camera_setup=camera_setup)
     builtin = {c.name for c in MetaworldEvents.BUILDER_CONFIGS}
     cache_dir = os.path.join(data_dir, "metaworld_events", ".rollouts", cfg.name)
     builder = MetaworldEvents(data_dir=data_dir, config=cfg.name if cfg.name in builtin else cfg,

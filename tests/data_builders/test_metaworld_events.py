@@ -269,3 +269,25 @@ def test_paraphrase_split_is_recorded_and_heldout_never_used(built):
             seen |= {c.decode() for c in ep["events"]["caption"]}
             seen.add(ep["episode_metadata"]["instruction"].decode())
     assert seen and not seen & heldout
+
+
+def test_lerobot_camera_setup_builds_the_view_mt50_lerobot_renders():
+    from wallwm_jax.envs.metaworld import MetaWorldTask, rollout_expert
+
+    cfg = mwe.make_config("mt50", camera_setup="lerobot")
+    assert cfg.name == "mt50-viewlerobot" and cfg.camera_setup == "lerobot"
+    with pytest.raises(ValueError, match="camera_setup must be 'ours' or 'lerobot'"):
+        mwe.make_config("demo", camera_setup="front")
+    seed = mwe.episode_seed(0, "reach-v3", 0)
+    # The builder's job path (what `build` runs per episode) with the LeRobot view ...
+    _, _, rollout = mwe._rollout_job(("reach-v3", 0, seed, 16, (), False, 0.0, "lerobot", None))
+    ours = rollout_expert("reach-v3", seed=seed, image_size=16, max_steps=2)
+    # ... gives the first frame the evaluation environment of mt50_lerobot shows that seed.
+    env = MetaWorldTask("reach-v3", seed=seed, image_size=16, camera_setup="lerobot")
+    try:
+        first = env.reset()["image"]
+    finally:
+        env.close()
+    np.testing.assert_array_equal(rollout["images"][0], first)
+    assert not np.array_equal(rollout["images"][0], ours["images"][0])
+    np.testing.assert_array_equal(rollout["states"][:2], ours["states"])  # same episode

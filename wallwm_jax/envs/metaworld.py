@@ -329,8 +329,12 @@ def segment_phases(phases: list[str], min_len: int = MIN_EVENT_STEPS) -> list[tu
 
 def rollout_expert(task: str, *, seed: int, image_size: int = 64,
                    max_steps: int = 200, extra_cameras: tuple[str, ...] = (),
-                   privileged_state: bool = False, action_noise: float = 0.0) -> dict:
+                   privileged_state: bool = False, action_noise: float = 0.0,
+                   camera_setup: str = "ours") -> dict:
     """Run the scripted expert once; T = steps taken (stops SETTLE_STEPS after success).
+
+    `camera_setup` places the scene camera as `MetaWorldTask` does ("lerobot": the view the
+    `mt50_lerobot` evaluation suite renders).
 
     Returns images uint8[T,H,W,3], states float32[T,S] (S = 4, or 10 with
     `privileged_state`: object and goal positions appended), actions float32[T,4] in [-1, 1],
@@ -338,7 +342,7 @@ def rollout_expert(task: str, *, seed: int, image_size: int = 64,
     `images_<name>` uint8[T,H,W,3] per extra camera.
     """
     env = MetaWorldTask(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras,
-                        privileged_state=privileged_state)
+                        privileged_state=privileged_state, camera_setup=camera_setup)
     # DART-style noise injection: with action_noise > 0 the executed action is the expert's
     # plus N(0, action_noise^2) (seeded by `seed`), while the recorded action stays the
     # expert's clean one, so the data shows how the expert recovers from small deviations.
