@@ -30,14 +30,42 @@ def pytest_sessionfinish(session, exitstatus):
 import pytest  # noqa: E402  (imported after the environment is set)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """Tests sharing a costly session fixture carry an xdist_group mark so one worker runs
+    them all; pytest-xdist honours it by suffixing the node id with '@group'. Where a pytest
+    or xdist version drops that, every worker would build the fixture again: stop instead."""
+    if not hasattr(config, "workerinput") or config.getoption("dist", "no") != "loadgroup":
+        return
+    lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+    if lost:
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} with pytest-xdist ignores xdist_group marks "
+            f"({lost[0]} has no '@group' suffix); install the [dev] extra's pinned versions")
+
+
 @pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory) -> str:
-    """A real MetaWorld event dataset: 2 tasks x 4 expert episodes, 32x32 images."""
+def tiny_dataset(tmp_path_factory, worker_id) -> str:
+    """A real MetaWorld event dataset: 2 tasks x 4 expert episodes, 32x32 images.
+
+    Under pytest-xdist the workers share one build (in the run's base temp directory, under a
+    file lock): the first builds it, the others find it finished."""
+    import fcntl
+
     from data_builders.metaworld_events import build
 
-    root = tmp_path_factory.mktemp("tiny_dataset")
-    return build(str(root), config="demo", tasks=("reach-v3", "push-v3"), episodes_per_task=4,
-                 image_size=32, seed=0, num_workers=1)
+    if worker_id == "master":
+        root = tmp_path_factory.mktemp("tiny_dataset")
+    else:  # <run basetemp>/popen-gwN per worker; its parent is this run's, shared
+        root = tmp_path_factory.getbasetemp().parent / "tiny_dataset_shared"
+        root.mkdir(exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return build(str(root), config="demo", tasks=("reach-v3", "push-v3"),
+                         episodes_per_task=4, image_size=32, seed=0, num_workers=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @pytest.fixture

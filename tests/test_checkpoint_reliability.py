@@ -131,6 +131,7 @@ def straight(tiny_dataset, tmp_path_factory):
             "losses": _losses_by_step(workdir)}
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_sigterm_saves_and_resume_equals_straight_run(tiny_dataset, straight, tmp_path):
     workdir, log = tmp_path / "run", tmp_path / "cli.log"
     proc = _start(_cli(workdir, tiny_dataset), log)
@@ -166,6 +167,7 @@ def test_sigterm_saves_and_resume_equals_straight_run(tiny_dataset, straight, tm
     _assert_params_equal(resumed, straight["params"])
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_sigkill_during_async_save_resumes_from_last_finished(tiny_dataset, straight,
                                                               tmp_path):
     """Kill -9 as soon as an async save's tmp dir appears (checkpoint every 2 steps); then
@@ -216,6 +218,7 @@ def test_sigkill_during_async_save_resumes_from_last_finished(tiny_dataset, stra
     _assert_params_equal(resumed, straight["params"])
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_blocking_time_in_metrics(straight):
     rows = read_metrics(str(straight["workdir"]))
     with_save = [r for r in rows if "checkpoint_blocking_s" in r]
@@ -277,6 +280,7 @@ def test_restore_onto_other_mesh(tiny_dataset, tmp_path):
     assert np.linalg.norm(moved - stayed) <= 1e-2 * np.linalg.norm(stayed)
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path):
     """A fresh run from the reference run's params: step 0 and a fresh optimizer, so the
     first update (warmup LR schedule(0) == 0) leaves the params exactly the source's."""
@@ -353,6 +357,7 @@ def _abstract_and_iterator(config):
     return fns, pipeline.iterator
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_damaged_latest_step_falls_back_to_previous(two_steps, tmp_path, kind, capsys):
     """Each kind of damage to the newest step: verify_step names the file, restore_latest
@@ -386,6 +391,7 @@ def test_damaged_latest_step_falls_back_to_previous(two_steps, tmp_path, kind, c
     _assert_params_equal(params, reference)
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_every_step_damaged_moves_nothing_and_names_the_files(two_steps, tmp_path):
     ckpt_dir = str(tmp_path / "checkpoints")
     shutil.copytree(two_steps["ckpt_dir"], ckpt_dir)
@@ -405,6 +411,7 @@ def test_every_step_damaged_moves_nothing_and_names_the_files(two_steps, tmp_pat
         ckpt.restore_params(ckpt_dir, fns.abstract_params, step=2)
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_intact_step_of_another_model_is_not_set_aside(two_steps, tmp_path):
     """A restore that fails on an intact step (another model size) is the user's error:
     raised as is, nothing moved."""
@@ -423,6 +430,7 @@ def test_intact_step_of_another_model_is_not_set_aside(two_steps, tmp_path):
     assert sorted(os.listdir(ckpt_dir)) == ["1", "2"]
 
 
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
 def test_cli_resumes_past_a_damaged_step_like_the_straight_run(tiny_dataset, straight,
                                                                two_steps, tmp_path):
     """The training command itself: step 2 truncated, the rerun warns, resumes from step 1

@@ -69,6 +69,9 @@ def _state(workdir):
     return out
 
 
+pytestmark = pytest.mark.xdist_group("sweep_e2e")  # one worker runs the module's sweep
+
+
 @pytest.fixture(scope="module")
 def sweep(tiny_dataset, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
