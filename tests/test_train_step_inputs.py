@@ -46,9 +46,15 @@ def _run(step, batch, n: int, update=None):
     return jax.device_get(params), lrs, losses
 
 
+def _mesh() -> Mesh:
+    # One device: what is tested is the step's inputs, not its partitioning (every multi-device
+    # training test runs the same BoundStep over 8 devices).
+    return Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+
+
 def test_seed_and_length_are_inputs_of_one_program():
     jax.config.update("jax_threefry_partitionable", True)
-    mesh = Mesh(np.array(jax.devices()[:8]).reshape(2, 4, 1), ("data", "fsdp", "tensor"))
+    mesh = _mesh()
     short, long_, other_seed = (make_train_step(_config(s, t), mesh)
                                 for s, t in ((0, 6), (0, 60), (1, 6)))
     # One traced program for all three runs (the process memo), three sets of run inputs.
@@ -77,7 +83,7 @@ def test_seed_and_length_are_inputs_of_one_program():
 
 
 def test_program_fields_build_a_new_step_and_later_edits_do_not_leak():
-    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    mesh = _mesh()
     config = _config(0, 6)
     first = make_train_step(config, mesh)
     config.model.depth += 1  # edits after building: a different program, the first untouched
