@@ -1,12 +1,17 @@
-"""WALL-WM pretraining config: `experiments/pretrain.py:size=tiny,mode=event`.
+"""WALL-WM pretraining config: `experiments/pretrain.py:size=tiny,mode=event[,recipe=cpu]`.
 
-`arg` only switches things that change several fields at once (model size, training mode);
-single fields are overridden on the command line (`--config.total_steps=100`).
+`arg` only switches things that change several fields at once (model size, training mode,
+recipe); single fields are overridden on the command line (`--config.total_steps=100`).
+`recipe=cpu` is the demo's recipe (docs/demo.md), which the CPU-scale studies
+(experiments/results/) use too: 32-px images, privileged simulator state (10-D state), an
+action expert of width 64, Tmax 16, peak learning rate 2e-3.
 """
 
 from __future__ import annotations
 
 import ml_collections
+
+from wallwm_jax.data.tasks import state_dim
 
 # Model sizes. `base` is about pi0's scale (So400m-class ViT, ~2B backbone, ~300M expert);
 # `large` has a ~7B backbone and exists for pod-scale (AOT) checks.
@@ -32,7 +37,7 @@ _MAX_CAPTIONS = {"event": 1, "unified": 2, "chunk": 0}
 
 
 def _parse_arg(arg: str | None) -> dict[str, str]:
-    out = {"size": "tiny", "mode": "event"}
+    out = {"size": "tiny", "mode": "event", "recipe": "default"}
     for item in filter(None, (arg or "").split(",")):
         if "=" not in item:
             raise ValueError(f"config arg '{item}' must look like key=value")
@@ -44,7 +49,25 @@ def _parse_arg(arg: str | None) -> dict[str, str]:
         raise ValueError(f"size='{out['size']}' is not one of {sorted(_SIZES)}")
     if out["mode"] not in ("event", "unified", "chunk"):
         raise ValueError(f"mode='{out['mode']}' must be event, unified or chunk")
+    if out["recipe"] not in ("default", "cpu"):
+        raise ValueError(f"recipe='{out['recipe']}' must be default or cpu")
     return out
+
+
+def apply_cpu_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The demo's recipe: what a tiny model needs to act in MetaWorld after minutes on a CPU
+    (docs/demo.md says why each field is set so). Mutates and returns `config`."""
+    config.total_steps = 1500
+    config.batch_size = 32
+    config.optimizer.learning_rate = 2e-3
+    config.data.image_size = 32
+    config.data.privileged_state = True
+    config.model.state_dim = state_dim(True)
+    config.model.expert_width = 64
+    config.model.expert_mlp_dim = 128
+    config.data.max_event_len = 16  # model.max_event_len follows (a reference)
+    config.checkpoint.every_steps = config.total_steps // 4
+    return config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -190,4 +213,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # metrics.jsonl and TensorBoard as closed_loop/<suite>/...
     config.eval.closed_loop = ml_collections.ConfigDict(dict(
         suite="demo", tasks=(), episodes_per_task=2, every_steps=0))
+    if args["recipe"] == "cpu":
+        apply_cpu_recipe(config)
     return config

@@ -13,6 +13,29 @@ def test_shipped_configs_pass(size, mode):
     config_check.validate(get_config(f"size={size},mode={mode}"), check_data=False)
 
 
+@pytest.mark.parametrize("mode", ["event", "unified", "chunk"])
+def test_cpu_recipe_is_the_demo_config(mode):
+    """`recipe=cpu` (the studies) and the demo's default flags give the same config, so the
+    studies' numbers and the demo's are about one recipe."""
+    from absl import flags
+
+    from wallwm_jax import demo
+
+    recipe = get_config(f"size=tiny,mode={mode},recipe=cpu")
+    config_check.validate(recipe, check_data=False)
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["demo", "--workdir=/unused"])
+    try:
+        config = demo.demo_config("/data", mode)
+    finally:
+        flags.FLAGS.unparse_flags()
+    config.data.data_dir = recipe.data.data_dir
+    config.log_every_steps = recipe.log_every_steps
+    assert config.to_dict() == recipe.to_dict()
+    assert recipe.data.privileged_state and recipe.model.state_dim == 10
+    assert get_config(f"size=tiny,mode={mode}").data.privileged_state is False
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("optimizer.name", "adam", "config.optimizer.name='adam': expected one of 'adamw', 'muon'"),
     ("optimizer.learning_rate", 0.0, "config.optimizer.learning_rate=0.0: expected a number > 0"),

@@ -57,11 +57,12 @@ _CHUNK = flags.DEFINE_bool("chunk_baseline", True, "Also train and evaluate the 
 
 def demo_config(dataset_dir: str, mode: str = "event") -> Any:
     """The tiny config in `mode` (event, or chunk for the baseline), pointed at the demo
-    dataset and sized by the flags; both modes get the same data, steps and model."""
+    dataset and sized by the flags; both modes get the same data, steps and model. The flags'
+    defaults are the `recipe=cpu` of experiments/pretrain.py, which the studies use too."""
     from experiments.pretrain import get_config
     from wallwm_jax.data.tasks import state_dim
 
-    config = get_config(f"size={_SIZE.value},mode={mode}")
+    config = get_config(f"size={_SIZE.value},mode={mode},recipe=cpu")
     config.seed = _SEED.value
     config.total_steps = _STEPS.value
     config.batch_size = _BATCH.value

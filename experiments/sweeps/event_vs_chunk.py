@@ -1,8 +1,11 @@
 """Does grounding on events help? Event vs unified (Staircase) vs chunk mode, 3 seeds each,
-on the same data and for the same number of steps.
+on the same data and for the same number of steps, evaluated closed-loop on `mt10_seen`
+(scenes) and `mt10_paraphrase` (the language study: the same policies, held-out wording).
 
-    python -m wallwm_jax.sweep --sweep experiments/sweeps/event_vs_chunk.py:size=tiny \
-        --workdir /tmp/sweep_modes --config.data.data_dir=<dataset dir>
+    python -m wallwm_jax.sweep --sweep experiments/sweeps/event_vs_chunk.py:size=tiny,recipe=cpu \
+        --workdir /tmp/sweep_modes --config.data.data_dir=<MT10 dataset dir>
+
+experiments/results/event_vs_chunk/ holds the CPU-scale run, its dataset build line and results.
 """
 
 from experiments.pretrain import _MAX_CAPTIONS
@@ -18,13 +21,16 @@ def get_config(arg=None):
 
 
 def get_sweep(h):
-    """A mode switches three fields together (zip), crossed with the seeds."""
+    """A mode switches three fields together (zip), crossed with the seeds; seed-major, so a
+    sweep stopped part-way has every mode at its first seeds."""
     modes = h.zip([h.sweep("config.mode", MODES),
                    h.sweep("config.data.layout", MODES),
                    h.sweep("config.data.max_captions", [_MAX_CAPTIONS[m] for m in MODES])])
-    return h.product([modes, h.sweep("config.seed", SEEDS)])
+    return h.product([h.sweep("config.seed", SEEDS), modes])
 
 
 def get_eval():
-    """Each trial is evaluated closed-loop on the demo tasks (override with --suite)."""
-    return {"suites": ["demo"], "episodes_per_task": 10}
+    """Each trial is evaluated closed-loop on MT10's unseen scenes, with the train wording and
+    with held-out paraphrases (override with --suite); replanning every 8 steps as the demo."""
+    return {"suites": ["mt10_seen", "mt10_paraphrase"], "episodes_per_task": 10,
+            "extra_args": "--execute_steps=8"}

@@ -15,13 +15,18 @@ from wallwm_jax import cli
 from wallwm_jax.sweep.hyper import apply_overrides, base_config, load_module, split_spec
 from wallwm_jax.sweep.runner import EXIT_INTERRUPTED
 
-flags.DEFINE_string("sweep", None, "Sweep file path[:arg].")
-flags.DEFINE_string("trial", None, "The trial's trial.json.")
-flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, metrics.jsonl).")
-flags.DEFINE_integer("stop_after", None, "Stop at this step with a checkpoint, as a "
-                     "preemption would (tests of resume).")
-flags.mark_flags_as_required(["sweep", "trial", "workdir"])
 FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+    """Only when run as a program: importing `build_config` must not claim flag names (the
+    demo's and the trainer's `--workdir`) in the importing process."""
+    flags.DEFINE_string("sweep", None, "Sweep file path[:arg].")
+    flags.DEFINE_string("trial", None, "The trial's trial.json.")
+    flags.DEFINE_string("workdir", None, "Training workdir (checkpoints, metrics.jsonl).")
+    flags.DEFINE_integer("stop_after", None, "Stop at this step with a checkpoint, as a "
+                         "preemption would (tests of resume).")
+    flags.mark_flags_as_required(["sweep", "trial", "workdir"])
 
 
 def build_config(sweep: str, trial: dict):
@@ -50,5 +55,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    _define_flags()
     # SIGTERM stays with training, which saves a checkpoint and exits (EXIT_INTERRUPTED).
     cli.run(main, sigterm_unwinds=False)

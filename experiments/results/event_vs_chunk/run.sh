@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The event-vs-chunk-vs-unified study (and, on the same policies, the language study) at CPU
+# scale, exactly as run for results.md. Usage: run.sh DATA_ROOT SWEEP_DIR
+set -euo pipefail
+DATA_ROOT=${1:-/tmp/study_data}
+SWEEP_DIR=${2:-/tmp/sweep_event_vs_chunk}
+cd "$(dirname "$0")/../../.."
+
+# MT10, 30 scripted-expert episodes per task, 32-px images, privileged simulator state,
+# DART noise 0.3: the demo's data recipe on MT10's ten tasks.
+start=$(date +%s)
+DATASET=$(python -m data_builders.metaworld_events --data_dir "$DATA_ROOT" --config mt10 \
+  --episodes_per_task 30 --image_size 32 --privileged_state --action_noise 0.3 --workers 2 \
+  | tail -1)
+echo "dataset: $DATASET ($(( $(date +%s) - start )) s)"
+
+# 3 modes x 3 seeds, tiny model, the demo's recipe (recipe=cpu), 1500 steps each; closed loop
+# on mt10_seen and mt10_paraphrase, 5 episodes per task, replanning every 8 steps.
+start=$(date +%s)
+python -m wallwm_jax.sweep --sweep experiments/sweeps/event_vs_chunk.py:size=tiny,recipe=cpu \
+  --workdir "$SWEEP_DIR" --config.data.data_dir="$DATASET" --config.eval_every_steps=1500 \
+  --eval_episodes_per_task 5 --eval_workers 2 --parallel 1
+echo "sweep: $(( $(date +%s) - start )) s"
