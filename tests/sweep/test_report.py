@@ -38,7 +38,8 @@ def _trial(root, name, opt, seed, status, losses, eval_mse, closed_loop):
             "policy": "x", "episodes": [],
             "summary": {"overall": grp(s, n), "groups": {"reach": grp(reach, n_reach),
                                                           "push": grp(push, n_push)},
-                        "tasks": {}}})
+                        "tasks": {"reach-v3": grp(reach, n_reach),
+                                  "push-v3": grp(push, n_push)}}})
 
 
 @pytest.fixture
@@ -91,6 +92,26 @@ def test_rows_aggregate_and_files(sweep_dir):
     assert out["figure"].endswith("success.png")
     for png in ("curves.png", "success.png"):
         assert os.path.getsize(sweep_dir / "plots" / png) > 10_000
+
+
+def test_success_by_setting_pools_seeds_with_intervals(sweep_dir):
+    """Per setting: each seed's rate, their mean with a t interval, the pooled k/n (Wilson)
+    and per task k/n; a failed trial without results counts nowhere."""
+    out = report.write_report(str(sweep_dir))
+    adamw, muon = (out["success"]["demo"][f"optimizer.name={o}"] for o in ("adamw", "muon"))
+    assert adamw["rates"] == [0.5, 0.5] and (adamw["successes"], adamw["n"]) == (4, 8)
+    assert adamw["tasks"] == {"reach-v3": (3, 4), "push-v3": (1, 4)}
+    assert adamw["t95"] == (0.5, 0.5)  # two equal seeds: no spread
+    assert muon["rates"] == [1.0] and math.isnan(muon["t95"][0])
+    # t interval with 1 degree of freedom: mean ± 12.706 * s / sqrt(2)
+    lo, hi = report.t_interval([0.25, 0.75])
+    assert (lo + hi) / 2 == pytest.approx(0.5)
+    assert hi - lo == pytest.approx(2 * 12.7062 * math.sqrt(0.125) / math.sqrt(2), rel=1e-4)
+    md = (sweep_dir / "results.md").read_text()
+    assert "## Closed-loop success on demo" in md
+    assert "| optimizer.name=adamw | 2 | 50% ± 0% | [50%, 50%] | 4/8 [0.22, 0.78] |" in md
+    assert "| optimizer.name=muon | 1 | 100% ± 0% |  | 4/4 " in md
+    assert "| reach-v3 | 3/4 | 2/2 |" in md and "| push-v3 | 1/4 | 2/2 |" in md
 
 
 def test_without_seed_axis_no_aggregate(sweep_dir):

@@ -134,6 +134,76 @@ def aggregate(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[dict[
     return out
 
 
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of `values` (seeds); (nan, nan) below two values."""
+    from scipy import stats
+
+    mean, std, n = mean_std(values)
+    if n < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    return mean - half, mean + half
+
+
+def _setting(row: dict[str, Any], others: Sequence[str]) -> str:
+    return ", ".join(f"{config_key(k)}={format_value(row.get(k))}" for k in others) or "all"
+
+
+def success_by_setting(trials_root: str, rows: Sequence[dict[str, Any]],
+                       keys: Sequence[str], suites: Sequence[str]) -> dict[str, Any]:
+    """Closed-loop success per suite and setting of the non-seed keys, over the finished
+    trials: per-seed rates, their mean with a t interval, the pooled successes/n, and the
+    pooled successes/n per task. {suite: {setting: {...}}}."""
+    others = [k for k in keys if k != seed_key(keys)]
+    out: dict[str, Any] = {}
+    for suite in suites:
+        by: dict[str, Any] = {}
+        for row in rows:
+            res = read_json(os.path.join(trials_root, row["trial"], "eval", suite,
+                                         "results.json"))
+            summary = res.get("summary")
+            if not summary:
+                continue
+            entry = by.setdefault(_setting(row, others),
+                                  {"rates": [], "successes": 0, "n": 0, "tasks": {}})
+            entry["rates"].append(summary["overall"]["success"])
+            entry["successes"] += summary["overall"]["successes"]
+            entry["n"] += summary["overall"]["n"]
+            for task, t in summary.get("tasks", {}).items():
+                k, n = entry["tasks"].get(task, (0, 0))
+                entry["tasks"][task] = (k + t["successes"], n + t["n"])
+        for entry in by.values():
+            entry["mean"], entry["std"], _ = mean_std(entry["rates"])
+            entry["t95"] = t_interval(entry["rates"])
+        if by:
+            out[suite] = by
+    return out
+
+
+def _success_markdown(table: dict[str, Any]) -> list[str]:
+    md = []
+    for suite, by in table.items():
+        settings = list(by)
+        md += ["", f"## Closed-loop success on {suite}", "",
+               "| setting | seeds | mean ± std over seeds | t 95% of the mean | pooled |",
+               "|---|---|---|---|---|"]
+        for name, e in by.items():
+            lo, hi = e["t95"]
+            t95 = f"[{lo:.0%}, {hi:.0%}]" if math.isfinite(lo) else ""
+            wlo, whi = wilson_interval(e["successes"], e["n"])
+            md.append(f"| {name} | {len(e['rates'])} | {e['mean']:.0%} ± {e['std']:.0%} | "
+                      f"{t95} | {e['successes']}/{e['n']} [{wlo:.2f}, {whi:.2f}] |")
+        tasks = sorted({t for e in by.values() for t in e["tasks"]})
+        if tasks:
+            md += ["", f"Per task on {suite}, pooled over seeds (successes/episodes):", "",
+                   "| task | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+            for task in tasks:
+                cells = [by[s]["tasks"].get(task) for s in settings]
+                md.append(f"| {task} | " + " | ".join(
+                    f"{k}/{n}" if n else "" for k, n in (c or (0, 0) for c in cells)) + " |")
+    return md
+
+
 def _fmt(value: Any, n_all: int | None = None) -> str:
     if value is None:
         return ""
@@ -200,6 +270,11 @@ def write_report(workdir: str) -> dict[str, Any]:
                _md_table([*[short[k] for k in others], "n", *agg_cols],
                          [[*[format_value(a.get(k)) for k in others], a["n"],
                            *[a.get(c) for c in agg_cols]] for a in agg], n_col=len(others))]
+    suites = list(dict.fromkeys(
+        s for n in names
+        for s in read_json(os.path.join(trials_root, n, "trial.json")).get("suites", [])))
+    by_setting = success_by_setting(trials_root, rows, keys, suites)
+    md += _success_markdown(by_setting)
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         md += ["", "## Failed trials", ""]
@@ -212,7 +287,7 @@ def write_report(workdir: str) -> dict[str, Any]:
     plot_curves(trials_root, rows, keys, os.path.join(plots, "curves.png"))
     figure = plot_summary(rows, keys, plots)
     return {"rows": rows, "aggregate": agg, "keys": keys, "markdown": "\n".join(md),
-            "figure": figure}
+            "figure": figure, "success": by_setting}
 
 
 # ---------------------------------------------------------------------------------- plots
