@@ -208,6 +208,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.episodes_per_task = 3
     config.eval.max_steps = 200
     config.eval.num_batches = 4  # val batches per offline evaluation during training
+    # With eval_every_steps > 0: also the val action error by train event cluster, rare (the
+    # smallest third by train event count) vs common (wallwm_jax/evaluation/clusters.py).
+    config.eval.by_cluster = False
     # Closed-loop MetaWorld evaluation during training (wallwm_jax.evaluation suites): every
     # `every_steps` steps (0: off) and at the end; success per task/group goes to
     # metrics.jsonl and TensorBoard as closed_loop/<suite>/...

@@ -55,6 +55,7 @@ def test_metrics_tensorboard_and_periodic_eval(tiny_config, tmp_path):
 
     tiny_config.eval_every_steps = 4
     tiny_config.eval.num_batches = 1
+    tiny_config.eval.by_cluster = True
     summary = train_and_evaluate(tiny_config, str(tmp_path))
     rows = read_metrics(str(tmp_path))
     train_rows = [r for r in rows if "loss" in r]
@@ -63,6 +64,10 @@ def test_metrics_tensorboard_and_periodic_eval(tiny_config, tmp_path):
     assert [r["step"] for r in eval_rows] == [4, 6]  # every 4 steps and at the end
     for key in ("eval/loss", "eval/loss/action", "eval/duration_acc", "eval/world_mse"):
         assert np.isfinite(eval_rows[0][key]), key
+    # eval.by_cluster: the val action error split by train cluster, rare vs common
+    for row in eval_rows:
+        assert any(k.startswith("eval/action_mse_cluster") for k in row), row
+        assert np.isfinite(row["eval/action_mse_common"])
     assert summary["eval"] == {k: v for k, v in eval_rows[-1].items() if k != "step"}
 
     groups = ("vit", "backbone", "action_expert", "heads")

@@ -136,6 +136,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if eval_every > 0:
         evaluator = OfflineEvaluator(config, split="val", mesh=mesh,
                                      num_batches=config.eval.get("num_batches", 4))
+    by_cluster = None
+    if eval_every > 0 and config.eval.get("by_cluster", False):
+        from wallwm_jax.evaluation.clusters import ClusterEvaluator
+
+        by_cluster = ClusterEvaluator(config, split="val")
     closed_loop = ClosedLoopEval.from_config(config, workdir, norm_stats,
                                              pipeline.sampler.tokenizer_path)
 
@@ -224,6 +229,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 flush(keep_last=False)
                 eval_metrics = {f"eval/{k.split('/', 1)[1]}": v
                                 for k, v in evaluator(params).items()}
+                if by_cluster is not None:
+                    eval_metrics.update({f"eval/{k.split('/', 1)[1]}": v
+                                         for k, v in by_cluster(params).items()})
                 logger.log(step, eval_metrics, force=True)
             if closed_loop is not None and closed_loop.due(step, done):
                 flush(keep_last=False)

@@ -253,7 +253,8 @@ def write_report(workdir: str) -> dict[str, Any]:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     # markdown: the headline columns (results.csv has every one)
     shown = [c for c in cols if not c.endswith(("/n", "/successes"))
-             and not c.startswith("eval/loss/") and c != "eval/world_mse"]
+             and not c.startswith(("eval/loss/", "eval/action_mse_cluster"))
+             and c != "eval/world_mse"]
     body = [[r["trial"], *[format_value(r.get(k)) for k in keys], r["status"],
              *[_success_cell(r, c) if c.startswith("cl/") else r.get(c) for c in shown]]
             for r in rows]
