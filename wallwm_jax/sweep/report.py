@@ -189,7 +189,8 @@ def _success_markdown(table: dict[str, Any]) -> list[str]:
                "|---|---|---|---|---|"]
         for name, e in by.items():
             lo, hi = e["t95"]
-            t95 = f"[{lo:.0%}, {hi:.0%}]" if math.isfinite(lo) else ""
+            t95 = (f"[{max(lo, 0.0):.0%}, {min(hi, 1.0):.0%}]"  # a rate: clipped to [0, 1]
+                   if math.isfinite(lo) else "")
             wlo, whi = wilson_interval(e["successes"], e["n"])
             md.append(f"| {name} | {len(e['rates'])} | {e['mean']:.0%} ± {e['std']:.0%} | "
                       f"{t95} | {e['successes']}/{e['n']} [{wlo:.2f}, {whi:.2f}] |")
