@@ -58,13 +58,16 @@ class ClusterEvaluator:
         data_cfg, self.split, self.seed = config.data, split, seed
         directory = data_cfg.data_dir
         train = load_for_training(directory, "train", int(data_cfg.num_clusters))
-        self.train_sizes = np.bincount(train.cluster)
         self.rare = rare_clusters(train.cluster, fraction)
         by_type = cluster_of_event_type(train)
         held = load_event_index(directory, split)
         source = open_dataset(directory, split)
-        sampler = EventSampler(source, held, f"{directory}/tokenizer.model",
-                               statistics.load_norm_stats(directory), data_cfg, seed=seed)
+        # The model's tokenizer and norm stats, as make_pipeline reads them (fine-tuning
+        # points data.tokenizer / data.norm_stats at an export's).
+        sampler = EventSampler(source, held,
+                               data_cfg.get("tokenizer") or f"{directory}/tokenizer.model",
+                               statistics.load_norm_stats(data_cfg.get("norm_stats")
+                                                          or directory), data_cfg, seed=seed)
         samples, clusters, episodes = [], [], {}
         for row in range(len(held)):
             key = (str(held.task[row]), str(held.phase[row]))
@@ -72,7 +75,9 @@ class ClusterEvaluator:
                 continue
             start, end = int(held.start[row]), int(held.end[row])
             e = int(held.episode[row])
-            ep = episodes[e] if e in episodes else episodes.setdefault(e, source[e])
+            if e not in episodes:
+                episodes[e] = source[e]
+            ep = episodes[e]
             for t in sorted({start, (start + end - 1) // 2}):
                 samples.append(sampler.make_sample(ep, int(held.event[row]), t))
                 clusters.append(by_type[key])
