@@ -132,3 +132,30 @@ def test_trial_configs_are_independent_and_match_the_trial_process(tmp_path):
     rebuilt = build_config(path, dataclasses.asdict(jobs[1]))
     assert rebuilt.total_steps == 7 and rebuilt.model.image_size == 48
     assert config_hash(rebuilt) == jobs[1].config_hash != jobs[0].config_hash
+
+
+@pytest.mark.parametrize("name", sorted(f[:-3] for f in os.listdir(
+    os.path.join(ROOT, "experiments", "sweeps")) if f.endswith(".py")))
+def test_shipped_sweep_files_load_and_validate(name):
+    """Every sweep in experiments/sweeps/ loads, validates against the config and evaluates on
+    known suites (a typo in a shipped sweep fails here, not hours into a study)."""
+    from wallwm_jax.evaluation.suites import names
+
+    sweep = load_sweep(os.path.join(ROOT, "experiments", "sweeps", f"{name}.py"))
+    assert len(set(sweep.names)) == len(sweep.trials) >= 2
+    assert set(sweep.eval.get("suites", [])) <= set(names())
+
+
+def test_task_study_reuses_the_event_vs_chunk_trials():
+    """tasks.py promises that, in the same workdir, its trials are event_vs_chunk.py's event
+    and chunk trials: same names and the same resolved configs (so the runner skips training)."""
+    from wallwm_jax.sweep.runner import config_hash, trial_config
+
+    def hashes(file):
+        sweep = load_sweep(os.path.join(ROOT, "experiments", "sweeps", f"{file}:size=tiny"))
+        return {n: config_hash(trial_config(sweep, t))
+                for n, t in zip(sweep.names, sweep.trials, strict=True)}
+
+    tasks, modes = hashes("tasks.py"), hashes("event_vs_chunk.py")
+    assert len(tasks) == 6 and all(modes.get(name) == h for name, h in tasks.items())
+    assert {n for n in modes if "mode=unified" in n} == set(modes) - set(tasks)

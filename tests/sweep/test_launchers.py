@@ -71,6 +71,17 @@ def test_slurm_submission_per_trial(tmp_path):
         assert line in script, line
     # the dry run renders the same script (same parameters, same array)
     assert "#SBATCH --array=0-3%4" in dry.stdout and "#SBATCH --nodes=2" in dry.stdout
+    # --only keeps the matching trials (here one seed of each arm); no match is a user error
+    only = subprocess.run(args + ["--dry_run", "--only", "seed=1$"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+    assert only.returncode == 0, only.stderr
+    assert "#SBATCH --array=0-1%2" in only.stdout
+    assert "caption_mask=causal,seed=1:" in only.stdout
+    assert "seed=0:" not in only.stdout
+    none = subprocess.run(args + ["--dry_run", "--only", "seed=7"], capture_output=True,
+                          text=True, cwd=ROOT, env=env, timeout=300)
+    assert none.returncode == 2 and "matches no trial" in none.stderr
+    assert "Traceback" not in none.stderr
 
     plan = json.loads((workdir / "slurm" / "submission.json").read_text())
     assert json.loads((workdir / "sweep.json").read_text())["keys"] == [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 from absl import flags
@@ -32,6 +33,8 @@ flags.DEFINE_integer("eval_workers", None, "Evaluation: parallel episode workers
 flags.DEFINE_integer("eval_episode_limit", None, "Evaluation: step limit per episode (smoke "
                      "runs; default: the suite's).")
 flags.DEFINE_string("eval_args", None, "Evaluation: extra arguments passed through as is.")
+flags.DEFINE_string("only", None, "Run only the trials whose name matches this regular expression "
+                    "(e.g. 'seed=2,'): split a sweep across machines, or add a seed later.")
 flags.DEFINE_integer("stop_after", None, "Stop each trial's training at this step with a "
                      "checkpoint, as a preemption would (to test resume).")
 flags.DEFINE_integer("slurm_nodes", None, "Slurm: nodes per trial (multi-host if > 1).")
@@ -101,6 +104,14 @@ def main(argv: list[str]) -> None:
     workdir = os.path.abspath(FLAGS.workdir)
     jobs = runner.prepare(sweep, workdir, overrides, suites, settings,
                           stop_after=FLAGS.stop_after, write=not FLAGS.dry_run)
+    if FLAGS.only:
+        try:
+            pattern = re.compile(FLAGS.only)
+        except re.error as e:
+            cli.fail(f"--only {FLAGS.only!r} is not a regular expression: {e}")
+        jobs = [job for job in jobs if pattern.search(job.name)]
+        if not jobs:
+            cli.fail(f"--only {FLAGS.only!r} matches no trial; names: {', '.join(sweep.names)}")
     print(f"sweep {sweep.spec}: {len(jobs)} trials"
           + (f", suites {', '.join(suites)}" if suites else ", no closed-loop evaluation"))
     for job in jobs:
