@@ -226,6 +226,39 @@ def test_blocking_time_in_metrics(straight):
     assert np.isfinite(with_save[0]["checkpoint_blocking_s"])
 
 
+def test_save_of_replicated_arrays_compiles_no_programs(tmp_path):
+    """A save copies small replicated arrays to host whole: no per-array slice program is
+    traced or compiled while the loop waits (Orbax's replica-parallel default did one per
+    array shape). Shapes no other test uses, so no in-process cache hides a compile."""
+    import grain
+    from jax.sharding import Mesh, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = {f"w{i}": jax.device_put(np.full((3, 37 + i), i, np.float32), replicated)
+              for i in range(6)}
+    state = {"step": jax.device_put(np.int32(7), replicated)}
+    data_iter = iter(grain.MapDataset.range(4).to_iter_dataset())
+    manager = ckpt.make_manager(str(tmp_path), _config("/unused").checkpoint)
+    events = []
+
+    def listener(event, duration, **kwargs):
+        if event.startswith("/jax/core/compile/"):
+            events.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        assert ckpt.save(manager, 1, params, state, data_iter, {}, force=True)
+        manager.wait_until_finished()
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+        manager.close()
+    assert events == []
+    restored = ckpt.restore_params(str(tmp_path), jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), params))
+    _assert_params_equal(restored, params)
+
+
 def test_restore_onto_other_mesh(tiny_dataset, tmp_path):
     """Save on data=1,fsdp=8 (8 devices); restore and keep training on data=4,fsdp=1."""
     assert jax.device_count() == 8

@@ -34,8 +34,24 @@ CORRUPT_SUFFIX = ".corrupt"
 TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
 
 
+# Orbax (on CPU and TPU) splits each replicated array among its replicas before the
+# device-to-host copy ("replica-parallel"); every distinct slice shape is an XLA program that the
+# first save of a process compiles while the loop waits (216 programs, ~6 s for `tiny` on 8 CPU
+# devices). Splitting pays off only for large arrays: below this size per slice, one replica
+# copies the whole array.
+MIN_REPLICA_SLICE_BYTES = 8 << 20
+
+
+def _register_array_handler() -> None:
+    """jax.Array's Orbax handler with the replica-parallel floor above (idempotent)."""
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(
+            min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+
+
 def _handlers() -> dict[str, Any]:
     """Explicit handlers, so metadata (saved shapes) can be read before restoring."""
+    _register_array_handler()
     return {"params": ocp.StandardCheckpointHandler(),
             "train_state": ocp.StandardCheckpointHandler(),
             "data_iter": grain.checkpoint.CheckpointHandler(),
