@@ -259,16 +259,15 @@ def test_save_of_replicated_arrays_compiles_no_programs(tmp_path):
     _assert_params_equal(restored, params)
 
 
-def test_restore_onto_other_mesh(tiny_dataset, tmp_path):
-    """Save on data=1,fsdp=8 (8 devices); restore and keep training on data=4,fsdp=1."""
+@pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures
+def test_restore_onto_other_mesh(two_steps, tmp_path):
+    """`two_steps` saved on data=8 (params replicated over 8 devices); restore onto fsdp=4
+    over 4 of them (params sharded) and keep training: step 3 continues like the run that
+    never moved (the same checkpoint continued on the 8-device mesh)."""
     assert jax.device_count() == 8
-    config = _config(tiny_dataset)
-    config.mesh.data, config.mesh.fsdp = 1, 8
-    saved = train_and_evaluate(config, str(tmp_path), stop_after=2)
-    specs = {str(x.sharding.spec) for x in jax.tree.leaves(saved["params"])}
-    assert any("fsdp" in s for s in specs), specs  # really sharded over fsdp
-
-    config.mesh.data, config.mesh.fsdp = -1, 1
+    stayed_config = two_steps["config"]
+    config = stayed_config.copy_and_resolve_references()
+    config.mesh.data, config.mesh.fsdp = 1, 4
     devices = jax.devices()[:4]
     mesh = sharding.make_mesh(config.mesh, devices)
     axes = wallwm.param_logical_axes(config.model)
@@ -276,41 +275,42 @@ def test_restore_onto_other_mesh(tiny_dataset, tmp_path):
     target = sharding.logical_to_sharding(axes, mesh, config.sharding_rules, shapes)
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             shapes, target)
-    restored = ckpt.restore_params(str(tmp_path / "checkpoints"), abstract)
-    _assert_params_equal(restored, saved["params"])
+    restored = ckpt.restore_params(two_steps["ckpt_dir"], abstract, step=2)
+    saved = ckpt.restore_params(two_steps["ckpt_dir"], _host_abstract_params(config), step=2)
+    _assert_params_equal(restored, saved)
+    specs = {str(x.sharding.spec) for x in jax.tree.leaves(restored)}
+    assert any("fsdp" in s for s in specs), specs  # really sharded over fsdp now
     for x in jax.tree.leaves(restored):
         assert isinstance(x.sharding, NamedSharding) and x.sharding.mesh == mesh
         assert set(x.sharding.device_set) == set(devices)
 
-    # The run that never moved: the same checkpoint continued on the 8-device fsdp mesh.
-    unmoved_dir = tmp_path / "unmoved"
-    shutil.copytree(tmp_path / "checkpoints", unmoved_dir / "checkpoints")
-    config8 = config.copy_and_resolve_references()
-    config8.mesh.data, config8.mesh.fsdp = 1, 8
-    unmoved = train_and_evaluate(config8, str(unmoved_dir), stop_after=3)
-
-    # Params, optimizer state and data iterator resume on the 4-device mesh.
-    resumed = train_and_evaluate(config, str(tmp_path), stop_after=3, devices=devices)
+    # Params, optimizer state and data iterator resume on the 4-device mesh; the run that
+    # never moved continues the same checkpoint on the 8-device data mesh.
+    moved_dir, stayed_dir = tmp_path / "moved", tmp_path / "stayed"
+    for d in (moved_dir, stayed_dir):
+        shutil.copytree(two_steps["workdir"], d)  # both resume from its latest step, 2
+    stayed = train_and_evaluate(stayed_config, str(stayed_dir), stop_after=3)
+    resumed = train_and_evaluate(config, str(moved_dir), stop_after=3, devices=devices)
     assert resumed["first_step"] == 2 and resumed["last_step"] == 3
-    assert unmoved["first_step"] == 2 and unmoved["last_step"] == 3
+    assert stayed["first_step"] == 2 and stayed["last_step"] == 3
     assert {d for x in jax.tree.leaves(resumed["params"]) for d in x.sharding.device_set} \
         == set(devices)
-    # Step 3 continues like the unmoved run: the same batch (data iterator), step and
-    # optimizer state. The two meshes reduce gradients in another float32 order (fsdp over 8
-    # vs data over 4), so they agree to rounding, not bit for bit: the loss to 1e-6, and the
+    # Step 3 continues like the run that stayed: the same batch (data iterator), step and
+    # optimizer state. The two meshes reduce gradients in another float32 order (fsdp over 4
+    # vs data over 8), so they agree to rounding, not bit for bit: the loss to 1e-6, and the
     # step's update as a whole to 1%. (Element-wise is not a fair test: Adam turns the
     # rounding noise of zero-gradient leaves, e.g. attention key biases, into lr-sized
     # steps.) A wrong batch or optimizer state would miss both by far.
-    np.testing.assert_allclose(resumed["losses"], unmoved["losses"], rtol=1e-6)
+    np.testing.assert_allclose(resumed["losses"], stayed["losses"], rtol=1e-6)
 
     def update(run):
         return np.concatenate([(np.asarray(a) - np.asarray(b)).ravel() for a, b in
-                               zip(jax.tree.leaves(run["params"]),
-                                   jax.tree.leaves(saved["params"]), strict=True)])
+                               zip(jax.tree.leaves(run["params"]), jax.tree.leaves(saved),
+                                   strict=True)])
 
-    moved, stayed = update(resumed), update(unmoved)
-    assert np.linalg.norm(stayed) > 0  # step 3 did update the params
-    assert np.linalg.norm(moved - stayed) <= 1e-2 * np.linalg.norm(stayed)
+    moved, unmoved = update(resumed), update(stayed)
+    assert np.linalg.norm(unmoved) > 0  # step 3 did update the params
+    assert np.linalg.norm(moved - unmoved) <= 1e-2 * np.linalg.norm(unmoved)
 
 
 @pytest.mark.xdist_group("ckpt_runs")  # one worker builds the module fixtures

@@ -20,6 +20,7 @@ def _cmd(workdir, steps, chunk_baseline=False):
             "--chunk_baseline" if chunk_baseline else "--nochunk_baseline"]
 
 
+STEPS = 20  # per policy; SIGTERM lands once step 6 is logged, the loop stops at the next step
 # The demo itself runs on one CPU device; compiled at -O0 like the rest of the tests.
 ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
 
@@ -44,7 +45,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     # The demo stopped by SIGTERM while the event policy trains: exit 0, a checkpoint at the
     # step it reached, and no later stage started (no export, no summary).
     log = open(tmp_path / "sigterm.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(_cmd(tmp_path, 50, chunk_baseline=True), cwd=REPO, env=ENV,
+    proc = subprocess.Popen(_cmd(tmp_path, STEPS, chunk_baseline=True), cwd=REPO, env=ENV,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
@@ -61,7 +62,7 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     log.close()
     stopped = _last_step(tmp_path)
     assert rc == 0, output[-3000:]
-    assert 6 <= stopped < 50, f"SIGTERM did not land during training (step {stopped})"
+    assert 6 <= stopped < STEPS, f"SIGTERM did not land during training (step {stopped})"
     assert f"interrupted during pretraining at step {stopped}" in output, output[-3000:]
     assert "[3/6]" not in output and "Traceback" not in output
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "export").exists()
@@ -69,10 +70,10 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
 
     # The same command again resumes from that step and runs every stage to the end: the
     # chunk baseline, export, the fresh-process check and the closed-loop evaluation.
-    stdout = _run_demo(tmp_path, steps=50, chunk_baseline=True)
+    stdout = _run_demo(tmp_path, steps=STEPS, chunk_baseline=True)
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["train_steps"] == f"{stopped} -> 50 (resumed)"
-    assert summary["chunk_baseline"].startswith("0 -> 50, ")
+    assert summary["train_steps"] == f"{stopped} -> {STEPS} (resumed)"
+    assert summary["chunk_baseline"].startswith(f"0 -> {STEPS}, ")
     assert "privileged simulator state" in summary["state"]
     assert "[6/6] closed-loop evaluation" in stdout
     assert set(summary["closed_loop"]) == {"reach-v3"}
