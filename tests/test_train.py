@@ -18,9 +18,13 @@ def _losses(workdir):
 
 
 def test_resume_equals_straight_run(tiny_config, tmp_path):
-    """A run stopped at step 3 and resumed equals the straight run bit for bit; its checkpoint
-    assets carry the config, norm stats and tokenizer; a restore into another model size
-    names the parameter whose shape differs."""
+    """A run stopped at step 3 and resumed equals the straight run bit for bit; with a save
+    every step, keep=2 and keep_period=2 the latest two plus every even step stay; the
+    checkpoint assets carry the config, norm stats and tokenizer; a restore into another model
+    size names the parameter whose shape differs."""
+    tiny_config.checkpoint.every_steps = 1
+    tiny_config.checkpoint.keep = 2
+    tiny_config.checkpoint.keep_period = 2
     straight = train_and_evaluate(tiny_config, str(tmp_path / "straight"))
     assert straight["last_step"] == 6 and len(straight["losses"]) == 6
 
@@ -33,8 +37,10 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
     for a, b in zip(jax.tree.leaves(straight["params"]), jax.tree.leaves(rest["params"]),
                     strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    steps = sorted(int(d) for d in os.listdir(tmp_path / "split" / "checkpoints") if d.isdigit())
-    assert steps == [3, 6]
+    for run in ("straight", "split"):
+        steps = sorted(int(d) for d in os.listdir(tmp_path / run / "checkpoints")
+                       if d.isdigit())
+        assert steps == [2, 4, 5, 6], run
 
     assets = ckpt.read_assets(str(tmp_path / "split" / "checkpoints"))
     assert assets["config"]["model"]["width"] == tiny_config.model.width
@@ -87,16 +93,6 @@ def test_metrics_tensorboard_and_periodic_eval(tiny_config, tmp_path):
                                    summary["flops_per_step"], rtol=1e-6)
     assert train_rows[0]["lr"] == 0.0  # warmup starts at 0: the first update used lr 0
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-
-
-def test_keep_period_keeps_multiples(tiny_config, tmp_path):
-    """keep=2, keep_period=2, a save every step: the latest two plus every even step stay."""
-    tiny_config.checkpoint.every_steps = 1
-    tiny_config.checkpoint.keep = 2
-    tiny_config.checkpoint.keep_period = 2
-    train_and_evaluate(tiny_config, str(tmp_path))
-    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
-    assert steps == [2, 4, 5, 6]
 
 
 def test_nan_loss_stops_and_keeps_last_checkpoint(tiny_config, tmp_path):
