@@ -167,6 +167,7 @@ def test_evaluator_provides_privileged_state_and_says_so(priv_export, tmp_path):
     assert "error" not in episode, episode.get("error")  # a 4-D env state would crash act()
     assert episode["steps"] == 3
     assert res["privileged_state"] is True and res["privileged"] is True
+    assert res["protocol"]["state_dims"] == policy.state_dim == 10  # what the policy was given
     assert "privileged simulator state" in (tmp_path / "ev" / "results.md").read_text()
     with pytest.raises(EvaluationError, match="privileged simulator state"):
         check_actor(policy, suites.get("mt50_lerobot"))

@@ -252,6 +252,11 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
             pool.join()
     pbar.close()
     planner = spec.planner if mode == "event" else None
+    protocol = dict(suite.protocol(), camera_view=observation_note(suite),
+                    image_size=suite.image_size or (actor.config.data.image_size
+                                                    if actor else 64))
+    if reads_privileged_state(actor):  # the env gave the policy its object/goal state too
+        protocol["state_dims"] = actor.state_dim
     results = {
         "suite": suite.name, "question": suite.question, "mode": mode, "planner": planner,
         "privileged": mode == EXPERT or (mode == "event" and PLANNERS[spec.planner].privileged)
@@ -259,9 +264,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         "privileged_state": reads_privileged_state(actor),
         "policy": spec.path or "in-memory",
         "step": spec.step, "execute_steps": spec.execute_steps,
-        "protocol": dict(suite.protocol(), camera_view=observation_note(suite),
-                         image_size=suite.image_size or (actor.config.data.image_size
-                                                         if actor else 64)),
+        "protocol": protocol,
         "differences": list(suite.differences), "wording_source": wording_source,
         "wall_s": round(time.perf_counter() - t0, 1), "workers": workers,
         "episodes": episodes,
