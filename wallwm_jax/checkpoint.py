@@ -42,11 +42,31 @@ TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
 MIN_REPLICA_SLICE_BYTES = 8 << 20
 
 
+_array_handler_registered = False
+
+
+class _NoOverrideNotice(logging.Filter):
+    """Orbax warns that the jax.Array handler is replaced; we replace it on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "overriding" not in record.getMessage()
+
+
 def _register_array_handler() -> None:
-    """jax.Array's Orbax handler with the replica-parallel floor above (idempotent)."""
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(
-            min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+    """jax.Array's Orbax handler with the replica-parallel floor above (once per process)."""
+    global _array_handler_registered
+    if _array_handler_registered:
+        return
+    absl_logger = logging.getLogger("absl")
+    notice = _NoOverrideNotice()
+    absl_logger.addFilter(notice)
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(
+                min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+    finally:
+        absl_logger.removeFilter(notice)
+    _array_handler_registered = True
 
 
 def _handlers() -> dict[str, Any]:
