@@ -35,16 +35,32 @@ def test_no_per_step_fetch(tiny_config, tmp_path, fetches):
     assert fetches == [3, 2, 1]
 
 
-def test_nonfinite_stop_names_first_step_without_per_step_sync(tiny_config, tmp_path,
-                                                               fetches):
+def test_nonfinite_stop_names_the_step_and_keeps_the_last_checkpoint(tiny_config, tmp_path,
+                                                                     fetches):
+    """Three clean steps saved at step 3; the resumed run's loss turns NaN at step 4. It stops
+    naming step 4 and the term, without a per-step sync (steps 4-5 are fetched together before
+    the step-6 save, which never happens), and leaves the step-3 checkpoint as it was: listed
+    as the latest, verified intact, its params the step-3 params bit for bit."""
     tiny_config.log_every_steps = 3
+    before = train_and_evaluate(tiny_config, str(tmp_path), stop_after=3)
+    fetches.clear()
     tiny_config.model.loss_weights.world = float("nan")
-    with pytest.raises(NonFiniteLossError, match=r"step 1: .*loss/world"):
+    with pytest.raises(NonFiniteLossError, match=r"step 4: .*loss/world"):
         train_and_evaluate(tiny_config, str(tmp_path))
-    assert fetches == [2]  # steps 1-2, before the step-3 checkpoint: nothing saved
-    manager = ckpt.make_manager(str(tmp_path / "checkpoints"), tiny_config.checkpoint)
-    assert manager.latest_step() is None
+    assert fetches == [2]
+    ckpt_dir = str(tmp_path / "checkpoints")
+    manager = ckpt.make_manager(ckpt_dir, tiny_config.checkpoint)
+    assert manager.all_steps() == [3]
     manager.close()
+    assert ckpt.verify_step(ckpt_dir, 3) == []
+    local = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local),
+                            before["params"])
+    kept = ckpt.restore_params(ckpt_dir, abstract)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(kept),
+                            jax.tree.leaves(before["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b),
+                                      err_msg=jax.tree_util.keystr(path))
 
 
 def test_nonfinite_skip_keeps_params_without_per_step_sync(tiny_config, tmp_path, fetches):
