@@ -2,6 +2,7 @@
 
     python benchmarks/suite.py --out results.json        # small,base on GPU/TPU; tiny,small on CPU
     python benchmarks/suite.py --sizes tiny --steps 2 --batch_size 8 --out /tmp/results.json
+    python benchmarks/suite.py --optimizer muon                # the table for a Muon recipe
 
 Per model size: the train step (compile time, step time, the analytic FLOP count MFU uses,
 MFU where the device peak is known), Muon's share of a Muon step (its update alone, spread
@@ -47,6 +48,8 @@ def _config(size: str, args: Any, mode: str = "event") -> Any:
     config = get_config(f"size={size},mode={mode}")
     if args.batch_size:
         config.batch_size = args.batch_size
+    if getattr(args, "optimizer", None):
+        config.optimizer.name = args.optimizer
     return config
 
 
@@ -59,11 +62,13 @@ def _median_s(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def muon_share(config: Any, steps: int) -> dict[str, float]:
-    """Seconds of Muon's update alone (sharded as in training) and of the whole Muon step."""
+def muon_share(config: Any, steps: int, muon_step: dict[str, Any] | None = None
+               ) -> dict[str, float]:
+    """Seconds of Muon's update alone (sharded as in training) and of the whole Muon step
+    (`muon_step`: that step's figures when already measured, i.e. the config trains with Muon)."""
     config = config.copy_and_resolve_references()
     config.optimizer.name = "muon"
-    step = step_bench.bench_variant(config, steps, warmup=1)
+    step = muon_step or step_bench.bench_variant(config, steps, warmup=1)
     mesh = sharding.make_mesh(config.mesh)
     fns = make_train_step(config, mesh)
     tx = make_optimizer(config.optimizer, config.total_steps,
@@ -131,6 +136,7 @@ def size_row(size: str, args: Any) -> dict[str, Any]:
     config = _config(size, args)
     fns = make_train_step(config, sharding.make_mesh(config.mesh))
     row: dict[str, Any] = {"size": size, "batch_size": config.batch_size,
+                           "optimizer": config.optimizer.name,
                            "params": wallwm.count_params(fns.abstract_params), **fns.precision}
     train = step_bench.bench_variant(config, args.steps, warmup=1)
     row.update({k: train[k] for k in ("compile_s", "step_time_s", "flops_per_step",
@@ -138,7 +144,8 @@ def size_row(size: str, args: Any) -> dict[str, Any]:
                                       "model_flops_per_s") if k in train})
     row["flops_source"] = "analytic (wallwm_jax/models/flops.py), not XLA cost_analysis"
     row["mfu"] = train.get("mfu")
-    row.update(muon_share(config, args.steps))
+    row.update(muon_share(config, args.steps,
+                          muon_step=train if config.optimizer.name == "muon" else None))
     loop = step_bench.loop_bench(config, max(args.steps, 2), log_every=10, rounds=1)
     row.update({k: loop[k] for k in ("data_wait_share", "host_share_after",
                                      "host_share_before", "after_steps_per_s")})
@@ -174,13 +181,16 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 3, "Timed steps per size.")
     flags.DEFINE_integer("latency_repeats", 20, "Inference calls per latency figure.")
     flags.DEFINE_string("out", None, "Also write the JSON here.")
+    flags.DEFINE_enum("optimizer", None, ["adamw", "muon"], "Train-step optimizer (default: "
+                      "the config's); with muon, Muon's share is of this same step.")
 
 
 def run_suite(sizes: str | None = None, batch_size: int | None = None, steps: int = 3,
-              latency_repeats: int = 20, out: str | None = None) -> dict[str, Any]:
+              latency_repeats: int = 20, out: str | None = None,
+              optimizer: str | None = None) -> dict[str, Any]:
     """Measure every size, print the table and the JSON report, return the report."""
     args = SimpleNamespace(sizes=sizes, batch_size=batch_size, steps=steps,
-                           latency_repeats=latency_repeats, out=out)
+                           latency_repeats=latency_repeats, out=out, optimizer=optimizer)
     jax.config.update("jax_threefry_partitionable", True)
     backend = jax.default_backend()
     sizes = args.sizes or ("tiny,small" if backend == "cpu" else "small,base")
@@ -213,7 +223,7 @@ def main(argv: list[str]) -> None:
     """CLI: `python benchmarks/suite.py [--sizes tiny] [--out results.json]`."""
     cli.positional(argv)
     fl = flags.FLAGS
-    run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out)
+    run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out, fl.optimizer)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
     out = tmp_path / "results.json"
+    # With Muon as the train step's optimizer, Muon's share is of that same measured step
+    # (one train-step compile, not two).
     report = suite.run_suite(sizes="tiny", steps=2, batch_size=8, latency_repeats=3,
-                             out=str(out))
+                             out=str(out), optimizer="muon")
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     # Measured durations are positive and finite (a skipped measurement would be 0 or None).
@@ -32,10 +34,11 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     assert row["event_p50_ms"] <= row["event_p99_ms"]
     assert row["unified_p50_ms"] <= row["unified_p99_ms"]
     assert 0 <= row["data_wait_share"] <= 1
+    assert row["optimizer"] == "muon" and row["muon_step_s"] == row["step_time_s"]
     assert row["muon_share"] == row["muon_update_s"] / row["muon_step_s"]
     # The FLOP count MFU uses is the analytic one for this config, not XLA's estimate.
     config = get_config("size=tiny,mode=event")
-    config.batch_size = 8
+    config.batch_size, config.optimizer.name = 8, "muon"
     assert row["flops_per_step"] == step_flops(config) > 0
     assert row["dtype"] == "float32" and row["attention"] == "xla"  # 'auto' on CPU
     printed = capsys.readouterr().out

@@ -5,7 +5,6 @@ import os
 import numpy as np
 import pytest
 
-from data_builders.metaworld_events import metaworld_events as mwe
 from wallwm_jax.data.episodes import (
     FEATURE_NAMES,
     EpisodeSource,
@@ -15,20 +14,20 @@ from wallwm_jax.data.episodes import (
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory):
-    return mwe.build(str(tmp_path_factory.mktemp("tfds")), episodes_per_task=2,
-                     image_size=32, tasks=("reach-v3", "push-v3"))
+def dataset_dir(tiny_dataset):
+    """The session's MetaWorld dataset (reach and push, 32 px: 6 train / 2 val episodes)."""
+    return tiny_dataset
 
 
 @pytest.fixture(scope="module")
 def episode(dataset_dir):
-    return open_dataset(dataset_dir, "val")[1]
+    return open_dataset(dataset_dir, "val")[0]  # a push episode: four events
 
 
 def test_flat_record_format(dataset_dir, episode):
     source = open_dataset(dataset_dir, "train")
     assert isinstance(source, EpisodeSource) and source.dataset_dir == dataset_dir
-    assert len(source) == 2 and len(open_dataset(dataset_dir, "val")) == 2
+    assert len(source) == 6 and len(open_dataset(dataset_dir, "val")) == 2
     assert set(episode) == set(FEATURE_NAMES)
     t = len(episode["steps/action"])
     assert episode["steps/observation/image"].shape == (t, 32, 32, 3)
