@@ -15,16 +15,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Many tests compile the same tiny train step; a per-session persistent cache compiles it once.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      os.path.join(tempfile.mkdtemp(prefix="wallwm_jax_cache_")))
+# The process that makes it (the xdist controller, or the only process) removes it at the end.
+_OWN_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _OWN_CACHE = tempfile.mkdtemp(prefix="wallwm_jax_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 
 def pytest_sessionfinish(session, exitstatus):
-    """'No tests collected' (exit 5) is a failure for this project, never a pass."""
+    """'No tests collected' (exit 5) is a failure for this project, never a pass; the
+    compilation cache this process made goes (workers share the controller's)."""
     if exitstatus == 5:
         session.exitstatus = 1
+    if _OWN_CACHE and not hasattr(session.config, "workerinput"):
+        import shutil
+
+        shutil.rmtree(_OWN_CACHE, ignore_errors=True)
 
 
 import pytest  # noqa: E402  (imported after the environment is set)
