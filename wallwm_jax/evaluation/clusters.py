@@ -22,6 +22,7 @@ from wallwm_jax.data import statistics
 from wallwm_jax.data.episodes import open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_event_index, load_for_training
 from wallwm_jax.data.pipeline import EventSampler, to_event_batch
+from wallwm_jax.evaluation.offline import action_sq_errors
 from wallwm_jax.models import wallwm
 
 
@@ -97,9 +98,8 @@ class ClusterEvaluator:
         def errors(params: Any, batch: Any, rng: jax.Array) -> jax.Array:
             out = wallwm.sample_actions(model_cfg, params, batch.obs, rng,
                                         action_events=batch.action_events)
-            mask = batch.action_mask.astype(jnp.float32)
-            err = jnp.sum((out["actions"] - batch.actions) ** 2, axis=-1)
-            return jnp.sum(err * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+            err, steps = action_sq_errors(out["actions"], batch)
+            return err / jnp.maximum(steps, 1.0)
 
         self._errors = jax.jit(errors)
 

@@ -15,6 +15,14 @@ from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
 from wallwm_jax.models import wallwm
 
 
+def action_sq_errors(actions: jax.Array, batch: Any) -> tuple[jax.Array, jax.Array]:
+    """Per sample: the summed squared action error over its real (unmasked) steps, and the
+    number of those steps. A batch mean weights by steps; a per-sample mean divides each."""
+    mask = batch.action_mask.astype(jnp.float32)
+    err = jnp.sum((actions - batch.actions) ** 2, axis=-1)
+    return jnp.sum(err * mask, axis=1), jnp.sum(mask, axis=1)
+
+
 class OfflineEvaluator:
     """Compiles the metrics step once; each call averages it over the same held-out batches.
 
@@ -34,9 +42,8 @@ class OfflineEvaluator:
             # given the language (caption decoding quality is the caption loss).
             out = wallwm.sample_actions(model_cfg, params, batch.obs, rng,
                                         action_events=batch.action_events)
-            mask = batch.action_mask.astype(jnp.float32)
-            err = jnp.sum((out["actions"] - batch.actions) ** 2, axis=-1)
-            mse = jnp.sum(err * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+            err, steps = action_sq_errors(out["actions"], batch)
+            mse = jnp.sum(err) / jnp.maximum(jnp.sum(steps), 1.0)
             end = batch.end_image.astype(jnp.float32) / 127.5 - 1
             world = jnp.mean((out["world"] - end) ** 2)
             metrics = dict(losses, action_mse=mse, world_mse=world)
