@@ -102,16 +102,18 @@ def main(argv: list[str]) -> None:
     suites = _suites(sweep.eval)
     settings = _eval_settings(sweep.eval)
     workdir = os.path.abspath(FLAGS.workdir)
-    jobs = runner.prepare(sweep, workdir, overrides, suites, settings,
-                          stop_after=FLAGS.stop_after, write=not FLAGS.dry_run)
-    if FLAGS.only:
+    pattern = None
+    if FLAGS.only:  # checked before anything is written
         try:
             pattern = re.compile(FLAGS.only)
         except re.error as e:
             cli.fail(f"--only {FLAGS.only!r} is not a regular expression: {e}")
-        jobs = [job for job in jobs if pattern.search(job.name)]
-        if not jobs:
+        if not any(pattern.search(name) for name in sweep.names):
             cli.fail(f"--only {FLAGS.only!r} matches no trial; names: {', '.join(sweep.names)}")
+    jobs = runner.prepare(sweep, workdir, overrides, suites, settings,
+                          stop_after=FLAGS.stop_after, write=not FLAGS.dry_run)
+    if pattern is not None:
+        jobs = [job for job in jobs if pattern.search(job.name)]
     print(f"sweep {sweep.spec}: {len(jobs)} trials"
           + (f", suites {', '.join(suites)}" if suites else ", no closed-loop evaluation"))
     for job in jobs:
