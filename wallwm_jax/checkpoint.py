@@ -45,27 +45,15 @@ MIN_REPLICA_SLICE_BYTES = 8 << 20
 _array_handler_registered = False
 
 
-class _NoOverrideNotice(logging.Filter):
-    """Orbax warns that the jax.Array handler is replaced; we replace it on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "overriding" not in record.getMessage()
-
-
 def _register_array_handler() -> None:
     """jax.Array's Orbax handler with the replica-parallel floor above (once per process)."""
     global _array_handler_registered
     if _array_handler_registered:
         return
-    absl_logger = logging.getLogger("absl")
-    notice = _NoOverrideNotice()
-    absl_logger.addFilter(notice)
-    try:
+    with _without_absl_notices("overriding"):  # Orbax warns of the replacement we asked for
         ocp.type_handlers.register_type_handler(
             jax.Array, ocp.type_handlers.ArrayHandler(
                 min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
-    finally:
-        absl_logger.removeFilter(notice)
     _array_handler_registered = True
 
 
@@ -78,23 +66,35 @@ def _handlers() -> dict[str, Any]:
             "assets": ocp.JsonCheckpointHandler()}
 
 
-class _NoReadOnlyNotices(logging.Filter):
-    """Orbax warns three times that a read-only manager is read-only; we asked for that."""
+class _DropNotices(logging.Filter):
+    """Drops the absl records whose message contains one of `phrases`."""
+
+    def __init__(self, *phrases: str) -> None:
+        super().__init__()
+        self.phrases = phrases
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        return not ("read_only" in message or "read only" in message)
+        return not any(p in message for p in self.phrases)
+
+
+@contextlib.contextmanager
+def _without_absl_notices(*phrases: str) -> Iterator[None]:
+    """Silence Orbax's notices about what we asked for, only around one call."""
+    absl_logger = logging.getLogger("absl")
+    notices = _DropNotices(*phrases)
+    absl_logger.addFilter(notices)
+    try:
+        yield
+    finally:
+        absl_logger.removeFilter(notices)
 
 
 def _read_only(directory: str) -> ocp.CheckpointManager:
-    absl_logger = logging.getLogger("absl")
-    notices = _NoReadOnlyNotices()
-    absl_logger.addFilter(notices)
-    try:
-        return ocp.CheckpointManager(epath.Path(directory), item_handlers=_handlers(),
+    handlers = _handlers()
+    with _without_absl_notices("read_only", "read only"):  # Orbax says so three times
+        return ocp.CheckpointManager(epath.Path(directory), item_handlers=handlers,
                                      options=ocp.CheckpointManagerOptions(read_only=True))
-    finally:
-        absl_logger.removeFilter(notices)
 
 
 def make_manager(directory: str, cfg: ml_collections.ConfigDict) -> ocp.CheckpointManager:
