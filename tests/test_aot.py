@@ -14,8 +14,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _run_aot(*args):
     env = dict(os.environ)
-    # The CLI sets the device count itself (--num_devices); fast LLVM compile as conftest.py.
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+    # The CLI sets the device count itself (--num_devices); fast compile as conftest.py.
+    env["XLA_FLAGS"] = os.environ["WALLWM_TEST_XLA_FLAGS"]
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run(
         [sys.executable, "-m", "wallwm_jax.aot", "--config",

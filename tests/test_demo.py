@@ -22,7 +22,7 @@ def _cmd(workdir, steps, chunk_baseline=False):
 
 STEPS = 20  # per policy; SIGTERM lands once step 6 is logged, the loop stops at the next step
 # The demo itself runs on one CPU device; compiled at -O0 like the rest of the tests.
-ENV = dict(os.environ, XLA_FLAGS="--xla_backend_optimization_level=0")
+ENV = dict(os.environ, XLA_FLAGS=os.environ["WALLWM_TEST_XLA_FLAGS"])
 
 
 def _run_demo(workdir, steps=4, chunk_baseline=False):

@@ -35,8 +35,8 @@ def _free_port() -> int:
 
 def _launch(tiny_dataset, workdir, out, num_processes=2, index_dir=None):
     env = dict(os.environ)
-    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4"
-                        " --xla_backend_optimization_level=0")  # fast compile, as conftest.py
+    env["XLA_FLAGS"] = ("--xla_force_host_platform_device_count=4 "
+                        + os.environ["WALLWM_TEST_XLA_FLAGS"])  # fast compile, as conftest.py
     env["JAX_PLATFORMS"] = "cpu"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     coordinator = f"127.0.0.1:{_free_port()}"

@@ -44,8 +44,8 @@ NAMES = ["balance_alpha=0,enabled=True", "balance_alpha=1,enabled=False"]
 
 
 def _cli(*args, data_dir):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"
-                                      " --xla_backend_optimization_level=0"}  # as conftest.py
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1 "
+                                      + os.environ["WALLWM_TEST_XLA_FLAGS"]}  # as conftest.py
     return subprocess.run([sys.executable, "-m", "wallwm_jax.sweep", *args,
                            f"--config.data.data_dir={data_dir}"], capture_output=True,
                           text=True, cwd=ROOT, env=env, timeout=900)
