@@ -9,11 +9,15 @@ are converted in an Apache Beam pipeline (DirectRunner here; Dataflow/Flink/Spar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -217,13 +221,27 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
                                tfds.download.DownloadConfig(
                                    compute_stats=tfds.download.ComputeStatsMode.SKIP))
         t0 = time.perf_counter()
-        builder.download_and_prepare(file_format="array_record",
-                                     download_config=download_config)
+        with _own_temp_root() if beam else contextlib.nullcontext():
+            builder.download_and_prepare(file_format="array_record",
+                                         download_config=download_config)
         report = build_report(builder, excluded_dir, time.perf_counter() - t0)
         (epath.Path(version_dir) / REPORT_FILE).write_text(json.dumps(report, indent=1))
         print(format_report(report))
         notes.rmtree()
     return finish_dataset(version_dir)
+
+
+@contextlib.contextmanager
+def _own_temp_root() -> Iterator[None]:
+    """Python's temporary files go to a directory of our own, removed afterwards: Beam's local
+    job server makes a `beam-temp*` directory under the temp root and never removes it."""
+    previous, root = tempfile.tempdir, tempfile.mkdtemp(prefix="wallwm_beam_")
+    tempfile.tempdir = root
+    try:
+        yield
+    finally:
+        tempfile.tempdir = previous
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def finish_dataset(version_dir: str) -> str:

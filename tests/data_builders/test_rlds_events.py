@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -234,8 +235,13 @@ def test_plan_splits_keeps_source_splits_or_carves_val():
 
 
 def test_beam_path_writes_the_same_episodes(source_dir, built, tmp_path):
+    temp_before = set(os.listdir(tempfile.gettempdir()))
     beam_dir = build(source_dir, os.fspath(tmp_path), MAPPING, beam=True, workers=2)
     assert "tensorflow" not in sys.modules  # TFDS's Beam + ArrayRecord path runs without TF
+    # Nothing of the build is left in the temp root (Beam's job server left `beam-temp*`).
+    left = [n for n in set(os.listdir(tempfile.gettempdir())) - temp_before
+            if n.startswith(("beam-temp", "wallwm_beam_"))]
+    assert left == [], left
     plain, beamed = read_by_id(built), read_by_id(beam_dir)
     assert sorted(plain) == sorted(beamed)
     flat = tfds.core.utils.flatten_nest_dict
