@@ -15,7 +15,8 @@ DATASET=$(python -m data_builders.metaworld_events --data_dir "$DATA_ROOT" --con
   --episodes_per_task 30 --image_size 32 --privileged_state --action_noise 0.3 --workers 2 \
   | tail -1)
 
-# Seed 2 was run with --only 'seed=2,'; 3 episodes per task, replanning every 8 steps.
+# Seed 2 was run with --only 'seed=2,' in the event-vs-chunk study's sweep directory, seeds 0-1
+# with --only 'seed=[01],' in a new one; 3 episodes per task, replanning every 8 steps.
 start=$(date +%s)
 python -m wallwm_jax.sweep --sweep experiments/sweeps/tasks.py:size=tiny,recipe=cpu \
   --workdir "$SWEEP_DIR" --config.data.data_dir="$DATASET" --config.eval_every_steps=1500 \
