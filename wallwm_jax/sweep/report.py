@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -400,8 +401,11 @@ def plot_summary(rows: Sequence[dict[str, Any]], keys: Sequence[str], plots_dir:
     note = ("mean ± std over seeds (dots: seeds" + ("; grey: all episodes pooled, Wilson 95%)"
                                                      if closed_loop else ")") if seeds else
             "Wilson 95% intervals" if closed_loop else "one trial per setting")
+    # Wrapped to the figure's width (~14 characters of 8-pt text per inch): a narrow figure
+    # of two settings cut the one-line note off at both edges.
+    note = textwrap.fill(note, width=max(30, int(fig.get_size_inches()[0] * 14)))
     fig.suptitle(note, fontsize=8, y=0.02, va="bottom")
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.tight_layout(rect=(0, 0.05 * (note.count("\n") + 1), 1, 1))
     path = os.path.join(plots_dir, "success.png" if closed_loop else "final.png")
     stale = os.path.join(plots_dir, "final.png" if closed_loop else "success.png")
     if os.path.exists(stale):  # from an earlier report of the same sweep
