@@ -6,9 +6,7 @@ SWEEP_DIR=${2:-/tmp/sweep_balance}
 cd "$(dirname "$0")/../../.."
 
 # The MT10 dataset of the event-vs-chunk study (skipped when already built).
-DATASET=$(python -m data_builders.metaworld_events --data_dir "$DATA_ROOT" --config mt10 \
-  --episodes_per_task 30 --image_size 32 --privileged_state --action_noise 0.3 --workers 2 \
-  | tail -1)
+DATASET=$(experiments/results/mt10_dataset.sh "$DATA_ROOT" | tail -1)
 
 # alpha 0.5 vs no balancing x 3 seeds, event mode, tiny, recipe=cpu, 1500 steps; the val action
 # error by train cluster at the end; closed loop on mt10_seen, 5 episodes per task.

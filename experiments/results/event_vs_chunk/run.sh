@@ -6,12 +6,9 @@ DATA_ROOT=${1:-/tmp/study_data}
 SWEEP_DIR=${2:-/tmp/sweep_event_vs_chunk}
 cd "$(dirname "$0")/../../.."
 
-# MT10, 30 scripted-expert episodes per task, 32-px images, privileged simulator state,
-# DART noise 0.3: the demo's data recipe on MT10's ten tasks.
+# The studies' MT10 dataset (experiments/results/mt10_dataset.sh says what it is).
 start=$(date +%s)
-DATASET=$(python -m data_builders.metaworld_events --data_dir "$DATA_ROOT" --config mt10 \
-  --episodes_per_task 30 --image_size 32 --privileged_state --action_noise 0.3 --workers 2 \
-  | tail -1)
+DATASET=$(experiments/results/mt10_dataset.sh "$DATA_ROOT" | tail -1)
 echo "dataset: $DATASET ($(( $(date +%s) - start )) s)"
 
 # 3 modes x 3 seeds, tiny model, the demo's recipe (recipe=cpu), 1500 steps each; closed loop

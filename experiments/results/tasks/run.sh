@@ -11,9 +11,7 @@ shift $(( $# < 2 ? $# : 2 ))
 cd "$(dirname "$0")/../../.."
 
 # The MT10 dataset of the event-vs-chunk study (skipped when already built).
-DATASET=$(python -m data_builders.metaworld_events --data_dir "$DATA_ROOT" --config mt10 \
-  --episodes_per_task 30 --image_size 32 --privileged_state --action_noise 0.3 --workers 2 \
-  | tail -1)
+DATASET=$(experiments/results/mt10_dataset.sh "$DATA_ROOT" | tail -1)
 
 # Seed 2 was run with --only 'seed=2,' in the event-vs-chunk study's sweep directory, seeds 0-1
 # with --only 'seed=[01],' in a new one; 3 episodes per task, replanning every 8 steps.
