@@ -34,12 +34,14 @@ def load(dirs: list[str]) -> dict[tuple[str, int], list[dict]]:
 
 def main(dirs: list[str]) -> None:
     runs = load(dirs)
-    print("| arm | " + " | ".join(f"seed {s}" for s in sorted({s for _, s in runs}))
+    all_seeds = sorted({s for _, s in runs})
+    rate = {key: 100 * np.mean([e["success"] for e in eps]) for key, eps in runs.items()}
+    print("| arm | " + " | ".join(f"seed {s}" for s in all_seeds)
           + " | mean ± s.d. [t95] | pooled [Wilson 95] |")
-    print("|---|" + "---|" * (len({s for _, s in runs}) + 2))
+    print("|---|" + "---|" * (len(all_seeds) + 2))
     for mode in ("event", "chunk"):
-        seeds = sorted(s for m, s in runs if m == mode)
-        rates = [100 * np.mean([e["success"] for e in runs[(mode, s)]]) for s in seeds]
+        seeds = [s for s in all_seeds if (mode, s) in runs]
+        rates = [rate[(mode, s)] for s in seeds]
         wins = sum(sum(e["success"] for e in runs[(mode, s)]) for s in seeds)
         n = sum(len(runs[(mode, s)]) for s in seeds)
         lo, hi = t_interval(rates) if len(rates) > 1 else (float("nan"),) * 2
@@ -47,17 +49,14 @@ def main(dirs: list[str]) -> None:
         print(f"| {mode} | " + " | ".join(f"{r:.0f}%" for r in rates)
               + f" | {np.mean(rates):.0f}% ± {np.std(rates, ddof=1) if len(rates) > 1 else 0:.0f}"
               f" [{lo:.0f}, {hi:.0f}] | {wins}/{n} [{100 * wlo:.0f}, {100 * whi:.0f}] |")
-    paired = [s for s in sorted({s for _, s in runs}) if ("event", s) in runs
-              and ("chunk", s) in runs]
-    diffs = [100 * (np.mean([e["success"] for e in runs[("event", s)]])
-                    - np.mean([e["success"] for e in runs[("chunk", s)]])) for s in paired]
+    paired = [s for s in all_seeds if ("event", s) in runs and ("chunk", s) in runs]
+    diffs = [rate[("event", s)] - rate[("chunk", s)] for s in paired]
     print("event - chunk by seed: " + ", ".join(f"seed {s} {d:+.0f}" for s, d in
                                                 zip(paired, diffs, strict=True))
           + (f"; mean {np.mean(diffs):+.1f} points" if diffs else ""))
-    for s in sorted({s for _, s in runs}):
+    for s in all_seeds:
         if ("event", s) in runs:
-            eps = runs[("event", s)]
-            failed = [e for e in eps if not e["success"]]
+            failed = [e for e in runs[("event", s)] if not e["success"]]
             stuck = sum(len(set(e["captions"])) == 1 for e in failed)
             print(f"seed {s}: event failures {len(failed)}, never past the first event {stuck}")
     per_task = collections.defaultdict(lambda: collections.Counter())
