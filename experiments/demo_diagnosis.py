@@ -17,6 +17,13 @@ The third question, whether the observation can tell where the target is, needs 
 k-nearest-neighbour regressor of the expert action on (a) the 4-D agent state and (b) that
 state plus object and goal positions (privileged simulator state), scoring R^2 on held-out
 episodes.
+
+`--response N` asks how strongly the policy reacts to where things are: at the first step of N
+evaluation scenes per task it moves one state coordinate by +-3 cm (hand x/y; object x/y with
+privileged state) and reports the change of the policy's first action along that axis per
+metre, next to the scripted expert's at the same perturbed states (MetaWorld's experts are
+proportional controllers: about -10 for the hand, +10 for the object where unclipped). Only the
+state vector moves, not the rendered image.
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ _DATASET = flags.DEFINE_string("dataset", None, "Dataset version dir (its val sp
 _CLOSED = flags.DEFINE_integer("closed_loop", 0, "Closed-loop episodes per task (0: none).")
 _PROBE = flags.DEFINE_integer("state_probe", 0, "Expert episodes per task for the state probe.")
 _STRIDE = flags.DEFINE_integer("stride", 3, "Evaluate every k-th step of each val event.")
+_RESPONSE = flags.DEFINE_integer("response", 0, "Evaluation scenes per task for the state "
+                                 "response probe (0: none).")
+
+# (name, index in the state vector and in MetaWorld's observation, action axis it drives)
+RESPONSE_COORDS = (("hand_x", 0, 0), ("hand_y", 1, 1), ("object_x", 4, 0), ("object_y", 5, 1))
 
 
 def offline(policy, dataset_dir: str, stride: int) -> dict:
@@ -124,6 +136,54 @@ def closed_loop(policy, episodes: int) -> dict:
     return out
 
 
+def state_response(policy, scenes: int, tasks: tuple[str, ...] | None = None,
+                   delta: float = 0.03, samples: int = 3) -> dict:
+    """Per task and coordinate: d(first action)/d(coordinate) in action units per metre of the
+    policy (mean over `samples` sampling seeds) and of the scripted expert, by central
+    difference +-`delta` at the first step of `scenes` demo-suite scenes, averaged."""
+    from wallwm_jax.envs.metaworld import MetaWorldTask
+    from wallwm_jax.evaluation import suites
+    from wallwm_jax.evaluation.harness import OraclePlanner, Wording
+
+    suite = suites.get("demo")
+    coords = [c for c in RESPONSE_COORDS if policy.privileged_state or c[1] < 4]
+    out = {}
+    for task in tasks or suite.tasks:
+        slopes: dict[str, dict[str, list[float]]] = {n: {"policy": [], "expert": []}
+                                                     for n, _, _ in coords}
+        for ep in range(scenes):
+            env = MetaWorldTask(task, seed=suite.seed(task, ep),
+                                image_size=policy.config.data.image_size,
+                                privileged_state=policy.privileged_state)
+            try:
+                obs = env.reset()
+                wording = Wording(split="train", variant=0)
+                caption = OraclePlanner()(env, task, wording)
+                full = env._obs.copy()
+                for name, index, axis in coords:
+                    acts = {"policy": [], "expert": []}
+                    for sign in (1.0, -1.0):
+                        state = obs["state"].copy()
+                        state[index] += sign * delta
+                        a = []
+                        for k in range(samples):
+                            policy.reset(k)
+                            a.append(policy.act(obs["image"], state, wording.instruction(task),
+                                                caption, mode="event")["actions"][0][axis])
+                        acts["policy"].append(float(np.mean(a)))
+                        env._obs = full.copy()
+                        env._obs[index] += sign * delta
+                        acts["expert"].append(float(np.clip(env.expert_action(), -1, 1)[axis]))
+                        env._obs = full
+                    for who, (plus, minus) in acts.items():
+                        slopes[name][who].append((plus - minus) / (2 * delta))
+            finally:
+                env.close()
+        out[task] = {name: {who: round(float(np.mean(v)), 2) for who, v in d.items()}
+                     for name, d in slopes.items()}
+    return out
+
+
 def _agent(x: np.ndarray) -> np.ndarray:
     return x[:, :4]
 
@@ -187,6 +247,9 @@ def main(argv):
         if _DATASET.value:
             report["offline_val"] = offline(policy, _DATASET.value, _STRIDE.value)
             print(json.dumps(report["offline_val"], indent=1), flush=True)
+        if _RESPONSE.value:
+            report["state_response"] = state_response(policy, _RESPONSE.value)
+            print(json.dumps(report["state_response"], indent=1), flush=True)
         if _CLOSED.value:
             report["closed_loop"] = closed_loop(policy, _CLOSED.value)
             print(json.dumps(report["closed_loop"], indent=1), flush=True)
