@@ -22,8 +22,9 @@ episodes.
 evaluation scenes per task it moves one state coordinate by +-3 cm (hand x/y; object x/y with
 privileged state) and reports the change of the policy's first action along that axis per
 metre, next to the scripted expert's at the same perturbed states (MetaWorld's experts are
-proportional controllers: about -10 for the hand, +10 for the object where unclipped). Only the
-state vector moves, not the rendered image.
+proportional controllers: about -10 for the hand, +10 for the object they aim at; 0 where the
+expert's action is clipped at +-1, as in reach's first step, or where it ignores the object).
+Only the state vector moves, not the rendered image.
 """
 
 from __future__ import annotations
