@@ -52,6 +52,9 @@ def offline(policy, dataset_dir: str, stride: int) -> dict:
 
     source = open_dataset(dataset_dir, "val")
     mean_action = np.asarray(policy.norm_stats["action"]["mean"], np.float32)
+    if policy.action_space != "actions":  # the stats are the targets'; the actions' mean here
+        mean_action = np.concatenate([np.asarray(source[i]["steps/action"], np.float32)
+                                      for i in range(len(source))]).mean(0)
     rows = collections.defaultdict(lambda: collections.defaultdict(list))
     for i in range(len(source)):
         ep = source[i]
@@ -66,9 +69,13 @@ def offline(policy, dataset_dir: str, stride: int) -> dict:
                                  ep["events/caption"][k], mode="event")
                 target = actions[t:int(e)][:len(out["chunk"])]
                 n = len(target)
+                # In the robot's action units: a position-target policy's chunk becomes the
+                # actions it would take at the expert's states of those steps.
+                chunk = np.stack([policy.env_action(a, states[t + j])
+                                  for j, a in enumerate(out["chunk"][:n])])
                 r = rows[(task, phase)]
-                r["mse"].append(float(np.mean((out["chunk"][:n] - target) ** 2)))
-                r["mse_first"].append(float(np.mean((out["chunk"][0] - target[0]) ** 2)))
+                r["mse"].append(float(np.mean((chunk - target) ** 2)))
+                r["mse_first"].append(float(np.mean((chunk[0] - target[0]) ** 2)))
                 r["mse_mean_action"].append(float(np.mean((mean_action - target) ** 2)))
                 r["dur_pred"].append(int(len(out["actions"])))
                 r["dur_true"].append(int(e) - t)
@@ -114,7 +121,7 @@ def closed_loop(policy, episodes: int) -> dict:
                     lens.append(len(res["actions"]))
                     for a in res["actions"]:
                         expert = env.expert_action()
-                        a = np.clip(a, -1, 1)
+                        a = np.clip(policy.env_action(a, obs["state"]), -1, 1)
                         denom = np.linalg.norm(a[:3]) * np.linalg.norm(expert[:3]) + 1e-8
                         cos.append(float(np.dot(a[:3], expert[:3]) / denom))
                         obs, s = env.step(a)
@@ -169,8 +176,9 @@ def state_response(policy, scenes: int, tasks: tuple[str, ...] | None = None,
                         a = []
                         for k in range(samples):
                             policy.reset(k)
-                            a.append(policy.act(obs["image"], state, wording.instruction(task),
-                                                caption, mode="event")["actions"][0][axis])
+                            first = policy.act(obs["image"], state, wording.instruction(task),
+                                               caption, mode="event")["actions"][0]
+                            a.append(policy.env_action(first, state)[axis])
                         acts["policy"].append(float(np.mean(a)))
                         env._obs = full.copy()
                         env._obs[index] += sign * delta

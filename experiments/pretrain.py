@@ -2,9 +2,10 @@
 
 `arg` only switches things that change several fields at once (model size, training mode,
 recipe); single fields are overridden on the command line (`--config.total_steps=100`).
-`recipe=cpu` is the demo's recipe (docs/demo.md), which the CPU-scale studies
-(experiments/results/) use too: 32-px images, privileged simulator state (10-D state), an
-action expert of width 64, Tmax 16, peak learning rate 2e-3.
+`recipe=cpu` is the CPU-scale studies' recipe (experiments/results/): 32-px images, privileged
+simulator state (10-D state), an action expert of width 64, Tmax 16, peak learning rate 2e-3,
+1,500 steps. `recipe=demo` is the demo's: `cpu` with position-target actions
+(`data.action_target_gain` 10), Tmax 8 and no image augmentation (docs/demo.md says why).
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ def _parse_arg(arg: str | None) -> dict[str, str]:
         raise ValueError(f"size='{out['size']}' is not one of {sorted(_SIZES)}")
     if out["mode"] not in ("event", "unified", "chunk"):
         raise ValueError(f"mode='{out['mode']}' must be event, unified or chunk")
-    if out["recipe"] not in ("default", "cpu"):
-        raise ValueError(f"recipe='{out['recipe']}' must be default or cpu")
+    if out["recipe"] not in ("default", "cpu", "demo"):
+        raise ValueError(f"recipe='{out['recipe']}' must be default, cpu or demo")
     return out
 
 
@@ -67,6 +68,19 @@ def apply_cpu_recipe(config: ml_collections.ConfigDict) -> ml_collections.Config
     config.model.expert_mlp_dim = 128
     config.data.max_event_len = 16  # model.max_event_len follows (a reference)
     config.checkpoint.every_steps = config.total_steps // 4
+    return config
+
+
+def apply_demo_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The demo's recipe: `recipe=cpu` plus what made push succeed at unseen positions on the
+    demo's budget (docs/demo.md): the model predicts the expert controller's position targets
+    (gain 10, MetaWorld's), chunks of at most 8 steps and no image augmentation (both make a
+    step cheaper, which pays for computing the targets' statistics). Mutates and returns
+    `config`."""
+    apply_cpu_recipe(config)
+    config.data.action_target_gain = 10.0
+    config.data.max_event_len = 8
+    config.data.augment.enabled = False
     return config
 
 
@@ -101,6 +115,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.world_size = 16  # side of the low-resolution event-end frame
     config.data.duration_bins = (1, 2, 4, 8, 12, 16, 24, 32)  # upper edges (inclusive)
     config.data.norm_mode = "mean_std"  # or "quantile"
+    # 0: the model predicts the recorded actions. g > 0: their xyz (dims 0-2) are taken as a
+    # gain-g proportional controller's output toward a target, a = g * (target - hand), with
+    # the hand at state dims 0-2; the model predicts the targets and every executed step turns
+    # its target into g * (target - hand) at the current hand (docs/data.md). MetaWorld's
+    # scripted experts use gain 10.
+    config.data.action_target_gain = 0.0
     # Sample layout = training mode: "event" (rest of one event, given caption), "unified"
     # (Tmax steps across events, Staircase captions), "chunk" (Tmax steps, no language).
     config.data.layout = args["mode"]
@@ -218,4 +238,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         suite="demo", tasks=(), episodes_per_task=2, every_steps=0))
     if args["recipe"] == "cpu":
         apply_cpu_recipe(config)
+    elif args["recipe"] == "demo":
+        apply_demo_recipe(config)
     return config

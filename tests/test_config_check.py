@@ -14,14 +14,15 @@ def test_shipped_configs_pass(size, mode):
 
 
 @pytest.mark.parametrize("mode", ["event", "unified", "chunk"])
-def test_cpu_recipe_is_the_demo_config(mode):
-    """`recipe=cpu` (the studies) and the demo's default flags give the same config, so the
-    studies' numbers and the demo's are about one recipe."""
+def test_demo_recipe_is_the_demo_config(mode):
+    """`recipe=demo` and the demo's default flags give the same config, so the README's
+    command and the recipe a user trains with are one; `recipe=demo` is `recipe=cpu` (the
+    studies') with the three fields docs/demo.md gives."""
     from absl import flags
 
     from wallwm_jax import demo
 
-    recipe = get_config(f"size=tiny,mode={mode},recipe=cpu")
+    recipe = get_config(f"size=tiny,mode={mode},recipe=demo")
     config_check.validate(recipe, check_data=False)
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["demo", "--workdir=/unused"])
@@ -33,6 +34,22 @@ def test_cpu_recipe_is_the_demo_config(mode):
     config.log_every_steps = recipe.log_every_steps
     assert config.to_dict() == recipe.to_dict()
     assert recipe.data.privileged_state and recipe.model.state_dim == 10
+    cpu = get_config(f"size=tiny,mode={mode},recipe=cpu").to_dict()
+    demo_only = {("data", "action_target_gain"): (0.0, 10.0),
+                 ("data", "max_event_len"): (16, 8),
+                 ("model", "max_event_len"): (16, 8),
+                 ("data", "augment", "enabled"): (True, False)}
+
+    def leaves(tree, path=()):
+        for key, value in tree.items():
+            if isinstance(value, dict):
+                yield from leaves(value, (*path, key))
+            else:
+                yield (*path, key), value
+
+    want, got = dict(leaves(cpu)), dict(leaves(recipe.to_dict()))
+    assert {k for k in want if want[k] != got[k]} == set(demo_only)
+    assert {k: (want[k], got[k]) for k in demo_only} == demo_only
     assert get_config(f"size=tiny,mode={mode}").data.privileged_state is False
 
 
@@ -50,6 +67,10 @@ def test_cpu_recipe_is_the_demo_config(mode):
     ("checkpoint.every_steps", 0, "config.checkpoint.every_steps=0: expected an integer >= 1"),
     ("init_from", "/no/such/run", "config.init_from='/no/such/run' does not exist"),
     ("on_nonfinite", "ignore", "config.on_nonfinite='ignore': expected one of 'stop', 'skip'"),
+    ("data.action_target_gain", -10.0,
+     "config.data.action_target_gain=-10.0: expected a number >= 0"),
+    ("data.action_target_gain", float("nan"), "config.data.action_target_gain=nan: expected a "
+     "finite number"),
 ])
 def test_a_bad_field_is_named(field, value, message):
     config = get_config("size=tiny,mode=event")

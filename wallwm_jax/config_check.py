@@ -126,6 +126,12 @@ def _data(config: ml_collections.ConfigDict) -> None:
         _int(config, path, low=1)
     _int(config, "data.num_workers", low=0)
     _choice(config, "data.norm_mode", NORM_MODES)
+    if config.data.get("action_target_gain"):
+        _number(config, "data.action_target_gain", low=0.0)
+        for path in ("model.state_dim", "model.action_dim"):
+            if _int(config, path, low=1) < 3:
+                raise _bad(path, _get(config, path), ">= 3 with data.action_target_gain > 0 "
+                           "(xyz actions and the hand's xyz at state dims 0-2)")
     bins = _get(config, "data.duration_bins")
     if not bins or list(bins) != sorted(set(bins)) or not all(isinstance(b, int) for b in bins):
         raise _bad("data.duration_bins", bins, "increasing integers")

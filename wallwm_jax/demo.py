@@ -36,8 +36,13 @@ _BATCH = flags.DEFINE_integer("batch_size", 32, "Global batch size.")
 _SIZE = flags.DEFINE_string("size", "tiny", "Model size (experiments/pretrain.py sizes).")
 _LR = flags.DEFINE_float("learning_rate", 2e-3, "Peak learning rate.")
 _EXPERT_WIDTH = flags.DEFINE_integer("expert_width", 64, "Action expert width (its MLP: 2x).")
-_MAX_EVENT_LEN = flags.DEFINE_integer("max_event_len", 16, "Tmax: action steps predicted at "
+_MAX_EVENT_LEN = flags.DEFINE_integer("max_event_len", 8, "Tmax: action steps predicted at "
                                       "once (the rest of the event, at most this many).")
+_TARGET_GAIN = flags.DEFINE_float("action_target_gain", 10.0, "Predict the expert "
+                                  "controller's position targets, executed as gain * (target - "
+                                  "hand) at every step (0: predict the recorded actions).")
+_AUGMENT = flags.DEFINE_bool("augment", False, "Random crop and colour jitter of training "
+                             "images.")
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 10, "Closed-loop episodes per task.")
 _EVAL_MAX_STEPS = flags.DEFINE_integer("eval_max_steps", 150, "Step limit per eval episode.")
 _EVAL_WORKERS = flags.DEFINE_integer("eval_workers", 2, "Closed-loop evaluation processes.")
@@ -58,11 +63,11 @@ _CHUNK = flags.DEFINE_bool("chunk_baseline", True, "Also train and evaluate the 
 def demo_config(dataset_dir: str, mode: str = "event") -> Any:
     """The tiny config in `mode` (event, or chunk for the baseline), pointed at the demo
     dataset and sized by the flags; both modes get the same data, steps and model. The flags'
-    defaults are the `recipe=cpu` of experiments/pretrain.py, which the studies use too."""
+    defaults are the `recipe=demo` of experiments/pretrain.py."""
     from experiments.pretrain import get_config
     from wallwm_jax.data.tasks import state_dim
 
-    config = get_config(f"size={_SIZE.value},mode={mode},recipe=cpu")
+    config = get_config(f"size={_SIZE.value},mode={mode},recipe=demo")
     config.seed = _SEED.value
     config.total_steps = _STEPS.value
     config.batch_size = _BATCH.value
@@ -76,6 +81,8 @@ def demo_config(dataset_dir: str, mode: str = "event") -> Any:
     config.model.expert_width = _EXPERT_WIDTH.value
     config.model.expert_mlp_dim = 2 * _EXPERT_WIDTH.value
     config.data.max_event_len = _MAX_EVENT_LEN.value  # model.max_event_len follows (a ref)
+    config.data.action_target_gain = _TARGET_GAIN.value
+    config.data.augment.enabled = _AUGMENT.value
     return config
 
 

@@ -99,7 +99,9 @@ class Policy:
             instruction: str, caption: str | None = None, *,
             mode: str | None = None) -> dict[str, Any]:
         """image uint8 [H,W,3] (or {camera: image}, any size: resized to the model's),
-        state float [S] -> `actions` [n, A] in raw units.
+        state float [S] -> `actions` [n, A] in raw units: the robot's actions, or position
+        targets for a model trained with `data.action_target_gain` (run each through
+        `env_action` with the state of the step it is executed at).
 
         `caption` (the next event's description) is required in event mode and ignored
         otherwise. Also returns `chunk` (all Tmax predicted steps, raw units), `duration_bin`
@@ -128,6 +130,18 @@ class Policy:
             n = int(np.sum(steps[:len(present)][present]))
         result["actions"] = chunk[:max(1, min(n, chunk.shape[0]))]
         return result
+
+
+    @property
+    def action_space(self) -> str:
+        """"actions" (the robot's own) or "position_targets" (see `env_action`)."""
+        return "position_targets" if self.io.target_gain else "actions"
+
+    def env_action(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """One step of `act()`'s `actions` -> the robot action at raw `state`, the state of
+        the step it is executed at: unchanged, or gain * (target - hand) for a policy that
+        predicts position targets (hand = state dims 0-2)."""
+        return self.io.env_action(action, state)
 
 
 def load_policy(export_dir: str, *, seed: int = 0, mode: str | None = None) -> Policy:

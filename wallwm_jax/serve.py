@@ -8,8 +8,11 @@ msgpack-numpy observation and the reply a msgpack-numpy dict. Observation keys:
 `observation/image` (uint8 [H, W, 3], any size: resized), `observation/image_<camera>` for
 further cameras, `observation/state` (float [S], raw units), `prompt` (the instruction) and,
 in event mode, `caption` (the next event's description). Reply: `actions` float32 [n, A] in
-raw units, `duration` (n), `caption` (unified: the first decoded caption; event: the one
-given), `captions` (unified: every decoded caption), `server_timing` {infer_ms}. A bad
+raw units (for a model trained with `data.action_target_gain` g, position targets: the
+metadata says `action_space` "position_targets" and `action_target_gain` g, and the client
+executes g * (target - hand) with the hand of each step), `duration` (n), `caption`
+(unified: the first decoded caption; event: the one given), `captions` (unified: every
+decoded caption), `server_timing` {infer_ms}. A bad
 observation gets a text reply naming the key and the expected shape (openpi clients raise it)
 and the connection stays open. The model is compiled before the port opens.
 """
@@ -68,7 +71,8 @@ def metadata(policy: Policy, mode: str) -> dict[str, Any]:
     return {"server": "wallwm_jax", "mode": mode, "modes": list(policy.modes),
             "observation_keys": keys, "image_size": size, "action_dim": policy.action_dim,
             "max_actions": int(policy.config.data.max_event_len),
-            "needs_caption": mode == "event"}
+            "needs_caption": mode == "event", "action_space": policy.action_space,
+            "action_target_gain": policy.io.target_gain}
 
 
 def parse_observation(policy: Policy, obs: Any, mode: str

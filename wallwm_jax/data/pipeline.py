@@ -26,7 +26,7 @@ from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
 from wallwm_jax.data.tasks import STATE_LAYOUT_FILE
 from wallwm_jax.data.tokenizer import Tokenizer
-from wallwm_jax.data.transforms import ModelIO, bin_to_steps, duration_bin
+from wallwm_jax.data.transforms import ModelIO, bin_to_steps, duration_bin, position_targets
 
 __all__ = ["EventSampler", "InputPipeline", "make_pipeline", "to_event_batch", "duration_bin",
            "bin_to_steps"]
@@ -137,7 +137,8 @@ class EventSampler:
 
         io = self.io
         chunk = np.zeros((tmax, ep["steps/action"].shape[-1]), np.float32)
-        chunk[:n] = io.normalize_actions(ep["steps/action"][t:t + n])
+        chunk[:n] = io.normalize_actions(io.model_actions(
+            ep["steps/action"][t:t + n], ep["steps/observation/state"][t:t + n]))
         mask = np.arange(tmax) < n
         action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: stay monotone
         action_events[:n] = rel
@@ -292,6 +293,21 @@ def mixture_entries(data_cfg: ml_collections.ConfigDict) -> list[tuple[str, floa
     return entries or [(data_cfg.data_dir, 1.0)]
 
 
+def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000
+                        ) -> dict[str, np.ndarray]:
+    """Normalisation statistics of the position targets (`transforms.position_targets`) of
+    the train split's steps, from up to `max_episodes` episodes spread over it: what
+    `data.action_target_gain` trains on, so train, val and exports share them."""
+    source = open_dataset(dataset_dir, "train")
+    picks = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_episodes)
+                                  ).astype(int))
+    targets = [position_targets(np.asarray(ep["steps/action"], np.float32),
+                                np.asarray(ep["steps/observation/state"], np.float32), gain)
+               for ep in (source[int(i)] for i in picks)]
+    stats = statistics.compute_norm_stats({"action": np.concatenate(targets)})["action"]
+    return {name: np.asarray(v, np.float32) for name, v in stats.items()}
+
+
 def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
     """Reject bad data settings when the config is read, naming the field."""
     check_layout(data_cfg)
@@ -299,6 +315,11 @@ def check_data_config(data_cfg: ml_collections.ConfigDict) -> None:
     if alpha is not None and (not np.isfinite(alpha) or alpha < 0):
         raise ValueError(f"data.balance_alpha={alpha} must be a finite number >= 0 (or None "
                          f"for uniform event sampling)")
+    gain = data_cfg.get("action_target_gain", 0.0) or 0.0
+    if not np.isfinite(gain) or gain < 0:
+        raise ValueError(f"data.action_target_gain={gain} must be a finite number >= 0 (0: the "
+                         f"model predicts the recorded actions; g > 0: position targets of a "
+                         f"gain-g controller on the hand at state dims 0-2)")
     if data_cfg.get("num_clusters", 1) < 1:
         raise ValueError(f"data.num_clusters={data_cfg.num_clusters} must be >= 1")
     weights = [w for _, w in mixture_entries(data_cfg)]
@@ -373,10 +394,13 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
                                  else (scan_events(source), None, None))
         # Fine-tuning reads a new dataset with the export's tokenizer and norm stats
         # (data.tokenizer / data.norm_stats), so token ids and action scales stay the model's.
+        stats = statistics.load_norm_stats(data_cfg.get("norm_stats") or directory)
+        if data_cfg.get("action_target_gain") and not data_cfg.get("norm_stats"):
+            stats = {**stats, "action": target_action_stats(
+                directory, float(data_cfg.action_target_gain))}
         samplers.append(EventSampler(
             source, index, data_cfg.get("tokenizer") or f"{directory}/tokenizer.model",
-            statistics.load_norm_stats(data_cfg.get("norm_stats") or directory),
-            data_cfg, seed=seed, augment=augment, event_probs=probs, cluster=cluster))
+            stats, data_cfg, seed=seed, augment=augment, event_probs=probs, cluster=cluster))
     sampler = samplers[0]
     fn = sampler if len(samplers) == 1 else MixtureSampler(
         samplers, np.asarray([w for _, w in entries]), seed=seed)

@@ -2,7 +2,9 @@
 
 Inputs (one step): camera frames in `data.cameras` order, resized to `data.image_size`; the
 state normalised with the dataset statistics; the instruction and caption slots tokenised and
-padded. Outputs: normalised action chunks back to raw units, duration bins to steps. The Grain
+padded. Outputs: normalised action chunks back to raw units, duration bins to steps; with
+`data.action_target_gain` the model's actions are position targets, turned into the robot's
+actions step by step (`position_targets`, `controller_actions`). The Grain
 pipeline (`pipeline.EventSampler`) and the policy (`wallwm_jax.policy`) both call `ModelIO`,
 so a step seen in training and the same step seen by a deployed policy give identical inputs.
 """
@@ -32,6 +34,23 @@ def bin_to_steps(bin_index: np.ndarray, edges: tuple[int, ...]) -> np.ndarray:
     return np.asarray(edges)[np.asarray(bin_index)]
 
 
+def position_targets(actions: np.ndarray, states: np.ndarray, gain: float) -> np.ndarray:
+    """Recorded actions [..., A] whose xyz (dims 0-2) are a proportional controller's output,
+    a = gain * (target - hand), with the hand at state dims 0-2 of the same steps -> the
+    targets the controller aimed at: xyz = hand + a / gain; the other dims unchanged."""
+    out = np.array(actions, np.float32, copy=True)
+    out[..., :3] = np.asarray(states, np.float32)[..., :3] + out[..., :3] / np.float32(gain)
+    return out
+
+
+def controller_actions(targets: np.ndarray, state: np.ndarray, gain: float) -> np.ndarray:
+    """Position targets [..., A] -> robot actions at the hand of `state` (dims 0-2):
+    xyz = gain * (target - hand); the other dims unchanged. Inverse of `position_targets`."""
+    out = np.array(targets, np.float32, copy=True)
+    out[..., :3] = np.float32(gain) * (out[..., :3] - np.asarray(state, np.float32)[..., :3])
+    return out
+
+
 def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> [size, size, 3] (bilinear, as the dataset builders resize); a frame
     already at that size is returned unchanged."""
@@ -52,7 +71,10 @@ class ModelIO:
     """Raw observation <-> model inputs, and model outputs -> raw actions, for one data config.
 
     `norm_stats`: {"state"|"action": {stat: float32 [D]}} (the dataset's, carried in exports);
-    `tokenizer`: the dataset's SentencePiece model.
+    `tokenizer`: the dataset's SentencePiece model. `data.action_target_gain` g > 0: the model
+    predicts position targets instead of the recorded actions (`model_actions`), and each
+    predicted target becomes an action at the hand of the step it is executed at
+    (`env_action`), closing the loop at gain g inside a chunk (docs/data.md).
     """
 
     def __init__(self, data_cfg: ml_collections.ConfigDict, norm_stats: dict[str, Any],
@@ -64,6 +86,7 @@ class ModelIO:
         self.cameras = tuple(data_cfg.get("cameras", ("image",)))
         self.image_size = int(data_cfg.image_size)
         self.edges = tuple(int(e) for e in data_cfg.duration_bins)
+        self.target_gain = float(data_cfg.get("action_target_gain", 0.0) or 0.0)
 
     # -- observation -> model inputs -------------------------------------------------------
     def images(self, frames: dict[str, np.ndarray], *, resize: bool = True) -> np.ndarray:
@@ -112,6 +135,20 @@ class ModelIO:
                 "caption": self.captions(captions, num_slots)}
 
     # -- targets and outputs ---------------------------------------------------------------
+    def model_actions(self, actions: np.ndarray, states: np.ndarray) -> np.ndarray:
+        """Recorded actions [n, A] at raw states [n, S] -> what the model learns to predict
+        (raw units): the actions themselves, or their position targets when a gain is set."""
+        if not self.target_gain:
+            return np.asarray(actions, np.float32)
+        return position_targets(actions, states, self.target_gain)
+
+    def env_action(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
+        """One predicted action (raw units) -> the action to execute at raw `state`: itself,
+        or the controller's action toward the predicted target when a gain is set."""
+        if not self.target_gain:
+            return np.asarray(action, np.float32)
+        return controller_actions(action, state, self.target_gain)
+
     def normalize_actions(self, actions: np.ndarray) -> np.ndarray:
         """Raw actions float [..., A] -> normalised float32 (training targets)."""
         return np.asarray(statistics.normalize(np.asarray(actions, np.float32),

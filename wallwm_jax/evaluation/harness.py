@@ -161,6 +161,7 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
             record["chunk_lengths"].append(int(len(chunk)))
             start = record["steps"]
             for action in chunk:
+                action = actor.env_action(action, obs["state"])  # targets -> actions here
                 obs, success = env.step(np.clip(action, -1.0, 1.0))
                 record["steps"] += 1
                 record["success"] = bool(success)
