@@ -131,7 +131,6 @@ class Policy:
         result["actions"] = chunk[:max(1, min(n, chunk.shape[0]))]
         return result
 
-
     @property
     def action_space(self) -> str:
         """"actions" (the robot's own) or "position_targets" (see `env_action`)."""
