@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, SingleDeviceSharding
 
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax import export, sharding
+from wallwm_jax.bundle import is_export_bundle
 from wallwm_jax.models import wallwm
 from wallwm_jax.train import train_and_evaluate
 from wallwm_jax.train_log import read_metrics
@@ -319,7 +320,7 @@ def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path
     first update (warmup LR schedule(0) == 0) leaves the params exactly the source's."""
     source_ckpt = str(straight["workdir"] / "checkpoints")
     bundle = export.export_from_checkpoint(source_ckpt, str(tmp_path / "bundle"))
-    assert ckpt.is_export_bundle(bundle) and not ckpt.is_export_bundle(source_ckpt)
+    assert is_export_bundle(bundle) and not is_export_bundle(source_ckpt)
     for name, init_from in (("from_ckpt", source_ckpt), ("from_bundle", bundle)):
         config = _config(tiny_dataset)
         config.init_from = init_from

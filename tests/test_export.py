@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from wallwm_jax import checkpoint as ckpt
+from wallwm_jax.bundle import is_export_bundle
 from wallwm_jax.export import WEIGHTS_FILE, export_from_checkpoint, flat_names, load_bundle
 from wallwm_jax.models import wallwm
 
@@ -75,11 +75,13 @@ def test_mis_shaped_or_missing_tensor_names_key_and_shapes(exported, tmp_path):
 
 
 def test_training_starts_from_an_export(exported):
-    """`config.init_from` accepts the bundle: restore_params reads the safetensors file."""
+    """`config.init_from` accepts the bundle: the loop reads its safetensors file."""
+    from wallwm_jax.train import _init_params
+
     path, params, config, _ = exported
-    assert ckpt.is_export_bundle(path)
+    assert is_export_bundle(path)
     abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
-    restored = ckpt.restore_params(path, abstract)
+    restored = _init_params(path, abstract)
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(restored), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 

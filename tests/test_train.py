@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -47,11 +48,12 @@ def test_resume_equals_straight_run(tiny_config, tmp_path):
         assert steps == [2, 4, 5, 6], run
 
     assets = ckpt.read_assets(str(tmp_path / "split" / "checkpoints"))
-    assert assets["config"]["model"]["width"] == tiny_config.model.width
+    assert assets.config.model.width == tiny_config.model.width
     with open(os.path.join(tiny_config.data.data_dir, "norm_stats.json")) as f:
         stats = json.load(f)
-    np.testing.assert_allclose(assets["norm_stats"]["action"]["mean"], stats["action"]["mean"])
-    assert len(assets["tokenizer_model_b64"]) > 100
+    np.testing.assert_allclose(assets.norm_stats["action"]["mean"], stats["action"]["mean"])
+    with open(os.path.join(tiny_config.data.data_dir, "tokenizer.model"), "rb") as f:
+        assert Path(assets.tokenizer_path).read_bytes() == f.read()
 
     tiny_config.model.mlp_dim = 2 * tiny_config.model.mlp_dim
     with pytest.raises(ValueError, match=r"parameter .*(mlp|Mlp|MLP).* has shape"):

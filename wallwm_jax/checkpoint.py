@@ -1,23 +1,20 @@
 """Orbax checkpoints: params, train state, data-iterator state and assets, saved together.
 
 Items (openpi-style split): `params` (inference-ready weights), `train_state` (step, optimizer
-state, rng), `data_iter` (Grain iterator state), `assets` (config, norm stats, tokenizer).
-Orbax writes into a temporary directory and renames it when complete, so a half-written
-step is never listed as a checkpoint. A finished step damaged later (a truncated or zeroed
-array file, a lost manifest, an empty iterator JSON) is found by `verify_step`;
-`restore_latest` then sets it aside as `<step>.corrupt` (never deletes it) and resumes from
-the previous intact step.
+state, rng), `data_iter` (Grain iterator state), `assets` (config.json, norm_stats.json,
+tokenizer.model: the export bundle's files, read by `bundle.read_assets`). Orbax writes into a
+temporary directory and renames it when complete, so a half-written step is never listed as a
+checkpoint. A finished step damaged later (a truncated or zeroed array file, a lost manifest,
+an empty iterator JSON) is found by `checkpoint_damage.verify_step`; `restore_latest` then
+sets it aside as `<step>.corrupt` (never deletes it) and resumes from the previous intact step.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import dataclasses
-import json
 import logging
 import os
-import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,9 +24,16 @@ import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
-ITEMS = ("params", "train_state", "data_iter", "assets")
-ARRAY_ITEMS = ("params", "train_state")
-CORRUPT_SUFFIX = ".corrupt"
+from wallwm_jax import bundle
+from wallwm_jax.checkpoint_damage import (  # noqa: F401  (re-exported: the checkpoint API)
+    CORRUPT_SUFFIX,
+    ITEMS,
+    Damage,
+    DamagedCheckpointError,
+    set_aside,
+    verify_step,
+)
+
 # Orbax writes a step into `<step>.orbax-checkpoint-tmp[...]` and renames it when complete.
 TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
 
@@ -63,7 +67,44 @@ def _handlers() -> dict[str, Any]:
     return {"params": ocp.StandardCheckpointHandler(),
             "train_state": ocp.StandardCheckpointHandler(),
             "data_iter": grain.checkpoint.CheckpointHandler(),
-            "assets": ocp.JsonCheckpointHandler()}
+            "assets": AssetsHandler()}
+
+
+class AssetsHandler(ocp.AsyncCheckpointHandler):
+    """Writes the assets item as the export bundle's files (`bundle.ASSET_FILES`), on process
+    0, inside the step's tmp directory, so they are finished exactly when the step is."""
+
+    async def async_save(self, directory: Any, args: AssetsSave) -> list[Any]:
+        async def write() -> None:
+            path = directory
+            if hasattr(path, "await_creation"):  # Orbax may make the directory in the background
+                path = await path.await_creation()
+            if jax.process_index() == 0:
+                bundle.write_files(os.fspath(path), args.files)
+
+        return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="assets_save")]
+
+    def save(self, directory: epath.Path, args: AssetsSave) -> None:
+        if jax.process_index() == 0:
+            bundle.write_files(os.fspath(directory), args.files)
+
+    def restore(self, directory: epath.Path, args: AssetsRestore | None = None
+                ) -> bundle.Assets:
+        return bundle.read_assets(os.fspath(directory))
+
+
+@ocp.args.register_with_handler(AssetsHandler, for_save=True)
+@dataclasses.dataclass
+class AssetsSave(ocp.args.CheckpointArgs):
+    """{file name: contents} of the assets item (`bundle.asset_files`)."""
+
+    files: dict[str, bytes]
+
+
+@ocp.args.register_with_handler(AssetsHandler, for_restore=True)
+@dataclasses.dataclass
+class AssetsRestore(ocp.args.CheckpointArgs):
+    """Read the assets item back (`bundle.Assets`)."""
 
 
 class _DropNotices(logging.Filter):
@@ -129,23 +170,20 @@ def remove_unfinished_saves(directory: str) -> list[str]:
 
 
 def make_assets(config: ml_collections.ConfigDict, norm_stats: dict[str, Any],
-                tokenizer_path: str) -> dict[str, Any]:
-    """What must travel with the weights: the config, norm stats and the tokenizer model."""
-    tokenizer = base64.b64encode(epath.Path(tokenizer_path).read_bytes()).decode("ascii")
-    stats = jax.tree.map(lambda x: x.tolist() if hasattr(x, "tolist") else x, norm_stats)
-    return {"config": json.loads(config.to_json()), "norm_stats": stats,
-            "tokenizer_model_b64": tokenizer}
+                tokenizer_path: str) -> dict[str, bytes]:
+    """What must travel with the weights, as the files the assets item stores."""
+    return bundle.asset_files(config, norm_stats, tokenizer_path)
 
 
 def save(manager: ocp.CheckpointManager, step: int, params: Any, train_state: Any,
-         data_iter: grain.DatasetIterator, assets: dict[str, Any], *,
+         data_iter: grain.DatasetIterator, assets: dict[str, bytes], *,
          force: bool = False) -> bool:
     """Start an (async) save of every item at `step`; returns whether a save was started."""
     args = ocp.args.Composite(
         params=ocp.args.StandardSave(params),
         train_state=ocp.args.StandardSave(train_state),
         data_iter=grain.checkpoint.CheckpointSave(data_iter),
-        assets=ocp.args.JsonSave(assets),
+        assets=AssetsSave(assets),
     )
     return manager.save(step, args=args, force=force)
 
@@ -164,169 +202,6 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_params: Any,
         data_iter=grain.checkpoint.CheckpointRestore(data_iter),
     ))
     return restored["params"], restored["train_state"]
-
-
-@dataclasses.dataclass(frozen=True)
-class Damage:
-    """One damaged file of a checkpoint step: which step, item and file, and what is wrong."""
-
-    step: int
-    item: str
-    file: str
-    problem: str
-
-    def __str__(self) -> str:
-        return f"step {self.step}, item {self.item}: {self.file}: {self.problem}"
-
-
-class DamagedCheckpointError(ValueError):
-    """A checkpoint step that cannot be read; the message names the step, item and file."""
-
-    def __init__(self, message: str, damage: list[Damage]) -> None:
-        super().__init__(message)
-        self.damage = damage
-
-
-def verify_step(directory: str, step: int, *, decode: bool = True) -> list[Damage]:
-    """Check every file of a finished step without the model: the items are there, the array
-    databases' manifests, tree nodes and data files are complete, the JSON items parse and
-    (`decode`) every array chunk decodes. Returns the damage found (empty: intact).
-
-    Without `decode` it reads only the small files (done before every restore); with it, the
-    whole step, as a restore does (done when a restore has failed, to tell damage from a
-    mismatch between the checkpoint and the model).
-    """
-    step_dir = os.path.join(directory, str(step))
-    found: list[Damage] = []
-    for item in ITEMS:
-        item_dir = os.path.join(step_dir, item)
-        if not os.path.isdir(item_dir):
-            found.append(Damage(step, item, item_dir, "missing"))
-        elif item in ARRAY_ITEMS:
-            found += [Damage(step, item, f, p) for f, p in _verify_arrays(item_dir, decode)]
-        else:
-            found += [Damage(step, item, f, p) for f, p in _verify_json(item_dir)]
-    return found
-
-
-def _verify_json(item_dir: str) -> list[tuple[str, str]]:
-    """Every JSON file of a data_iter/assets item parses (Orbax's `metadata`, Grain's
-    `process_<i>-of-<n>.json`)."""
-    problems = []
-    names = [n for n in sorted(os.listdir(item_dir))
-             if n.endswith(".json") or n == "metadata"]
-    if not names:
-        problems.append((item_dir, "no JSON file in the item"))
-    for name in names:
-        path = os.path.join(item_dir, name)
-        try:
-            with open(path, "rb") as f:
-                json.loads(f.read())
-        except (OSError, ValueError) as err:
-            size = os.path.getsize(path) if os.path.exists(path) else 0
-            problems.append((path, f"not valid JSON ({size} bytes): {err}"))
-    return problems
-
-
-_LOCATION = re.compile(r"(?:btreenode|value):(?P<prefix>[^:]*):(?P<file>[^:]+):(?P<offset>\d+)"
-                       r":(?P<length>\d+)$")
-_FAILED_KEY = re.compile(r'Error reading "(?P<key>[^"]+)"')
-
-
-def _verify_arrays(item_dir: str, decode: bool) -> list[tuple[str, str]]:
-    """An OCDBT array item (how Orbax stores params/train_state): manifest present, every
-    B-tree node and referenced data file long enough, every array chunk decodes."""
-    import tensorstore as ts
-
-    manifest = os.path.join(item_dir, "manifest.ocdbt")
-    if not os.path.isfile(manifest):
-        return [(manifest, "missing (the array database's manifest)")]
-    for name in ("_METADATA",):
-        path = os.path.join(item_dir, name)
-        if os.path.exists(path):
-            try:
-                with open(path, "rb") as f:
-                    json.loads(f.read())
-            except (OSError, ValueError) as err:
-                return [(path, f"not valid JSON: {err}")]
-    base = f"file://{os.path.abspath(item_dir)}/"
-    key_files: dict[str, str] = {}
-    problems: list[tuple[str, str]] = []
-
-    def located(location: str) -> str | None:
-        """The data file a location points into; a problem if it is too short."""
-        m = _LOCATION.match(location)
-        if m is None:
-            return None
-        path = os.path.join(item_dir, m["prefix"], m["file"])
-        need = int(m["offset"]) + int(m["length"])
-        size = os.path.getsize(path) if os.path.exists(path) else -1
-        if size < 0:
-            problems.append((path, "missing data file"))
-        elif size < need:
-            problems.append((path, f"truncated: {size} bytes, the manifest references bytes "
-                                   f"up to {need}"))
-        return path
-
-    try:
-        kvstore = ts.KvStore.open(base).result()
-        dump = ts.ocdbt.dump(kvstore).result()
-        pending = [v["root"]["location"] for v in dump.get("versions", [])[-1:]]
-        while pending:
-            node = pending.pop()
-            node_file = located(node)
-            if problems:
-                return problems
-            try:
-                entries = ts.ocdbt.dump(kvstore, node).result().get("entries", [])
-            except Exception as err:  # noqa: BLE001  (any decode failure is damage)
-                return [(node_file or manifest, f"unreadable B-tree node: {err}")]
-            for entry in entries:
-                for value in entry.values():
-                    if isinstance(value, str) and value.startswith("btreenode:"):
-                        pending.append(value)
-                    elif isinstance(value, str) and value.startswith("value:"):
-                        path = located(value)
-                        key = entry.get("key", b"")
-                        key = key.decode() if isinstance(key, bytes) else str(key)
-                        if path is not None:
-                            key_files[key] = path
-    except Exception as err:  # noqa: BLE001
-        return problems or [(manifest, f"unreadable array database: {err}")]
-    if problems or not decode:
-        return problems
-    arrays = sorted({k.rsplit("/", 1)[0] for k in key_files.keys() | _inline_keys(kvstore)
-                     if k.endswith("/.zarray")})
-    for name in arrays:
-        try:
-            spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": base,
-                                                  "path": name + "/"}}
-            ts.open(spec, open=True).result().read().result()
-        except Exception as err:  # noqa: BLE001
-            m = _FAILED_KEY.search(str(err))
-            path = key_files.get(m["key"], manifest) if m else manifest
-            problems.append((path, f"array {name} does not decode: "
-                                   f"{str(err).splitlines()[0][:200]}"))
-    return problems
-
-
-def _inline_keys(base_kvstore: Any) -> set[str]:
-    """Every key of the OCDBT database on `base_kvstore` (the item directory)."""
-    import tensorstore as ts
-
-    db = ts.KvStore.open({"driver": "ocdbt", "base": base_kvstore.spec().to_json()}).result()
-    return {k.decode() for k in db.list().result()}
-
-
-def set_aside(directory: str, step: int) -> str:
-    """Rename a damaged step to `<step>.corrupt` (`.corrupt-2`, ... if taken); never delete."""
-    src = os.path.join(directory, str(step))
-    dst, n = src + CORRUPT_SUFFIX, 1
-    while os.path.exists(dst):
-        n += 1
-        dst = f"{src}{CORRUPT_SUFFIX}-{n}"
-    os.rename(src, dst)
-    return dst
 
 
 def restore_latest(manager: ocp.CheckpointManager, abstract_params: Any,
@@ -397,34 +272,19 @@ def _set_aside_all(manager: ocp.CheckpointManager, damaged: list[tuple[int, list
     manager.reload()
 
 
-def is_export_bundle(directory: str) -> bool:
-    """Whether `directory` is an export bundle (`model.safetensors` + `config.json`, see
-    export.py)."""
-    return (os.path.isfile(os.path.join(directory, "config.json"))
-            and os.path.isfile(os.path.join(directory, "model.safetensors")))
-
-
 def restore_params(directory: str, abstract_params: Any, step: int | None = None) -> Any:
     """Restore only the `params` item (fine-tuning, export) from a checkpoint directory.
 
-    `directory` may also be an export bundle (then `step` must be None). Leaves of
-    `abstract_params` without a sharding are restored onto this process's first device, so a
-    checkpoint written on another mesh or device count loads here.
+    Leaves of `abstract_params` without a sharding are restored onto this process's first
+    device, so a checkpoint written on another mesh or device count loads here. (An export
+    bundle is read by `bundle.load_params`; `export.load_params_from` takes either.)
     """
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_params = jax.tree.map(
         lambda x: x if getattr(x, "sharding", None) is not None
         else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), abstract_params)
-    if is_export_bundle(directory):
-        if step is not None:
-            raise ValueError(f"{directory} is an export bundle: it has no steps (got {step})")
-        from wallwm_jax.export import load_params  # safetensors; names a mis-shaped tensor
-
-        return load_params(directory, abstract_params)
+    step = resolve_step(directory, step)
     with _read_only(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint in {directory}")
         check_compatible(mngr, step, abstract_params)
         try:
             with _quiet_asyncio():
@@ -468,25 +328,36 @@ def _compare_shapes(saved: Any, abstract_params: Any, where: str) -> None:
         raise ValueError(f"{where} has parameter {extra[0]} that the model does not have")
 
 
-def read_assets(directory: str, step: int | None = None) -> dict[str, Any]:
-    """Read the assets item (config, norm stats, tokenizer) of a checkpoint."""
-    with _read_only(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint in {directory}")
-        return mngr.restore(step, args=ocp.args.Composite(assets=ocp.args.JsonRestore()))[
-            "assets"]
+def finished_steps(directory: str) -> list[int]:
+    """The finished steps of a checkpoint directory, ascending. Orbax renames a step's tmp
+    directory to its plain number when the save completes, so a numbered directory is a
+    finished save (damaged ones are renamed `<step>.corrupt`)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(int(n) for n in os.listdir(directory)
+                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
-def config_from_json(data: dict[str, Any]) -> ml_collections.ConfigDict:
-    """Rebuild a config saved as JSON (assets, export bundles): JSON arrays become tuples
-    again, as the configs in experiments/ write them, so a loaded config equals the saved one."""
+def resolve_step(directory: str, step: int | None = None) -> int:
+    """`step`, or the latest finished step of `directory`; FileNotFoundError names the
+    directory when there is none (or `step` is not among them)."""
+    steps = finished_steps(directory)
+    if not steps:
+        raise FileNotFoundError(f"no finished checkpoint in {directory}")
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"no finished checkpoint step {step} in {directory} "
+                                f"(finished steps: {steps})")
+    return step
 
-    def tuples(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: tuples(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return tuple(tuples(v) for v in x)
-        return x
 
-    return ml_collections.ConfigDict(tuples(data))
+def assets_dir(directory: str, step: int | None = None) -> str:
+    """The assets item of a checkpoint step (latest when `step` is None): the bundle's
+    asset files, readable with `bundle.read_assets`."""
+    return os.path.join(directory, str(resolve_step(directory, step)), "assets")
+
+
+def read_assets(directory: str, step: int | None = None) -> bundle.Assets:
+    """Config, norm stats and tokenizer of a checkpoint step (latest when `step` is None)."""
+    return bundle.read_assets(assets_dir(directory, step))

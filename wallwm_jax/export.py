@@ -22,12 +22,17 @@ import jax
 import ml_collections
 import numpy as np
 
+from wallwm_jax import bundle
 from wallwm_jax import checkpoint as ckpt
-from wallwm_jax.data import statistics
-from wallwm_jax.models import wallwm
+from wallwm_jax.bundle import (  # noqa: F401  (re-exported: what users import from export)
+    REQUIRED,
+    WEIGHTS_FILE,
+    load_bundle,
+    load_params,
+    read_config,
+)
+from wallwm_jax.tree_names import flat_names, unflatten  # noqa: F401  (re-exported)
 
-WEIGHTS_FILE = "model.safetensors"
-REQUIRED = (WEIGHTS_FILE, "config.json", "norm_stats.json", "tokenizer.model")
 DTYPES = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
 
 
@@ -43,27 +48,6 @@ def runnable_modes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
     policy (one given caption, the degenerate case of Staircase Decoding)."""
     mode = trained_mode(config)
     return ("unified", "event") if mode == "unified" else (mode,)
-
-
-# -- flat parameter names ---------------------------------------------------------------------
-def flat_names(params: Any) -> dict[str, Any]:
-    """Parameter pytree (nested dicts) -> {"a/b/kernel": leaf}, in tree order."""
-    out = {}
-    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """{"a/b/kernel": leaf} -> nested dicts (inverse of `flat_names`)."""
-    tree: dict[str, Any] = {}
-    for name, leaf in flat.items():
-        *parents, last = name.split("/")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = leaf
-    return tree
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -91,10 +75,7 @@ def export_bundle(export_dir: str, params: Any, config: ml_collections.ConfigDic
         tensors[name] = {"dtype": dtype, "shape": list(array.shape), "data": array.tobytes()}
     serialize_file(tensors, os.path.join(tmp, WEIGHTS_FILE),
                    metadata={"format": "wallwm_jax", "dtype": dtype})
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    statistics.save_norm_stats(os.path.join(tmp, "norm_stats.json"), norm_stats)
-    shutil.copyfile(tokenizer_path, os.path.join(tmp, "tokenizer.model"))
+    bundle.write_files(tmp, bundle.asset_files(config, norm_stats, tokenizer_path))
     with open(os.path.join(tmp, "README.md"), "w") as f:
         f.write(model_card(config, flat_names(params), dtype, step, evaluations or []))
     old = export_dir + ".old"
@@ -156,69 +137,16 @@ def find_evaluations(workdir: str) -> list[dict[str, Any]]:
     return out
 
 
-# -- reading ----------------------------------------------------------------------------------
-def load_params(export_dir: str, abstract_params: Any) -> Any:
-    """Read model.safetensors into the tree (and dtypes) of `abstract_params`, leaves placed
-    on `abstract_params`' shardings when they have one. ValueError names a missing, extra
-    or mis-shaped tensor with both shapes."""
-    from safetensors import safe_open
-
-    path = os.path.join(export_dir, WEIGHTS_FILE)
-    want = flat_names(abstract_params)
-    out = {}
-    with safe_open(path, framework="flax") as f:
-        stored = set(f.keys())
-        for name, spec in want.items():
-            if name not in stored:
-                raise ValueError(f"{path}: tensor {name!r} is missing (the model expects "
-                                 f"shape {tuple(spec.shape)}); it was exported from a "
-                                 f"different model")
-            got = tuple(f.get_slice(name).get_shape())
-            if got != tuple(spec.shape):
-                raise ValueError(f"{path}: tensor {name!r} has shape {got}, the model "
-                                 f"expects {tuple(spec.shape)}")
-        extra = sorted(stored - set(want))
-        if extra:
-            raise ValueError(f"{path}: tensor {extra[0]!r} is not a parameter of this model "
-                             f"({len(extra)} extra tensors)")
-        for name, spec in want.items():
-            value = f.get_tensor(name).astype(spec.dtype)
-            sharding = getattr(spec, "sharding", None)
-            out[name] = jax.device_put(value, sharding) if sharding is not None else value
-    return jax.tree.unflatten(jax.tree.structure(abstract_params), list(out.values()))
-
-
-def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[str, Any], str]:
-    """Read (params, config, norm_stats, tokenizer_path) back from an export directory
-    (params float32 on the default device, whatever dtype they were stored in)."""
-    missing = [n for n in REQUIRED if not os.path.exists(os.path.join(export_dir, n))]
-    if missing:
-        raise FileNotFoundError(f"export {export_dir} is incomplete: missing {missing}; "
-                                f"expected {list(REQUIRED)}")
-    config = read_config(export_dir)
-    abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
-    params = load_params(export_dir, abstract)
-    norm_stats = statistics.load_norm_stats(export_dir)
-    return params, config, norm_stats, os.path.join(export_dir, "tokenizer.model")
-
-
-def read_config(export_dir: str) -> ml_collections.ConfigDict:
-    """The training config stored in an export (config.json)."""
-    with open(os.path.join(export_dir, "config.json")) as f:
-        return ckpt.config_from_json(json.load(f))
-
-
+# -- reading a checkpoint ---------------------------------------------------------------------
 def read_checkpoint(checkpoint_dir: str, step: int | None = None
-                    ) -> tuple[Any, ml_collections.ConfigDict, dict[str, Any], bytes]:
-    """(params, config, norm_stats, tokenizer model bytes) of a training checkpoint step
-    (latest finished when `step` is None), params on this process's device."""
-    import base64
-
+                    ) -> tuple[Any, ml_collections.ConfigDict, dict[str, Any], str]:
+    """(params, config, norm_stats, tokenizer_path) of a training checkpoint step (latest
+    finished when `step` is None), params on this process's device; the tokenizer path is
+    the file in the step's assets."""
+    step = ckpt.resolve_step(checkpoint_dir, step)
     assets = ckpt.read_assets(checkpoint_dir, step)
-    config = ckpt.config_from_json(assets["config"])
-    abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
-    params = ckpt.restore_params(checkpoint_dir, abstract, step)
-    return params, config, assets["norm_stats"], base64.b64decode(assets["tokenizer_model_b64"])
+    params = ckpt.restore_params(checkpoint_dir, bundle.abstract_params(assets.config), step)
+    return params, assets.config, assets.norm_stats, assets.tokenizer_path
 
 
 def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | None = None, *,
@@ -226,19 +154,11 @@ def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | Non
     """Turn a training checkpoint (params + assets items) into an export bundle; the model
     card lists the evaluation results found in the run's workdir (the checkpoint dir's
     parent)."""
-    import tempfile
-
-    if step is None:  # finished saves are plain numbered dirs (Orbax renames them at the end)
-        steps = [int(n) for n in os.listdir(checkpoint_dir) if n.isdigit()]
-        step = max(steps) if steps else None
-    params, config, norm_stats, tokenizer = read_checkpoint(checkpoint_dir, step)
+    step = ckpt.resolve_step(checkpoint_dir, step)
+    params, config, norm_stats, tokenizer_path = read_checkpoint(checkpoint_dir, step)
     workdir = os.path.dirname(os.path.abspath(checkpoint_dir).rstrip("/"))
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer_path = os.path.join(tmp, "tokenizer.model")
-        with open(tokenizer_path, "wb") as f:
-            f.write(tokenizer)
-        return export_bundle(export_dir, params, config, norm_stats, tokenizer_path,
-                             dtype=dtype, step=step, evaluations=find_evaluations(workdir))
+    return export_bundle(export_dir, params, config, norm_stats, tokenizer_path,
+                         dtype=dtype, step=step, evaluations=find_evaluations(workdir))
 
 
 def main(argv: list[str]) -> None:

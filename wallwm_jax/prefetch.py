@@ -12,12 +12,11 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 from jax.sharding import Mesh
 
 from wallwm_jax import sharding
 from wallwm_jax.data.batches import check_batch
-from wallwm_jax.data.pipeline import InputPipeline, to_event_batch
+from wallwm_jax.data.pipeline import InputPipeline
 
 
 class IteratorState:
@@ -34,10 +33,8 @@ class IteratorState:
 class Prefetched:
     """One global batch on the devices, with what the loop needs to know about it."""
 
-    def __init__(self, batch: Any, state: IteratorState, clusters: dict[str, np.ndarray],
-                 load_s: float) -> None:
-        self.batch, self.iterator_state, self.clusters, self.load_s = (batch, state, clusters,
-                                                                       load_s)
+    def __init__(self, batch: Any, state: IteratorState, load_s: float) -> None:
+        self.batch, self.iterator_state, self.load_s = batch, state, load_s
 
 
 _DONE = object()
@@ -77,14 +74,12 @@ class Prefetcher:
             while not self._stop.is_set():
                 t0 = time.perf_counter()
                 host = next(self._pipeline)
-                state = IteratorState(self._pipeline.iterator.get_state())
-                clusters = {k: np.asarray(host[k]) for k in ("cluster", "dataset") if k in host}
-                event_batch = to_event_batch(host)
+                state = IteratorState(self._pipeline.get_state())
                 if not checked:
-                    check_batch(event_batch, self._expected)
+                    check_batch(host, self._expected)
                     checked = True
-                batch = sharding.global_batch(event_batch, self._mesh)
-                if not self._put(Prefetched(batch, state, clusters, time.perf_counter() - t0)):
+                batch = sharding.global_batch(host, self._mesh)
+                if not self._put(Prefetched(batch, state, time.perf_counter() - t0)):
                     return
         except BaseException as e:  # handed to the loop, raised there
             self._put((_DONE, e))

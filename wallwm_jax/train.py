@@ -26,12 +26,11 @@ from absl import flags
 from ml_collections import config_flags
 from tqdm.auto import tqdm
 
+from wallwm_jax import bundle, cli, config_check, sharding, throughput
 from wallwm_jax import checkpoint as ckpt
-from wallwm_jax import cli, config_check, sharding, throughput
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.pipeline import make_pipeline
-from wallwm_jax.evaluation.closed_loop import ClosedLoopEval
-from wallwm_jax.evaluation.offline import OfflineEvaluator
+from wallwm_jax.evaluation.evaluators import make_evaluators
 from wallwm_jax.models.pretrained import describe, load_pretrained
 from wallwm_jax.prefetch import Prefetcher
 from wallwm_jax.train_log import MetricLogger
@@ -92,16 +91,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # ---------------------------------------------------------------- Input pipeline
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
     data_iter = pipeline.iterator  # drawn from only by the prefetch thread once training runs
-    norm_stats = pipeline.sampler.norm_stats
-    assets = ckpt.make_assets(config, norm_stats, pipeline.sampler.tokenizer_path)
+    norm_stats = pipeline.norm_stats
+    assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path)
     report = pipeline.cluster_report()
     if report is not None and is_chief:
         print(f"balanced sampling (alpha={config.data.balance_alpha}): {len(report['sizes'])} "
               f"clusters of sizes {report['sizes']}, effective clusters exp(H) "
               f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
-    if pipeline.sampler.tokenizer.vocab_size > config.model.vocab_size:
+    if pipeline.vocab_size > config.model.vocab_size:
         raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
-                         f"dataset tokenizer's {pipeline.sampler.tokenizer.vocab_size}")
+                         f"dataset tokenizer's {pipeline.vocab_size}")
 
     # ---------------------------------------------------------------- Model, optimizer,
     # sharding and update step: one builder, shared with aot.py and the benchmarks.
@@ -120,7 +119,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     else:
         params, state = step_fns.init_fn(jax.random.PRNGKey(config.seed + 1))
         if config.init_from:
-            params = ckpt.restore_params(config.init_from, step_fns.abstract_params)
+            params = _init_params(config.init_from, step_fns.abstract_params)
             print(f"Initialised params from {config.init_from}")
         for path, layout in config.get("init_pretrained") or ():
             params, report = load_pretrained(params, path, layout=layout)
@@ -131,23 +130,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     expected_host_batch = abstract_batch(config, pipeline.per_host_batch)
 
     # ---------------------------------------------------------------- Evals
-    eval_every = int(config.get("eval_every_steps", 0))
-    evaluator = None
-    if eval_every > 0:
-        evaluator = OfflineEvaluator(config, split="val", mesh=mesh,
-                                     num_batches=config.eval.get("num_batches", 4))
-    by_cluster = None
-    if eval_every > 0 and config.eval.get("by_cluster", False):
-        from wallwm_jax.evaluation.clusters import ClusterEvaluator
-
-        by_cluster = ClusterEvaluator(config, split="val")
-    closed_loop = ClosedLoopEval.from_config(config, workdir, norm_stats,
-                                             pipeline.sampler.tokenizer_path)
+    evaluators = make_evaluators(config, workdir, mesh, norm_stats=norm_stats,
+                                 tokenizer_path=pipeline.tokenizer_path)
 
     # ---------------------------------------------------------------- Loop
     # The host never waits on the device between log steps: the next batch is prefetched
-    # to the devices while a step runs, and metrics are fetched one step late, only at log,
-    # checkpoint and eval steps (`_fetch`), where NaN/Inf losses are found (flagged inside
+    # to the devices while a step runs, and metrics are fetched one step late (`LateMetrics`),
+    # only at log, checkpoint and eval steps, where NaN/Inf losses are found (flagged inside
     # the step, see train_step.py) and named.
     logger = MetricLogger(workdir, config, total_steps=config.total_steps, active=is_chief)
     losses: list[float] = []
@@ -155,25 +144,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     pbar = tqdm(total=config.total_steps, initial=first_step, desc="train", unit="step",
                 file=sys.stdout, disable=first_step >= config.total_steps or not is_chief)
     log_every = max(1, int(config.log_every_steps))
-    pending: list[tuple[int, dict[str, Any], dict[str, float]]] = []
-    window = {"t0": time.perf_counter(), "steps": 0, "data": 0.0}
+    timer = _StepTimer()
 
     def record(s: int, m: dict[str, Any], extra: dict[str, float], force: bool = False) -> None:
+        """A fetched step's metrics: checked for NaN/Inf, kept, logged."""
         _check_finite(m, s, config, manager)
         losses.append(float(m["loss"]))
         logger.log(s, m, force=force, **extra)
         pbar.set_postfix(loss=f"{losses[-1]:.4f}", data=f"{extra.get('data_time', 0):.3f}s")
 
-    def flush(keep_last: bool) -> None:
-        """Fetch the pending steps' metrics (all but the newest when `keep_last`), check
-        them in step order and log them."""
-        done_now = pending[:-1] if keep_last else list(pending)
-        del pending[:len(done_now)]
-        if done_now:
-            for (s, _, extra), m in zip(done_now, _fetch([m for _, m, _ in done_now]),
-                                        strict=True):
-                record(s, m, extra)
-
+    late = LateMetrics(record)
     step = first_step
     if is_chief and first_step < config.total_steps:  # the first step waits minutes on it
         tqdm.write(f"compiling the train step ({config.get('size', 'custom')}, {config.mode} "
@@ -183,63 +163,52 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         while step < config.total_steps:
             t0 = time.perf_counter()
             item = feed.next()
-            pipeline.observe(item.clusters)  # realised cluster frequencies (data/cluster_kl)
-            t_data = time.perf_counter() - t0
+            timer.add(data_s=time.perf_counter() - t0)
             params, state, metrics = update_fn(params, state, item.batch)
             step += 1
             pbar.update(1)
-            window["steps"] += 1
-            window["data"] += t_data
             done = step == config.total_steps
             interrupt = preemption.requested or step == stop_after
             save = step % config.checkpoint.every_steps == 0 or done or interrupt
-            evaluate = evaluator is not None and (step % eval_every == 0 or done)
             extra: dict[str, float] = {}
-            if step % log_every == 0 or done or save:
-                # Per-step averages over the steps since the last log (dispatch is async).
-                step_time = (time.perf_counter() - window["t0"]) / window["steps"]
-                extra = dict(step_time=step_time, data_time=window["data"] / window["steps"])
-                extra.update(throughput.throughput(config, step_time,
+            if step % log_every == 0 or done or save:  # averages over the steps since the last
+                extra = timer.take()
+                extra.update(throughput.throughput(config, extra["step_time"],
                                                    num_devices=mesh.devices.size,
                                                    device_kind=device_kind,
                                                    flops=flops_per_step))
                 extra.update(pipeline.sampling_metrics())
-                window.update(t0=time.perf_counter(), steps=0, data=0.0)
-            pending.append((step, metrics, extra))
+            late.add(step, metrics, extra)
             # A step late: the device is already busy with this step when we wait on the last.
-            if (step - 1) % log_every == 0 or len(pending) > log_every:
-                flush(keep_last=True)
+            if (step - 1) % log_every == 0 or len(late) > log_every:
+                late.fetch(keep_newest=True)
+
+            # ------------------------------------------------------------ Checkpoint
             if save:
-                flush(keep_last=True)
-                _, last, extra = pending.pop()
-                last = _fetch(last)
+                late.fetch(keep_newest=True)
+                _, last, extra = late.pop_newest()
                 _check_finite(last, step, config, manager)  # never save after a NaN/Inf step
                 t_save = time.perf_counter()
                 # The iterator state after this step's batch, not after the prefetched ones.
                 ckpt.save(manager, step, params, {"step": state.step,
                                                   "opt_state": state.opt_state},
                           item.iterator_state, assets, force=True)
-                # Time the loop was blocked by the (async) save: also in metrics.jsonl.
+                # Time the loop was blocked by the (async) save.
                 extra["checkpoint_blocking_s"] = time.perf_counter() - t_save
-                logger.scalar(step, "checkpoint/blocking_s", extra["checkpoint_blocking_s"])
                 record(step, last, extra, force=True)
 
             # ------------------------------------------------------------ Evals
-            if evaluate:
-                flush(keep_last=False)
-                eval_metrics = {f"eval/{k.split('/', 1)[1]}": v
-                                for k, v in evaluator(params).items()}
-                if by_cluster is not None:
-                    eval_metrics.update({f"eval/{k.split('/', 1)[1]}": v
-                                         for k, v in by_cluster(params).items()})
+            due = [ev for ev in evaluators if ev.due(step, done)]
+            if due:
+                late.fetch(keep_newest=False)
+                eval_metrics = {}
+                for ev in due:
+                    eval_metrics.update(ev(params, step))
                 logger.log(step, eval_metrics, force=True)
-            if closed_loop is not None and closed_loop.due(step, done):
-                flush(keep_last=False)
-                logger.log(step, closed_loop(params, step), force=True)
             if interrupt:
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
-        flush(keep_last=False)
+        late.fetch(keep_newest=False)
     pbar.close()
     manager.wait_until_finished()
     manager.close()
@@ -248,6 +217,59 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             "checkpoint_dir": str(manager.directory), "preempted": preemption.requested,
             "norm_stats": norm_stats, "assets": assets, "eval": eval_metrics,
             "flops_per_step": flops_per_step}
+
+
+def _init_params(init_from: str, abstract_params: Any) -> Any:
+    """`config.init_from`'s params: an export bundle's weights or a checkpoint's params."""
+    if bundle.is_export_bundle(init_from):
+        return bundle.load_params(init_from, abstract_params)
+    return ckpt.restore_params(init_from, abstract_params)
+
+
+class LateMetrics:
+    """The metrics of dispatched steps, kept on the device until fetched together, a step
+    late: the device is already running the next step while the host waits for them. Each
+    fetched step goes to `record(step, metrics, extra)` in step order."""
+
+    def __init__(self, record: Any) -> None:
+        self._record = record
+        self._rows: list[tuple[int, dict[str, Any], dict[str, float]]] = []
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def add(self, step: int, metrics: dict[str, Any], extra: dict[str, float]) -> None:
+        self._rows.append((step, metrics, extra))
+
+    def fetch(self, *, keep_newest: bool) -> None:
+        """Fetch and record every step (but the newest, still running, with `keep_newest`)."""
+        rows = self._rows[:-1] if keep_newest else self._rows
+        self._rows = self._rows[len(rows):]
+        if rows:
+            for (s, _, extra), m in zip(rows, _fetch([m for _, m, _ in rows]), strict=True):
+                self._record(s, m, extra)
+
+    def pop_newest(self) -> tuple[int, dict[str, Any], dict[str, float]]:
+        """The newest step's (step, fetched metrics, extra), not recorded."""
+        s, m, extra = self._rows.pop()
+        return s, _fetch(m), extra
+
+
+class _StepTimer:
+    """Step and data-wait times averaged over the steps since the last `take`."""
+
+    def __init__(self) -> None:
+        self.t0, self.steps, self.data = time.perf_counter(), 0, 0.0
+
+    def add(self, *, data_s: float) -> None:
+        self.steps += 1
+        self.data += data_s
+
+    def take(self) -> dict[str, float]:
+        now = time.perf_counter()
+        out = {"step_time": (now - self.t0) / self.steps, "data_time": self.data / self.steps}
+        self.t0, self.steps, self.data = now, 0, 0.0
+        return out
 
 
 def _fetch(tree: Any) -> Any:

@@ -18,10 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from wallwm_jax.data import statistics
-from wallwm_jax.data.episodes import open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_event_index, load_for_training
-from wallwm_jax.data.pipeline import EventSampler, to_event_batch
+from wallwm_jax.data.pipeline import to_event_batch
+from wallwm_jax.data.sampler import make_sampler
 from wallwm_jax.evaluation.offline import action_sq_errors
 from wallwm_jax.models import wallwm
 
@@ -49,27 +48,28 @@ class ClusterEvaluator:
     """Per-sample action error on a held-out split, grouped by the train cluster of each
     event: every event is sampled at its first and its middle step (the rest of the event
     in event mode; Tmax steps in unified and chunk mode), in normalised action units like
-    `val/action_mse`. Built once (samples and the compiled step), called with params."""
+    `val/action_mse`, normalised as training normalises them (`sampler.make_sampler`: the
+    position targets' statistics when `data.action_target_gain` > 0). Built once (samples
+    and the compiled step), called with params; metrics keyed '<prefix>/...' (default: the
+    split's name)."""
 
     def __init__(self, config: ml_collections.ConfigDict, *, split: str = "val",
-                 fraction: float = 1 / 3, seed: int = 4321):
+                 fraction: float = 1 / 3, seed: int = 4321, prefix: str | None = None):
         if jax.process_count() > 1:
             raise ValueError("config.eval.by_cluster runs in one process; it is an offline "
                              "study metric (set it in single-host runs)")
         data_cfg, self.split, self.seed = config.data, split, seed
+        self.prefix = prefix or split
         directory = data_cfg.data_dir
         train = load_for_training(directory, "train", int(data_cfg.num_clusters))
         self.rare = rare_clusters(train.cluster, fraction)
         by_type = cluster_of_event_type(train)
         held = load_event_index(directory, split)
-        source = open_dataset(directory, split)
-        # The model's tokenizer and norm stats, as make_pipeline reads them (fine-tuning
-        # points data.tokenizer / data.norm_stats at an export's).
-        sampler = EventSampler(source, held,
-                               data_cfg.get("tokenizer") or f"{directory}/tokenizer.model",
-                               statistics.load_norm_stats(data_cfg.get("norm_stats")
-                                                          or directory), data_cfg, seed=seed)
+        # The model's tokenizer and norm stats, built as the training pipeline builds them.
+        self.sampler = sampler = make_sampler(data_cfg, directory, split, seed=seed, index=held)
+        source = sampler.source
         samples, clusters, episodes = [], [], {}
+        self.rows: list[tuple[int, int, int]] = []  # (episode, event, step) of each sample
         for row in range(len(held)):
             key = (str(held.task[row]), str(held.phase[row]))
             if key not in by_type:  # an event type the train split never shows
@@ -81,6 +81,7 @@ class ClusterEvaluator:
             ep = episodes[e]
             for t in sorted({start, (start + end - 1) // 2}):
                 samples.append(sampler.make_sample(ep, int(held.event[row]), t))
+                self.rows.append((e, int(held.event[row]), t))
                 clusters.append(by_type[key])
         if not samples:
             raise ValueError(f"{directory} split '{split}' has no events of a type the train "
@@ -103,18 +104,18 @@ class ClusterEvaluator:
 
         self._errors = jax.jit(errors)
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        """'<split>/action_mse_rare' and '_common' (sample means over the events of the rare
-        and the other clusters) and '<split>/action_mse_cluster<c>' for every cluster."""
+    def __call__(self, params: Any, step: int | None = None) -> dict[str, float]:
+        """'<prefix>/action_mse_rare' and '_common' (sample means over the events of the rare
+        and the other clusters) and '<prefix>/action_mse_cluster<c>' for every cluster."""
         errs = [np.asarray(jax.device_get(self._errors(params, b, jax.random.PRNGKey(
             self.seed + i)))) for i, b in enumerate(self._batches)]
         err = np.concatenate(errs)[:len(self.cluster)]
         rare = np.isin(self.cluster, self.rare)
         out = {}
         if rare.any():
-            out[f"{self.split}/action_mse_rare"] = float(err[rare].mean())
+            out[f"{self.prefix}/action_mse_rare"] = float(err[rare].mean())
         if (~rare).any():
-            out[f"{self.split}/action_mse_common"] = float(err[~rare].mean())
+            out[f"{self.prefix}/action_mse_common"] = float(err[~rare].mean())
         for c in np.unique(self.cluster):
-            out[f"{self.split}/action_mse_cluster{c}"] = float(err[self.cluster == c].mean())
+            out[f"{self.prefix}/action_mse_cluster{c}"] = float(err[self.cluster == c].mean())
         return out

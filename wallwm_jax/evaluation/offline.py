@@ -11,7 +11,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from wallwm_jax import sharding
-from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
+from wallwm_jax.data.pipeline import make_pipeline
 from wallwm_jax.models import wallwm
 
 
@@ -24,16 +24,20 @@ def action_sq_errors(actions: jax.Array, batch: Any) -> tuple[jax.Array, jax.Arr
 
 
 class OfflineEvaluator:
-    """Compiles the metrics step once; each call averages it over the same held-out batches.
+    """Compiles the metrics step once and draws the held-out batches once (at the first
+    call); each call averages the metrics over those same batches.
 
     With a `mesh`, batches become global arrays sharded over the data axes (works on several
-    processes); without one they are fed as host arrays (single process).
+    processes); without one they are fed as host arrays (single process). Metrics are keyed
+    '<prefix>/...' (default: the split's name).
     """
 
     def __init__(self, config: ml_collections.ConfigDict, *, split: str = "val",
-                 num_batches: int = 4, seed: int = 1234, mesh: Mesh | None = None):
+                 num_batches: int = 4, seed: int = 1234, mesh: Mesh | None = None,
+                 prefix: str | None = None):
         self.config, self.split, self.num_batches = config, split, int(num_batches)
-        self.seed, self.mesh = seed, mesh
+        self.seed, self.mesh, self.prefix = seed, mesh, prefix or split
+        self._batches: list[Any] | None = None
         model_cfg = config.model
 
         def metrics_fn(params: Any, batch: Any, rng: jax.Array) -> dict[str, jax.Array]:
@@ -57,18 +61,23 @@ class OfflineEvaluator:
         out_sharding = None if mesh is None else sharding.replicated(mesh)
         self._metrics_fn = jax.jit(metrics_fn, out_shardings=out_sharding)
 
-    def __call__(self, params: Any) -> dict[str, float]:
-        """Average metrics over `num_batches` event batches of the split, keyed '<split>/...'."""
-        pipeline = make_pipeline(self.config.data, global_batch=self.config.batch_size,
-                                 seed=self.seed, split=self.split)
+    def batches(self) -> list[Any]:
+        """The held-out batches every call evaluates (drawn from the split once)."""
+        if self._batches is None:
+            pipeline = make_pipeline(self.config.data, global_batch=self.config.batch_size,
+                                     seed=self.seed, split=self.split)
+            self._batches = [next(pipeline) for _ in range(self.num_batches)]
+        return self._batches
+
+    def __call__(self, params: Any, step: int | None = None) -> dict[str, float]:
+        """Average metrics over `num_batches` event batches of the split."""
         rows = []
-        for b in range(self.num_batches):
-            batch = to_event_batch(next(pipeline))
+        for b, batch in enumerate(self.batches()):
             if self.mesh is not None:
                 batch = sharding.global_batch(batch, self.mesh)
             rng = jax.random.PRNGKey(self.seed + b)
             rows.append(jax.device_get(self._metrics_fn(params, batch, rng)))
-        return {f"{self.split}/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
+        return {f"{self.prefix}/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
 
 
 def evaluate_offline(params: Any, config: ml_collections.ConfigDict, *, split: str = "val",

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import tempfile
 import time
 from typing import Any
 
@@ -42,25 +41,27 @@ class PolicySpec:
 
 
 def _checkpoint_dir(path: str) -> str | None:
-    """`path` or its `checkpoints/` child when it holds numbered Orbax steps."""
+    """`path` or its `checkpoints/` child when it holds finished checkpoint steps."""
+    from wallwm_jax.checkpoint import finished_steps
+
     for cand in (path, os.path.join(path, "checkpoints")):
-        if os.path.isdir(cand) and any(n.isdigit() for n in os.listdir(cand)):
+        if finished_steps(cand):
             return cand
     return None
 
 
-def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
+def load_actor(spec: PolicySpec) -> Any:
     """The Policy named by `spec` (None for the expert); errors name the missing file."""
     if spec.path == EXPERT:
         return None
+    from wallwm_jax.bundle import CONFIG_FILE, REQUIRED
+    from wallwm_jax.export import read_checkpoint
     from wallwm_jax.policy import Policy, load_policy
 
     if not os.path.exists(spec.path):
         raise EvaluationError(f"--policy {spec.path}: no such file or directory (expected an "
                               "export bundle, a checkpoint directory or 'expert')")
-    if os.path.isfile(os.path.join(spec.path, "config.json")):
-        from wallwm_jax.export import REQUIRED
-
+    if os.path.isfile(os.path.join(spec.path, CONFIG_FILE)):
         for name in REQUIRED:
             if not os.path.exists(os.path.join(spec.path, name)):
                 raise EvaluationError(f"export {spec.path} is missing {name} (an export holds "
@@ -74,16 +75,11 @@ def load_actor(spec: PolicySpec, *, scratch_dir: str | None = None) -> Any:
     ckpt_dir = _checkpoint_dir(spec.path)
     if ckpt_dir is None:
         raise EvaluationError(f"--policy {spec.path} is neither an export bundle (no "
-                              "config.json) nor a checkpoint directory (no numbered steps)")
-    from wallwm_jax.export import read_checkpoint
-
-    params, config, norm_stats, tokenizer = read_checkpoint(ckpt_dir, spec.step)
-    fd, tok = tempfile.mkstemp(suffix=".model", dir=scratch_dir)
-    with os.fdopen(fd, "wb") as f:
-        f.write(tokenizer)
+                              f"{CONFIG_FILE}) nor a checkpoint directory (no finished steps)")
     try:
-        return Policy(params, config, norm_stats, tok, mode=spec.mode)
-    except ValueError as err:
+        params, config, norm_stats, tokenizer_path = read_checkpoint(ckpt_dir, spec.step)
+        return Policy(params, config, norm_stats, tokenizer_path, mode=spec.mode)
+    except (ValueError, FileNotFoundError) as err:
         raise EvaluationError(str(err)) from None
 
 
@@ -204,8 +200,8 @@ def _draw(recorder: Recorder, out: str, task: str, episode: int,
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(spec: PolicySpec, scratch: str) -> None:
-    _WORKER["actor"] = load_actor(spec, scratch_dir=scratch)
+def _init_worker(spec: PolicySpec) -> None:
+    _WORKER["actor"] = load_actor(spec)
 
 
 def _worker_job(args: tuple) -> dict[str, Any]:
@@ -221,9 +217,8 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
     Returns the results dict that results.json holds.
     """
     os.makedirs(workdir, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=".policy_", dir=workdir)
     if actor is None and spec.path != EXPERT:
-        actor = load_actor(spec, scratch_dir=scratch)
+        actor = load_actor(spec)
     check_actor(actor, suite)
     mode = EXPERT if actor is None else (spec.mode or actor.mode)
     if spec.planner not in PLANNERS:
@@ -242,7 +237,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
             pbar.update(1)
     else:
         ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
-        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec, scratch))
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec,))
         try:
             for record in pool.imap(_worker_job, jobs):  # in job order
                 episodes.append(record)

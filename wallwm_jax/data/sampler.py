@@ -1,0 +1,232 @@
+"""One training example from one event: `EventSampler` turns (episode, event, step) into model
+inputs and targets with the model's tokenizer and norm stats; `make_sampler` builds it for a
+dataset the same way for training and for both offline evaluators."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+import ml_collections
+import numpy as np
+from PIL import Image
+
+from wallwm_jax.data import statistics
+from wallwm_jax.data.augment import augment_frame
+from wallwm_jax.data.episodes import EpisodeSource, open_dataset
+from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
+from wallwm_jax.data.tokenizer import Tokenizer
+from wallwm_jax.data.transforms import ModelIO, position_targets
+
+
+class EventSampler:
+    """Map a global sample index to one training example (a dict of arrays) in the layout of
+    `data.layout` (event / unified / chunk).
+
+    Picklable, so Grain worker processes can run it; decoded episodes are kept in a small
+    per-process LRU cache because consecutive samples often hit the same episode.
+    """
+
+    def __init__(self, source: EpisodeSource, index: EventIndex, tokenizer_path: str,
+                 norm_stats: dict[str, dict[str, np.ndarray]],
+                 data_cfg: ml_collections.ConfigDict, *, seed: int,
+                 event_probs: np.ndarray | None = None, cache_size: int = 64,
+                 augment: bool = False, cluster: np.ndarray | None = None):
+        self.source = source
+        self.index = index
+        self.tokenizer_path = tokenizer_path
+        self.norm_stats = norm_stats
+        self.cfg = data_cfg
+        self.seed = seed
+        self.event_probs = event_probs
+        self._cdf = None if event_probs is None else np.cumsum(event_probs)
+        self.cluster = np.full(len(index), -1, np.int32) if cluster is None else cluster
+        self.cache_size = cache_size
+        self.augment = augment
+        self._tokenizer: Tokenizer | None = None
+        self._io: ModelIO | None = None
+        self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_tokenizer"] = None
+        state["_io"] = None
+        state["_cache"] = OrderedDict()
+        return state
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = Tokenizer(self.tokenizer_path)
+        return self._tokenizer
+
+    @property
+    def io(self) -> ModelIO:
+        """The preprocessing shared with the policy (wallwm_jax.data.transforms)."""
+        if self._io is None:
+            self._io = ModelIO(self.cfg, self.norm_stats, self.tokenizer)
+        return self._io
+
+    def _episode(self, e: int) -> dict[str, Any]:
+        if e in self._cache:
+            self._cache.move_to_end(e)
+            return self._cache[e]
+        ep = self.source[e]
+        self._cache[e] = ep
+        if len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return ep
+
+    def draw(self, i: int) -> tuple[int, int, np.random.Generator]:
+        """(event row, step t, the sample's generator) of global sample i: a pure function
+        of (seed, i). Rows follow `event_probs` (inverse CDF) or are uniform."""
+        rng = np.random.default_rng([self.seed, int(i)])
+        n = len(self.index)
+        if self._cdf is None:
+            row = int(rng.integers(n))
+        else:  # inverse CDF: O(log N) per draw, for millions of events
+            row = min(int(np.searchsorted(self._cdf, rng.random() * self._cdf[-1], "right")),
+                      n - 1)
+        t = int(rng.integers(int(self.index.start[row]), int(self.index.end[row])))
+        return row, t, rng
+
+    def __call__(self, i: int) -> dict[str, np.ndarray]:
+        row, t, rng = self.draw(i)
+        e, k = int(self.index.episode[row]), int(self.index.event[row])
+        sample = self.make_sample(self._episode(e), k, t)
+        if self.augment:
+            frames = sample["image"] if sample["image"].ndim == 4 else sample["image"][None]
+            frames = np.stack([augment_frame(f, rng, self.cfg.augment) for f in frames])
+            sample["image"] = frames if sample["image"].ndim == 4 else frames[0]
+        sample["cluster"] = np.int32(self.cluster[row])  # for realised-frequency reporting
+        return sample
+
+    def make_sample(self, ep: dict[str, Any], k: int, t: int) -> dict[str, np.ndarray]:
+        """The observation at step t inside event k -> up to Tmax actions, by layout.
+
+        event: the rest of event k, its caption in slot 0. unified: Tmax steps from t
+        crossing event boundaries, caption slot c for event k + c when the chunk reaches it
+        (steps past the K-th event are masked). chunk: Tmax steps, no caption. The world
+        target is always the last frame of event k.
+        """
+        cfg = self.cfg
+        tmax, layout, num_slots = cfg.max_event_len, cfg.layout, cfg.max_captions
+        cameras = [self._camera(ep, name) for name in cfg.cameras]
+        images = cameras[0]  # the world target is the first camera's frame
+        starts, ends = np.asarray(ep["events/start"]), np.asarray(ep["events/end"])
+        episode_len = len(ep["steps/action"])
+        stop = min(int(ends[k]) if layout == "event" else episode_len, t + tmax)
+        rel = np.searchsorted(ends, np.arange(t, stop), side="right") - k  # event - k per step
+        n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
+        rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
+
+        io = self.io
+        chunk = np.zeros((tmax, ep["steps/action"].shape[-1]), np.float32)
+        chunk[:n] = io.normalize_actions(io.model_actions(
+            ep["steps/action"][t:t + n], ep["steps/observation/state"][t:t + n]))
+        mask = np.arange(tmax) < n
+        action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: stay monotone
+        action_events[:n] = rel
+        texts, durations = [], np.zeros((num_slots,), np.int32)
+        for c in range(num_slots):
+            if c > 0 and not np.any(rel == c):
+                break
+            texts.append(ep["events/caption"][k + c])
+            length = int(ends[k] - t) if c == 0 else int(ends[k + c] - starts[k + c])
+            durations[c] = io.duration_bin(length)
+        end_frame = Image.fromarray(images[int(ends[k]) - 1]).resize(
+            (cfg.world_size, cfg.world_size), Image.BILINEAR)
+        inputs = io.inputs({name: frames[t] for name, frames in zip(cfg.cameras, cameras,
+                                                                     strict=True)},
+                           ep["steps/observation/state"][t],
+                           ep["episode_metadata/instruction"], texts, num_slots)
+        return {
+            **inputs,
+            "actions": chunk,
+            "action_mask": mask,
+            "action_events": action_events,
+            "duration_bin": durations,
+            "end_image": np.asarray(end_frame, np.uint8),
+        }
+
+    def _camera(self, ep: dict[str, Any], name: str) -> np.ndarray:
+        """Frames [T, H, W, 3] of camera feature `steps/observation/<name>`, shape-checked."""
+        key = f"steps/observation/{name}"
+        if key not in ep:
+            raise ValueError(f"{self.source.dataset_dir}: data.cameras names '{name}' but the "
+                             f"episodes have no field '{key}' (cameras in the data: "
+                             f"{sorted(k.split('/')[-1] for k in ep if 'observation/image' in k)})")
+        frames = ep[key]
+        if frames.shape[1:] != (self.cfg.image_size, self.cfg.image_size, 3):
+            raise ValueError(f"{self.source.dataset_dir}: field '{key}' has frames of shape "
+                             f"{frames.shape[1:]}, expected "
+                             f"{(self.cfg.image_size, self.cfg.image_size, 3)} from "
+                             f"data.image_size")
+        return frames
+
+
+def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000
+                        ) -> dict[str, np.ndarray]:
+    """Normalisation statistics of the position targets (`transforms.position_targets`) of
+    the train split's steps, from up to `max_episodes` episodes spread over it: what
+    `data.action_target_gain` trains on, so train, val and exports share them."""
+    source = open_dataset(dataset_dir, "train")
+    picks = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_episodes)
+                                  ).astype(int))
+    targets = [position_targets(np.asarray(ep["steps/action"], np.float32),
+                                np.asarray(ep["steps/observation/state"], np.float32), gain)
+               for ep in (source[int(i)] for i in picks)]
+    stats = statistics.compute_norm_stats({"action": np.concatenate(targets)})["action"]
+    return {name: np.asarray(v, np.float32) for name, v in stats.items()}
+
+
+def model_norm_stats(data_cfg: ml_collections.ConfigDict,
+                     dataset_dir: str) -> dict[str, dict[str, np.ndarray]]:
+    """The statistics the model normalises `dataset_dir` with: `data.norm_stats` when set
+    (fine-tuning reads new data with an export's), else the dataset's own, with the action
+    statistics of the position targets when `data.action_target_gain` > 0."""
+    stats = statistics.load_norm_stats(data_cfg.get("norm_stats") or dataset_dir)
+    if data_cfg.get("action_target_gain") and not data_cfg.get("norm_stats"):
+        stats = {**stats, "action": target_action_stats(
+            dataset_dir, float(data_cfg.action_target_gain))}
+    return stats
+
+
+def model_tokenizer_path(data_cfg: ml_collections.ConfigDict, dataset_dir: str) -> str:
+    """The tokenizer the model reads `dataset_dir` with: `data.tokenizer`, else the dataset's."""
+    return data_cfg.get("tokenizer") or f"{dataset_dir}/tokenizer.model"
+
+
+def make_sampler(data_cfg: ml_collections.ConfigDict, dataset_dir: str, split: str, *,
+                 seed: int, index: EventIndex | None = None, augment: bool = False,
+                 balanced: bool = False) -> EventSampler:
+    """The `EventSampler` of one dataset split, with the model's tokenizer and norm stats.
+
+    Events come from `index` (default: every event of the split, drawn uniformly); with
+    `balanced`, from the event index stored with the dataset, drawn cluster-balanced with
+    `data.balance_alpha`.
+    """
+    source = open_dataset(dataset_dir, split)
+    probs = cluster = None
+    if balanced:
+        index, probs, cluster = _balanced_index(source, split, data_cfg)
+    elif index is None:
+        index = scan_events(source)
+    return EventSampler(source, index, model_tokenizer_path(data_cfg, dataset_dir),
+                        model_norm_stats(data_cfg, dataset_dir), data_cfg, seed=seed,
+                        augment=augment, event_probs=probs, cluster=cluster)
+
+
+def _balanced_index(source: EpisodeSource, split: str, data_cfg: ml_collections.ConfigDict
+                    ) -> tuple[EventIndex, np.ndarray, np.ndarray]:
+    """(EventIndex, per-event probabilities, cluster ids) from the event index stored with
+    the dataset, balanced with `data.balance_alpha`. Read only: a missing or stale index, or
+    one with another k than `data.num_clusters`, raises with the command that builds it."""
+    from wallwm_jax.data import balance
+
+    table = load_for_training(source.dataset_dir, split, int(data_cfg.num_clusters))
+    if table.num_episodes != len(source):
+        raise ValueError(f"the event index of {source.dataset_dir} has {table.num_episodes} "
+                         f"episodes, the dataset {len(source)}; rebuild it")
+    probs = balance.event_sampling_probabilities(table.cluster, data_cfg.balance_alpha)
+    return table, probs, np.asarray(table.cluster, np.int32)
