@@ -1,7 +1,10 @@
-"""README.md's command lines work as written: each program exists, every flag it passes is a
-flag of that program and parses (config overrides included, `--only_check_args`), every repo
-path it names exists, and the cheap ones (`--list`, `--dry_run`) run for real."""
+"""README.md's command lines, and those of docs/commands.md (the stage-by-stage reference the
+README points to), work as written: each program exists, every flag it passes is a flag of that
+program and parses (config overrides included, `--only_check_args`), every repo path it names
+exists, and the cheap ones (`--list`, `--dry_run`) run for real. Every relative link in
+README.md and docs/*.md points to a file that exists."""
 
+import glob
 import importlib.util
 import os
 import re
@@ -12,12 +15,17 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(REPO, "README.md")).read()
+# The commands of the README and of the page its stage-by-stage reference moved to.
+COMMAND_PAGES = ("README.md", "docs/commands.md")
+README = "\n".join(open(os.path.join(REPO, page)).read() for page in COMMAND_PAGES)
+DOC_PAGES = ["README.md"] + sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
 SETUP = (".venv/bin/pip", ".venv-test/bin/pip", "pip")  # installs: not run here
 
 
 def _commands() -> list[tuple[str, list[str], list[str]]]:
-    """(text, argv, optional flags written as [--flag value]) of every README shell command."""
+    """(text, argv, optional flags written as [--flag value]) of every shell command in the
+    `bash` blocks of COMMAND_PAGES."""
     out = []
     for block in re.findall(r"```bash\n(.*?)```", README, re.S):
         text = re.sub(r"\\\n\s*", " ", block)  # continuation lines
@@ -81,7 +89,7 @@ def test_config_fields_named_in_the_readme_exist():
     from wallwm_jax.sweep.hyper import all_paths
 
     paths = set(all_paths(get_config()))
-    named = set(re.findall(r"--config\.([A-Za-z_][\w.]*[A-Za-z_\d])", README))
+    named = set(re.findall(r"--config\.([a-z_][\w.]*[A-Za-z_\d])", README))  # not FIELD
     named |= {n for n in re.findall(
         r"`((?:data|model|optimizer|checkpoint|eval|mesh)\.[\w.]+)", README)
         if not n.endswith((".md", ".py", ".json"))}  # file names such as `data.md`
@@ -91,14 +99,56 @@ def test_config_fields_named_in_the_readme_exist():
 
 
 def test_repo_paths_named_in_the_readme_exist():
-    named = set(re.findall(r"\]\(((?:docs|experiments|benchmarks|tests|wallwm_jax|"
-                           r"data_builders)/[^)#\s]+)\)", README))
-    named |= {p.rstrip("/") for p in re.findall(
-        r"`((?:\.ci|docs|experiments|benchmarks|tests|wallwm_jax|data_builders)/[\w./-]*)`",
-        README)}
-    assert len(named) > 20, named
-    missing = sorted(p for p in named if not os.path.exists(os.path.join(REPO, p)))
-    assert not missing, f"README names paths that do not exist: {missing}"
+    """Repo paths in links or in `code` in the README and every docs page (a test file cited
+    as covering something must exist)."""
+    missing, count = [], 0
+    for page in DOC_PAGES:
+        text = open(os.path.join(REPO, page)).read()
+        named = set(re.findall(r"\]\(((?:docs|experiments|benchmarks|tests|wallwm_jax|"
+                               r"data_builders)/[^)#\s]+)\)", text))
+        named |= {p.rstrip("/") for p in re.findall(
+            r"`((?:\.ci|docs|experiments|benchmarks|tests|wallwm_jax|data_builders)/[\w./-]*)`",
+            text)}
+        count += len(named)
+        missing += [f"{page}: {p}" for p in sorted(named)
+                    if not os.path.exists(os.path.join(REPO, p))]
+    assert count > 20, count
+    assert not missing, f"paths that do not exist: {missing}"
+
+
+def _links(text: str) -> list[str]:
+    """Targets of the markdown links and images of `text`, outside code blocks and spans."""
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return re.findall(r"\[[^\]]*\]\(([^)\s]+)\)", text)
+
+
+def test_relative_links_resolve():
+    """Every relative link in README.md and docs/*.md points to a file or directory that
+    exists (relative to the page), and an #anchor to a heading of that page."""
+    checked, broken = 0, []
+    for page in DOC_PAGES:
+        for target in _links(open(os.path.join(REPO, page)).read()):
+            if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            full = os.path.normpath(os.path.join(REPO, os.path.dirname(page), path or
+                                                 os.path.basename(page)))
+            checked += 1
+            if not os.path.exists(full):
+                broken.append(f"{page}: {target}")
+            elif anchor and full.endswith(".md") and anchor not in _anchors(full):
+                broken.append(f"{page}: {target} (no such heading)")
+    assert checked > 30, checked
+    assert not broken, f"links that do not resolve: {broken}"
+
+
+def _anchors(path: str) -> set[str]:
+    """GitHub's anchors of a markdown file's headings: lower case, punctuation dropped,
+    spaces as hyphens."""
+    text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", text, re.M)}
 
 
 def test_cheap_commands_run_for_real(tmp_path):
