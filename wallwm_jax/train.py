@@ -93,39 +93,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     data_iter = pipeline.iterator  # drawn from only by the prefetch thread once training runs
     norm_stats = pipeline.norm_stats
     assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path)
-    report = pipeline.cluster_report()
-    if report is not None and is_chief:
-        print(f"balanced sampling (alpha={config.data.balance_alpha}): {len(report['sizes'])} "
-              f"clusters of sizes {report['sizes']}, effective clusters exp(H) "
-              f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
-    if pipeline.vocab_size > config.model.vocab_size:
-        raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
-                         f"dataset tokenizer's {pipeline.vocab_size}")
+    _check_and_report_data(pipeline, config, is_chief)
 
     # ---------------------------------------------------------------- Model, optimizer,
     # sharding and update step: one builder, shared with aot.py and the benchmarks.
     step_fns = make_train_step(config, mesh)
     update_fn = step_fns.update_fn
     flops_per_step = throughput.step_flops(config)
-    device_kind = mesh.devices.flat[0].device_kind
 
     # ---------------------------------------------------------------- Checkpoint
     manager = ckpt.make_manager(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    # The newest intact step; damaged newer ones are set aside as <step>.corrupt.
-    start_step, params, state = ckpt.restore_latest(manager, step_fns.abstract_params,
-                                                    step_fns.abstract_state, data_iter)
-    if start_step is not None:
-        print(f"Resumed from checkpoint step {start_step} in {manager.directory}")
-    else:
-        params, state = step_fns.init_fn(jax.random.PRNGKey(config.seed + 1))
-        if config.init_from:
-            params = _init_params(config.init_from, step_fns.abstract_params)
-            print(f"Initialised params from {config.init_from}")
-        for path, layout in config.get("init_pretrained") or ():
-            params, report = load_pretrained(params, path, layout=layout)
-            if is_chief:
-                print(describe(report).splitlines()[0] + f": loaded {len(report.loaded)} "
-                      f"keys, {len(report.mismatched)} mis-shaped, {len(report.unused)} unused")
+    params, state = restore_or_init(config, manager, step_fns, data_iter, is_chief=is_chief)
     first_step = int(state.step)
     expected_host_batch = abstract_batch(config, pipeline.per_host_batch)
 
@@ -173,10 +151,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             extra: dict[str, float] = {}
             if step % log_every == 0 or done or save:  # averages over the steps since the last
                 extra = timer.take()
-                extra.update(throughput.throughput(config, extra["step_time"],
+                extra.update(throughput.throughput(config, extra["step_time"], flops=flops_per_step,
                                                    num_devices=mesh.devices.size,
-                                                   device_kind=device_kind,
-                                                   flops=flops_per_step))
+                                                   device_kind=mesh.devices.flat[0].device_kind))
                 extra.update(pipeline.sampling_metrics())
             late.add(step, metrics, extra)
             # A step late: the device is already busy with this step when we wait on the last.
@@ -217,6 +194,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             "checkpoint_dir": str(manager.directory), "preempted": preemption.requested,
             "norm_stats": norm_stats, "assets": assets, "eval": eval_metrics,
             "flops_per_step": flops_per_step}
+
+
+def _check_and_report_data(pipeline: Any, config: ml_collections.ConfigDict,
+                           is_chief: bool) -> None:
+    """The tokenizer must fit the model's vocabulary; print the balanced sampling's clusters."""
+    if pipeline.vocab_size > config.model.vocab_size:
+        raise ValueError(f"model.vocab_size={config.model.vocab_size} is smaller than the "
+                         f"dataset tokenizer's {pipeline.vocab_size}")
+    report = pipeline.cluster_report()
+    if report is not None and is_chief:
+        print(f"balanced sampling (alpha={config.data.balance_alpha}): {len(report['sizes'])} "
+              f"clusters of sizes {report['sizes']}, effective clusters exp(H) "
+              f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
+
+
+def restore_or_init(config: ml_collections.ConfigDict, manager: Any, step_fns: Any,
+                    data_iter: Any, *, is_chief: bool = True) -> tuple[Any, TrainState]:
+    """(params, state) from the newest intact checkpoint step (damaged newer ones are set
+    aside as <step>.corrupt; the data iterator is restored in place), else freshly
+    initialised: from `config.init_from` (export or checkpoint) and `config.init_pretrained`
+    (foreign weights) when set."""
+    start_step, params, state = ckpt.restore_latest(manager, step_fns.abstract_params,
+                                                    step_fns.abstract_state, data_iter)
+    if start_step is not None:
+        print(f"Resumed from checkpoint step {start_step} in {manager.directory}")
+        return params, state
+    params, state = step_fns.init_fn(jax.random.PRNGKey(config.seed + 1))
+    if config.init_from:
+        params = _init_params(config.init_from, step_fns.abstract_params)
+        print(f"Initialised params from {config.init_from}")
+    for path, layout in config.get("init_pretrained") or ():
+        params, report = load_pretrained(params, path, layout=layout)
+        if is_chief:
+            print(describe(report).splitlines()[0] + f": loaded {len(report.loaded)} "
+                  f"keys, {len(report.mismatched)} mis-shaped, {len(report.unused)} unused")
+    return params, state
 
 
 def _init_params(init_from: str, abstract_params: Any) -> Any:

@@ -74,3 +74,24 @@ def test_errors_by_cluster_of_a_trained_policy(trained_policies, tiny_dataset):
     # Other params, other errors: the number is the model's, not a constant.
     shifted = jax.tree.map(lambda p: p * 0.5, policy.result["params"])
     assert evaluator(shifted) != out
+
+
+def test_cluster_errors_are_in_the_training_normalisation(tiny_config):
+    """With position targets the action errors are measured in the targets' normalisation, as
+    training and `val/action_mse` measure them (not the recorded actions' statistics)."""
+    from wallwm_jax.data.pipeline import make_pipeline
+    from wallwm_jax.data.statistics import load_norm_stats
+
+    tiny_config.data.action_target_gain = 10.0
+    tiny_config.batch_size = 8
+    evaluator = ClusterEvaluator(tiny_config)
+    train = make_pipeline(tiny_config.data, global_batch=8, seed=0)
+    recorded = load_norm_stats(tiny_config.data.data_dir)["action"]
+    assert not np.allclose(train.norm_stats["action"]["std"], recorded["std"])  # targets differ
+    for name in ("mean", "std"):
+        np.testing.assert_allclose(evaluator.sampler.norm_stats["action"][name],
+                                   train.norm_stats["action"][name])
+    val = make_pipeline(tiny_config.data, global_batch=8, seed=0, split="val").sampler
+    e, k, t = evaluator.rows[0]
+    want = val.make_sample(val.source[e], k, t)["actions"]
+    np.testing.assert_allclose(np.asarray(evaluator._batches[0].actions[0]), want, rtol=1e-6)
