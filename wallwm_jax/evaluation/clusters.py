@@ -69,7 +69,6 @@ class ClusterEvaluator:
         self.sampler = sampler = make_sampler(data_cfg, directory, split, seed=seed, index=held)
         source = sampler.source
         samples, clusters, episodes = [], [], {}
-        self.rows: list[tuple[int, int, int]] = []  # (episode, event, step) of each sample
         for row in range(len(held)):
             key = (str(held.task[row]), str(held.phase[row]))
             if key not in by_type:  # an event type the train split never shows
@@ -81,7 +80,6 @@ class ClusterEvaluator:
             ep = episodes[e]
             for t in sorted({start, (start + end - 1) // 2}):
                 samples.append(sampler.make_sample(ep, int(held.event[row]), t))
-                self.rows.append((e, int(held.event[row]), t))
                 clusters.append(by_type[key])
         if not samples:
             raise ValueError(f"{directory} split '{split}' has no events of a type the train "
