@@ -25,7 +25,7 @@ from wallwm_jax.envs.metaworld import rollout_expert
 flags.DEFINE_string("config", "mt10", "Builder config: demo | mt10 | mt50.")
 flags.DEFINE_integer("episodes_per_task", 2, "Expert episodes per task.")
 flags.DEFINE_integer("image_size", 64, "Square image side in pixels.")
-flags.DEFINE_string("workers", "1,2", "Comma list of rollout worker counts.")
+flags.DEFINE_list("workers", ["1", "2"], "Rollout worker counts.")
 
 
 def raw_rate(cfg: mwe.MetaworldEventsConfig) -> dict[str, float]:
@@ -51,7 +51,7 @@ def main(argv: list[str]) -> None:
                           image_size=a.image_size)
     raw = raw_rate(cfg)
     builds = []
-    for workers in (int(w) for w in a.workers.split(",")):
+    for workers in (int(w) for w in a.workers):
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             version_dir = mwe.build(tmp, config=a.config, episodes_per_task=a.episodes_per_task,

@@ -86,7 +86,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("batch_size", 32, "Global batch.")
     flags.DEFINE_integer("batches", 10, "Batches timed per worker count.")
     flags.DEFINE_integer("train_steps", 3, "Train steps timed.")
-    flags.DEFINE_string("workers", "0,1,2", "Comma list of Grain worker counts.")
+    flags.DEFINE_list("workers", ["0", "1", "2"], "Grain worker counts.")
 
 
 def main(argv: list[str]) -> None:
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
     config = get_config(f"size=small,mode={args.layout}")
     config.data.data_dir = data_dir
     config.batch_size = args.batch_size
-    rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers.split(",")]
+    rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers]
     train = train_consumption_rate(config, args.train_steps)
     for row in rows:
         row["ratio_to_train_step"] = row["samples_per_s"] / train["samples_per_s"]

@@ -198,30 +198,29 @@ def convergence(size: str, steps: int, adamw_lrs, muon_lrs, batch_size: int) -> 
 
 def define_flags() -> None:
     """The benchmark's flags (defined only when run as a program)."""
-    flags.DEFINE_string("parts", "hlo,share,convergence", "Comma list of parts to run.")
-    flags.DEFINE_string("sizes", "small,base", "Sizes for the HLO byte count.")
-    flags.DEFINE_string("time_sizes", "small", "Sizes whose step is also run.")
+    flags.DEFINE_list("parts", ["hlo", "share", "convergence"], "Parts to run.")
+    flags.DEFINE_list("sizes", ["small", "base"], "Sizes for the HLO byte count.")
+    flags.DEFINE_list("time_sizes", ["small"], "Sizes whose step is also run.")
     flags.DEFINE_string("conv_size", "tiny", "Size of the convergence comparison.")
     flags.DEFINE_integer("conv_steps", 150, "Steps of the convergence comparison.")
-    flags.DEFINE_string("adamw_lrs", "3e-4,1e-3,3e-3", "AdamW learning rates tried.")
-    flags.DEFINE_string("muon_lrs", "0.005,0.01,0.02,0.04", "Muon learning rates tried.")
+    flags.DEFINE_list("adamw_lrs", ["3e-4", "1e-3", "3e-3"], "AdamW learning rates tried.")
+    flags.DEFINE_list("muon_lrs", ["0.005", "0.01", "0.02", "0.04"], "Muon learning rates tried.")
 
 
 def main(argv: list[str]) -> None:
     """CLI: collective bytes, optimizer share and convergence of Muon vs optax and AdamW."""
     cli.positional(argv)
     args = flags.FLAGS
-    parts, report = args.parts.split(","), {"devices": jax.device_count(),
-                                            "backend": jax.default_backend()}
+    parts, report = args.parts, {"devices": jax.device_count(),
+                                 "backend": jax.default_backend()}
     if "hlo" in parts:
-        report["hlo"] = {s: hlo_and_time(s, s in args.time_sizes.split(","))
-                         for s in args.sizes.split(",")}
+        report["hlo"] = {s: hlo_and_time(s, s in args.time_sizes) for s in args.sizes}
     if "share" in parts:
         report["optimizer_share"] = optimizer_share("small", batch_size=8, repeats=3)
     if "convergence" in parts:
         report["convergence"] = convergence(
-            args.conv_size, args.conv_steps, [float(x) for x in args.adamw_lrs.split(",")],
-            [float(x) for x in args.muon_lrs.split(",")], batch_size=16)
+            args.conv_size, args.conv_steps, [float(x) for x in args.adamw_lrs],
+            [float(x) for x in args.muon_lrs], batch_size=16)
     print(json.dumps(report, indent=1))
     summary = []
     for size, r in report.get("hlo", {}).items():

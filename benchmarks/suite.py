@@ -21,6 +21,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -175,8 +176,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def define_flags() -> None:
     """The benchmark's flags (defined only when run as a program)."""
-    flags.DEFINE_string("sizes", None, "Comma list; default small,base on GPU/TPU, tiny,small "
-                        "on CPU.")
+    flags.DEFINE_list("sizes", None, "Model sizes; default small,base on GPU/TPU, tiny,small "
+                      "on CPU.")
     flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     flags.DEFINE_integer("steps", 3, "Timed steps per size.")
     flags.DEFINE_integer("latency_repeats", 20, "Inference calls per latency figure.")
@@ -185,17 +186,21 @@ def define_flags() -> None:
                       "the config's); with muon, Muon's share is of this same step.")
 
 
-def run_suite(sizes: str | None = None, batch_size: int | None = None, steps: int = 3,
-              latency_repeats: int = 20, out: str | None = None,
+def run_suite(sizes: Sequence[str] | str | None = None, batch_size: int | None = None,
+              steps: int = 3, latency_repeats: int = 20, out: str | None = None,
               optimizer: str | None = None) -> dict[str, Any]:
-    """Measure every size, print the table and the JSON report, return the report."""
+    """Measure every size, print the table and the JSON report, return the report.
+
+    `sizes`: model sizes, as `--sizes` gives them or as one comma list ("tiny,small")."""
     args = SimpleNamespace(sizes=sizes, batch_size=batch_size, steps=steps,
                            latency_repeats=latency_repeats, out=out, optimizer=optimizer)
     jax.config.update("jax_threefry_partitionable", True)
     backend = jax.default_backend()
-    sizes = args.sizes or ("tiny,small" if backend == "cpu" else "small,base")
+    if isinstance(sizes, str):
+        sizes = sizes.split(",")
+    sizes = sizes or (("tiny", "small") if backend == "cpu" else ("small", "base"))
     rows = []
-    for size in sizes.split(","):
+    for size in sizes:
         try:
             rows.append(size_row(size, args))
         except Exception as e:  # noqa: BLE001  (e.g. out of memory: report and go on)

@@ -203,12 +203,10 @@ def bench_variant(config: Any, steps: int, warmup: int) -> dict[str, Any]:
 
 def define_flags() -> None:
     """The benchmark's flags (defined only when run as a program: suite.py imports this)."""
-    flags.DEFINE_string("size", None, "Default: base on GPU, small otherwise (--loop: a comma "
-                        "list, default tiny,small).")
-    flags.DEFINE_string("remat", "none,full", "Comma list of remat policies; the first is the "
-                        "baseline.")
-    flags.DEFINE_string("attention", "auto", "Comma list of model.attention values: auto, xla, "
-                        "cudnn (GPU).")
+    flags.DEFINE_list("size", None, "One size, default base on GPU, small otherwise (--loop: "
+                      "several, default tiny,small).")
+    flags.DEFINE_list("remat", ["none", "full"], "Remat policies; the first is the baseline.")
+    flags.DEFINE_list("attention", ["auto"], "model.attention values: auto, xla, cudnn (GPU).")
     flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     flags.DEFINE_string("dtype", None, "Model compute dtype, e.g. bfloat16.")
     flags.DEFINE_integer("steps", 5, "Timed steps.")
@@ -226,10 +224,12 @@ def main(argv: list[str]) -> None:
         return main_loop(args)
 
     backend = jax.default_backend()
-    size = args.size or ("base" if backend == "gpu" else "small")
+    if args.size and len(args.size) > 1:
+        cli.fail(f"--size={','.join(args.size)}: one size (several only with --loop)")
+    size = args.size[0] if args.size else ("base" if backend == "gpu" else "small")
     results = []
-    for attention in args.attention.split(","):
-        for policy in args.remat.split(","):
+    for attention in args.attention:
+        for policy in args.remat:
             config = get_config(f"size={size}")
             config.model.remat_policy = policy
             config.model.attention = attention
@@ -271,7 +271,7 @@ def main(argv: list[str]) -> None:
 def main_loop(args: Any) -> None:
     """`--loop`: steps/s before/after for each `--size` (comma list), one JSON + summary."""
     out = {"backend": jax.default_backend(), "devices": jax.device_count(), "sizes": {}}
-    for size in (args.size or "tiny,small").split(","):
+    for size in args.size or ("tiny", "small"):
         config = get_config(f"size={size}")
         if args.batch_size:
             config.batch_size = args.batch_size

@@ -20,19 +20,10 @@ import os
 
 import ml_collections
 
-_SWITCHES = ("export", "data", "freeze", "scratch")
+from wallwm_jax.config_args import parse_config_arg
 
-
-def _parse_arg(arg: str | None) -> dict[str, str]:
-    out = {"export": "", "data": "", "freeze": "none", "scratch": "0"}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in _SWITCHES:
-            raise ValueError(f"config arg {item!r}: expected key=value with key in {_SWITCHES}")
-        out[key] = value
-    if not out["export"]:
-        raise ValueError("experiments/finetune.py needs export=DIR (an export bundle)")
-    return out
+# The `arg` switches and their defaults (`scratch` takes 1/0, true/false or yes/no).
+_ARG_DEFAULTS = {"export": "", "data": "", "freeze": "none", "scratch": False}
 
 
 def _with_new_fields(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -57,10 +48,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """The export's training config, pointed at the fine-tuning data with its own schedule."""
     from wallwm_jax.export import read_config
 
-    args = _parse_arg(arg)
+    args = parse_config_arg(arg, _ARG_DEFAULTS)
+    if not args["export"]:
+        raise ValueError("experiments/finetune.py needs export=DIR (an export bundle)")
     export = os.path.abspath(args["export"])
     config = _with_new_fields(read_config(export))
-    scratch = args["scratch"] not in ("0", "", "false")
+    scratch = args["scratch"]
     config.init_from = "" if scratch else export
     if args["data"]:
         config.data.data_dir = args["data"]

@@ -42,6 +42,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from wallwm_jax.config_args import parse_config_arg
+
 # What changes with the model size on 8 GPUs. Global batch = 8 GPUs x 32. `base` (~2.7B
 # parameters; fp32 params, grads and AdamW moments ~43 GB) is sharded FSDP over the 8 GPUs and keeps
 # only matmul outputs for the backward pass (AOT, 8 x H100: 174 GiB/device without remat,
@@ -61,12 +63,8 @@ MODES = ("unified", "chunk")  # no privileged state: event mode's oracle planner
 
 
 def _parse_arg(arg: str | None) -> dict[str, str]:
-    out = {"size": "small", "mode": "unified"}
-    for item in filter(None, (arg or "").split(",")):
-        key, sep, value = item.partition("=")
-        if not sep or key not in out:
-            raise ValueError(f"config arg {item!r}: expected key=value with key in {sorted(out)}")
-        out[key] = value
+    """The `size`/`mode` switches, refused with why where MT50 on GPUs has no recipe."""
+    out = parse_config_arg(arg, {"size": "small", "mode": "unified"})
     if out["size"] not in _RECIPES:
         raise ValueError(f"size={out['size']!r}: experiments/mt50.py has recipes for "
                          f"{sorted(_RECIPES)}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from wallwm_jax.config_args import parse_config_arg
 from wallwm_jax.data.tasks import state_dim
 
 # Model sizes. `base` is about pi0's scale (So400m-class ViT, ~2B backbone, ~300M expert);
@@ -37,22 +38,10 @@ _SIZES = {
 _MAX_CAPTIONS = {"event": 1, "unified": 2, "chunk": 0}
 
 
-def _parse_arg(arg: str | None) -> dict[str, str]:
-    out = {"size": "tiny", "mode": "event", "recipe": "default"}
-    for item in filter(None, (arg or "").split(",")):
-        if "=" not in item:
-            raise ValueError(f"config arg '{item}' must look like key=value")
-        key, value = item.split("=", 1)
-        if key not in out:
-            raise ValueError(f"unknown config arg '{key}'; expected one of {sorted(out)}")
-        out[key] = value
-    if out["size"] not in _SIZES:
-        raise ValueError(f"size='{out['size']}' is not one of {sorted(_SIZES)}")
-    if out["mode"] not in ("event", "unified", "chunk"):
-        raise ValueError(f"mode='{out['mode']}' must be event, unified or chunk")
-    if out["recipe"] not in ("default", "cpu", "demo"):
-        raise ValueError(f"recipe='{out['recipe']}' must be default, cpu or demo")
-    return out
+# The `arg` switches, their defaults and the values each takes.
+_ARG_DEFAULTS = {"size": "tiny", "mode": "event", "recipe": "default"}
+_ARG_CHOICES = {"size": tuple(_SIZES), "mode": tuple(_MAX_CAPTIONS),
+                "recipe": ("default", "cpu", "demo")}
 
 
 def apply_cpu_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -86,7 +75,7 @@ def apply_demo_recipe(config: ml_collections.ConfigDict) -> ml_collections.Confi
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     """Return the full training config for the given `size=...,mode=...` switches."""
-    args = _parse_arg(arg)
+    args = parse_config_arg(arg, _ARG_DEFAULTS, _ARG_CHOICES)
     s = _SIZES[args["size"]]
     config = ml_collections.ConfigDict()
     config.size = args["size"]

@@ -83,18 +83,11 @@ def tiny_dataset(tmp_path_factory, worker_id) -> str:
 
 @pytest.fixture
 def tiny_config(tiny_dataset):
-    """The tiny event-mode config pointed at `tiny_dataset`, sized for CPU tests."""
-    from experiments.pretrain import get_config
+    """The tiny event-mode config pointed at `tiny_dataset`, sized for CPU tests (the one
+    tests/multiprocess_worker.py trains too)."""
+    from tests.configs import tiny_config
 
-    config = get_config("size=tiny,mode=event")
-    config.data.data_dir = tiny_dataset
-    config.data.image_size = 32
-    config.batch_size = 8
-    config.total_steps = 6
-    config.log_every_steps = 1
-    config.checkpoint.every_steps = 3
-    config.checkpoint.async_save = True
-    return config
+    return tiny_config(tiny_dataset)
 
 
 @pytest.fixture(scope="session")

@@ -18,20 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def tiny_config(data_dir: str):
-    """The same config as the `tiny_config` fixture in tests/conftest.py."""
-    from experiments.pretrain import get_config
-
-    config = get_config("size=tiny,mode=event")
-    config.data.data_dir = data_dir
-    config.data.image_size = 32
-    config.batch_size = 8
-    config.total_steps = 6
-    config.log_every_steps = 1
-    config.checkpoint.every_steps = 3
-    config.checkpoint.async_save = True
-    return config
+from tests.configs import tiny_config  # noqa: E402  (the repository root is on the path now)
 
 
 def define_flags() -> None:

@@ -55,8 +55,21 @@ class MetricLogger:
         self._tb.close()
 
 
-def read_metrics(workdir: str) -> list[dict[str, float]]:
-    """All rows of `metrics.jsonl`, in the order they were written."""
+def read_metrics(workdir: str, *, missing_ok: bool = False) -> list[dict[str, float]]:
+    """All rows of `workdir/metrics.jsonl`, in the order they were written.
+
+    A line that does not parse is skipped: a crash can cut the last row short, and a resumed
+    run appends after it. With `missing_ok`, a run that never logged gives [] (a sweep trial
+    not yet started) instead of FileNotFoundError.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
+    if missing_ok and not os.path.exists(path):
+        return []
+    rows = []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a cut line (json.JSONDecodeError); blank lines too
+                continue
+    return rows

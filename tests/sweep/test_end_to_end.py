@@ -14,6 +14,8 @@ import sys
 
 import pytest
 
+from wallwm_jax.train_log import read_metrics
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SWEEP = '''
@@ -106,8 +108,7 @@ def test_interrupted_trials_resume_from_their_checkpoint(sweep):
         assert state["mtimes"][2] == sweep["after_interrupt"][name]["mtimes"][2]
         with open(os.path.join(sweep["workdir"], "trials", name, "log.txt")) as f:
             assert "Resumed from checkpoint step 2" in f.read()
-        rows = [json.loads(line) for line in open(
-            os.path.join(sweep["workdir"], "trials", name, "run", "metrics.jsonl"))]
+        rows = read_metrics(os.path.join(sweep["workdir"], "trials", name, "run"))
         assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
 
 

@@ -121,3 +121,17 @@ def test_without_seed_axis_no_aggregate(sweep_dir):
     out = report.write_report(str(sweep_dir))
     assert out["aggregate"] == []
     assert "Mean ± std" not in (sweep_dir / "results.md").read_text()
+
+
+def test_a_cut_metrics_line_and_an_unstarted_trial_are_read(sweep_dir):
+    """train_log.read_metrics, the report's reader: a row cut by a crash (with the resumed
+    run's rows appended after it) is skipped; a trial that never logged has no steps."""
+    path = sweep_dir / "trials" / "name=adamw,seed=0" / "run" / "metrics.jsonl"
+    with open(path, "a") as f:
+        f.write('{"step": 3, "lo')  # the crash
+        f.write(json.dumps({"step": 3, "loss": 1.5}) + "\n")  # same line: the resume's row
+        f.write(json.dumps({"step": 4, "loss": 1.25}) + "\n")
+    os.remove(sweep_dir / "trials" / "name=muon,seed=1" / "run" / "metrics.jsonl")
+    rows = {r["trial"]: r for r in report.write_report(str(sweep_dir))["rows"]}
+    assert rows["name=adamw,seed=0"]["steps"] == 4 and rows["name=adamw,seed=0"]["loss"] == 1.25
+    assert "steps" not in rows["name=muon,seed=1"] and "loss" not in rows["name=muon,seed=1"]

@@ -23,11 +23,11 @@ flags.DEFINE_string("sweep", None, "Sweep file, e.g. experiments/sweeps/balance.
 flags.DEFINE_string("workdir", None, "Sweep directory: trials/, results.csv/md, plots/.")
 flags.DEFINE_integer("parallel", 1, "Local launcher: trials run at once (devices are split).")
 flags.DEFINE_enum("launcher", "local", ["local", "slurm"], "Where trials run.")
-flags.DEFINE_string("suite", None, "Closed-loop suite(s), comma-separated, or 'none' "
-                    "(default: the sweep file's get_eval()).")
+flags.DEFINE_list("suite", None, "Closed-loop suite(s), or 'none' (default: the sweep file's "
+                  "get_eval()).")
 flags.DEFINE_bool("dry_run", False, "Print the trials (and the slurm submission) and exit.")
 flags.DEFINE_string("report", None, "Only re-render DIR's results and plots.")
-flags.DEFINE_string("eval_tasks", None, "Evaluation: comma-separated task subset.")
+flags.DEFINE_list("eval_tasks", None, "Evaluation: task subset.")
 flags.DEFINE_integer("eval_episodes_per_task", None, "Evaluation: episodes per task.")
 flags.DEFINE_integer("eval_workers", None, "Evaluation: parallel episode workers.")
 flags.DEFINE_integer("eval_episode_limit", None, "Evaluation: step limit per episode (smoke "

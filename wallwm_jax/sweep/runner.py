@@ -69,7 +69,7 @@ class TrialJob:
         if self.mode:
             cmd += ["--mode", self.mode]
         for key in ("tasks", "episodes_per_task", "workers", "episode_limit"):
-            if s.get(key) not in (None, ""):
+            if s.get(key) not in (None, "", [], ()):
                 value = s[key]
                 value = ",".join(value) if isinstance(value, (list, tuple)) else value
                 cmd += [f"--{key}", str(value)]
