@@ -50,10 +50,11 @@ def _median(fn: Any, repeats: int) -> float:
     return statistics.median(times)
 
 
-def _assets(config: Any) -> dict[str, Any]:
-    """Assets of the size a real run writes: config, norm stats and a tokenizer-sized blob."""
-    return {"config": json.loads(config.to_json()), "norm_stats": {"state": [[0.0] * 39] * 2},
-            "tokenizer_model_b64": "A" * 320_000}
+def _assets(config: Any) -> dict[str, bytes]:
+    """Asset files of the size a real run writes: config, norm stats, a tokenizer-sized blob."""
+    stats = {"state": {"mean": [0.0] * 39, "std": [1.0] * 39}}
+    return {"config.json": config.to_json_best_effort(indent=2).encode(),
+            "norm_stats.json": json.dumps(stats).encode(), "tokenizer.model": b"A" * 240_000}
 
 
 def measure(size: str, saves: int, steps: int) -> dict[str, Any]:
@@ -122,7 +123,7 @@ def measure(size: str, saves: int, steps: int) -> dict[str, Any]:
                 train_state=ocp.args.StandardSave(train_state)),
             "data_iter": lambda: ocp.args.Composite(
                 data_iter=grain.checkpoint.CheckpointSave(data_iter)),
-            "assets": lambda: ocp.args.Composite(assets=ocp.args.JsonSave(assets)),
+            "assets": lambda: ocp.args.Composite(assets=ckpt.AssetsSave(assets)),
         }
         for name, args in parts.items():
             mngr = ckpt.make_manager(os.path.join(root, name), config.checkpoint)
