@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from data_builders.rlds_events.mapping import KeyMapping
+from data_builders.rlds_events import KeyMapping
 from wallwm_jax import cli
 
 flags.DEFINE_string("source", None, "LeRobot dataset root (holds meta/info.json).")

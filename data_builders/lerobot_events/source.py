@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from data_builders.lerobot_events.video import decode_frames
-from data_builders.rlds_events.mapping import KeyMapping, SourceSpec
+from data_builders.rlds_events import KeyMapping, SourceSpec
 
 INSTRUCTION_KEY = "task"  # LeRobot's per-frame task text (tasks.parquet via task_index)
 

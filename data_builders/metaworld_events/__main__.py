@@ -5,11 +5,9 @@ Builds (or reuses) a MetaWorld scripted-expert event dataset and prints its buil
 
 from __future__ import annotations
 
-import logging
-
-import tensorflow_datasets as tfds
 from absl import flags
 
+from data_builders.common import quiet_tfds
 from data_builders.metaworld_events.metaworld_events import build
 from wallwm_jax import cli
 
@@ -37,9 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     """Build and print the dataset's version directory."""
     cli.positional(argv)
-    if not cli.verbose():  # our report and rollout bar say what happens; TFDS's own add noise
-        tfds.disable_progress_bar()
-        logging.getLogger("absl").addFilter(cli.drop_below(logging.ERROR, "tensorflow_datasets"))
+    quiet_tfds()
     path = build(FLAGS.data_dir, config=FLAGS.config, episodes_per_task=FLAGS.episodes_per_task,
                  image_size=FLAGS.image_size, seed=FLAGS.seed, num_workers=FLAGS.workers,
                  tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,

@@ -3,15 +3,14 @@
 Each example is one successful expert episode (RLDS-style `steps`, `episode_metadata`) plus its
 ground-truth `events` (phase runs tiling the episode, with train-split captions). Written as
 ArrayRecord so it reads without TensorFlow via `as_data_source`. `build()` also stores the
-normalisation statistics and the tokenizer next to `dataset_info.json`.
+normalisation statistics and the tokenizer next to `dataset_info.json`. One rollout (cached,
+checked, encoded) is `rollouts`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
-import json
 import multiprocessing
 import os
 import shutil
@@ -20,24 +19,26 @@ import time
 import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
-from etils import epath
-from PIL import Image
 
-from wallwm_jax.data import captions, event_index
-from wallwm_jax.data.episodes import event_features, validate_episode
-from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
-from wallwm_jax.data.tasks import STATE_LAYOUT_FILE, state_dim, state_record
-from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
-from wallwm_jax.envs.metaworld import (
-    DEMO_TASKS,
-    EXTRA_CAMERAS,
-    MT10_TASKS,
-    MT50_TASKS,
-    rollout_expert,
+from data_builders.common import (
+    REPORT_FILE,
+    EventsBuilder,
+    finish_dataset,
+    skip_stats,
+    write_json,
 )
+from data_builders.metaworld_events.rollouts import (
+    RolloutJob,
+    check_rollout,
+    episode_example,
+    rollout_job,
+)
+from wallwm_jax.data import captions
+from wallwm_jax.data.episodes import event_features
+from wallwm_jax.data.tasks import STATE_LAYOUT_FILE, state_dim, state_record
+from wallwm_jax.envs.metaworld import DEMO_TASKS, EXTRA_CAMERAS, MT10_TASKS, MT50_TASKS
 
 VAL_FRACTION = 0.15
-REPORT_FILE = "build_report.json"
 PARAPHRASES_FILE = "paraphrases.json"
 MAX_STEPS = 200
 
@@ -125,119 +126,13 @@ def episode_seed(seed: int, task: str, index: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _png(image: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def episode_example(task: str, index: int, rollout: dict,
-                    cameras: tuple[str, ...] = ()) -> dict:
-    """Feature dict of one rollout (images already PNG-encoded so TFDS needs no TensorFlow)."""
-    t = len(rollout["actions"])
-    events = rollout["events"]
-    observation = {"image": [_png(im) for im in rollout["images"]],
-                   "state": rollout["states"].astype(np.float32),
-                   **{f"image_{c}": [_png(im) for im in rollout[f"images_{c}"]]
-                      for c in cameras}}
-    return {
-        "steps": {
-            "observation": observation,
-            "action": rollout["actions"].astype(np.float32),
-            "is_first": np.arange(t) == 0,
-            "is_last": np.arange(t) == t - 1,
-        },
-        "episode_metadata": {
-            "task": task,
-            "instruction": captions.instruction(task, variant=index),
-            "success": bool(rollout["success"]),
-        },
-        "events": {
-            "start": np.array([s for s, _, _ in events], np.int32),
-            "end": np.array([e for _, e, _ in events], np.int32),
-            "caption": [captions.event_caption(task, p, variant=index + k)
-                        for k, (_, _, p) in enumerate(events)],
-            "phase": [p for _, _, p in events],
-        },
-    }
-
-
-def check_rollout(rollout: dict, image_size: int, cameras: tuple[str, ...]) -> None:
-    """Raise ValueError naming the field when a rollout breaks the episode contract
-    (shapes, NaN/Inf, events that do not tile the episode, wrong-size frames)."""
-    t = len(rollout["actions"])
-    events = rollout["events"]
-    flat = {
-        "steps/observation/image": rollout["images"],
-        "steps/observation/state": rollout["states"], "steps/action": rollout["actions"],
-        "steps/is_first": np.arange(t) == 0, "steps/is_last": np.arange(t) == t - 1,
-        "episode_metadata/task": "", "episode_metadata/instruction": "",
-        "episode_metadata/success": bool(rollout["success"]),
-        "events/start": np.array([s for s, _, _ in events], np.int32),
-        "events/end": np.array([e for _, e, _ in events], np.int32),
-        "events/caption": [p for _, _, p in events], "events/phase": [p for _, _, p in events],
-    }
-    validate_episode(flat, image_shape=(image_size, image_size, 3))
-    for c in cameras:
-        frames = rollout[f"images_{c}"]
-        if frames.shape != (t, image_size, image_size, 3):
-            raise ValueError(f"field 'steps/observation/image_{c}': shape {frames.shape}, "
-                             f"expected {(t, image_size, image_size, 3)}")
-
-
-def _rollout_job(job: tuple) -> tuple[str, int, dict]:
-    """One expert rollout, read from / written to the rollout cache (`cache_dir`) so an
-    interrupted build restarts from the episodes it already simulated."""
-    (task, index, seed, image_size, cameras, privileged_state, action_noise, camera_setup,
-     cache_dir) = job
-    path = os.path.join(cache_dir, f"{task}_{index:06d}.npz") if cache_dir else None
-    if path and os.path.exists(path):
-        with np.load(path, allow_pickle=False) as f:
-            rollout = {k: f[k] for k in f.files}
-        rollout["events"] = [(int(s), int(e), str(p)) for s, e, p in zip(
-            rollout.pop("event_start"), rollout.pop("event_end"), rollout.pop("event_phase"),
-            strict=True)]
-        rollout["success"] = bool(rollout["success"])
-        rollout["phases"] = list(rollout["phases"])
-        return task, index, rollout
-    rollout = rollout_expert(task, seed=seed, image_size=image_size, max_steps=MAX_STEPS,
-                             extra_cameras=cameras, privileged_state=privileged_state,
-                             action_noise=action_noise, camera_setup=camera_setup)
-    if path:
-        arrays = {k: v for k, v in rollout.items() if k not in ("events",)}
-        arrays["phases"] = np.asarray(rollout["phases"], str)
-        arrays["event_start"] = np.asarray([s for s, _, _ in rollout["events"]], np.int64)
-        arrays["event_end"] = np.asarray([e for _, e, _ in rollout["events"]], np.int64)
-        arrays["event_phase"] = np.asarray([p for _, _, p in rollout["events"]], str)
-        tmp = f"{path}.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)  # atomic: a killed build never leaves a half-written episode
-    return task, index, rollout
-
-
-class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
+class MetaworldEvents(EventsBuilder):
     """Event-segmented MetaWorld scripted-expert episodes."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Scripted experts, ground-truth phase events, PNG frames."}
     BUILDER_CONFIGS = [make_config("demo"), make_config("mt10"), make_config("mt50")]
     DEFAULT_CONFIG_NAME = "demo"
-
-    # TFDS prints "Downloading and preparing dataset Unknown size ..." and "... downloaded and
-    # prepared" for every build; nothing is downloaded here, and the build report says where
-    # the dataset went.
-    def _log_download_bytes(self) -> None:
-        pass
-
-    def _log_download_done(self) -> None:
-        pass
-
-    @tfds.core.utils.classproperty
-    @classmethod
-    def code_path(cls) -> epath.Path:
-        # TFDS 4.9.10's own lookup imports `importlib_resources`, which it only declares as a
-        # dependency for Python < 3.9.
-        return epath.Path(__file__)
 
     def __init__(self, *, num_workers: int = 1, strict: bool = False,
                  cache_dir: str | None = None, **kwargs):
@@ -267,17 +162,18 @@ class MetaworldEvents(tfds.core.GeneratorBasedBuilder):
 
     def _generate_examples(self, split: str, indices: range):
         cfg = self.builder_config
-        jobs = [(task, i, episode_seed(cfg.seed, task, i), cfg.image_size, cfg.cameras,
-                 cfg.privileged_state, cfg.action_noise, cfg.camera_setup, self.cache_dir)
+        jobs = [RolloutJob(task, i, episode_seed(cfg.seed, task, i), cfg.image_size, MAX_STEPS,
+                           cfg.cameras, cfg.privileged_state, cfg.action_noise,
+                           cfg.camera_setup, self.cache_dir)
                 for task in cfg.tasks for i in indices]
         bar = tqdm.tqdm(total=len(jobs), desc=f"metaworld_events/{cfg.name} {split} rollouts",
                         unit="ep")
         if self.num_workers > 1:
             # spawn: forked children would inherit GL/JAX state from the parent.
             pool = multiprocessing.get_context("spawn").Pool(self.num_workers)
-            results = pool.imap(_rollout_job, jobs)  # ordered, so output is deterministic
+            results = pool.imap(rollout_job, jobs)  # ordered, so output is deterministic
         else:
-            pool, results = None, map(_rollout_job, jobs)
+            pool, results = None, map(rollout_job, jobs)
         kept = 0
         try:
             for task, index, rollout in results:
@@ -354,39 +250,23 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
         if cached:
             print(f"metaworld_events/{cfg.name}: resuming, {cached} rollouts already simulated")
         t0 = time.perf_counter()
-        builder.download_and_prepare(
-            file_format="array_record",
-            download_config=tfds.download.DownloadConfig(
-                compute_stats=tfds.download.ComputeStatsMode.SKIP))
+        builder.download_and_prepare(file_format="array_record", download_config=skip_stats())
         report = build_report(builder, time.perf_counter() - t0, reused_rollouts=cached)
-        with open(os.path.join(version_dir, REPORT_FILE), "w") as f:
-            json.dump(report, f, indent=1)
+        write_json(os.path.join(version_dir, REPORT_FILE), report)
         print(format_report(report))
         shutil.rmtree(cache_dir, ignore_errors=True)
     layout_path = os.path.join(version_dir, STATE_LAYOUT_FILE)
     if not os.path.exists(layout_path):
-        with open(layout_path + ".tmp", "w") as f:
-            json.dump(state_record(cfg.privileged_state), f, indent=1)
-        os.replace(layout_path + ".tmp", layout_path)
-    stats_path = os.path.join(version_dir, NORM_STATS_FILE)
-    if not os.path.exists(stats_path):
-        arrays = builder.norm_arrays
-        if not arrays["state"]:  # built earlier by another process: recompute from disk
-            arrays = _read_train_arrays(version_dir)
-        save_norm_stats(stats_path, compute_norm_stats(
-            {k: np.concatenate(v) for k, v in arrays.items()}))
-    tokenizer_path = os.path.join(version_dir, TOKENIZER_FILE)
-    if not os.path.exists(tokenizer_path):
-        train_tokenizer(captions.train_texts(cfg.tasks), tokenizer_path)
+        write_json(layout_path, state_record(cfg.privileged_state))
     paraphrase_path = os.path.join(version_dir, PARAPHRASES_FILE)
     if not os.path.exists(paraphrase_path):
-        with open(paraphrase_path + ".tmp", "w") as f:
-            json.dump(paraphrase_record(cfg.tasks), f, indent=1)
-        os.replace(paraphrase_path + ".tmp", paraphrase_path)
-    # The event index (clusters for balanced sampling) is built with the data, never by
-    # training; a reused dataset without one (or with a stale one) gets it here.
-    event_index.ensure_built(version_dir)
-    return version_dir
+        write_json(paraphrase_path, paraphrase_record(cfg.tasks))
+    # Norm stats from the train episodes this process built (none when the dataset was
+    # built before: finish_dataset reads them back); the tokenizer learns every train-split
+    # paraphrase of the tasks, not only those the episodes happen to use.
+    arrays = builder.norm_arrays if builder.norm_arrays["state"] else None
+    return finish_dataset(version_dir, train_arrays=arrays,
+                          tokenizer_texts=captions.train_texts(cfg.tasks))
 
 
 def paraphrase_record(tasks: tuple[str, ...]) -> dict:
@@ -402,16 +282,6 @@ def paraphrase_record(tasks: tuple[str, ...]) -> dict:
                          for phase in captions.PHASE_TEMPLATES},
         } for split in captions.SPLITS}
     return out
-
-
-def _read_train_arrays(version_dir: str) -> dict[str, list[np.ndarray]]:
-    source = tfds.builder_from_directory(version_dir).as_data_source(split="train")
-    arrays = {"state": [], "action": []}
-    for i in range(len(source)):
-        ep = source[i]
-        arrays["state"].append(np.stack(ep["steps"]["observation"]["state"]))
-        arrays["action"].append(np.stack(ep["steps"]["action"]))
-    return arrays
 
 
 def build_report(builder: MetaworldEvents, seconds: float, *, reused_rollouts: int = 0) -> dict:

@@ -8,11 +8,9 @@ event-segmented episodes and prints the build report and the output version dir.
 
 from __future__ import annotations
 
-import logging
-
-import tensorflow_datasets as tfds
 from absl import flags
 
+from data_builders.common import quiet_tfds
 from data_builders.rlds_events.mapping import KeyMapping
 from data_builders.rlds_events.rlds_events import build
 from wallwm_jax import cli
@@ -54,9 +52,7 @@ def parse_slice(text: str) -> tuple[int, int]:
 def main(argv: list[str]) -> None:
     """Convert and print the build report and the output version dir."""
     cli.positional(argv)
-    if not cli.verbose():  # our report and rollout bar say what happens; TFDS's own add noise
-        tfds.disable_progress_bar()
-        logging.getLogger("absl").addFilter(cli.drop_below(logging.ERROR, "tensorflow_datasets"))
+    quiet_tfds()
     mapping = KeyMapping(
         image_keys=tuple(k for k in FLAGS.image_keys.split(",") if k),
         state_key=FLAGS.state_key, action_key=FLAGS.action_key,

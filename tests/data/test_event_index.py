@@ -14,6 +14,7 @@ import pytest
 from wallwm_jax.data import event_index as ei
 from wallwm_jax.data import statistics
 from wallwm_jax.data.episodes import LazyFrames, open_dataset
+from wallwm_jax.data.event_embedding import resample_trajectory
 
 TEXT_DIMS, TRAJ_POINTS, K = 8, 8, 4
 
@@ -96,12 +97,12 @@ def _by_hand_resample(x: np.ndarray, points: int) -> np.ndarray:
 
 
 def test_resample_trajectory_is_linear_interpolation():
-    np.testing.assert_allclose(ei.resample_trajectory(np.array([[0.0], [1.0], [2.0]]), 5),
+    np.testing.assert_allclose(resample_trajectory(np.array([[0.0], [1.0], [2.0]]), 5),
                                [[0.0], [0.5], [1.0], [1.5], [2.0]])
-    np.testing.assert_allclose(ei.resample_trajectory(np.array([[3.0, -1.0]]), 4),
+    np.testing.assert_allclose(resample_trajectory(np.array([[3.0, -1.0]]), 4),
                                np.tile([3.0, -1.0], (4, 1)))
     with pytest.raises(ValueError, match="non-empty"):
-        ei.resample_trajectory(np.zeros((0, 4)), 4)
+        resample_trajectory(np.zeros((0, 4)), 4)
 
 
 def test_behaviour_block_is_the_normalised_resampled_trajectory(table, episodes, tiny_dataset):

@@ -1,19 +1,10 @@
-"""Automatic segmentation: boundary F1 by hand, cuts on synthetic motions, captions, input
-errors, and a real MetaWorld check against ground truth and a uniform-cut baseline."""
+"""Automatic segmentation: boundary F1 by hand, cuts on synthetic motions, captions and input
+errors (grading on real MetaWorld rollouts: tests/evaluation/test_segmentation.py)."""
 
 import numpy as np
 import pytest
 
-from wallwm_jax.data.segmentation import (
-    boundary_f1,
-    dataset_episodes,
-    describe_events,
-    evaluate,
-    print_quality,
-    segment_events,
-    uniform_starts,
-)
-from wallwm_jax.envs.metaworld import rollout_expert
+from wallwm_jax.data.segmentation import boundary_f1, describe_events, segment_events
 
 MW = {"gripper_index": 3, "position_slice": slice(0, 3)}  # MetaWorld's action/state layout
 
@@ -204,52 +195,3 @@ def test_describe_rejects_bad_starts(starts, expected):
 def test_boundary_f1_rejects_bad_input(kwargs, argument):
     with pytest.raises(ValueError, match=f"^{argument}: "):
         boundary_f1(**{"tolerance": 3, **kwargs})
-
-
-# --- real MetaWorld expert rollouts ------------------------------------------------------------
-
-# Seeds outside the tuning set (0-9) of the defaults.
-REAL = [("push-v3", 2000), ("pick-place-v3", 2000), ("drawer-open-v3", 2000),
-        ("window-open-v3", 2000), ("peg-insert-side-v3", 2000)]
-
-
-@pytest.fixture(scope="module")
-def real_episodes():
-    episodes = []
-    for task, seed in REAL:
-        ep = rollout_expert(task, seed=seed, image_size=8)
-        episodes.append({"task": task, "actions": ep["actions"], "states": ep["states"],
-                         "starts": [s for s, _, _ in ep["events"]],
-                         "phases": [p for _, _, p in ep["events"]]})
-    return episodes
-
-
-def test_metaworld_f1_beats_uniform_cuts(real_episodes):
-    overall = evaluate(real_episodes, tolerances=(3,))["overall"]
-    seg, uniform = overall[(3, "all")], overall[(3, "uniform")]
-    assert seg["f1"] >= 0.6 and seg["f1"] >= uniform["f1"] + 0.25, (seg, uniform)
-    assert overall[(3, "visible")]["f1"] >= 0.75, overall[(3, "visible")]
-    for ep in real_episodes:  # the per-episode contract on real data
-        starts = segment_events(ep["actions"], ep["states"], **MW)
-        assert starts[0] == 0 and np.all(np.diff(starts) > 0)
-        assert starts[-1] < len(ep["actions"])
-        assert len(uniform_starts(len(ep["actions"]), len(starts))) == len(starts)
-
-
-def test_metaworld_captions_name_the_grasp(real_episodes):
-    push = real_episodes[0]
-    starts = segment_events(push["actions"], push["states"], **MW)
-    captions = describe_events(push["actions"], push["states"], starts, **MW)
-    assert len(captions) == len(starts) and "close the gripper" in captions
-    assert captions[captions.index("close the gripper") - 1] == "lower the gripper"
-
-
-def test_command_on_dataset_and_rollouts(tiny_dataset, capsys):
-    episodes = list(dataset_episodes(tiny_dataset, "train"))
-    assert {ep["task"] for ep in episodes} == {"reach-v3", "push-v3"}
-    print_quality(tiny_dataset, tolerances=(1, 3))
-    out = capsys.readouterr().out
-    assert "±1:" in out and "±3:" in out and "push-v3" in out and "overall" in out
-    print_quality(tasks="reach-v3", episodes=1, seed=2000)
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[-1].startswith("overall") and lines[-2].startswith("reach-v3")

@@ -9,6 +9,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from data_builders.metaworld_events import metaworld_events as mwe
+from data_builders.metaworld_events import rollouts
 from wallwm_jax.data import captions
 from wallwm_jax.data.statistics import load_norm_stats
 from wallwm_jax.data.tokenizer import Tokenizer
@@ -113,7 +114,7 @@ def test_interrupted_build_does_not_look_finished(tmp_path, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return job[0], job[1], {"success": False, "actions": np.zeros((1, 4))}
 
-    monkeypatch.setattr(mwe, "_rollout_job", crash_on_second)
+    monkeypatch.setattr(mwe, "rollout_job", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         mwe.build(str(tmp_path), episodes_per_task=2, image_size=16, tasks=DEMO_TASKS[:2])
     assert len(calls) == 2
@@ -173,7 +174,7 @@ def test_build_report_is_stored_and_adds_up(built):
 
 def test_interrupted_build_resumes_from_cached_rollouts(tmp_path, monkeypatch):
     kwargs = dict(episodes_per_task=3, image_size=16, tasks=("reach-v3",))  # 2 train, 1 val
-    real_job, real_rollout = mwe._rollout_job, mwe.rollout_expert
+    real_job, real_rollout = mwe.rollout_job, rollouts.rollout_expert
     calls = []
 
     def crash_after_two(job):
@@ -185,12 +186,12 @@ def test_interrupted_build_resumes_from_cached_rollouts(tmp_path, monkeypatch):
         calls.append(args)
         return real_rollout(*args, **kw)
 
-    monkeypatch.setattr(mwe, "rollout_expert", counting_rollout)
-    monkeypatch.setattr(mwe, "_rollout_job", crash_after_two)
+    monkeypatch.setattr(rollouts, "rollout_expert", counting_rollout)
+    monkeypatch.setattr(mwe, "rollout_job", crash_after_two)
     with pytest.raises(KeyboardInterrupt):
         mwe.build(str(tmp_path / "a"), **kwargs)
     assert len(calls) == 2
-    monkeypatch.setattr(mwe, "_rollout_job", real_job)
+    monkeypatch.setattr(mwe, "rollout_job", real_job)
     version_dir = mwe.build(str(tmp_path / "a"), **kwargs)
     assert len(calls) == 3  # the two train rollouts came from the cache, only val ran
     fresh = mwe.build(str(tmp_path / "b"), **kwargs)
@@ -205,7 +206,7 @@ def test_interrupted_build_resumes_from_cached_rollouts(tmp_path, monkeypatch):
 
 
 def test_bad_episode_is_excluded_and_counted_or_fails_strict(tmp_path, monkeypatch):
-    real = mwe.rollout_expert
+    real = rollouts.rollout_expert
     seen = []
 
     def nan_in_second(*args, **kw):
@@ -216,7 +217,7 @@ def test_bad_episode_is_excluded_and_counted_or_fails_strict(tmp_path, monkeypat
             out["actions"][3, 1] = np.nan
         return out
 
-    monkeypatch.setattr(mwe, "rollout_expert", nan_in_second)
+    monkeypatch.setattr(rollouts, "rollout_expert", nan_in_second)
     kwargs = dict(episodes_per_task=3, image_size=16, tasks=("reach-v3",))
     version_dir = mwe.build(str(tmp_path / "lenient"), **kwargs)
     with open(os.path.join(version_dir, mwe.REPORT_FILE)) as f:
@@ -280,7 +281,9 @@ def test_lerobot_camera_setup_builds_the_view_mt50_lerobot_renders():
         mwe.make_config("demo", camera_setup="front")
     seed = mwe.episode_seed(0, "reach-v3", 0)
     # The builder's job path (what `build` runs per episode) with the LeRobot view ...
-    _, _, rollout = mwe._rollout_job(("reach-v3", 0, seed, 16, (), False, 0.0, "lerobot", None))
+    _, _, rollout = mwe.rollout_job(rollouts.RolloutJob(
+        "reach-v3", 0, seed, image_size=16, max_steps=mwe.MAX_STEPS, cameras=(),
+        privileged_state=False, action_noise=0.0, camera_setup="lerobot", cache_dir=None))
     ours = rollout_expert("reach-v3", seed=seed, image_size=16, max_steps=2)
     # ... gives the first frame the evaluation environment of mt50_lerobot shows that seed.
     env = MetaWorldTask("reach-v3", seed=seed, image_size=16, camera_setup="lerobot")
