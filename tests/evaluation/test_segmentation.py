@@ -61,8 +61,7 @@ def test_command_on_dataset_and_rollouts(tiny_dataset, capsys):
 
 
 def test_the_command_line_runs_and_rejects_a_bad_tolerance(tiny_dataset):
-    """The command grades a dataset; a bad --tolerance is one error line, under the former
-    spelling (`python -m wallwm_jax.data.segmentation`) too."""
+    """The command grades a dataset; a bad --tolerance is one error line."""
     command = [sys.executable, "-m", "wallwm_jax.evaluation.segmentation", "--dataset",
                tiny_dataset, "--split", "val"]
     out = subprocess.run(command + ["--tolerance", "1,3"], capture_output=True, text=True,
@@ -70,9 +69,7 @@ def test_the_command_line_runs_and_rejects_a_bad_tolerance(tiny_dataset):
     assert out.returncode == 0, out.stderr[-2000:]
     assert f"{tiny_dataset} split val" in out.stdout and "±3:" in out.stdout
     assert out.stdout.strip().splitlines()[-1].startswith("overall")
-    former = [sys.executable, "-m", "wallwm_jax.data.segmentation"]  # its former spelling
-    for program in (command, former):
-        out = subprocess.run(program + ["--tolerance", "x"], capture_output=True, text=True,
-                             cwd=REPO, timeout=300)
-        assert out.returncode == 2 and out.stderr.strip().splitlines() == [
-            "error: --tolerance=x: expected integers, e.g. --tolerance 1,3,5"], out.stderr
+    out = subprocess.run(command + ["--tolerance", "x"], capture_output=True, text=True,
+                         cwd=REPO, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: --tolerance=x: expected integers, e.g. --tolerance 1,3,5"], out.stderr
