@@ -18,8 +18,8 @@ flags.DEFINE_integer("episodes_per_task", 10, "Expert episodes per task.")
 flags.DEFINE_integer("image_size", 64, "Square image side in pixels.")
 flags.DEFINE_integer("seed", 0, "First rollout seed.")
 flags.DEFINE_integer("workers", 1, "Parallel rollout processes.")
-flags.DEFINE_string("tasks", "", "Comma-separated subset of the config's tasks.")
-flags.DEFINE_string("cameras", "", "Extra cameras, e.g. gripper.")
+flags.DEFINE_list("tasks", [], "Subset of the config's tasks (comma-separated).")
+flags.DEFINE_list("cameras", [], "Extra cameras, e.g. gripper (comma-separated).")
 flags.DEFINE_bool("keep_failures", False, "Keep failed expert episodes.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
 flags.DEFINE_bool("privileged_state", False, "Store privileged simulator state: object and "
@@ -38,8 +38,8 @@ def main(argv: list[str]) -> None:
     quiet_tfds()
     path = build(FLAGS.data_dir, config=FLAGS.config, episodes_per_task=FLAGS.episodes_per_task,
                  image_size=FLAGS.image_size, seed=FLAGS.seed, num_workers=FLAGS.workers,
-                 tasks=tuple(FLAGS.tasks.split(",")) if FLAGS.tasks else None,
-                 cameras=tuple(c for c in FLAGS.cameras.split(",") if c),
+                 tasks=tuple(FLAGS.tasks) or None,
+                 cameras=tuple(c for c in FLAGS.cameras if c),
                  keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
                  privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise,
                  camera_setup=FLAGS.camera_setup)

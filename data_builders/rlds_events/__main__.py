@@ -19,7 +19,8 @@ flags.DEFINE_string("source", None, "Source TFDS version dir.", required=True)
 flags.DEFINE_string("data_dir", None, "Root the converted dataset is written under.",
                     required=True)
 flags.DEFINE_string("name", None, "Config name prefix (default: the source's name).")
-flags.DEFINE_string("image_keys", "image", "Comma-separated; the first is the main camera.")
+flags.DEFINE_list("image_keys", ["image"], "Camera keys, comma-separated; the first is the "
+                  "main camera.")
 flags.DEFINE_string("state_key", "state", "Observation key of the robot state.")
 flags.DEFINE_string("action_key", "action", "Step key of the action.")
 flags.DEFINE_integer("gripper_index", None, "Index of the gripper command in the action.",
@@ -54,7 +55,7 @@ def main(argv: list[str]) -> None:
     cli.positional(argv)
     quiet_tfds()
     mapping = KeyMapping(
-        image_keys=tuple(k for k in FLAGS.image_keys.split(",") if k),
+        image_keys=tuple(k for k in FLAGS.image_keys if k),
         state_key=FLAGS.state_key, action_key=FLAGS.action_key,
         gripper_index=FLAGS.gripper_index, position_slice=parse_slice(FLAGS.position_slice),
         instruction_key=FLAGS.instruction_key, success_key=FLAGS.success_key,

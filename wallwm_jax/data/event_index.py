@@ -357,9 +357,9 @@ def define_flags() -> None:
     """The CLI's flags (defined only when run as a program, so importers keep theirs)."""
     flags.DEFINE_string("split", "train", "Dataset split.")
     flags.DEFINE_integer("clusters", DEFAULT_CLUSTERS, "k-means clusters (data.num_clusters).")
-    flags.DEFINE_integer("text-dims", 16, "TruncatedSVD dimensions of the caption TF-IDF.")
-    flags.DEFINE_integer("traj-points", 8, "Steps each event's trajectory is resampled to.")
-    flags.DEFINE_float("text-weight", 0.5, "Weight w of the text block in the embedding.")
+    flags.DEFINE_integer("text_dims", 16, "TruncatedSVD dimensions of the caption TF-IDF.")
+    flags.DEFINE_integer("traj_points", 8, "Steps each event's trajectory is resampled to.")
+    flags.DEFINE_float("text_weight", 0.5, "Weight w of the text block in the embedding.")
     flags.DEFINE_integer("seed", 0, "k-means seed.")
 
 
@@ -367,8 +367,8 @@ def main(argv: list[str]) -> None:
     """CLI: `python -m wallwm_jax.data.event_index DATASET_DIR [--clusters K]`."""
     (dataset_dir,) = cli.positional(argv, "DATASET_DIR")
     fl = flags.FLAGS
-    build_and_save(dataset_dir, fl.split, clusters=fl.clusters, text_dims=fl["text-dims"].value,
-                   traj_points=fl["traj-points"].value, text_weight=fl["text-weight"].value,
+    build_and_save(dataset_dir, fl.split, clusters=fl.clusters, text_dims=fl.text_dims,
+                   traj_points=fl.traj_points, text_weight=fl.text_weight,
                    seed=fl.seed)
 
 

@@ -119,8 +119,8 @@ def define_flags() -> None:
     flags.DEFINE_string("dataset", None, "Built dataset version dir (else: fresh rollouts).")
     flags.DEFINE_string("split", "train", "Dataset split.")
     flags.DEFINE_list("tolerance", ["3"], "Tolerances in steps, e.g. --tolerance 1,3,5.")
-    flags.DEFINE_string("tasks", "mt10", "Rollouts: 'mt10', 'demo' or comma-separated task "
-                        "names.")
+    flags.DEFINE_list("tasks", ["mt10"], "Rollouts: 'mt10', 'demo' or task names "
+                      "(comma-separated).")
     flags.DEFINE_integer("episodes", 5, "Rollouts per task.")
     flags.DEFINE_integer("seed", 1000, "First rollout seed (defaults were tuned on seeds 0-9).")
 
@@ -155,7 +155,7 @@ def main(argv: list[str]) -> None:
     except ValueError:
         raise cli.UserError(f"--tolerance={','.join(fl.tolerance)}: expected integers, e.g. "
                             f"--tolerance 1,3,5") from None
-    print_quality(fl.dataset, fl.split, tolerances, fl.tasks, fl.episodes, fl.seed)
+    print_quality(fl.dataset, fl.split, tolerances, ",".join(fl.tasks), fl.episodes, fl.seed)
 
 
 if __name__ == "__main__":
