@@ -124,6 +124,7 @@ def test_every_param_mirroring_state_leaf_has_its_parameters_sharding(name):
     param_sh = sharding.ShardingRules.from_config(config.sharding_rules).params(axes, mesh,
                                                                                 shapes)
     by_name = {path_name(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_sh)}
+    shape_of = {path_name(p): a.shape for p, a in jax.tree_util.tree_leaves_with_path(shapes)}
     assert len({s.spec for s in by_name.values()}) > 3  # fsdp, tensor, both, replicated
     tx = make_optimizer(config.optimizer, learning_rate_schedule(config.optimizer), axes,
                         param_sh)
@@ -138,6 +139,7 @@ def test_every_param_mirroring_state_leaf_has_its_parameters_sharding(name):
             assert got.spec == PartitionSpec(), path_name(path)  # counts, optax's ns_coeffs
             continue
         param = path_name(path[field + 1:])
+        assert leaf.shape == shape_of[param], path_name(path)
         assert got == by_name[param], (path_name(path), got, by_name[param])
         mirrored += 1
     assert mirrored >= len(by_name)  # every parameter has at least its first moment
