@@ -35,6 +35,7 @@ from wallwm_jax.data.pipeline import to_event_batch  # noqa: E402
 from wallwm_jax.models import wallwm  # noqa: E402
 from wallwm_jax.prefetch import Prefetcher  # noqa: E402
 from wallwm_jax.train_step import make_train_step  # noqa: E402
+from wallwm_jax.tree_names import path_name  # noqa: E402
 
 
 def random_batch(step_fns: Any, config: Any, seed: int) -> Any:
@@ -43,7 +44,7 @@ def random_batch(step_fns: Any, config: Any, seed: int) -> Any:
     vocab, bins = int(config.model.vocab_size), int(config.model.num_duration_bins)
 
     def one(path: Any, a: jax.ShapeDtypeStruct) -> jax.Array:
-        name = jax.tree_util.keystr(path)
+        name = path_name(path)
         if a.dtype == np.uint8:
             x = rng.integers(0, 256, a.shape, dtype=np.uint8)
         elif a.dtype == bool:
@@ -77,7 +78,7 @@ class SyntheticSource:
         vocab, bins = int(self.config.model.vocab_size), int(self.config.model.num_duration_bins)
         out = {}
         for path, a in jax.tree_util.tree_leaves_with_path(leaves):
-            name = jax.tree_util.keystr(path).split(".")[-1]
+            name = path_name(path).split("/")[-1]
             if a.dtype == np.uint8:
                 x = self.rng.integers(0, 256, a.shape, dtype=np.uint8)
             elif a.dtype == bool:
@@ -107,13 +108,14 @@ def loop_bench(config: Any, steps: int, log_every: int = 10,
     expected = abstract_batch(config, per_host)
     carry = list(fns.init_fn(jax.random.PRNGKey(0)))
     batch = random_batch(fns, config, seed=0)
-    carry[0], carry[1], metrics = fns.update_fn(carry[0], carry[1], batch)  # compile
+    run = fns.run_inputs
+    carry[0], carry[1], metrics = fns.update_fn(carry[0], carry[1], batch, run)  # compile
     jax.block_until_ready(metrics)
 
     def device_only() -> float:
         t0 = time.perf_counter()
         for _ in range(steps):
-            carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], batch)
+            carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], batch, run)
         jax.block_until_ready(m)
         return (time.perf_counter() - t0) / steps
 
@@ -123,8 +125,8 @@ def loop_bench(config: Any, steps: int, log_every: int = 10,
         for _ in range(steps):
             host = to_event_batch(next(source))
             check_batch(host, expected)
-            carry[0], carry[1], m = fns.update_fn(carry[0], carry[1],
-                                                  sharding.global_batch(host, mesh))
+            carry[0], carry[1], m = fns.update_fn(
+                carry[0], carry[1], sharding.global_batch(host, mesh, fns.rules), run)
             float(jax.device_get(m)["loss"])
         return (time.perf_counter() - t0) / steps
 
@@ -136,7 +138,7 @@ def loop_bench(config: Any, steps: int, log_every: int = 10,
                 t = time.perf_counter()
                 item = feed.next()
                 wait += time.perf_counter() - t
-                carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch)
+                carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch, run)
                 pending.append(m)
                 if (i - 1) % log_every == 0 or i == steps:  # a step late, as train.py
                     jax.device_get(pending[:-1] if i < steps else pending)
@@ -176,15 +178,14 @@ def bench_variant(config: Any, steps: int, warmup: int) -> dict[str, Any]:
     mesh = sharding.make_mesh(config.mesh)
     fns = make_train_step(config, mesh)
     t0 = time.perf_counter()
-    compiled = fns.update_fn.lower(fns.abstract_params, fns.abstract_state,
-                                   fns.abstract_batch).compile()
+    compiled = fns.update_fn.lower(*fns.abstract_inputs).compile()
     compile_s = time.perf_counter() - t0
     params, state = fns.init_fn(jax.random.PRNGKey(0))
     batch = random_batch(fns, config, seed=0)
     times = []
     for i in range(warmup + steps):
         t = time.perf_counter()
-        params, state, metrics = compiled(params, state, batch)
+        params, state, metrics = compiled(params, state, batch, fns.run_inputs)
         jax.block_until_ready(metrics)
         if i >= warmup:
             times.append(time.perf_counter() - t)

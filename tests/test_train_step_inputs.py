@@ -1,5 +1,5 @@
-"""The seed and total_steps are inputs of one compiled train step, built once per process and
-program; the ahead-of-time compiled step takes the same three arguments as the jitted one."""
+"""The seed and total_steps are inputs of one compiled train step (`RunInputs`), reused through a
+caller-owned `StepCache`; the ahead-of-time compiled step takes the same four arguments."""
 
 import jax
 import numpy as np
@@ -7,7 +7,8 @@ from jax.sharding import Mesh
 
 from experiments.pretrain import get_config
 from wallwm_jax.models import wallwm
-from wallwm_jax.train_step import make_train_step
+from wallwm_jax.optim.factory import learning_rate_schedule
+from wallwm_jax.train_step import StepCache, make_train_step
 
 
 def _config(seed: int, total_steps: int):
@@ -18,7 +19,7 @@ def _config(seed: int, total_steps: int):
     return config
 
 
-def _batch(step, config):
+def _batch(step):
     """A random batch with the step's abstract shapes, placed with its batch sharding."""
     rng = np.random.default_rng(0)
 
@@ -40,7 +41,7 @@ def _run(step, batch, n: int, update=None):
     update = update or step.update_fn
     lrs, losses = [], []
     for _ in range(n):
-        params, state, metrics = update(params, state, batch)
+        params, state, metrics = update(params, state, batch, step.run_inputs)
         lrs.append(float(metrics["lr"]))
         losses.append(float(metrics["loss"]))
     return jax.device_get(params), lrs, losses
@@ -48,24 +49,27 @@ def _run(step, batch, n: int, update=None):
 
 def _mesh() -> Mesh:
     # One device: what is tested is the step's inputs, not its partitioning (every multi-device
-    # training test runs the same BoundStep over 8 devices).
+    # training test runs the same step over 8 devices).
     return Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
 
 
 def test_seed_and_length_are_inputs_of_one_program():
     jax.config.update("jax_threefry_partitionable", True)
-    mesh = _mesh()
-    short, long_, other_seed = (make_train_step(_config(s, t), mesh)
+    mesh, cache = _mesh(), StepCache()
+    short, long_, other_seed = (make_train_step(_config(s, t), mesh, cache=cache)
                                 for s, t in ((0, 6), (0, 60), (1, 6)))
-    # One traced program for all three runs (the process memo), three sets of run inputs.
-    assert short.update_fn.jitted is long_.update_fn.jitted is other_seed.update_fn.jitted
-    batch = _batch(short, _config(0, 6))
+    # One traced program for all three runs (the cache), three sets of run inputs.
+    assert short.update_fn is long_.update_fn is other_seed.update_fn
+    assert len(cache) == 1
+    assert int(long_.run_inputs.total_steps) == 60
+    batch = _batch(short)
     p_short, lr_short, loss_short = _run(short, batch, 4)
     _, lr_long, _ = _run(long_, batch, 4)
     p_seed, _, loss_seed = _run(other_seed, batch, 4)
     # The LR each update used follows the run's own schedule (the length is read at run time).
-    assert lr_short == [float(short.lr_schedule(i)) for i in range(4)]
-    assert lr_long == [float(long_.lr_schedule(i)) for i in range(4)]
+    assert lr_short == [float(short.lr_schedule(i, 6)) for i in range(4)]
+    assert lr_long == [float(learning_rate_schedule(_config(0, 60).optimizer, 60)(i))
+                       for i in range(4)]
     assert lr_short[3] != lr_long[3]
     # The seed reaches the step's flow noise/time key: same init and batch, another loss.
     assert loss_short[0] != loss_seed[0]
@@ -73,9 +77,8 @@ def test_seed_and_length_are_inputs_of_one_program():
                                                         jax.tree.leaves(p_seed), strict=True))
 
     # Ahead-of-time: lower(...).compile() is called like the step and gives the same bits.
-    compiled = short.update_fn.lower(short.abstract_params, short.abstract_state,
-                                     short.abstract_batch).compile()
-    assert compiled.memory_analysis() is not None  # the compiled object's own API still there
+    compiled = short.update_fn.lower(*short.abstract_inputs).compile()
+    assert compiled.memory_analysis() is not None
     p_aot, lr_aot, loss_aot = _run(short, batch, 4, update=compiled)
     assert lr_aot == lr_short and loss_aot == loss_short
     for a, b in zip(jax.tree.leaves(p_aot), jax.tree.leaves(p_short), strict=True):
@@ -83,13 +86,25 @@ def test_seed_and_length_are_inputs_of_one_program():
 
 
 def test_program_fields_build_a_new_step_and_later_edits_do_not_leak():
-    mesh = _mesh()
+    mesh, cache = _mesh(), StepCache()
     config = _config(0, 6)
-    first = make_train_step(config, mesh)
+    first = make_train_step(config, mesh, cache=cache)
     config.model.depth += 1  # edits after building: a different program, the first untouched
-    deeper = make_train_step(config, mesh)
-    assert deeper.update_fn.jitted is not first.update_fn.jitted
+    deeper = make_train_step(config, mesh, cache=cache)
+    assert deeper.update_fn is not first.update_fn
     assert wallwm.count_params(first.abstract_params) < wallwm.count_params(
         deeper.abstract_params)
     config.model.depth -= 1
-    assert make_train_step(config, mesh).update_fn.jitted is first.update_fn.jitted
+    assert make_train_step(config, mesh, cache=cache).update_fn is first.update_fn
+    # Without a cache nothing is kept: each call traces its own step.
+    assert make_train_step(config, mesh).update_fn is not first.update_fn
+
+
+def test_step_cache_drops_the_least_recently_used():
+    cache = StepCache(max_size=2)
+    cache.put("a", "step a")
+    cache.put("b", "step b")
+    assert cache.get("a") == "step a"  # now "b" is the least recently used
+    cache.put("c", "step c")
+    assert (cache.get("b"), cache.get("a"), cache.get("c"), len(cache)) == (
+        None, "step a", "step c", 2)

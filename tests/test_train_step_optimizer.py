@@ -9,7 +9,6 @@ from jax.sharding import Mesh
 
 from experiments.pretrain import get_config
 from wallwm_jax.hlo_stats import compiled_collective_bytes
-from wallwm_jax.models import wallwm
 from wallwm_jax.optim.factory import make_optimizer
 from wallwm_jax.train_step import make_train_step
 
@@ -25,13 +24,12 @@ def _config(name: str):
 def _update_bytes(name: str, mesh: Mesh) -> dict[str, int]:
     """Collective bytes of the optimizer update alone, with the optimizer and the param and
     optimizer-state shardings the train step uses (cheaper to compile than the whole step)."""
-    config = _config(name)
-    step = make_train_step(config, mesh)
-    tx = make_optimizer(config.optimizer, config.total_steps,
-                        wallwm.param_logical_axes(config.model), step.param_sharding)
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p)[0], out_shardings=step.param_sharding)
+    step = make_train_step(_config(name), mesh)
+    update = jax.jit(lambda g, s, p, n: step.tx.update(g, s, p, total_steps=n)[0],
+                     out_shardings=step.param_sharding)
     compiled = update.lower(step.abstract_params, step.abstract_state.opt_state,
-                            step.abstract_params).compile()
+                            step.abstract_params,
+                            step.abstract_run_inputs.total_steps).compile()
     return compiled_collective_bytes(compiled)
 
 
@@ -40,8 +38,7 @@ def test_train_step_muon_collectives_spread():
     mesh = Mesh(np.array(jax.devices()[:8]).reshape(1, 8, 1), ("data", "fsdp", "tensor"))
     # The path training takes: the whole compiled train step moves Muon's matrices all-to-all.
     step = make_train_step(_config("muon"), mesh)
-    whole = compiled_collective_bytes(step.update_fn.lower(
-        step.abstract_params, step.abstract_state, step.abstract_batch).compile())
+    whole = compiled_collective_bytes(step.update_fn.lower(*step.abstract_inputs).compile())
     assert whole.get("all-to-all", 0) > 0, whole
     ours, ref = _update_bytes("muon", mesh), _update_bytes("optax_muon", mesh)
     print({"train_step_muon": whole, "muon_update": ours, "optax_muon_update": ref})

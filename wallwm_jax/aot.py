@@ -82,8 +82,7 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
     device_kind = device_kind or devices[0].device_kind
     step = make_train_step(config, mesh)
     t0 = time.perf_counter()
-    lowered = step.update_fn.lower(step.abstract_params, step.abstract_state,
-                                   step.abstract_batch)
+    lowered = step.update_fn.lower(*step.abstract_inputs)
     t1 = time.perf_counter()
     budget = hbm_gib if hbm_gib is not None else throughput.device_peak(device_kind)[1]
     analytic = throughput.step_flops(config)

@@ -26,6 +26,7 @@ from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.models import wallwm
 from wallwm_jax.models.layers import activation_sharding, compute_dtype, resolve_attention
 from wallwm_jax.optim.factory import learning_rate_schedule, make_optimizer
+from wallwm_jax.tree_names import path_name
 
 
 @flax.struct.dataclass
@@ -34,6 +35,23 @@ class TrainState:
 
     step: jax.Array  # int32 []
     opt_state: Any
+
+
+@flax.struct.dataclass
+class RunInputs:
+    """Inputs of the compiled step that differ between runs of one program: runs that differ
+    only in seed or length share one executable (and one persistent-cache entry)."""
+
+    rng: jax.Array  # uint32 [2], PRNGKey(seed); each step folds its step number in
+    total_steps: jax.Array  # int32 [], the learning-rate schedule's length
+
+    FIELDS = ("seed", "total_steps")  # the config fields they come from
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict, mesh: Mesh) -> RunInputs:
+        """`config.seed` and `config.total_steps`, replicated over `mesh`."""
+        return cls(rng=_replicated_input(jax.random.PRNGKey(config.seed), mesh),
+                   total_steps=_replicated_input(np.int32(config.total_steps), mesh))
 
 
 # Parameter groups for per-group gradient/update norms: (regex over 'a/b/c' paths, group),
@@ -51,7 +69,7 @@ def param_groups(params: Any) -> Any:
     """Same tree as `params` with each leaf replaced by its group name (see PARAM_GROUPS)."""
 
     def one(path: Any, _: Any) -> str:
-        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        name = path_name(path)
         for pattern, group in PARAM_GROUPS:
             if re.search(pattern, name):
                 return group
@@ -71,65 +89,36 @@ def group_norms(tree: Any, groups: Any) -> dict[str, jax.Array]:
 
 @dataclasses.dataclass(frozen=True)
 class TrainStep:
-    """The jitted step functions and the abstract (ShapeDtypeStruct + sharding) trees.
+    """The jitted step functions, the optimizer and the abstract (ShapeDtypeStruct + sharding)
+    trees.
 
-    `init_fn(rng) -> (params, state)`; `update_fn(params, state, batch) ->
-    (params, state, metrics)`, donating params and state. The abstract trees are what
-    `update_fn.lower(...)` needs for ahead-of-time compilation.
+    `init_fn(rng) -> (params, state)`; `update_fn(params, state, batch, run_inputs) ->
+    (params, state, metrics)`, donating params and state; `run_inputs` is the `RunInputs` of
+    the config the step was made for. `update_fn.lower(*step.abstract_inputs)` lowers it ahead
+    of time (the compiled step takes the same four arguments).
     """
 
     mesh: Mesh
+    rules: sharding.ShardingRules
     abstract_params: Any
     abstract_state: TrainState
     abstract_batch: Any
+    abstract_run_inputs: RunInputs
     param_sharding: Any
     state_sharding: TrainState
     batch_sharding: jax.sharding.NamedSharding
     init_fn: Callable[[jax.Array], tuple[Any, TrainState]]
-    update_fn: BoundStep
-    lr_schedule: optax.Schedule
+    update_fn: Any  # jax.jit(update): (params, state, batch, RunInputs) -> (params, state, metrics)
+    tx: optax.GradientTransformationExtraArgs  # its update takes total_steps=
+    lr_schedule: Callable[[Any, Any], jax.Array]  # (count, total_steps) -> learning rate
+    run_inputs: RunInputs | None = None
     precision: dict = dataclasses.field(default_factory=dict)  # resolved dtype/attention
 
-
-class BoundStep:
-    """`update(params, state, batch)`: the jitted step with the run's seed and length bound.
-
-    The seed's key and `total_steps` (the LR schedule's length) are inputs of the compiled step,
-    not constants folded into it, so runs that differ only in those share one executable (and
-    one persistent-cache entry). `lower` takes the same three arguments as the call.
-    """
-
-    def __init__(self, jitted: Any, run_inputs: dict[str, jax.Array]):
-        self.jitted = jitted
-        self.run_inputs = run_inputs
-
-    def __call__(self, params: Any, state: TrainState, batch: Any
-                 ) -> tuple[Any, TrainState, dict[str, jax.Array]]:
-        return self.jitted(params, state, batch, self.run_inputs)
-
-    def lower(self, params: Any, state: TrainState, batch: Any) -> _Bound:
-        """Lower for these abstract trees; `.compile()` gives a three-argument callable too."""
-        return _Bound(self.jitted.lower(params, state, batch, self.run_inputs), self.run_inputs)
-
-
-class _Bound:
-    """A lowered or compiled step with the run inputs bound: `compile()` and `(p, s, b)` take
-    what `BoundStep` takes; everything else (memory_analysis, as_text, ...) is the wrapped one's.
-    """
-
-    def __init__(self, stage: Any, run_inputs: dict[str, jax.Array]):
-        self._stage = stage
-        self._run_inputs = run_inputs
-
-    def compile(self, *args: Any, **kwargs: Any) -> _Bound:
-        return _Bound(self._stage.compile(*args, **kwargs), self._run_inputs)
-
-    def __call__(self, params: Any, state: TrainState, batch: Any
-                 ) -> tuple[Any, TrainState, dict[str, jax.Array]]:
-        return self._stage(params, state, batch, self._run_inputs)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stage, name)
+    @property
+    def abstract_inputs(self) -> tuple[Any, TrainState, Any, RunInputs]:
+        """What `update_fn.lower` takes: (params, state, batch, run inputs), all abstract."""
+        return (self.abstract_params, self.abstract_state, self.abstract_batch,
+                self.abstract_run_inputs)
 
 
 def _replicated_input(value: Any, mesh: Mesh) -> jax.Array:
@@ -155,87 +144,100 @@ def check_model_data(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"{a}={va} disagrees with {b}={vb}; set them together")
 
 
-def activation_rules(sharding_rules: Any) -> tuple[tuple[str, Any], ...]:
-    """The `activation_*` entries of `config.sharding_rules`, as flax logical-axis rules (the
-    model constrains its residual streams with them; parameters use `logical_to_sharding`)."""
-    return tuple((name, tuple(axes) if isinstance(axes, (list, tuple)) else axes)
-                 for name, axes in sharding_rules if name.startswith("activation_"))
+class StepCache:
+    """Train steps already built, by everything their program depends on (`program_key`).
+
+    The caller owns one and passes it to every `make_train_step` of a process that builds the
+    same model more than once (tests, in-process sweep trials, fine-tuning beside its baseline),
+    so later runs reuse the traced step instead of tracing it again. Without one nothing is
+    kept. The least recently used of more than `max_size` steps are dropped.
+    """
+
+    def __init__(self, max_size: int = 4) -> None:
+        self.max_size = max_size
+        self._steps: collections.OrderedDict[str, TrainStep] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._steps)
+
+    def get(self, key: str) -> TrainStep | None:
+        step = self._steps.get(key)
+        if step is not None:
+            self._steps.move_to_end(key)
+        return step
+
+    def put(self, key: str, step: TrainStep) -> None:
+        self._steps[key] = step
+        self._steps.move_to_end(key)
+        while len(self._steps) > self.max_size:
+            self._steps.popitem(last=False)
 
 
-# Steps built in this process, by what their program depends on (`_program_key`): a second
-# run of the same model in one process (a test, a resumed or in-process sweep trial, the
-# fine-tuning baseline) reuses the traced step instead of tracing it again.
-_BUILT: collections.OrderedDict[str, TrainStep] = collections.OrderedDict()
-_BUILT_MAX = 4
-RUN_INPUTS = ("seed", "total_steps")  # inputs of the compiled step, not part of its program
-
-
-def _program_key(config: ml_collections.ConfigDict, mesh: Mesh, batch_size: int) -> str:
-    """Everything the step's program depends on: the config without `RUN_INPUTS`, the mesh
-    (devices, axis names and sizes) and the global batch."""
+def program_key(config: ml_collections.ConfigDict, mesh: Mesh, batch_size: int) -> str:
+    """Everything the step's program depends on: the config without `RunInputs.FIELDS`, the
+    mesh (devices, axis names and sizes) and the global batch."""
     fields = json.loads(config.to_json_best_effort(sort_keys=True))
-    for name in RUN_INPUTS:
+    for name in RunInputs.FIELDS:
         fields.pop(name, None)
     devices = [d.id for d in mesh.devices.flat]
     return json.dumps([fields, devices, list(mesh.shape.items()), batch_size], sort_keys=True)
 
 
 def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, *,
-                    batch_size: int | None = None) -> TrainStep:
+                    batch_size: int | None = None, cache: StepCache | None = None) -> TrainStep:
     """Build the sharded train step of `config` on `mesh` (no weights are allocated).
 
     `batch_size` (default `config.batch_size`) is the global batch; it must divide over the
-    data-parallel axes ('data', 'fsdp'). The seed and `total_steps` are bound as inputs of
-    the compiled step (`BoundStep`); the rest is built once per process and program.
+    batch axes of `config.sharding_rules`. The step's `run_inputs` are `config`'s seed and
+    `total_steps`; with a `cache`, a step already built for the same program is reused.
     """
     batch_size = int(batch_size or config.batch_size)
-    dp = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch_size % dp:
+    rules = sharding.ShardingRules.from_config(config.sharding_rules)
+    ways = rules.batch_divisor(mesh)
+    if batch_size % ways:
         raise ValueError(f"batch_size={batch_size} is not divisible by the data-parallel "
-                         f"mesh size {dp} (mesh.data x mesh.fsdp)")
+                         f"mesh size {ways} (mesh axes {rules.batch_axes} of the 'batch' "
+                         "sharding rule)")
     check_model_data(config)
-    key = _program_key(config, mesh, batch_size)
-    built = _BUILT.get(key)
+    key = None if cache is None else program_key(config, mesh, batch_size)
+    built = None if cache is None else cache.get(key)
     if built is None:
-        # A private copy: later edits of the caller's config cannot reach a cached program.
-        built = _build_train_step(config.copy_and_resolve_references(), mesh, batch_size)
-        _BUILT[key] = built
-        while len(_BUILT) > _BUILT_MAX:
-            _BUILT.popitem(last=False)
+        # A private copy: later edits of the caller's config cannot reach the traced program.
+        built = _build_train_step(config.copy_and_resolve_references(), mesh, rules,
+                                  batch_size)
+        if cache is not None:
+            cache.put(key, built)
     else:
-        _BUILT.move_to_end(key)
         resolved_precision(config.model, mesh.devices.flat[0].platform)  # says it again
-    run_inputs = {"rng": _replicated_input(jax.random.PRNGKey(config.seed), mesh),
-                  "total_steps": _replicated_input(np.int32(config.total_steps), mesh)}
-    return dataclasses.replace(
-        built, update_fn=BoundStep(built.update_fn.jitted, run_inputs),
-        lr_schedule=learning_rate_schedule(config.optimizer, config.total_steps))
+    return dataclasses.replace(built, run_inputs=RunInputs.from_config(config, mesh))
 
 
 def _build_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
-                      batch_size: int) -> TrainStep:
-    """`make_train_step` without the per-process reuse (seed/total_steps bound later)."""
+                      rules: sharding.ShardingRules, batch_size: int) -> TrainStep:
+    """`make_train_step` without the cache and the run inputs."""
     model_cfg = config.model
     precision = resolved_precision(model_cfg, mesh.devices.flat[0].platform)
     logical_axes = wallwm.param_logical_axes(model_cfg)
-    lr_schedule = learning_rate_schedule(config.optimizer, config.total_steps)
 
     shapes = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
-    param_sharding = sharding.logical_to_sharding(logical_axes, mesh, config.sharding_rules,
-                                                  shapes)
-    # Muon spreads its Newton-Schulz work over the mesh when it knows the params' shardings.
-    tx = make_optimizer(config.optimizer, config.total_steps, logical_axes, param_sharding)
+    param_sharding = rules.params(logical_axes, mesh, shapes)
+    # One schedule and one optimizer; the update passes the run's length to both. Muon spreads
+    # its Newton-Schulz work over the mesh when it knows the params' shardings.
+    lr_schedule = learning_rate_schedule(config.optimizer)
+    tx = make_optimizer(config.optimizer, lr_schedule, logical_axes, param_sharding)
     abstract_params = _with_sharding(shapes, param_sharding)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_sharding = sharding.opt_state_sharding(abstract_opt, abstract_params, param_sharding,
-                                               mesh)
-    state_sharding = TrainState(step=sharding.replicated(mesh), opt_state=opt_sharding)
+    state_sharding = TrainState(step=sharding.replicated(mesh),
+                                opt_state=sharding.opt_state_sharding(tx, shapes, param_sharding))
     abstract_state = _with_sharding(
-        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), opt_state=abstract_opt),
-        state_sharding)
-    batch_sharding = sharding.batch_sharding(mesh)
+        TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+                   opt_state=jax.eval_shape(tx.init, shapes)), state_sharding)
+    batch_sharding = rules.batch(mesh)
     batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=batch_sharding),
                          abstract_batch(config, batch_size))
+    run_sharding = sharding.replicated(mesh)
+    abstract_run = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=run_sharding),
+        jax.eval_shape(lambda: RunInputs(jax.random.PRNGKey(0), jnp.int32(0))))
     groups = param_groups(shapes)
 
     def init(rng: jax.Array) -> tuple[Any, TrainState]:
@@ -244,23 +246,21 @@ def _build_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
 
     init_fn = jax.jit(init, out_shardings=(param_sharding, state_sharding))
 
-    rules = activation_rules(config.sharding_rules)
+    activation_rules = rules.activations()
     on_nonfinite = config.get("on_nonfinite", "stop")
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite='{on_nonfinite}' must be 'stop' or 'skip'")
     skip_nonfinite = on_nonfinite == "skip"
 
-    def update(params: Any, state: TrainState, batch: Any, run: dict[str, jax.Array]
+    def update(params: Any, state: TrainState, batch: Any, run: RunInputs
                ) -> tuple[Any, TrainState, dict]:
-        rng = jax.random.fold_in(run["rng"], state.step)
-        # The same optimizer as `tx` (same state), its schedule reading the run's length.
-        run_tx = make_optimizer(config.optimizer, run["total_steps"], logical_axes,
-                                param_sharding)
+        rng = jax.random.fold_in(run.rng, state.step)
         grad_fn = jax.value_and_grad(
             lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
-        with activation_sharding(mesh, rules):  # the model's activation constraints apply
+        with activation_sharding(mesh, activation_rules):  # the model's constraints apply
             (_, metrics), grads = grad_fn(params)
-        updates, opt_state = run_tx.update(grads, state.opt_state, params)
+        updates, opt_state = tx.update(grads, state.opt_state, params,
+                                       total_steps=run.total_steps)
         new_params = optax.apply_updates(params, updates)
         if skip_nonfinite:  # a NaN/Inf loss leaves params and optimizer state as they were
             finite = jnp.isfinite(metrics["loss"])
@@ -272,20 +272,20 @@ def _build_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
         metrics = dict(metrics, grad_norm=optax.global_norm(grads),
                        update_norm=optax.global_norm(updates),
                        # the LR this update used: schedule(step - 1)
-                       lr=learning_rate_schedule(config.optimizer, run["total_steps"])(state.step))
+                       lr=lr_schedule(state.step, run.total_steps))
         metrics.update({f"grad_norm/{g}": n for g, n in group_norms(grads, groups).items()})
         metrics.update({f"update_norm/{g}": n for g, n in group_norms(updates, groups).items()})
         return params, TrainState(step=state.step + 1, opt_state=opt_state), metrics
 
-    update_fn = BoundStep(jax.jit(
+    update_fn = jax.jit(
         update, donate_argnums=(0, 1),
-        in_shardings=(param_sharding, state_sharding, batch_sharding,
-                      sharding.replicated(mesh)),
-        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh))), {})
-    return TrainStep(mesh=mesh, abstract_params=abstract_params, abstract_state=abstract_state,
-                     abstract_batch=batch, param_sharding=param_sharding,
+        in_shardings=(param_sharding, state_sharding, batch_sharding, run_sharding),
+        out_shardings=(param_sharding, state_sharding, sharding.replicated(mesh)))
+    return TrainStep(mesh=mesh, rules=rules, abstract_params=abstract_params,
+                     abstract_state=abstract_state, abstract_batch=batch,
+                     abstract_run_inputs=abstract_run, param_sharding=param_sharding,
                      state_sharding=state_sharding, batch_sharding=batch_sharding,
-                     init_fn=init_fn, update_fn=update_fn, lr_schedule=lr_schedule,
+                     init_fn=init_fn, update_fn=update_fn, tx=tx, lr_schedule=lr_schedule,
                      precision=precision)
 
 

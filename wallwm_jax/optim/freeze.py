@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from wallwm_jax.tree_names import path_name
+
 # Part name -> regex over the flat parameter name ("vit/...", "decoder/layers/backbone/...").
 FREEZE_GROUPS = {
     "vit": r"^vit/",
@@ -29,16 +31,14 @@ def frozen_mask(params: Any, parts: Sequence[str]) -> Any:
                          f"expected some of {sorted(FREEZE_GROUPS)}")
     pattern = re.compile("|".join(f"(?:{FREEZE_GROUPS[p]})" for p in parts)) if parts else None
 
-    def name(path) -> str:
-        return "/".join(str(getattr(k, "key", k)) for k in path)
-
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: bool(pattern and pattern.search(name(path))), params)
+        lambda path, _: bool(pattern and pattern.search(path_name(path))), params)
 
 
 def freeze(inner: optax.GradientTransformation,
-           parts: Sequence[str]) -> optax.GradientTransformation:
-    """`inner` with the parameters of `parts` held fixed."""
+           parts: Sequence[str]) -> optax.GradientTransformationExtraArgs:
+    """`inner` with the parameters of `parts` held fixed (extra update arguments such as
+    `total_steps` pass through to it)."""
     parts = tuple(parts)
     frozen_mask({}, parts)  # reject unknown parts when the optimizer is built
 
@@ -46,8 +46,11 @@ def freeze(inner: optax.GradientTransformation,
         mask = frozen_mask(tree, parts)
         return jax.tree.map(lambda u, m: jnp.zeros_like(u) if m else u, tree, mask)
 
-    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
-        updates, state = inner.update(zero(updates), state, params)
+    inner = optax.with_extra_args_support(inner)
+
+    def update(updates: Any, state: Any, params: Any = None, **extra_args: Any
+               ) -> tuple[Any, Any]:
+        updates, state = inner.update(zero(updates), state, params, **extra_args)
         return zero(updates), state
 
-    return optax.GradientTransformation(inner.init, update)
+    return optax.GradientTransformationExtraArgs(inner.init, update)

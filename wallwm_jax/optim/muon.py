@@ -12,13 +12,13 @@ Flax kernels are (in, out), so `in`/`out` are read from the plan, not from the a
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
 
 from wallwm_jax.optim import newton_schulz, routing, spread
 
@@ -35,8 +35,12 @@ class MuonState(NamedTuple):
 
 def _check_nonneg(name: str, value: Any) -> None:
     if callable(value):
+        try:
+            inspect.signature(value).bind(0)
+        except TypeError:  # a schedule of the run (count, total_steps=...): checked where made
+            return
         value = value(0)
-    if isinstance(value, jax.core.Tracer):  # a schedule of the run's length, inside the step
+    if isinstance(value, jax.core.Tracer):  # a schedule of a traced length
         return
     if not float(value) >= 0:  # also catches NaN
         raise ValueError(f"muon: {name}={value!r} must be >= 0")
@@ -48,10 +52,6 @@ def _lr_scale(adjust_lr: str | None, fan_in: int, fan_out: int) -> float:
     if adjust_lr == "match_rms_adamw":
         return 0.2 * max(fan_in, fan_out) ** 0.5
     return 1.0
-
-
-def _is_masked(x: Any) -> bool:
-    return isinstance(x, optax.MaskedNode)
 
 
 def muon(
@@ -77,11 +77,13 @@ def muon(
     adam_b2: float = 0.999,
     adam_eps: float = 1e-8,
     adam_weight_decay: float = 0.0,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
     """Muon on the parameters the `rules` send to 'muon', AdamW on the others.
 
     Args:
-      learning_rate: Muon step size, a float or an optax schedule of the step count.
+      learning_rate: Muon step size, a float or a schedule of the step count; a schedule
+        also gets the update's extra keyword arguments (`learning_rate(count, total_steps=n)`
+        when the update is called with `total_steps=n`).
       momentum, nesterov: β of the momentum EMA (no bias correction) and Nesterov on/off.
       ns_steps, ns_coeffs: Newton–Schulz steps and (a, b, c), or a preset name
         ('quintic', 'polar_express') or one (a, b, c) per step.
@@ -139,12 +141,13 @@ def muon(
                           else optax.MaskedNode(), params, plans)
         return MuonState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
-    def update(grads: Any, state: MuonState, params: Any = None):
+    def update(grads: Any, state: MuonState, params: Any = None, **extra_args: Any):
         if params is None:
             raise ValueError("muon: update needs `params` (for weight decay)")
         plans = plan(params)
-        lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        adam_lr = (adam_learning_rate(state.count) if callable(adam_learning_rate)
+        lr = (learning_rate(state.count, **extra_args) if callable(learning_rate)
+              else learning_rate)
+        adam_lr = (adam_learning_rate(state.count, **extra_args) if callable(adam_learning_rate)
                    else adam_learning_rate)
         count = optax.safe_increment(state.count)
 
@@ -189,12 +192,5 @@ def muon(
         unflatten = treedef.unflatten
         return unflatten(updates), MuonState(count, unflatten(new_mu), unflatten(new_nu))
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
-
-def state_shardings(state: MuonState, param_shardings: Any) -> MuonState:
-    """Shardings for a `MuonState`: moments like their parameters, the count replicated."""
-    mesh = jax.tree.leaves(param_shardings)[0].mesh
-    nu = jax.tree.map(lambda v, s: v if _is_masked(v) else s, state.nu, param_shardings,
-                      is_leaf=_is_masked)
-    return MuonState(count=NamedSharding(mesh, PartitionSpec()), mu=param_shardings, nu=nu)

@@ -24,6 +24,8 @@ from typing import Any
 import jax
 from jax.sharding import PartitionSpec
 
+from wallwm_jax.tree_names import path_name
+
 GROUPS = ("muon", "adamw")
 
 # AdamW: embeddings (modules named *embed*), output heads (`*_head`, `action_out`,
@@ -56,10 +58,6 @@ class LeafPlan:
         """(fan_in, fan_out) of one matrix of a parameter with this shape."""
         return (math.prod(shape[a] for a in self.in_axes),
                 math.prod(shape[a] for a in self.out_axes))
-
-
-def path_str(key_path: Any) -> str:
-    return jax.tree_util.keystr(key_path, simple=True, separator="/")
 
 
 def _is_spec(x: Any) -> bool:
@@ -130,7 +128,7 @@ def plan_params(shapes: Any, rules: Rules, *, logical_axes: Any = None,
         names = treedef.flatten_up_to(logical_axes)
     plans = []
     for (key_path, leaf), leaf_names in zip(leaves, names, strict=True):
-        path = path_str(key_path)
+        path = path_name(key_path)
         ndim = len(leaf) if _is_spec(leaf) else len(leaf.shape)
         if leaf_names is not None and len(leaf_names) != ndim:
             raise ValueError(f"muon: logical axes {tuple(leaf_names)} of '{path}' do not match "
