@@ -68,12 +68,12 @@ def measure(size: str, saves: int, steps: int) -> dict[str, Any]:
     fns = make_train_step(config, mesh)
     params, state = fns.init_fn(jax.random.PRNGKey(0))
     batch = step_bench.random_batch(fns, config, 0)
-    params, state, metrics = fns.update_fn(params, state, batch)  # compile
+    params, state, metrics = fns.update_fn(params, state, batch, fns.run_inputs)  # compile
     jax.block_until_ready(metrics)
 
     def one_step() -> None:
         nonlocal params, state
-        params, state, m = fns.update_fn(params, state, batch)
+        params, state, m = fns.update_fn(params, state, batch, fns.run_inputs)
         jax.block_until_ready(m)
 
     step_s = _median(one_step, steps)

@@ -66,7 +66,7 @@ def optimizer_step(tx):
 
 def compiled_step(tx, shapes, shardings, mesh):
     state_shapes = jax.eval_shape(tx.init, shapes)
-    state_sh = opt_state_sharding(state_shapes, shapes, shardings, mesh)
+    state_sh = opt_state_sharding(tx, shapes, shardings)
     sds = lambda t, s: jax.tree.map(lambda x, y: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                                                       sharding=y), t, s)
     jitted = jax.jit(optimizer_step(tx), out_shardings=(shardings, state_sh),

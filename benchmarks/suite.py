@@ -95,7 +95,7 @@ def checkpoint_blocking(config: Any) -> dict[str, float]:
         manager = ckpt.make_manager(d, config.checkpoint)
         t0 = time.perf_counter()
         ckpt.save(manager, 1, params, {"step": state.step, "opt_state": state.opt_state},
-                  IteratorState({"n": 0}), {"config": {}}, force=True)
+                  IteratorState({"n": 0}), {"config.json": b"{}"}, force=True)
         blocking = time.perf_counter() - t0
         manager.wait_until_finished()
         total = time.perf_counter() - t0

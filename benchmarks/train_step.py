@@ -72,7 +72,7 @@ class SyntheticSource:
     def get_state(self) -> dict[str, int]:
         return {"n": self.n}
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def __next__(self) -> Any:
         self.n += 1
         leaves = abstract_batch(self.config, self.per_host)
         vocab, bins = int(self.config.model.vocab_size), int(self.config.model.num_duration_bins)
@@ -91,7 +91,7 @@ class SyntheticSource:
                 x = self.rng.standard_normal(a.shape).astype(a.dtype)
             out[name] = x
         out["action_events"] = np.zeros_like(out["actions"][..., 0], np.int32)
-        return out
+        return to_event_batch(out)  # as the pipeline yields them
 
 
 def loop_bench(config: Any, steps: int, log_every: int = 10,

@@ -43,6 +43,7 @@ def main(argv: list[str]) -> None:
 
     from wallwm_jax.data.pipeline import make_pipeline
     from wallwm_jax.train import initialize_distributed, train_and_evaluate
+    from wallwm_jax.tree_names import path_name
 
     assert initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     if args.index_dir:
@@ -59,7 +60,8 @@ def main(argv: list[str]) -> None:
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
     batches = [next(pipeline) for _ in range(2)]
     np.savez(os.path.join(args.out, f"batches_{args.process_id}.npz"),
-             **{f"{i}/{k}": v for i, b in enumerate(batches) for k, v in b.items()})
+             **{f"{i}/{path_name(k)}": np.asarray(v) for i, b in enumerate(batches)
+                for k, v in jax.tree_util.tree_leaves_with_path(b)})
 
     first = train_and_evaluate(config, args.workdir, stop_after=3)
     second = train_and_evaluate(config, args.workdir)

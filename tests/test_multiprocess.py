@@ -18,10 +18,11 @@ import pytest
 
 from wallwm_jax import sharding
 from wallwm_jax.data import event_index
-from wallwm_jax.data.pipeline import make_pipeline, to_event_batch
+from wallwm_jax.data.pipeline import make_pipeline
 from wallwm_jax.train import initialize_distributed
 from wallwm_jax.train_log import read_metrics
 from wallwm_jax.train_step import make_train_step
+from wallwm_jax.tree_names import path_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "multiprocess_worker.py")
@@ -93,7 +94,7 @@ def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
     global_batches = [next(single) for _ in range(tiny_config.total_steps)]
     hosts = [np.load(out / f"batches_{i}.npz") for i in range(2)]
     for b in range(2):
-        for key, value in global_batches[b].items():
+        for key, value in _fields(global_batches[b]).items():
             parts = [h[f"{b}/{key}"] for h in hosts]
             assert all(p.shape[0] == value.shape[0] // 2 for p in parts), key
             np.testing.assert_array_equal(np.concatenate(parts), value,
@@ -105,8 +106,8 @@ def test_two_processes_match_one(tiny_config, tiny_dataset, tmp_path):
     params, state = fns.init_fn(jax.random.PRNGKey(tiny_config.seed + 1))
     reference = []
     for gb in global_batches:
-        batch = sharding.global_batch(to_event_batch(gb), mesh)
-        params, state, metrics = fns.update_fn(params, state, batch)
+        batch = sharding.global_batch(gb, mesh, fns.rules)
+        params, state, metrics = fns.update_fn(params, state, batch, fns.run_inputs)
         reference.append(float(metrics["loss"]))
 
     steps = sorted(os.listdir(tmp_path / "multi" / "checkpoints"))
@@ -154,3 +155,8 @@ def test_initialize_distributed_arguments(monkeypatch):
         initialize_distributed()
     with pytest.raises(ValueError, match=r"process_id=2 must be in 0\.\.1"):
         initialize_distributed(process_id=2)
+
+
+def _fields(batch):
+    """{field name: array} of an EventBatch, as the worker saves them (`obs/image`, ...)."""
+    return {path_name(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(batch)}

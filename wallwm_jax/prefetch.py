@@ -46,8 +46,9 @@ class Prefetcher:
     on the first batch, against `expected_host_batch`."""
 
     def __init__(self, pipeline: InputPipeline, mesh: Mesh, expected_host_batch: Any, *,
-                 depth: int = 1) -> None:
+                 depth: int = 1, rules: Any = None) -> None:
         self._pipeline, self._mesh, self._expected = pipeline, mesh, expected_host_batch
+        self._rules = rules  # the config's sharding rules (their `batch` entry)
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, depth))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prefetch", daemon=True)
@@ -78,7 +79,7 @@ class Prefetcher:
                 if not checked:
                     check_batch(host, self._expected)
                     checked = True
-                batch = sharding.global_batch(host, self._mesh)
+                batch = sharding.global_batch(host, self._mesh, self._rules)
                 if not self._put(Prefetched(batch, state, time.perf_counter() - t0)):
                     return
         except BaseException as e:  # handed to the loop, raised there

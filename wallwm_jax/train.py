@@ -34,9 +34,14 @@ from wallwm_jax.evaluation.evaluators import make_evaluators
 from wallwm_jax.models.pretrained import describe, load_pretrained
 from wallwm_jax.prefetch import Prefetcher
 from wallwm_jax.train_log import MetricLogger
-from wallwm_jax.train_step import TrainState, make_train_step
+from wallwm_jax.train_step import StepCache, TrainState, make_train_step
 
 __all__ = ["NonFiniteLossError", "TrainState", "initialize_distributed", "train_and_evaluate"]
+
+# The train steps this process has built: `train_and_evaluate` uses it unless given its own, so
+# runs of the same model in one process (tests, in-process sweep trials, the fine-tuning
+# baseline) reuse the traced step. Pass `step_cache=StepCache(0)` to build afresh.
+STEP_CACHE = StepCache()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -67,12 +72,14 @@ class _Preemption:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        stop_after: int | None = None,
-                       devices: Sequence[jax.Device] | None = None) -> dict[str, Any]:
+                       devices: Sequence[jax.Device] | None = None,
+                       step_cache: StepCache | None = None) -> dict[str, Any]:
     """Train (resuming from the latest checkpoint in `workdir` if any); return a summary.
 
     `stop_after` ends the run early at that step (with a checkpoint) as an interruption
     would, without changing the config, so the schedule matches an uninterrupted run.
-    `devices` (default: all, of every process) are the devices the mesh is built over.
+    `devices` (default: all, of every process) are the devices the mesh is built over;
+    `step_cache` (default: `STEP_CACHE`) holds the traced steps a later run may reuse.
     `config.init_from` (used only when `workdir` has no checkpoint) is a checkpoint
     directory or an export bundle whose params start the run, with a fresh optimizer;
     `config.init_pretrained` then loads ((file, layout), ...) foreign weights on top
@@ -97,7 +104,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---------------------------------------------------------------- Model, optimizer,
     # sharding and update step: one builder, shared with aot.py and the benchmarks.
-    step_fns = make_train_step(config, mesh)
+    step_fns = make_train_step(config, mesh,
+                               cache=STEP_CACHE if step_cache is None else step_cache)
     update_fn = step_fns.update_fn
     flops_per_step = throughput.step_flops(config)
 
@@ -137,12 +145,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         tqdm.write(f"compiling the train step ({config.get('size', 'custom')}, {config.mode} "
                    f"mode, batch {config.batch_size}, mesh {dict(mesh.shape)})",
                    file=sys.stdout)
-    with _Preemption() as preemption, Prefetcher(pipeline, mesh, expected_host_batch) as feed:
+    with _Preemption() as preemption, Prefetcher(pipeline, mesh, expected_host_batch,
+                                                    rules=step_fns.rules) as feed:
         while step < config.total_steps:
             t0 = time.perf_counter()
             item = feed.next()
             timer.add(data_s=time.perf_counter() - t0)
-            params, state, metrics = update_fn(params, state, item.batch)
+            params, state, metrics = update_fn(params, state, item.batch, step_fns.run_inputs)
             step += 1
             pbar.update(1)
             done = step == config.total_steps

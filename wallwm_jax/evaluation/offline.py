@@ -74,7 +74,7 @@ class OfflineEvaluator:
         rows = []
         for b, batch in enumerate(self.batches()):
             if self.mesh is not None:
-                batch = sharding.global_batch(batch, self.mesh)
+                batch = sharding.global_batch(batch, self.mesh, self.config.sharding_rules)
             rng = jax.random.PRNGKey(self.seed + b)
             rows.append(jax.device_get(self._metrics_fn(params, batch, rng)))
         return {f"{self.prefix}/{k}": float(np.mean([r[k] for r in rows])) for k in rows[0]}
