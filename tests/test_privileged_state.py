@@ -99,7 +99,7 @@ def test_pipeline_gives_10d_state_and_refuses_a_mismatch(priv_dataset, tiny_data
     from wallwm_jax.data.pipeline import make_pipeline
 
     batch = next(make_pipeline(_config(priv_dataset).data, global_batch=4, seed=0))
-    assert batch["state"].shape == (4, 10)
+    assert batch.obs.state.shape == (4, 10)
     with pytest.raises(ValueError, match="privileged simulator state"):
         make_pipeline(_config(priv_dataset, privileged=False).data, global_batch=4, seed=0)
     plain = _config(tiny_dataset)  # a 4-D dataset asked for privileged state

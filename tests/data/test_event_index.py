@@ -223,5 +223,5 @@ def test_stale_index_and_other_k_are_errors_with_the_command(tiny_dataset, datas
 def test_event_index_imports_without_the_pipeline():
     code = ("import sys, wallwm_jax.data.event_index as e; "
             "assert 'wallwm_jax.data.pipeline' not in sys.modules; "
-            "from wallwm_jax.data.pipeline import EventIndex; assert EventIndex is e.EventIndex")
+            "from wallwm_jax.data.sampler import EventIndex; assert EventIndex is e.EventIndex")
     subprocess.run([sys.executable, "-c", code], check=True)
