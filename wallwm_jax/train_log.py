@@ -42,11 +42,6 @@ class MetricLogger:
             if key != "step":
                 self._tb.add_scalar(key, value, step)
 
-    def scalar(self, step: int, name: str, value: float) -> None:
-        """One TensorBoard scalar (not in metrics.jsonl)."""
-        if self.active:
-            self._tb.add_scalar(name, float(value), step)
-
     def close(self) -> None:
         """Flush and close both outputs."""
         if not self.active:

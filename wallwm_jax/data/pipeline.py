@@ -29,7 +29,6 @@ __all__ = ["EventSampler", "InputPipeline", "make_pipeline", "to_event_batch", "
            "bin_to_steps"]
 
 _MAX_SAMPLES = 2**40  # effectively infinite; sampling is with replacement
-BOOKKEEPING = ("cluster", "dataset")  # per-sample fields for the pipeline's own counts
 
 
 def to_event_batch(batch: dict[str, np.ndarray] | EventBatch) -> EventBatch:
