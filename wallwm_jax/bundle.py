@@ -136,8 +136,8 @@ def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[s
     (params float32 on the default device, whatever dtype they were stored in)."""
     missing = [n for n in REQUIRED if not os.path.exists(os.path.join(export_dir, n))]
     if missing:
-        raise FileNotFoundError(f"export {export_dir} is incomplete: missing {missing}; "
-                                f"expected {list(REQUIRED)}")
+        raise FileNotFoundError(f"export {export_dir} is missing {', '.join(missing)} (an "
+                                f"export holds {', '.join(REQUIRED)})")
     assets = read_assets(export_dir)
     params = load_params(export_dir, abstract_params(assets.config))
     return params, assets.config, assets.norm_stats, assets.tokenizer_path

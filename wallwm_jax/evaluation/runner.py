@@ -54,23 +54,19 @@ def load_actor(spec: PolicySpec) -> Any:
     """The Policy named by `spec` (None for the expert); errors name the missing file."""
     if spec.path == EXPERT:
         return None
-    from wallwm_jax.bundle import CONFIG_FILE, REQUIRED
+    from wallwm_jax.bundle import CONFIG_FILE
     from wallwm_jax.export import read_checkpoint
     from wallwm_jax.policy import Policy, load_policy
 
     if not os.path.exists(spec.path):
         raise EvaluationError(f"--policy {spec.path}: no such file or directory (expected an "
                               "export bundle, a checkpoint directory or 'expert')")
-    if os.path.isfile(os.path.join(spec.path, CONFIG_FILE)):
-        for name in REQUIRED:
-            if not os.path.exists(os.path.join(spec.path, name)):
-                raise EvaluationError(f"export {spec.path} is missing {name} (an export holds "
-                                      f"{', '.join(REQUIRED)})")
+    if os.path.isfile(os.path.join(spec.path, CONFIG_FILE)):  # an export, perhaps incomplete
         if spec.step is not None:
             raise EvaluationError("--step applies to checkpoint directories, not exports")
         try:
             return load_policy(spec.path, mode=spec.mode)
-        except ValueError as err:
+        except (ValueError, FileNotFoundError) as err:  # names the missing or mis-shaped file
             raise EvaluationError(str(err)) from None
     ckpt_dir = _checkpoint_dir(spec.path)
     if ckpt_dir is None:
