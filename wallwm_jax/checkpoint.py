@@ -33,6 +33,7 @@ from wallwm_jax.checkpoint_damage import (  # noqa: F401  (re-exported: the chec
     set_aside,
     verify_step,
 )
+from wallwm_jax.tree_names import flat_names
 
 # Orbax writes a step into `<step>.orbax-checkpoint-tmp[...]` and renames it when complete.
 TMP_DIR_SUFFIX = ".orbax-checkpoint-tmp"
@@ -311,10 +312,7 @@ def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params:
 
 
 def _compare_shapes(saved: Any, abstract_params: Any, where: str) -> None:
-    saved_flat = {jax.tree_util.keystr(k): v for k, v in
-                  jax.tree_util.tree_leaves_with_path(saved)}
-    want_flat = {jax.tree_util.keystr(k): v for k, v in
-                 jax.tree_util.tree_leaves_with_path(abstract_params)}
+    saved_flat, want_flat = flat_names(saved), flat_names(abstract_params)
     for name, want in want_flat.items():
         if name not in saved_flat:
             raise ValueError(f"{where} has no parameter {name}: it was saved from a "

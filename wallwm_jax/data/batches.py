@@ -73,9 +73,11 @@ def check_batch(batch: EventBatch, expected: EventBatch) -> None:
     (e.g. `abstract_batch(config, per_host_batch)`), before it reaches the compiled step."""
     import jax
 
+    from wallwm_jax.tree_names import path_name
+
     got = dict(jax.tree_util.tree_leaves_with_path(batch))
     for path, want in jax.tree_util.tree_leaves_with_path(expected):
-        name = jax.tree_util.keystr(path).lstrip(".")
+        name = path_name(path, ".")
         if path not in got:
             raise ValueError(f"batch has no field '{name}'")
         leaf = got[path]
