@@ -234,13 +234,16 @@ def test_plan_splits_keeps_source_splits_or_carves_val():
     assert plan == plan_splits({"train": 20}, 0.25, 0) != plan_splits({"train": 20}, 0.25, 1)
 
 
-def test_beam_path_writes_the_same_episodes(source_dir, built, tmp_path):
-    temp_before = set(os.listdir(tempfile.gettempdir()))
+def test_beam_path_writes_the_same_episodes(source_dir, built, tmp_path, monkeypatch):
+    # A temp root of this test's own: other tests (the --beam CLI on the other worker) may
+    # build at the same time and must not show up here.
+    temp_root = tmp_path / "temp_root"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(temp_root))
     beam_dir = build(source_dir, os.fspath(tmp_path), MAPPING, beam=True, workers=2)
     assert "tensorflow" not in sys.modules  # TFDS's Beam + ArrayRecord path runs without TF
-    # Nothing of the build is left in the temp root (Beam's job server left `beam-temp*`).
-    left = [n for n in set(os.listdir(tempfile.gettempdir())) - temp_before
-            if n.startswith(("beam-temp", "wallwm_beam_"))]
+    # Nothing of the Beam run is left in the temp root (its job server left `beam-temp*`).
+    left = [n for n in os.listdir(temp_root) if n.startswith(("beam-temp", "wallwm_beam_"))]
     assert left == [], left
     plain, beamed = read_by_id(built), read_by_id(beam_dir)
     assert sorted(plain) == sorted(beamed)
