@@ -98,3 +98,8 @@ def test_cluster_errors_are_in_the_training_normalisation(tiny_config):
     e, k, t = int(held.episode[row]), int(held.event[row]), int(held.start[row])
     want = val.make_sample(val.source[e], k, t)["actions"]
     np.testing.assert_allclose(np.asarray(evaluator._batches[0].actions[0]), want, rtol=1e-6)
+    # Given the run's statistics (as the training loop passes them), it uses them as they are.
+    given = ClusterEvaluator(tiny_config, norm_stats=val.norm_stats)
+    assert given.sampler.norm_stats is val.norm_stats
+    np.testing.assert_array_equal(np.asarray(given._batches[0].actions),
+                                  np.asarray(evaluator._batches[0].actions))

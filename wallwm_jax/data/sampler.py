@@ -199,8 +199,10 @@ def model_tokenizer_path(data_cfg: ml_collections.ConfigDict, dataset_dir: str) 
 
 def make_sampler(data_cfg: ml_collections.ConfigDict, dataset_dir: str, split: str, *,
                  seed: int, index: EventIndex | None = None, augment: bool = False,
-                 balanced: bool = False) -> EventSampler:
-    """The `EventSampler` of one dataset split, with the model's tokenizer and norm stats.
+                 balanced: bool = False,
+                 norm_stats: dict[str, dict[str, np.ndarray]] | None = None) -> EventSampler:
+    """The `EventSampler` of one dataset split, with the model's tokenizer and norm stats
+    (`norm_stats` when the caller has them already, e.g. a run's; else `model_norm_stats`).
 
     Events come from `index` (default: every event of the split, drawn uniformly); with
     `balanced`, from the event index stored with the dataset, drawn cluster-balanced with
@@ -213,7 +215,8 @@ def make_sampler(data_cfg: ml_collections.ConfigDict, dataset_dir: str, split: s
     elif index is None:
         index = scan_events(source)
     return EventSampler(source, index, model_tokenizer_path(data_cfg, dataset_dir),
-                        model_norm_stats(data_cfg, dataset_dir), data_cfg, seed=seed,
+                        model_norm_stats(data_cfg, dataset_dir) if norm_stats is None
+                        else norm_stats, data_cfg, seed=seed,
                         augment=augment, event_probs=probs, cluster=cluster)
 
 

@@ -54,7 +54,8 @@ class ClusterEvaluator:
     split's name)."""
 
     def __init__(self, config: ml_collections.ConfigDict, *, split: str = "val",
-                 fraction: float = 1 / 3, seed: int = 4321, prefix: str | None = None):
+                 fraction: float = 1 / 3, seed: int = 4321, prefix: str | None = None,
+                 norm_stats: dict[str, Any] | None = None):
         if jax.process_count() > 1:
             raise ValueError("config.eval.by_cluster runs in one process; it is an offline "
                              "study metric (set it in single-host runs)")
@@ -65,8 +66,10 @@ class ClusterEvaluator:
         self.rare = rare_clusters(train.cluster, fraction)
         by_type = cluster_of_event_type(train)
         held = load_event_index(directory, split)
-        # The model's tokenizer and norm stats, built as the training pipeline builds them.
-        self.sampler = sampler = make_sampler(data_cfg, directory, split, seed=seed, index=held)
+        # The model's tokenizer and norm stats, built as the training pipeline builds them
+        # (`norm_stats`: the run's, so the position targets' are not computed again).
+        self.sampler = sampler = make_sampler(data_cfg, directory, split, seed=seed, index=held,
+                                              norm_stats=norm_stats)
         source = sampler.source
         samples, clusters, episodes = [], [], {}
         for row in range(len(held)):

@@ -45,8 +45,8 @@ def make_evaluators(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
         if config.eval.get("by_cluster", False):
             from wallwm_jax.evaluation.clusters import ClusterEvaluator
 
-            evaluators.append(Evaluator("by_cluster", every,
-                                        ClusterEvaluator(config, split="val", prefix=PREFIX)))
+            evaluators.append(Evaluator("by_cluster", every, ClusterEvaluator(
+                config, split="val", prefix=PREFIX, norm_stats=norm_stats)))
     closed_loop = ClosedLoopEval.from_config(config, workdir, norm_stats, tokenizer_path)
     if closed_loop is not None:
         evaluators.append(Evaluator("closed_loop", closed_loop.every, closed_loop))
