@@ -58,7 +58,11 @@ def _version_dirs_below(path: epath.Path, depth: int = 2) -> list[str]:
     """TFDS version dirs (holding dataset_info.json) up to `depth` levels below `path`."""
     found, level = [], [path]
     for _ in range(depth):
-        level = sorted(p for d in level for p in d.iterdir() if p.is_dir())
+        below = []
+        for d in level:
+            with contextlib.suppress(OSError):  # an unreadable dir only loses the hint
+                below += [p for p in d.iterdir() if p.is_dir()]
+        level = sorted(below)
         found += [os.fspath(p) for p in level if (p / "dataset_info.json").exists()]
     return found
 
@@ -68,8 +72,8 @@ def open_source(source_dir: str) -> tuple[tfds.core.DatasetBuilder, str]:
     it is among the dataset's formats). A missing dir, a dir that is not a TFDS dataset and a
     source with no TensorFlow-free format raise, naming the dir and what to do."""
     path = epath.Path(source_dir)
-    expected = "expected a TFDS dataset version dir holding dataset_info.json, e.g. " \
-               "/data/bridge/1.0.0"
+    expected = ("expected a TFDS dataset version dir holding dataset_info.json, e.g. "
+                "/data/bridge/1.0.0")
     if not path.exists():
         raise FileNotFoundError(f"{source_dir}: no such directory ({expected})")
     if not path.is_dir():
@@ -92,7 +96,7 @@ def open_source(source_dir: str) -> tuple[tfds.core.DatasetBuilder, str]:
             f"{source_dir}: stored as {stored}, expected array_record (random access "
             "without TensorFlow); convert it once with `tfds convert_format "
             f"--dataset_version_dir={source_dir} --out_file_format=array_record` (needs "
-            "tensorflow, apache-beam, mlcroissant and importlib_resources; see docs/rlds.md)")
+            "tensorflow, apache-beam and mlcroissant installed; see docs/rlds.md)")
     return source, readable[0]
 
 
