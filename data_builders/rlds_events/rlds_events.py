@@ -24,6 +24,7 @@ from google.protobuf import json_format
 from data_builders.common import ConvertedEvents, convert, converter_config, note_excluded
 from data_builders.rlds_events.mapping import KeyMapping, SourceSpec, convert_episode
 from data_builders.rlds_events.mapping import resolve_mapping as _resolve
+from wallwm_jax import cli
 
 
 @dataclasses.dataclass
@@ -173,14 +174,19 @@ def beam_download_config(workers: int = 2, runner: str = "DirectRunner",
                          running_mode: str = "multi_processing",
                          **options) -> tfds.download.DownloadConfig:
     """DownloadConfig running the conversion with Beam `runner` (DirectRunner: `workers`
-    local processes); `options` go to PipelineOptions (e.g. Dataflow project/region)."""
+    local processes); `options` go to PipelineOptions (e.g. Dataflow project/region).
+
+    The options are these alone (`flags=[]`: Beam would otherwise parse our command line and
+    warn about every flag), and the workers log warnings and above unless `--verbosity`."""
     beam = tfds.core.lazy_imports.apache_beam
     if runner == "DirectRunner":
         options = {"direct_num_workers": workers, "direct_running_mode": running_mode,
                    **options}
+    if not cli.verbose():
+        options = {"default_sdk_harness_log_level": "ERROR", **options}
     return tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP, beam_runner=runner,
-        beam_options=beam.options.pipeline_options.PipelineOptions(**options))
+        beam_options=beam.options.pipeline_options.PipelineOptions(flags=[], **options))
 
 
 def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | None = None,
