@@ -165,8 +165,9 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     augment = split == "train" and data_cfg.augment.enabled
     balanced = split == "train" and data_cfg.get("balance_alpha") is not None
     samplers = []
-    for directory, _ in entries:
-        check_state_layout(directory, data_cfg)
+    for j, (directory, _) in enumerate(entries):
+        check_state_layout(directory, data_cfg, "data.data_dir" if len(entries) == 1 and not
+                           data_cfg.get("mixture") else f"data.mixture[{j}]")
         samplers.append(make_sampler(data_cfg, directory, split, seed=seed, augment=augment,
                                      balanced=balanced))
     sampler = samplers[0]
