@@ -144,7 +144,11 @@ def test_check_flags_names_each_bad_flag(trained_policies, tmp_path):
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy(os.path.join(export, "config.json"), partial)
+    broken = tmp_path / "broken"
+    shutil.copytree(export, broken)
+    (broken / "config.json").write_text("{")
     bad = [({"port": -1}, "--port -1: expected 0-65535"),
+           ({"policy_dir": str(broken)}, "config.json is not a training config"),
            ({"max_message_mb": 0}, "--max_message_mb 0: expected a size > 0"),
            ({"request_timeout_s": -5}, "--request_timeout_s -5: expected seconds > 0"),
            ({"policy_dir": str(tmp_path / "nowhere")}, "no such directory"),

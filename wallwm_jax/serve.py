@@ -35,6 +35,7 @@ import msgpack
 import numpy as np
 
 from wallwm_jax.bundle import REQUIRED, read_config
+from wallwm_jax.cli import UserError
 from wallwm_jax.data.transforms import camera_key, resize_frame
 from wallwm_jax.export import runnable_modes
 from wallwm_jax.policy import Policy, load_policy
@@ -285,8 +286,6 @@ def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: fl
     """Refuse flags the server cannot run with (UserError naming the flag), before the model
     loads: a port outside 0-65535, non-positive limits, an export directory that is missing or
     incomplete, a --mode the export cannot run."""
-    from wallwm_jax.cli import UserError
-
     if not 0 <= port <= 65535:
         raise UserError(f"--port {port}: expected 0-65535 (0: any free port)")
     if not max_message_mb > 0:
@@ -300,7 +299,11 @@ def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: fl
     if missing:
         raise UserError(f"--policy {policy_dir} is missing {', '.join(missing)} (an export "
                         f"holds {', '.join(REQUIRED)})")
-    modes = runnable_modes(read_config(policy_dir))
+    try:
+        modes = runnable_modes(read_config(policy_dir))
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        raise UserError(f"--policy {policy_dir}: config.json is not a training config "
+                        f"({type(err).__name__}: {err})") from None
     if mode is not None and mode not in modes:
         raise UserError(f"--mode {mode}: this export can run {', '.join(modes)}")
 
@@ -308,8 +311,6 @@ def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: fl
 def bind(host: str, port: int) -> socket.socket:
     """A socket bound to host:port but not yet listening (clients are refused until the model
     is compiled); UserError when the address cannot be used."""
-    from wallwm_jax.cli import UserError
-
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
