@@ -40,7 +40,7 @@ flags.DEFINE_string(
     f"Directory of JAX's persistent compilation cache, shared by every command of the package "
     f"and safe to share between processes and hosts; empty for none (default: "
     f"${compile_cache.ENV_VAR}, else $JAX_COMPILATION_CACHE_DIR, else "
-    f"$XDG_CACHE_HOME or ~/.cache, /wallwm_jax/jax_compilation_cache).")
+    f"($XDG_CACHE_HOME or ~/.cache)/wallwm_jax/jax_compilation_cache).")
 
 
 class UserError(ValueError):
