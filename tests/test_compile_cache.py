@@ -144,7 +144,10 @@ def test_progress_bar_clock_starts_after_the_first_step_compiled(tiny_config, tm
 
     monkeypatch.setattr(train, "make_train_step", timed_make_train_step)
     monkeypatch.setattr(train, "tqdm", Bar)
-    # The shared tiny config (its train step is likely built and cached already), 2 steps.
+    # The program of tests/test_train_loop.py's first test (a worker that ran it reuses the
+    # traced step, and the session's compilation cache the compiled one), stopped after 2 steps.
+    tiny_config.log_every_steps = 3
+    tiny_config.checkpoint.every_steps = 6
     train.train_and_evaluate(tiny_config, str(tmp_path / "run"), stop_after=2)
     assert len(returned) == len(starts) == 2
     assert starts[0] >= returned[0], (starts, returned)
