@@ -157,6 +157,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # head_dim fits (multiple of 8, <= 128), XLA's otherwise | xla | cudnn (GPU only)
     config.model.attention = "auto"
     config.model.tie_embeddings = True  # caption head = token embedding (else its own head)
+    # How token embeddings enter the backbone: "wallwm" (as looked up) | "gemma" (times
+    # sqrt(width), as Gemma does; set for Gemma/PaliGemma weights, docs/pretrained.md).
+    config.model.backbone_family = "wallwm"
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
     # "staircase": action step j sees captions 0..e(j) only; "causal" (ablation): a plain
