@@ -160,6 +160,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # How token embeddings enter the backbone: "wallwm" (as looked up) | "gemma" (times
     # sqrt(width), as Gemma does; set for Gemma/PaliGemma weights, docs/pretrained.md).
     config.model.backbone_family = "wallwm"
+    # Pretrained towers loaded over the init when a run starts from scratch (docs/pretrained.md):
+    # a weights file or Hugging Face model directory and its layout each ("": none). A
+    # PaliGemma file holds both towers: give it as `backbone` with layout "paligemma". The
+    # layouts set the model fields they need (backbone_family) before anything compiles.
+    # strict: an unused, missing or mis-shaped key stops the run (else it is only reported).
+    config.model.pretrained = ml_collections.ConfigDict(dict(
+        vision="", vision_layout="siglip", backbone="", backbone_layout="gemma", strict=True))
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
     # "staircase": action step j sees captions 0..e(j) only; "causal" (ablation): a plain

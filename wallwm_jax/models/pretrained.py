@@ -368,6 +368,23 @@ def _entries(key: str, value: np.ndarray, rule: Rule, groups: dict[str, str]):
 def load_pretrained(params: Any, path: str, *, layout: str,
                     strict: bool = False) -> tuple[Any, LoadReport]:
     """Copy of `params` with every mappable key of `path` loaded; the rest keep their values."""
+    report, updates = _plan(params, path, layout, strict=strict, read=True)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for real, parts in updates.items():
+        flat[real] = _updated_leaf(flat[real], parts)
+    return traverse_util.unflatten_dict(flat, sep="/"), report
+
+
+def check_pretrained(abstract_params: Any, path: str, *, layout: str,
+                     strict: bool = False) -> LoadReport:
+    """The report `load_pretrained` would give, from our param shapes alone (e.g.
+    `jax.eval_shape` of `init_params`): nothing compiles and no array is read."""
+    return _plan(abstract_params, path, layout, strict=strict, read=False)[0]
+
+
+def _plan(params: Any, path: str, layout: str, *, strict: bool, read: bool
+          ) -> tuple[LoadReport, dict[str, list[tuple[int | None, np.ndarray]]]]:
+    """Match every key of `path` to our leaves; `read`: also convert the arrays to load."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout '{layout}' is not one of {sorted(LAYOUTS)}")
     spec = LAYOUTS[layout]
@@ -399,8 +416,9 @@ def load_pretrained(params: Any, path: str, *, layout: str,
             if tuple(value.shape) != expected:
                 report.mismatched.append(Mismatch(shown, virtual, expected, tuple(value.shape)))
                 continue
-            ours = rule.transform.to_ours(np.asarray(value, np.float32), shape)
-            updates.setdefault(real, []).append((layer, ours.astype(flat[real].dtype)))
+            if read:
+                ours = rule.transform.to_ours(np.asarray(value, np.float32), shape)
+                updates.setdefault(real, []).append((layer, ours.astype(flat[real].dtype)))
             loaded_targets.add(virtual)
             report.loaded[shown] = virtual
     ours_patterns = [_template_regex(r.ours) for _, rules in spec.parts for r in rules]
@@ -410,9 +428,7 @@ def load_pretrained(params: Any, path: str, *, layout: str,
     report.not_covered = sorted(partly_init)
     if strict and report.problems():
         raise ValueError(report.problems()[0])
-    for real, parts in updates.items():
-        flat[real] = _updated_leaf(flat[real], parts)
-    return traverse_util.unflatten_dict(flat, sep="/"), report
+    return report, updates
 
 
 def _updated_leaf(old: Any, parts: list[tuple[int | None, np.ndarray]]) -> jax.Array:
@@ -457,6 +473,38 @@ def describe(report: LoadReport) -> str:
         fields = ", ".join(f"model.{k}={v!r}" for k, v in report.model_fields.items())
         lines.append(f"  needs config: {fields}")
     return "\n".join(lines)
+
+
+# -- config.model.pretrained (training starts from these) ------------------------------------
+def configured(model_cfg: Any) -> list[tuple[str, str]]:
+    """(path, layout) of each tower `config.model.pretrained` names, vision first."""
+    spec = model_cfg.get("pretrained") or {}
+    return [(spec[tower], spec[f"{tower}_layout"]) for tower in ("vision", "backbone")
+            if spec.get(tower)]
+
+
+def configure(model_cfg: Any) -> dict[str, Any]:
+    """Set in `model_cfg` (a mutable config.model) the fields the layouts of
+    `config.model.pretrained` need (`model_fields`); returns the fields set."""
+    fields: dict[str, Any] = {}
+    for path, layout in configured(model_cfg):
+        for key, value in model_fields(layout).items():
+            if fields.get(key, value) != value:
+                raise ValueError(f"model.pretrained: {path} (layout '{layout}') needs "
+                                 f"model.{key}={value!r}, another file needs {fields[key]!r}")
+            fields[key] = value
+    model_cfg.update(fields)
+    return fields
+
+
+def load_configured(params: Any, model_cfg: Any) -> tuple[Any, list[LoadReport]]:
+    """`params` with every file of `config.model.pretrained` loaded (its `strict`)."""
+    strict = bool((model_cfg.get("pretrained") or {}).get("strict", True))
+    reports = []
+    for path, layout in configured(model_cfg):
+        params, report = load_pretrained(params, path, layout=layout, strict=strict)
+        reports.append(report)
+    return params, reports
 
 
 # -- the towers alone (checking an import against its home library) ---------------------------

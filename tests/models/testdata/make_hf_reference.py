@@ -36,13 +36,14 @@ from transformers import (
 )
 
 VOCAB, WIDTH, LAYERS, MLP = 128, 64, 2, 96
+PALI_VOCAB = 512  # the test dataset's SentencePiece has up to 512 pieces: PaliGemma trains on it
 BATCH, LENGTH = 2, 12
 SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
               image_size=32, patch_size=8, layer_norm_eps=1e-6)
 
 
-def gemma_config(heads: int, kv_heads: int, head_dim: int) -> GemmaConfig:
-    return GemmaConfig(vocab_size=VOCAB, hidden_size=WIDTH, intermediate_size=MLP,
+def gemma_config(heads: int, kv_heads: int, head_dim: int, vocab: int = VOCAB) -> GemmaConfig:
+    return GemmaConfig(vocab_size=vocab, hidden_size=WIDTH, intermediate_size=MLP,
                        num_hidden_layers=LAYERS, num_attention_heads=heads,
                        num_key_value_heads=kv_heads, head_dim=head_dim, rms_norm_eps=1e-6,
                        pad_token_id=0, bos_token_id=1, eos_token_id=2,
@@ -126,12 +127,14 @@ def main(root: str) -> None:
     save(model, os.path.join(root, "siglip"),
          {"images": imgs, "image_embeddings": out.last_hidden_state.numpy()})
 
-    config = PaliGemmaConfig(vision_config=SIGLIP, text_config=gemma_config(4, 1, 16).to_dict(),
-                             projection_dim=WIDTH, hidden_size=WIDTH, vocab_size=VOCAB,
-                             image_token_index=VOCAB - 1)
+    text = gemma_config(4, 1, 16, PALI_VOCAB).to_dict()
+    config = PaliGemmaConfig(vision_config=SIGLIP, text_config=text, projection_dim=WIDTH,
+                             hidden_size=WIDTH, vocab_size=PALI_VOCAB,
+                             image_token_index=PALI_VOCAB - 1)
     model = PaliGemmaForConditionalGeneration(eager(config)).float().eval()
     redraw(model, 20)
-    ids, imgs = tokens(20, VOCAB, avoid=(VOCAB - 1,)), images(20, SIGLIP["image_size"])
+    ids = tokens(20, PALI_VOCAB, avoid=(PALI_VOCAB - 1,))
+    imgs = images(20, SIGLIP["image_size"])
     print("attention:", model.model.language_model.config._attn_implementation)
     lm = model.model.language_model(input_ids=torch.from_numpy(ids).long())
     vision = model.model.vision_tower(pixel_values=pixel_values(imgs)).last_hidden_state
