@@ -27,6 +27,11 @@ _SIZES = {
     "base": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
                  width=2048, depth=18, heads=8, kv_heads=1, head_dim=256, mlp=16384,
                  expert_width=1024, expert_mlp=4096),
+    # PaliGemma 3B (224 px): SigLIP So400m/14 + Gemma 2B with its 257,216-token vocabulary;
+    # the sizes Hugging Face's paligemma-3b-pt-224 loads into (docs/pretrained.md).
+    "paligemma": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
+                      width=2048, depth=18, heads=8, kv_heads=1, head_dim=256, mlp=16384,
+                      expert_width=1024, expert_mlp=4096, vocab=257_216, image_size=224),
     "large": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
                   width=4096, depth=32, heads=32, kv_heads=8, head_dim=128, mlp=14336,
                   expert_width=2048, expert_mlp=8192),
@@ -94,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = ""
     config.data.builder_config = "demo"
-    config.data.image_size = 64
+    config.data.image_size = s.get("image_size", 64)
     # Camera features fed to the model, in order: "image" (scene) and/or "image_<name>"
     # (e.g. "image_gripper" from a builder run with that camera).
     config.data.cameras = ("image",)
@@ -133,7 +138,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.split = "train"
 
     config.model = ml_collections.ConfigDict()
-    config.model.vocab_size = 512
+    config.model.vocab_size = s.get("vocab", 512)
     config.model.state_dim = 4
     config.model.action_dim = 4
     config.model.image_size = config.data.get_ref("image_size")
