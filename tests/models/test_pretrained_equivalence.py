@@ -193,3 +193,29 @@ def test_gemma_scale_in_cached_decoding_and_training_forward():
                                atol=1e-4, rtol=0)
     unscaled = teacher_forced(_model_cfg("paligemma", backbone_family="wallwm"))
     assert float(jnp.abs(unscaled - forced).max()) > 1.0
+
+
+def test_size_paligemma_is_the_hub_paligemma(tmp_path):
+    """`size=paligemma` has the sizes of paligemma-3b-pt-224's config.json (as on the Hub:
+    fields equal to transformers' defaults left out), so its weights load unchanged."""
+    hub = {"model_type": "paligemma", "hidden_size": 2048, "projection_dim": 2048,
+           "vocab_size": 257216, "image_token_index": 257152,
+           "text_config": {"model_type": "gemma", "hidden_size": 2048,
+                           "intermediate_size": 16384, "num_attention_heads": 8,
+                           "num_hidden_layers": 18, "num_key_value_heads": 1,
+                           "num_image_tokens": 256, "vocab_size": 257216},
+           "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152,
+                             "intermediate_size": 4304, "num_attention_heads": 16,
+                             "num_hidden_layers": 27, "num_image_tokens": 256,
+                             "patch_size": 14, "projection_dim": 2048}}
+    (tmp_path / "config.json").write_text(json.dumps(hub))
+    fields = pretrained.hf_model_fields(str(tmp_path))
+    model = get_config("size=paligemma").model
+    assert {k: model[k] for k in fields if k != "backbone_family"} == \
+        {k: v for k, v in fields.items() if k != "backbone_family"}
+    shapes = jax.eval_shape(lambda: wallwm.init_params(model, jax.random.key(0)))
+    towers = sum(np.prod(x.shape) for k in ("vit", "embedder")
+                 for x in jax.tree.leaves(shapes[k]))
+    towers += sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["decoder"]["layers"]
+                                                             ["backbone"]))
+    assert 2.90e9 < towers < 2.94e9  # PaliGemma 3B: 2.92 B parameters

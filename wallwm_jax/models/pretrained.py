@@ -537,6 +537,12 @@ def _image_embeddings(cfg: Any, params: Any, images: jax.Array) -> jax.Array:
 
 # -- the model config a Hugging Face checkpoint needs -----------------------------------------
 _GEMMA_TYPES, _SIGLIP_TYPES = ("gemma",), ("siglip_vision_model", "siglip")
+# transformers' defaults (GemmaConfig, SiglipVisionConfig): a Hub config.json leaves out
+# what equals them (PaliGemma's text_config has no head_dim, its vision_config no image_size).
+_GEMMA_DEFAULTS = {"vocab_size": 256000, "hidden_size": 3072, "intermediate_size": 24576,
+                   "num_hidden_layers": 28, "num_attention_heads": 16, "head_dim": 256}
+_SIGLIP_DEFAULTS = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                    "num_attention_heads": 12, "image_size": 224, "patch_size": 16}
 
 
 def _check_hf(cfg: dict[str, Any], where: str, key: str, allowed: tuple[Any, ...]) -> None:
@@ -555,16 +561,19 @@ def _gemma_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     _check_hf(cfg, where, "rms_norm_eps", (1e-6,))
     rope = (cfg.get("rope_parameters") or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
     _check_hf({"rope_theta": rope}, where, "rope_theta", (10000.0,))
+    cfg = {**_GEMMA_DEFAULTS, **cfg}
     return {"vocab_size": cfg["vocab_size"], "width": cfg["hidden_size"],
             "depth": cfg["num_hidden_layers"], "num_heads": cfg["num_attention_heads"],
             "num_kv_heads": cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
-            "head_dim": cfg.get("head_dim", 256), "mlp_dim": cfg["intermediate_size"],
-            "tie_embeddings": True, "backbone_family": "gemma"}
+            "head_dim": cfg["head_dim"],
+            "mlp_dim": cfg["intermediate_size"], "tie_embeddings": True,
+            "backbone_family": "gemma"}
 
 
 def _siglip_fields(cfg: dict[str, Any], where: str) -> dict[str, Any]:
     _check_hf(cfg, where, "hidden_act", ("gelu_pytorch_tanh",))
     _check_hf(cfg, where, "layer_norm_eps", (1e-6,))
+    cfg = {**_SIGLIP_DEFAULTS, **cfg}
     return {"vit_width": cfg["hidden_size"], "vit_depth": cfg["num_hidden_layers"],
             "vit_heads": cfg["num_attention_heads"], "vit_mlp_dim": cfg["intermediate_size"],
             "patch_size": cfg["patch_size"], "image_size": cfg["image_size"]}
