@@ -279,14 +279,14 @@ def _checkpoint(config: ml_collections.ConfigDict) -> None:
 
 def _pretrained(config: ml_collections.ConfigDict) -> None:
     """`model.backbone_family` and `model.pretrained` (files exist, layouts known)."""
+    spec = config.model.get("pretrained") or {}
+    if config.model.get("backbone_family", "wallwm") == "wallwm" and not any(
+            spec.get(tower) for tower in ("vision", "backbone")):
+        return  # the defaults: nothing to check, and no model import
     from wallwm_jax.models.pretrained import LAYOUTS, read_weights
     from wallwm_jax.models.wallwm import BACKBONE_FAMILIES
 
-    if config.model.get("backbone_family") is not None:
-        _choice(config, "model.backbone_family", BACKBONE_FAMILIES)
-    spec = config.model.get("pretrained")
-    if spec is None:
-        return
+    _choice(config, "model.backbone_family", BACKBONE_FAMILIES)
     for tower in ("vision", "backbone"):
         path = spec.get(tower) or ""
         if not path:

@@ -115,7 +115,9 @@ def test_reports_say_what_was_not_loaded():
     assert siglip.model_fields == {}
 
     _, _, pali = _loaded("paligemma")
-    assert pali.path.endswith("paligemma")  # the directory: a sharded index, three files
+    assert pali.path.endswith("paligemma")  # the directory: a sharded index over 4 files
+    with open(os.path.join(HF, "paligemma", "model.safetensors.index.json")) as f:
+        assert len(set(json.load(f)["weight_map"].values())) == 4
     assert pali.loaded["multi_modal_projector.linear.weight"] == "vit/to_backbone/kernel"
     assert pali.loaded["language_model.model.layers.1.self_attn.k_proj.weight"] == \
         "decoder/layers_1/backbone/key/kernel"
