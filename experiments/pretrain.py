@@ -126,6 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Dataset mixture: ((dataset dir, weight), ...); empty = data_dir alone. The first entry
     # is the primary dataset, whose norm stats and tokenizer travel with checkpoints/exports.
     config.data.mixture = ()
+    # SentencePiece model for instructions and captions: "" = the (primary) dataset's own
+    # tokenizer.model; a pretrained backbone's tokenizer (Gemma's 256k tokenizer.model) so
+    # token ids mean what the imported embedding learnt. model.vocab_size must cover it.
+    config.data.tokenizer = ""
     # Train-split image augmentation, seeded per sample (off for val/eval pipelines).
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
                                                          jitter=0.15))

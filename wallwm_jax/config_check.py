@@ -69,6 +69,26 @@ def check_datasets(config: ml_collections.ConfigDict) -> None:
             check_dataset_fits(path, config, field)
         except ValueError as err:
             raise UserError(str(err)) from None
+    check_tokenizer(config, dirs[0])
+
+
+def check_tokenizer(config: ml_collections.ConfigDict, dataset_dir: str) -> None:
+    """Raise `UserError` unless the tokenizer the run reads with (`data.tokenizer`, else the
+    dataset's) loads and its vocabulary fits `model.vocab_size`."""
+    from wallwm_jax.data.sampler import model_tokenizer_path
+    from wallwm_jax.data.tokenizer import Tokenizer
+
+    path = model_tokenizer_path(config.data, dataset_dir)
+    field = "config.data.tokenizer" if config.data.get("tokenizer") else "the dataset's tokenizer"
+    try:
+        tokenizer = Tokenizer(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"{field}: {err}") from None
+    vocab = _int(config, "model.vocab_size", low=1)
+    if tokenizer.vocab_size > vocab:
+        raise UserError(f"config.model.vocab_size={vocab} is smaller than {field} "
+                        f"({path}: {tokenizer.vocab_size} pieces); set "
+                        f"--config.model.vocab_size={tokenizer.vocab_size} or larger")
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
