@@ -28,6 +28,7 @@ from wallwm_jax import bundle
 from wallwm_jax.checkpoint_damage import (  # noqa: F401  (re-exported: the checkpoint API)
     CORRUPT_SUFFIX,
     ITEMS,
+    PERMISSION_DENIED,
     Damage,
     DamagedCheckpointError,
     set_aside,
@@ -214,13 +215,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_params: Any,
     A step whose restore fails is verified (`verify_step`); if it is damaged, the next older
     one is tried, and once one restores the damaged steps are set aside as `<step>.corrupt`
     with a warning naming the file. A failure on an intact step (another model, another
-    optimizer) is raised as is. If every step is damaged nothing is moved and
-    `DamagedCheckpointError` names the files.
+    optimizer) is raised as is, and so is a step this process may not read (nothing is
+    moved). If every step is damaged nothing is moved and `DamagedCheckpointError` names the
+    files.
     """
     directory = str(manager.directory)
     damaged: list[tuple[int, list[Damage]]] = []
     for step in sorted(manager.all_steps(), reverse=True):
         damage = verify_step(directory, step, decode=False)
+        if any(d.denied for d in damage):  # not damage: moving it aside would lose the step
+            raise damaged_step_error(directory, step, damage)
         if damage:
             damaged.append((step, damage))
             continue
@@ -278,28 +282,53 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
 
     Leaves of `abstract_params` without a sharding are restored onto this process's first
     device, so a checkpoint written on another mesh or device count loads here. (An export
-    bundle is read by `bundle.load_params`; `export.load_params_from` takes either.)
+    bundle is read by `bundle.load_params`; `export.load_params_from` takes either.) A damaged
+    step raises `DamagedCheckpointError` naming the file and the intact steps, before Orbax
+    opens anything when the small files show it, else once the failed restore is verified.
     """
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_params = jax.tree.map(
         lambda x: x if getattr(x, "sharding", None) is not None
         else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), abstract_params)
     step = resolve_step(directory, step)
-    with _read_only(directory) as mngr:
-        check_compatible(mngr, step, abstract_params)
+    check_intact(directory, step)
+    failure: Exception | None = None
+    with _quiet_asyncio(), _read_only(directory) as mngr:  # a failed read logs every pending read
         try:
-            with _quiet_asyncio():
-                out = mngr.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(abstract_params)))
-        except Exception as err:
-            damage = verify_step(directory, step)
-            if not damage:
-                raise
-            others = [s for s in mngr.all_steps() if s != step]
-            raise DamagedCheckpointError(
-                f"checkpoint step {step} is damaged: {damage[0].file}: {damage[0].problem}"
-                + (f" (other steps: {others})" if others else ""), damage) from err
+            check_compatible(mngr, step, abstract_params)
+            out = mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params)))
+        except Exception as err:  # noqa: BLE001  (damage or a mismatch: told apart below)
+            failure = err
+    if failure is None:
         return out["params"]
+    damage = verify_step(directory, step)  # the manager is closed: no read still runs
+    if damage:
+        raise damaged_step_error(directory, step, damage) from failure
+    raise failure
+
+
+def check_intact(directory: str, step: int) -> None:
+    """Raise `DamagedCheckpointError` (one line: the file, the problem, the intact steps) if
+    the small files of `step` show damage: a missing item or manifest, a truncated or missing
+    data file, JSON that does not parse, a file this process may not read."""
+    damage = verify_step(directory, step, decode=False)
+    if damage:
+        raise damaged_step_error(directory, step, damage)
+
+
+def damaged_step_error(directory: str, step: int, damage: list[Damage]
+                       ) -> DamagedCheckpointError:
+    """The one-line error for a damaged step: its first damaged file and the steps of
+    `directory` that are intact (their small files checked), to pick with `--step`."""
+    intact = [s for s in finished_steps(directory)
+              if s != step and not verify_step(directory, s, decode=False)]
+    first = damage[0]
+    more = f" (and {len(damage) - 1} more file(s))" if len(damage) > 1 else ""
+    steps = f"intact steps: {intact}" if intact else "no intact step"
+    what = "cannot be read" if first.denied else "is damaged"
+    return DamagedCheckpointError(f"checkpoint step {step} in {directory} {what}: {first.file}: "
+                                  f"{first.problem}{more}; {steps}", damage)
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> None:
@@ -332,7 +361,12 @@ def finished_steps(directory: str) -> list[int]:
     finished save (damaged ones are renamed `<step>.corrupt`)."""
     if not os.path.isdir(directory):
         return []
-    return sorted(int(n) for n in os.listdir(directory)
+    try:
+        names = os.listdir(directory)
+    except PermissionError:
+        raise PermissionError(f"{directory}: {PERMISSION_DENIED} (cannot list the "
+                              f"checkpoint steps)") from None
+    return sorted(int(n) for n in names
                   if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
@@ -341,7 +375,10 @@ def resolve_step(directory: str, step: int | None = None) -> int:
     directory when there is none (or `step` is not among them)."""
     steps = finished_steps(directory)
     if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {directory}")
+        aside = sorted(n for n in os.listdir(directory) if CORRUPT_SUFFIX in n) \
+            if os.path.isdir(directory) else []
+        raise FileNotFoundError(f"no finished checkpoint in {directory}"
+                                + (f" (set aside as damaged: {aside})" if aside else ""))
     if step is None:
         return steps[-1]
     if step not in steps:
@@ -357,5 +394,8 @@ def assets_dir(directory: str, step: int | None = None) -> str:
 
 
 def read_assets(directory: str, step: int | None = None) -> bundle.Assets:
-    """Config, norm stats and tokenizer of a checkpoint step (latest when `step` is None)."""
+    """Config, norm stats and tokenizer of a checkpoint step (latest when `step` is None);
+    a damaged step raises `DamagedCheckpointError` (see `check_intact`)."""
+    step = resolve_step(directory, step)
+    check_intact(directory, step)
     return bundle.read_assets(assets_dir(directory, step))

@@ -17,6 +17,7 @@ from wallwm_jax import bundle
 ITEMS = ("params", "train_state", "data_iter", "assets")
 ARRAY_ITEMS = ("params", "train_state")
 CORRUPT_SUFFIX = ".corrupt"
+PERMISSION_DENIED = "permission denied"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +31,11 @@ class Damage:
 
     def __str__(self) -> str:
         return f"step {self.step}, item {self.item}: {self.file}: {self.problem}"
+
+    @property
+    def denied(self) -> bool:
+        """The file is there but this process may not read it (not damage to set aside)."""
+        return self.problem == PERMISSION_DENIED
 
 
 class DamagedCheckpointError(ValueError):
@@ -50,6 +56,10 @@ def verify_step(directory: str, step: int, *, decode: bool = True) -> list[Damag
     mismatch between the checkpoint and the model).
     """
     step_dir = os.path.join(directory, str(step))
+    denied = _unreadable(step_dir)
+    if denied is not None:  # checked first: an unreadable directory looks missing below
+        item = os.path.relpath(denied, step_dir).split(os.sep)[0]
+        return [Damage(step, item if item in ITEMS else "", denied, PERMISSION_DENIED)]
     found: list[Damage] = []
     for item in ITEMS:
         item_dir = os.path.join(step_dir, item)
@@ -61,7 +71,32 @@ def verify_step(directory: str, step: int, *, decode: bool = True) -> list[Damag
             found += [Damage(step, item, f, p) for f, p in _verify_assets(item_dir)]
         else:
             found += [Damage(step, item, f, p) for f, p in _verify_json(item_dir)]
-    return found
+    return [dataclasses.replace(d, problem=" ".join(d.problem.split())[:300]) for d in found]
+
+
+def _unreadable(step_dir: str) -> str | None:
+    """The first directory or file under `step_dir` this process may not list or read."""
+    pending = [step_dir]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except PermissionError:
+            return directory
+        except OSError:  # gone or not a directory: the checks below say so
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+                continue
+            try:
+                with open(entry.path, "rb"):
+                    pass
+            except PermissionError:
+                return entry.path
+            except OSError:
+                continue
+    return None
 
 
 def _verify_json(item_dir: str) -> list[tuple[str, str]]:

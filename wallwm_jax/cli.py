@@ -24,6 +24,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3  # stopped by SIGTERM with a checkpoint: run the same command to resume
 
 
 class UserError(ValueError):
