@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 from collections.abc import Iterator
@@ -300,6 +301,8 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
                 params=ocp.args.StandardRestore(abstract_params)))
         except Exception as err:  # noqa: BLE001  (damage or a mismatch: told apart below)
             failure = err
+            mngr.close()
+            gc.collect()  # the failed read's abandoned tasks report here, quietly, not at exit
     if failure is None:
         return out["params"]
     damage = verify_step(directory, step)  # the manager is closed: no read still runs
