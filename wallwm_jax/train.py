@@ -349,11 +349,11 @@ def main(argv: list[str]) -> None:
     checkpoint before the last step (rerun the same command to resume), 2 on a user error."""
     del argv
     fl = flags.FLAGS
-    config = cli.config_value("config")
-    config_check.validate(config)  # before joining other processes
     if os.path.exists(fl.workdir) and not os.path.isdir(fl.workdir):
         raise cli.UserError(f"--workdir {fl.workdir} is a file; expected a directory (new or "
                             f"a run's, to resume)")
+    config = cli.config_value("config")
+    config_check.validate(config)  # before joining other processes
     initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
     summary = train_and_evaluate(config, fl.workdir)
     losses = summary["losses"]
