@@ -16,6 +16,8 @@ import dataclasses
 import gc
 import logging
 import os
+import sys
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -233,10 +235,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_params: Any,
             with _quiet_asyncio():  # a failed Orbax restore logs each pending read's error
                 params, state = restore(manager, step, abstract_params, abstract_state,
                                         data_iter)
-        except Exception:
-            damage = verify_step(directory, step)
+        except Exception as err:
+            with _failed_reads_quiet():
+                damage = verify_step(directory, step)
             if not damage:
                 raise
+            traceback.clear_frames(err.__traceback__)  # they hold the failed reads' tasks
+        if damage:
+            _finalize_failed_reads()
             damaged.append((step, damage))
             continue
         if damaged:
@@ -292,30 +298,48 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
         lambda x: x if getattr(x, "sharding", None) is not None
         else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), abstract_params)
     step = resolve_step(directory, step)
-    check_intact(directory, step)
-    failure: Exception | None = None
-    with _quiet_asyncio(), _read_only(directory) as mngr:  # a failed read logs every pending read
-        try:
+    check_intact(directory, step, items=("params",))
+    try:
+        with _quiet_asyncio(), _read_only(directory) as mngr:  # a failed read logs each read
             check_compatible(mngr, step, abstract_params)
-            out = mngr.restore(step, args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_params)))
-        except Exception as err:  # noqa: BLE001  (damage or a mismatch: told apart below)
-            failure = err
-            mngr.close()
-            gc.collect()  # the failed read's abandoned tasks report here, quietly, not at exit
-    if failure is None:
-        return out["params"]
-    damage = verify_step(directory, step)  # the manager is closed: no read still runs
-    if damage:
-        raise damaged_step_error(directory, step, damage) from failure
-    raise failure
+            return mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params)))["params"]
+    except Exception as err:  # noqa: BLE001  (damage or a mismatch: told apart here)
+        with _failed_reads_quiet():  # reads still in flight finish while we verify
+            damage = verify_step(directory, step, items=("params",))
+        if not damage:
+            raise
+        traceback.clear_frames(err.__traceback__)  # they hold the failed reads' tasks
+    _finalize_failed_reads()
+    raise damaged_step_error(directory, step, damage)
 
 
-def check_intact(directory: str, step: int) -> None:
+@contextlib.contextmanager
+def _failed_reads_quiet() -> Iterator[None]:
+    """Drop what the reads of a failed Orbax restore report once it has given up on them:
+    asyncio's "exception was never retrieved" and the unraisable errors of their coroutines
+    and late completions ("Event loop is closed"), one traceback per read otherwise."""
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        with _quiet_asyncio():
+            yield
+    finally:
+        sys.unraisablehook = unraisable
+
+
+def _finalize_failed_reads() -> None:
+    """Collect the tasks and coroutines a failed restore abandoned now, quietly: collected
+    later (at exit, or while training runs) each would print its read's traceback."""
+    with _failed_reads_quiet():
+        gc.collect()
+
+
+def check_intact(directory: str, step: int, items: tuple[str, ...] = ITEMS) -> None:
     """Raise `DamagedCheckpointError` (one line: the file, the problem, the intact steps) if
-    the small files of `step` show damage: a missing item or manifest, a truncated or missing
-    data file, JSON that does not parse, a file this process may not read."""
-    damage = verify_step(directory, step, decode=False)
+    the small files of `step` (of `items`) show damage: a missing item or manifest, a truncated
+    or missing data file, JSON that does not parse, a file this process may not read."""
+    damage = verify_step(directory, step, decode=False, items=items)
     if damage:
         raise damaged_step_error(directory, step, damage)
 

@@ -46,22 +46,24 @@ class DamagedCheckpointError(ValueError):
         self.damage = damage
 
 
-def verify_step(directory: str, step: int, *, decode: bool = True) -> list[Damage]:
+def verify_step(directory: str, step: int, *, decode: bool = True,
+                items: tuple[str, ...] = ITEMS) -> list[Damage]:
     """Check every file of a finished step without the model: the items are there, the array
     databases' manifests, tree nodes and data files are complete, the JSON items parse and
     (`decode`) every array chunk decodes. Returns the damage found (empty: intact).
 
     Without `decode` it reads only the small files (done before every restore); with it, the
     whole step, as a restore does (done when a restore has failed, to tell damage from a
-    mismatch between the checkpoint and the model).
+    mismatch between the checkpoint and the model). `items` limits the check to those items.
     """
     step_dir = os.path.join(directory, str(step))
     denied = _unreadable(step_dir)
-    if denied is not None:  # checked first: an unreadable directory looks missing below
-        item = os.path.relpath(denied, step_dir).split(os.sep)[0]
+    item = os.path.relpath(denied, step_dir).split(os.sep)[0] if denied else None
+    if denied is not None and (item in items or item not in ITEMS):
+        # Checked first: an unreadable directory looks missing below.
         return [Damage(step, item if item in ITEMS else "", denied, PERMISSION_DENIED)]
     found: list[Damage] = []
-    for item in ITEMS:
+    for item in items:
         item_dir = os.path.join(step_dir, item)
         if not os.path.isdir(item_dir):
             found.append(Damage(step, item, item_dir, "missing"))
