@@ -27,6 +27,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_CACHE
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# The package's commands started by tests (`python -m wallwm_jax...`) then resolve their cache
+# to that directory too (wallwm_jax/compile_cache.py), never to the user's ~/.cache or a cache
+# warm from an earlier run; WALLWM_COMPILATION_CACHE_DIR= (empty) runs them without one.
+if os.environ.get("WALLWM_COMPILATION_CACHE_DIR"):
+    del os.environ["WALLWM_COMPILATION_CACHE_DIR"]
 
 
 def pytest_sessionfinish(session, exitstatus):

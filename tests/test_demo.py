@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -97,3 +99,32 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     assert os.path.isdir(summary["export_dir"]) and os.path.isdir(summary["checkpoint_dir"])
     assert summary["fresh_process_chunk"].startswith("shape [")
     assert "| reach-v3 |" in stdout
+
+
+@pytest.mark.parametrize("flag,want", [
+    ("--size=huge", "error: --size='huge': config arg size='huge' is not one of "),
+    ("--steps=-5", "error: --steps=-5: expected an integer >= 1"),
+    ("--learning_rate=nan", "error: --learning_rate=nan: expected a finite number > 0"),
+    ("--tasks=reach-v3,fly-v3", "error: --tasks=reach-v3,fly-v3: unknown MetaWorld task(s) "
+                                "['fly-v3']"),
+    ("--image_size=4", "error: --image_size=4: expected at least the patch size of --size=tiny"),
+    ("--eval_workers=0", "error: --eval_workers=0: expected an integer >= 1"),
+], ids=["size", "steps", "learning_rate", "tasks", "image_size", "eval_workers"])
+def test_a_bad_flag_is_one_line_before_any_data(tmp_path, flag, want):
+    # Every flag is checked before the dataset is built (which takes minutes to get to).
+    out = subprocess.run([sys.executable, "-m", "wallwm_jax.demo", "--workdir", str(tmp_path),
+                          flag], capture_output=True, text=True, cwd=REPO, timeout=300,
+                         env=ENV)
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    assert len(out.stderr.splitlines()) == 1 and out.stderr.startswith(want), out.stderr
+    assert out.stdout == "" and os.listdir(tmp_path) == []  # no dataset, nothing written
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("")
+    out = subprocess.run([sys.executable, "-m", "wallwm_jax.demo", "--workdir", str(path)],
+                         capture_output=True, text=True, cwd=REPO, timeout=300, env=ENV)
+    assert out.returncode == 2
+    assert out.stderr == f"error: --workdir='{path}' is a file; expected a directory (made if " \
+                         f"missing)\n"

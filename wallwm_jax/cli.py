@@ -4,7 +4,11 @@
         cli.run(main)
 
 - Logs: warnings and our own progress lines only. Orbax, TFDS, absl and JAX INFO lines (and
-  JAX's "Unable to initialize backend 'tpu'") come back with `--verbosity=0` (INFO) or higher.
+  JAX's "Unable to initialize backend 'tpu'") come back with `--verbosity=0` (INFO) or higher;
+  so do XLA's C++ log lines (the "Very slow compile?" and "Constant folding an instruction is
+  taking > 1s" banners), which `TF_CPP_MIN_LOG_LEVEL` then controls as usual.
+- Compiled programs: the package's commands keep them in JAX's persistent compilation cache
+  (`compile_cache.py`; `--compilation_cache_dir`, empty for none).
 - Errors: a `UserError` (and ValueError / FileNotFoundError, which the library raises for bad
   input with a message naming the file or field) prints `error: <message>` on stderr and exits
   2; the traceback is printed only when `--verbosity` is given. Ctrl-C exits 130 and SIGTERM
@@ -14,6 +18,7 @@
 from __future__ import annotations
 
 import logging as py_logging
+import os
 import re
 import signal
 import sys
@@ -23,8 +28,20 @@ from typing import Any, NoReturn
 from absl import app, flags
 from absl import logging as absl_logging
 
+from wallwm_jax import compile_cache
+
 EXIT_USER_ERROR = 2
 EXIT_PREEMPTED = 3  # stopped by SIGTERM with a checkpoint: run the same command to resume
+# C++ (absl) log levels: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL. XLA logs its slow-compile banners
+# as ERROR, so only FATAL gets through by default.
+_CPP_QUIET_LEVEL = 3
+
+flags.DEFINE_string(
+    "compilation_cache_dir", None,
+    f"Directory of JAX's persistent compilation cache, shared by every command of the package "
+    f"and safe to share between processes and hosts; empty for none (default: "
+    f"${compile_cache.ENV_VAR}, else $JAX_COMPILATION_CACHE_DIR, else "
+    f"($XDG_CACHE_HOME or ~/.cache)/wallwm_jax/jax_compilation_cache).")
 
 
 class UserError(ValueError):
@@ -51,11 +68,30 @@ def quiet_logs() -> None:
     """Warnings and above from every library, unless `--verbosity` was given."""
     if verbose():
         return
+    quiet_cpp_logs()
     absl_logging.set_verbosity(absl_logging.WARNING)
     py_logging.getLogger().setLevel(py_logging.WARNING)
     for name in ("jax", "jax._src.xla_bridge", "absl", "orbax", "tensorflow_datasets",
                  "grain"):
         py_logging.getLogger(name).setLevel(py_logging.WARNING)
+
+
+def quiet_cpp_logs() -> None:
+    """XLA's C++ log lines (slow-compile banners, start-up notices) off, for this process and
+    those it starts. jaxlib reads TF_CPP_MIN_LOG_LEVEL when it loads, which the command's
+    imports have done already, so a loaded jaxlib is also told directly."""
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = str(_CPP_QUIET_LEVEL)
+    if "jax" in sys.modules:
+        from jax._src.lib import utils as jaxlib_utils  # what jax_logging_level calls
+
+        jaxlib_utils.absl_set_min_log_level(_CPP_QUIET_LEVEL)
+
+
+def package_command() -> bool:
+    """Whether the program is one of the package's commands (`python -m wallwm_jax...`), not
+    a script of its own such as a benchmark that times compiles."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return bool(spec and spec.name.startswith("wallwm_jax."))
 
 
 def drop_below(level: int, path_part: str) -> py_logging.Filter:
@@ -140,16 +176,23 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True,
-        flags_parser: Callable[[list[str]], list[str]] = parse_flags) -> None:
-    """`absl.app.run(main)` with quiet logs and user errors as one line (exit 2).
+        flags_parser: Callable[[list[str]], list[str]] = parse_flags,
+        compilation_cache: bool | None = None) -> None:
+    """`absl.app.run(main)` with quiet logs, the persistent compilation cache and user errors
+    as one line (exit 2).
 
     `sigterm_unwinds=False` leaves SIGTERM to `main` (training turns it into a checkpoint).
     `flags_parser` replaces `parse_flags` where flags depend on the command line (the sweep
-    defines `--config` from `--sweep`).
+    defines `--config` from `--sweep`). `compilation_cache` None: on for the package's
+    commands, and wherever `--compilation_cache_dir` is given.
     """
 
     def wrapped(argv: list[str]) -> Any:
         quiet_logs()
+        cache_flag = flags.FLAGS["compilation_cache_dir"]
+        if cache_flag.present or (package_command() if compilation_cache is None
+                                  else compilation_cache):
+            compile_cache.configure(cache_flag.value)
         if sigterm_unwinds:
             signal.signal(signal.SIGTERM, _on_sigterm)
         try:

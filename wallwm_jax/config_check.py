@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from wallwm_jax.cli import UserError
+from wallwm_jax.data.checks import check_dataset_fits
 
 MODES = ("event", "unified", "chunk")
 OPTIMIZERS = ("adamw", "muon", "optax_muon")  # wallwm_jax.optim.factory.OPTIMIZERS
@@ -56,11 +57,17 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
 
 def check_datasets(config: ml_collections.ConfigDict) -> None:
     """Raise `UserError` unless `data.data_dir` (or every `data.mixture` entry) is a built
-    dataset."""
+    dataset whose metadata fits the config: cameras, image size, privileged state, state and
+    action widths (read from features.json, before any episode is read or step compiled)."""
     mixture = _get(config, "data.mixture") or ()
     dirs = [d for d, _ in mixture] or [_get(config, "data.data_dir")]
     for j, path in enumerate(dirs):
-        check_dataset_dir(path, f"data.mixture[{j}]" if mixture else "data.data_dir")
+        field = f"data.mixture[{j}]" if mixture else "data.data_dir"
+        check_dataset_dir(path, field)
+        try:
+            check_dataset_fits(path, config, field)
+        except ValueError as err:
+            raise UserError(str(err)) from None
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -207,6 +214,11 @@ def _model(config: ml_collections.ConfigDict) -> None:
                             f"state (agent state + object and goal positions) but "
                             f"config.model.state_dim={config.model.state_dim}; set "
                             f"--config.model.state_dim={state_dim(True)}")
+    model_size, data_size = _get(config, "model.image_size"), config.data.image_size
+    if model_size != data_size:
+        raise UserError(f"config.model.image_size={model_size!r} but config.data.image_size="
+                        f"{data_size}; the model reads the frames the data gives: set "
+                        f"--config.data.image_size (model.image_size follows it)")
     cameras = len(config.data.cameras)
     if config.model.cameras != cameras:
         raise UserError(f"config.model.cameras={config.model.cameras} but config.data.cameras "

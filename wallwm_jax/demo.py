@@ -17,6 +17,7 @@ tiny model trained for minutes does not find them (docs/demo.md).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -58,6 +59,50 @@ _NOISE = flags.DEFINE_float("action_noise", 0.3, "Dataset rollouts execute the e
                             "plus N(0, noise^2) and record the expert's (DART).")
 _CHUNK = flags.DEFINE_bool("chunk_baseline", True, "Also train and evaluate the chunk-mode "
                            "baseline on the same data, steps and model.")
+
+
+# Flag -> (lowest allowed value, whether the bound itself is excluded).
+_BOUNDS = ((_EPISODES, 2, False), (_STEPS, 1, False), (_BATCH, 1, False), (_LR, 0, True),
+           (_EXPERT_WIDTH, 1, False), (_MAX_EVENT_LEN, 1, False), (_TARGET_GAIN, 0, False),
+           (_EVAL_EPISODES, 1, False), (_EVAL_MAX_STEPS, 1, False), (_EVAL_WORKERS, 1, False),
+           (_EXECUTE, 0, False), (_IMAGE_SIZE, 1, False), (_WORKERS, 1, False),
+           (_SEED, 0, False), (_NOISE, 0, False))
+
+
+def check_flags() -> None:
+    """Check every flag before anything is built: a bad value is one `error:` line naming the
+    flag (exit 2) in seconds, not a failure after the dataset is built."""
+    from wallwm_jax import config_check
+    from wallwm_jax.data.tasks import MT50_TASKS
+
+    workdir = _WORKDIR.value
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        cli.fail(f"--workdir={workdir!r} is a file; expected a directory (made if missing)")
+    for holder, low, excluded in _BOUNDS:
+        value = holder.value
+        if not math.isfinite(value) or (value <= low if excluded else value < low):
+            kind = "an integer" if isinstance(value, int) else "a finite number"
+            cli.fail(f"--{holder.name}={value}: expected {kind} {'>' if excluded else '>='} "
+                     f"{low}" + (" (one or more episodes go to the val split)"
+                                 if holder is _EPISODES else ""))
+    tasks = [t for t in _TASKS.value if t.strip()]
+    unknown = [t for t in tasks if t not in MT50_TASKS]
+    if not tasks or unknown:
+        cli.fail(f"--tasks={','.join(_TASKS.value)}: " + (
+            f"unknown MetaWorld task(s) {unknown}" if unknown else "no task")
+            + f"; expected v3 names such as {', '.join(mw.DEMO_TASKS)} (all: MT50)")
+    for mode in ("event", "chunk") if _CHUNK.value else ("event",):
+        try:
+            config = demo_config("<the demo's dataset>", mode)
+        except ValueError as err:  # the size is the one flag that picks a config argument
+            cli.fail(f"--size={_SIZE.value!r}: {err}")
+        if config.data.image_size < config.model.patch_size:
+            cli.fail(f"--image_size={_IMAGE_SIZE.value}: expected at least the patch size "
+                     f"of --size={_SIZE.value} ({config.model.patch_size})")
+        try:
+            config_check.validate(config, check_data=False)
+        except ValueError as err:
+            cli.fail(f"the flags give a config the training would refuse: {err}")
 
 
 def demo_config(dataset_dir: str, mode: str = "event") -> Any:
@@ -175,6 +220,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> None:
     del argv
+    check_flags()  # before the imports and the build below, which take minutes to fail
     from data_builders.metaworld_events import build
     from wallwm_jax.data.episodes import open_dataset
     from wallwm_jax.evaluation.offline import evaluate_offline

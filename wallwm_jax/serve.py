@@ -6,35 +6,51 @@
 Protocol (openpi's): on connect the server sends its metadata; then each binary message is a
 msgpack-numpy observation and the reply a msgpack-numpy dict. Observation keys:
 `observation/image` (uint8 [H, W, 3], any size: resized), `observation/image_<camera>` for
-further cameras, `observation/state` (float [S], raw units), `prompt` (the instruction) and,
-in event mode, `caption` (the next event's description). Reply: `actions` float32 [n, A] in
-raw units (for a model trained with `data.action_target_gain` g, position targets: the
-metadata says `action_space` "position_targets" and `action_target_gain` g, and the client
-executes g * (target - hand) with the hand of each step), `duration` (n), `caption`
-(unified: the first decoded caption; event: the one given), `captions` (unified: every
-decoded caption), `server_timing` {infer_ms}. A bad
-observation gets a text reply naming the key and the expected shape (openpi clients raise it)
-and the connection stays open. The model is compiled before the port opens.
+further cameras, `observation/state` (finite float [S], raw units), `prompt` (the
+instruction) and, in event mode, `caption` (the next event's description). Reply: `actions`
+float32 [n, A] in raw units (for a model trained with `data.action_target_gain` g, position
+targets: the metadata says `action_space` "position_targets" and `action_target_gain` g, and
+the client executes g * (target - hand) with the hand of each step), `duration` (n),
+`caption` (unified: the first decoded caption; event: the one given), `captions` (unified:
+every decoded caption), `server_timing` {infer_ms}. A request the server refuses (a bad
+observation naming the key, an undecodable frame, a request over the time limit) gets a
+one-line text reply (openpi clients raise it) and the connection stays open; a frame over
+the size limit closes the connection with code 1009. Flags are checked and the port bound
+before the model loads; the model is compiled before the port accepts connections.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import http
+import logging
+import os
+import socket
 import time
-import traceback
 from typing import Any
 
 import msgpack
 import numpy as np
 
-from wallwm_jax.data.transforms import camera_key
+from wallwm_jax.bundle import REQUIRED, read_config
+from wallwm_jax.cli import UserError
+from wallwm_jax.data.transforms import camera_key, resize_frame
+from wallwm_jax.export import runnable_modes
 from wallwm_jax.policy import Policy, load_policy
+
+DEFAULT_MAX_MESSAGE_MB = 16  # a 2048 x 2048 RGB frame fits, with room for a second camera
+DEFAULT_REQUEST_TIMEOUT_S = 60.0  # the small model's unified p99 on a 2-core CPU is ~32 s
+log = logging.getLogger(__name__)
 
 
 class ObservationError(ValueError):
     """An observation the policy cannot act on; the message names the key."""
+
+
+class MessageError(ValueError):
+    """A frame that is not a msgpack-numpy observation."""
 
 
 # -- msgpack with numpy arrays, byte-compatible with openpi_client.msgpack_numpy ---------------
@@ -50,16 +66,33 @@ def _pack_array(obj: Any) -> Any:
 
 
 def _unpack_array(obj: dict) -> Any:
+    if b"__ndarray__" in obj or b"__npgeneric__" in obj:
+        dtype = np.dtype(obj[b"dtype"])
+        if dtype.hasobject:  # an object array read from bytes would hold raw pointers
+            raise MessageError(f"array of dtype {dtype} (Python objects) refused")
     if b"__ndarray__" in obj:
-        return np.ndarray(buffer=obj[b"data"], dtype=np.dtype(obj[b"dtype"]),
-                          shape=obj[b"shape"])
+        return np.ndarray(buffer=obj[b"data"], dtype=dtype, shape=obj[b"shape"])
     if b"__npgeneric__" in obj:
-        return np.dtype(obj[b"dtype"]).type(obj[b"data"])
+        return dtype.type(obj[b"data"])
     return obj
 
 
 packb = functools.partial(msgpack.packb, default=_pack_array)
 unpackb = functools.partial(msgpack.unpackb, object_hook=_unpack_array)
+
+
+def decode(message: bytes | str) -> Any:
+    """One websocket message -> the decoded object; MessageError (one line) when it is text
+    or not msgpack-numpy (truncated, garbage, an array whose data does not fit its shape)."""
+    if isinstance(message, str):
+        raise MessageError("expected a binary msgpack observation, got a text frame")
+    try:
+        return unpackb(message)
+    except MessageError:
+        raise
+    except Exception as err:  # noqa: BLE001 -- msgpack and numpy raise many kinds for bad bytes
+        detail = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise MessageError(f"not a msgpack-numpy observation ({detail})") from err
 
 
 # -- observation <-> policy ---------------------------------------------------------------------
@@ -75,44 +108,85 @@ def metadata(policy: Policy, mode: str) -> dict[str, Any]:
             "action_target_gain": policy.io.target_gain}
 
 
+def _described(value: Any) -> str:
+    """How a refused value reads in an error: its type, or an array's dtype and shape."""
+    if isinstance(value, (str, bytes)):
+        return f"a {type(value).__name__} ({value[:24]!r})"
+    if isinstance(value, np.ndarray):
+        return f"dtype {value.dtype} shape {list(value.shape)}"
+    return f"a {type(value).__name__}"
+
+
+def _frame(obs: dict, key: str, size: int) -> np.ndarray:
+    """The uint8 [H, W, 3] frame at `key`, H, W >= 1; ObservationError names the key."""
+    want = f"expected uint8 [H, W, 3] (the model's size is {size})"
+    if key not in obs:
+        raise ObservationError(f"missing key '{key}': {want}; got keys {sorted(map(str, obs))}")
+    value = obs[key]
+    frame = value if isinstance(value, np.ndarray) else None
+    if frame is None or frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+        raise ObservationError(f"'{key}' is {_described(value)}, {want}")
+    if frame.size == 0:
+        raise ObservationError(f"'{key}' is empty (shape {list(frame.shape)}), {want}")
+    return frame
+
+
+def _state(obs: dict, dim: int) -> np.ndarray:
+    """The finite real [dim] vector at 'observation/state'; ObservationError says what is
+    wrong with it (missing, a string, not real numbers, mis-shaped, NaN or inf)."""
+    key, want = "observation/state", f"expected finite float [{dim}]"
+    if key not in obs:
+        raise ObservationError(f"missing key '{key}': {want}; got keys {sorted(map(str, obs))}")
+    value = obs[key]
+    if isinstance(value, (str, bytes)):
+        raise ObservationError(f"'{key}' is {_described(value)}, {want}")
+    try:
+        state = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+    except ValueError:  # a ragged list
+        state = None
+    if state is None or state.dtype.kind not in "iuf":  # bool, complex, text, objects
+        raise ObservationError(f"'{key}' is not an array of real numbers "
+                               f"({_described(value if state is None else state)}), {want}")
+    if state.shape != (dim,):
+        raise ObservationError(f"'{key}' has shape {list(state.shape)}, expected [{dim}]")
+    bad = np.flatnonzero(~np.isfinite(state))
+    if bad.size:
+        raise ObservationError(f"'{key}' has non-finite values ({state[bad[0]]} at index "
+                               f"{int(bad[0])}; {bad.size} in all), {want}")
+    return state
+
+
 def parse_observation(policy: Policy, obs: Any, mode: str
                       ) -> tuple[dict[str, np.ndarray], np.ndarray, str, str | None]:
     """openpi observation dict -> (frames by camera, state, prompt, caption); an
-    ObservationError names the missing or mis-shaped key and what was expected."""
+    ObservationError names the missing or refused key and what was expected."""
     if not isinstance(obs, dict):
         raise ObservationError(f"observation must be a dict, got {type(obs).__name__}")
-    frames = {}
-    for name in policy.cameras:
-        key = camera_key(name)
-        if key not in obs:
-            raise ObservationError(f"missing key '{key}': expected uint8 [H, W, 3] "
-                                   f"(the model's size is {policy.io.image_size}); got keys "
-                                   f"{sorted(obs)}")
-        frame = np.asarray(obs[key])
-        if frame.ndim != 3 or frame.shape[-1] != 3 or frame.dtype != np.uint8:
-            raise ObservationError(f"'{key}' has shape {list(frame.shape)} dtype {frame.dtype}, "
-                                   f"expected uint8 [H, W, 3]")
-        frames[name] = frame
-    if "observation/state" not in obs:
-        raise ObservationError(f"missing key 'observation/state': expected float "
-                               f"[{policy.state_dim}]; got keys {sorted(obs)}")
-    state = np.asarray(obs["observation/state"])
-    if state.shape != (policy.state_dim,) or not np.issubdtype(state.dtype, np.number):
-        raise ObservationError(f"'observation/state' has shape {list(state.shape)}, expected "
-                               f"[{policy.state_dim}]")
+    frames = {name: _frame(obs, camera_key(name), policy.io.image_size)
+              for name in policy.cameras}
+    state = _state(obs, policy.state_dim)
     prompt = obs.get("prompt")
     if not isinstance(prompt, str):
-        raise ObservationError("missing key 'prompt': expected the task instruction (str)")
+        raise ObservationError(f"{'missing key' if prompt is None else 'bad'} 'prompt': "
+                               f"expected the task instruction (str)")
     caption = obs.get("caption")
     if mode == "event" and not isinstance(caption, str):
-        raise ObservationError("missing key 'caption': event mode expects the next event's "
-                               "description (str)")
+        raise ObservationError(f"{'missing key' if caption is None else 'bad'} 'caption': "
+                               f"event mode expects the next event's description (str)")
     return frames, state, prompt, caption
 
 
-def infer(policy: Policy, obs: Any, mode: str) -> dict[str, Any]:
-    """One request: observation dict -> openpi-style reply dict."""
+def prepare(policy: Policy, obs: Any, mode: str) -> tuple:
+    """A request's work that needs no model (the server runs it outside the model's turn):
+    check the observation and resize its frames to the model's size, as `Policy.act` would."""
     frames, state, prompt, caption = parse_observation(policy, obs, mode)
+    size = policy.io.image_size
+    return {k: resize_frame(f, size) for k, f in frames.items()}, state, prompt, caption
+
+
+def respond(policy: Policy, request: tuple, mode: str) -> dict[str, Any]:
+    """A prepared request -> openpi-style reply dict (the model's turn: one at a time)."""
+    frames, state, prompt, caption = request
     t0 = time.perf_counter()
     out = policy.act(frames, state, prompt, caption, mode=mode)
     reply: dict[str, Any] = {"actions": np.asarray(out["actions"], np.float32),
@@ -124,6 +198,11 @@ def infer(policy: Policy, obs: Any, mode: str) -> dict[str, Any]:
         reply["caption"] = caption
     reply["server_timing"] = {"infer_ms": 1000 * (time.perf_counter() - t0)}
     return reply
+
+
+def infer(policy: Policy, obs: Any, mode: str) -> dict[str, Any]:
+    """One request in the caller's thread: observation dict -> openpi-style reply dict."""
+    return respond(policy, prepare(policy, obs, mode), mode)
 
 
 def warm_up(policy: Policy, mode: str) -> float:
@@ -138,44 +217,119 @@ def warm_up(policy: Policy, mode: str) -> float:
 
 
 # -- server -------------------------------------------------------------------------------------
-async def serve(policy: Policy, mode: str, host: str, port: int, *,
+async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 0, *,
+                sock: socket.socket | None = None,
+                max_message_bytes: int = DEFAULT_MAX_MESSAGE_MB << 20,
+                request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
                 on_listen: Any = None) -> None:
-    """Serve until cancelled. Requests from all clients run one at a time on the model (a
-    worker thread, so the event loop keeps accepting and greeting clients meanwhile)."""
+    """Serve until cancelled, on `sock` (bound, not listening) or host:port; `on_listen(port)`
+    once connections are accepted. Each connection's frames are received, decoded and checked
+    on its own (event loop, worker threads); only the model call is serialised, on one model
+    thread, so a large or slow request does not hold up the others' reading and checking."""
     from websockets.asyncio.server import serve as ws_serve
+    from websockets.exceptions import ConnectionClosed
 
     meta = packb(metadata(policy, mode))
-    lock = asyncio.Lock()
+    model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
+    loop = asyncio.get_running_loop()
+
+    async def answer(message: bytes | str) -> bytes | str:
+        try:
+            async with asyncio.timeout(request_timeout_s):
+                request = await asyncio.to_thread(
+                    lambda: prepare(policy, decode(message), mode))
+                # The model's turn; a request still queued when its time is up never runs.
+                reply = await loop.run_in_executor(model_thread, respond, policy, request, mode)
+            return packb(reply)
+        except ObservationError as err:  # the client's mistake: say so, keep serving
+            return f"bad observation: {err}"
+        except MessageError as err:
+            return f"bad message: {err}"
+        except TimeoutError:
+            return (f"request timed out: no reply within {request_timeout_s:g} s "
+                    f"(--request_timeout_s); requests wait for the model one at a time")
+        except Exception as err:  # noqa: BLE001 -- a server bug: one line out, traceback logged
+            log.exception("request failed")
+            return f"server error: {type(err).__name__}: {' '.join(str(err).split())[:200]}"
 
     async def handler(ws: Any) -> None:
-        await ws.send(meta)
-        async for message in ws:
-            try:
-                if isinstance(message, str):
-                    raise ObservationError("expected a binary msgpack observation, got text")
-                obs = unpackb(message)
-                async with lock:
-                    reply = await asyncio.to_thread(infer, policy, obs, mode)
-                await ws.send(packb(reply))
-            except ObservationError as err:  # the client's mistake: say so, keep serving
-                await ws.send(f"bad observation: {err}")
-            except Exception:  # noqa: BLE001 -- as openpi's server: the traceback as text
-                await ws.send(traceback.format_exc())
+        peer, pending = ":".join(map(str, ws.remote_address[:2])), False
+        try:
+            await ws.send(meta)
+            async for message in ws:
+                pending = True
+                await ws.send(await answer(message))
+                pending = False
+        except ConnectionClosed as closed:  # gone mid-frame or mid-request: one line, no trace
+            log.warning("client %s disconnected%s (%s)", peer,
+                        " before its reply" if pending else "", closed)
 
     def health(connection: Any, request: Any) -> Any:
         if request.path == "/healthz":
             return connection.respond(http.HTTPStatus.OK, "OK\n")
         return None
 
-    async with ws_serve(handler, host, port, compression=None, max_size=None,
-                        process_request=health) as server:
-        if on_listen is not None:
-            on_listen()
-        await server.serve_forever()
+    where = {"sock": sock} if sock is not None else {"host": host, "port": port}
+    try:
+        async with ws_serve(handler, compression=None, max_size=max_message_bytes,
+                            process_request=health, **where) as server:
+            if on_listen is not None:
+                on_listen(server.sockets[0].getsockname()[1])
+            await server.serve_forever()
+    finally:
+        model_thread.shutdown(wait=False, cancel_futures=True)
+
+
+# -- command line -------------------------------------------------------------------------------
+def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: float,
+                request_timeout_s: float) -> None:
+    """Refuse flags the server cannot run with (UserError naming the flag), before the model
+    loads: a port outside 0-65535, non-positive limits, an export directory that is missing or
+    incomplete, a --mode the export cannot run."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: expected 0-65535 (0: any free port)")
+    if not max_message_mb > 0:
+        raise UserError(f"--max_message_mb {max_message_mb:g}: expected a size > 0 (MiB)")
+    if not request_timeout_s > 0:
+        raise UserError(f"--request_timeout_s {request_timeout_s:g}: expected seconds > 0")
+    if not os.path.isdir(policy_dir):
+        raise UserError(f"--policy {policy_dir}: no such directory (an export bundle from "
+                        f"`python -m wallwm_jax.export`)")
+    missing = [n for n in REQUIRED if not os.path.isfile(os.path.join(policy_dir, n))]
+    if missing:
+        raise UserError(f"--policy {policy_dir} is missing {', '.join(missing)} (an export "
+                        f"holds {', '.join(REQUIRED)})")
+    try:
+        modes = runnable_modes(read_config(policy_dir))
+    except (OSError, ValueError, KeyError, AttributeError) as err:
+        raise UserError(f"--policy {policy_dir}: config.json is not a training config "
+                        f"({type(err).__name__}: {err})") from None
+    if mode is not None and mode not in modes:
+        raise UserError(f"--mode {mode}: this export can run {', '.join(modes)}")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port but not yet listening (clients are refused until the model
+    is compiled); UserError when the address cannot be used."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as err:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there "
+                        f"({err.strerror})") from None
+    return sock
 
 
 def main(argv: list[str]) -> None:
-    """Load the export, compile, then serve on --host:--port until interrupted."""
+    """Check the flags and bind the port, then load the export, compile, and serve on
+    --host:--port until interrupted."""
     from absl import flags
 
     from wallwm_jax import cli
@@ -183,12 +337,19 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}")
     fl = flags.FLAGS
-    policy = load_policy(fl.policy, mode=fl.mode, seed=fl.seed)
-    mode = policy.mode
-    seconds = warm_up(policy, mode)
-    asyncio.run(serve(policy, mode, fl.host, fl.port, on_listen=lambda: print(
-        f"wallwm_jax.serve: {fl.policy} in {mode} mode (compiled in {seconds:.1f}s), "
-        f"listening on ws://{fl.host}:{fl.port}", flush=True)))
+    check_flags(fl.policy, fl.port, fl.mode, fl.max_message_mb, fl.request_timeout_s)
+    sock = bind(fl.host, fl.port)
+    try:
+        policy = load_policy(fl.policy, mode=fl.mode, seed=fl.seed)
+        mode = policy.mode
+        seconds = warm_up(policy, mode)
+        asyncio.run(serve(
+            policy, mode, sock=sock, max_message_bytes=int(fl.max_message_mb * (1 << 20)),
+            request_timeout_s=fl.request_timeout_s, on_listen=lambda port: print(
+                f"wallwm_jax.serve: {fl.policy} in {mode} mode (compiled in {seconds:.1f}s), "
+                f"listening on ws://{fl.host}:{port}", flush=True)))
+    finally:
+        sock.close()
 
 
 if __name__ == "__main__":
@@ -197,10 +358,16 @@ if __name__ == "__main__":
     from wallwm_jax import cli
 
     flags.DEFINE_string("policy", None, "Export bundle directory.")
-    flags.DEFINE_integer("port", 8000, "Port to listen on.")
+    flags.DEFINE_integer("port", 8000, "Port to listen on (0: any free port, printed).")
     flags.DEFINE_string("host", "0.0.0.0", "Address to listen on.")
     flags.DEFINE_enum("mode", None, ["event", "unified", "chunk"],
                       "Inference mode (default: the mode the export was trained in).")
     flags.DEFINE_integer("seed", 0, "Sampling noise seed.")
+    flags.DEFINE_float("max_message_mb", DEFAULT_MAX_MESSAGE_MB,
+                       "Largest request accepted, in MiB; a larger frame closes the "
+                       "connection with code 1009.")
+    flags.DEFINE_float("request_timeout_s", DEFAULT_REQUEST_TIMEOUT_S,
+                       "Seconds a request may take, waiting for the model included; then the "
+                       "client gets an error reply.")
     flags.mark_flags_as_required(["policy"])
     cli.run(main)

@@ -152,6 +152,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             item = feed.next()
             timer.add(data_s=time.perf_counter() - t0)
             params, state, metrics = update_fn(params, state, item.batch, step_fns.run_inputs)
+            if step == first_step:  # compiled now: the bar's rate and ETA start from here
+                pbar.unpause()
             step += 1
             pbar.update(1)
             done = step == config.total_steps

@@ -3,13 +3,14 @@
 --action_key action --gripper_index 3 --position_slice 0:3`
 
 Converts a LeRobot v3 dataset on disk into event-segmented episodes; prints the build report
-and the output version dir.
+and the output version dir. TFDS's progress bars and log lines only with `--verbosity=0`.
 """
 
 from __future__ import annotations
 
 from absl import flags
 
+from data_builders.common import quiet_tfds
 from data_builders.rlds_events import KeyMapping
 from wallwm_jax import cli
 
@@ -36,6 +37,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}")
     fl = flags.FLAGS
+    quiet_tfds()  # our build report says what happened; TFDS's bars and notices with --verbosity
     start, sep, stop = fl.position_slice.partition(":")
     if not (sep and start.isdigit() and stop.isdigit()):
         cli.fail(f"--position_slice {fl.position_slice!r}: expected START:STOP (e.g. 0:3)")

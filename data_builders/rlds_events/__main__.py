@@ -8,6 +8,8 @@ event-segmented episodes and prints the build report and the output version dir.
 
 from __future__ import annotations
 
+import logging
+
 from absl import flags
 
 from data_builders.common import quiet_tfds
@@ -54,6 +56,8 @@ def main(argv: list[str]) -> None:
     """Convert and print the build report and the output version dir."""
     cli.positional(argv)
     quiet_tfds()
+    if not cli.verbose():  # Beam's import-time notice (no GCP client libraries) is not ours
+        logging.getLogger().addFilter(cli.drop_below(logging.ERROR, "apache_beam"))
     mapping = KeyMapping(
         image_keys=tuple(k for k in FLAGS.image_keys if k),
         state_key=FLAGS.state_key, action_key=FLAGS.action_key,

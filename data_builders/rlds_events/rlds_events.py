@@ -1,6 +1,7 @@
 """TFDS builder `rlds_events`: any RLDS/TFDS dataset on disk as event-segmented episodes.
 
-Reads the source with `as_data_source` (ArrayRecord, no TensorFlow), maps its keys with a
+Reads the source with `as_data_source` (ArrayRecord, no TensorFlow: a TFRecord source needs
+`tfds convert_format` once, which adds ArrayRecord beside it), maps its keys with a
 `KeyMapping`, segments and captions events automatically, and writes ArrayRecord with the
 `metaworld_events` features (state/action dims from the source). With `beam=True` the episodes
 are converted in an Apache Beam pipeline (DirectRunner here; Dataflow/Flink/Spark the same).
@@ -17,10 +18,13 @@ import tempfile
 from collections.abc import Iterator
 
 import tensorflow_datasets as tfds
+from etils import epath
+from google.protobuf import json_format
 
 from data_builders.common import ConvertedEvents, convert, converter_config, note_excluded
 from data_builders.rlds_events.mapping import KeyMapping, SourceSpec, convert_episode
 from data_builders.rlds_events.mapping import resolve_mapping as _resolve
+from wallwm_jax import cli
 
 
 @dataclasses.dataclass
@@ -46,14 +50,66 @@ def episode_id(source_split: str, index: int) -> str:
     return f"{source_split}_{index:06d}"
 
 
+# Formats `as_data_source` reads with random access and without TensorFlow, preferred first:
+# `tfds convert_format` in place adds array_record as an alternative format of a TFRecord source.
+READABLE_FORMATS = ("array_record", "parquet")
+
+
+def _version_dirs_below(path: epath.Path, depth: int = 2) -> list[str]:
+    """TFDS version dirs (holding dataset_info.json) up to `depth` levels below `path`."""
+    found, level = [], [path]
+    for _ in range(depth):
+        below = []
+        for d in level:
+            with contextlib.suppress(OSError):  # an unreadable dir only loses the hint
+                below += [p for p in d.iterdir() if p.is_dir()]
+        level = sorted(below)
+        found += [os.fspath(p) for p in level if (p / "dataset_info.json").exists()]
+    return found
+
+
+def open_source(source_dir: str) -> tuple[tfds.core.DatasetBuilder, str]:
+    """The source's read-only builder and the format to read it in (array_record wherever
+    it is among the dataset's formats). A missing dir, a dir that is not a TFDS dataset and a
+    source with no TensorFlow-free format raise, naming the dir and what to do."""
+    path = epath.Path(source_dir)
+    expected = ("expected a TFDS dataset version dir holding dataset_info.json, e.g. "
+                "/data/bridge/1.0.0")
+    if not path.exists():
+        raise FileNotFoundError(f"{source_dir}: no such directory ({expected})")
+    if not path.is_dir():
+        raise NotADirectoryError(f"{source_dir}: not a directory ({expected})")
+    if not (path / "dataset_info.json").exists():
+        below = _version_dirs_below(path)
+        hint = f"version dirs below it: {', '.join(below[:3])}" if below else expected
+        raise FileNotFoundError(f"{source_dir}: not a TFDS dataset, it has no "
+                                f"dataset_info.json ({hint})")
+    try:
+        source = tfds.builder_from_directory(source_dir)
+    except (OSError, ValueError, json_format.Error) as err:
+        raise ValueError(f"{source_dir}: not a readable TFDS dataset ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())})") from err
+    available = {f.value for f in source.info.available_file_formats()}
+    readable = [f for f in READABLE_FORMATS if f in available]
+    if not readable:
+        stored = ", ".join(sorted(available)) or "no file format"
+        raise ValueError(
+            f"{source_dir}: stored as {stored}, expected array_record (random access "
+            "without TensorFlow); convert it once with `tfds convert_format "
+            f"--dataset_version_dir={source_dir} --out_file_format=array_record` (needs "
+            "tensorflow, apache-beam and mlcroissant installed; see docs/rlds.md)")
+    return source, readable[0]
+
+
 class EpisodeConverter:
     """Callable (source split, index) -> [(key, example)] or [] (the episode is excluded and
     a JSON note written to `excluded_dir`, so counts survive distributed Beam workers).
     Picklable: sources are opened lazily in each worker."""
 
     def __init__(self, source_dir: str, mapping: KeyMapping, spec: SourceSpec, *,
-                 strict: bool, excluded_dir: str):
+                 strict: bool, excluded_dir: str, file_format: str = "array_record"):
         self.source_dir, self.mapping, self.spec = source_dir, mapping, spec
+        self.file_format = file_format
         self.strict, self.excluded_dir = strict, excluded_dir
         self._sources: dict = {}
 
@@ -63,7 +119,8 @@ class EpisodeConverter:
     def _source(self, split: str):
         if split not in self._sources:
             builder = tfds.builder_from_directory(self.source_dir)
-            self._sources[split] = builder.as_data_source(split=split)
+            self._sources[split] = builder.as_data_source(split=split,
+                                                          file_format=self.file_format)
         return self._sources[split]
 
     def __call__(self, item: tuple[str, int]) -> list[tuple[str, dict]]:
@@ -94,14 +151,7 @@ class RldsEvents(ConvertedEvents):
 
     def __init__(self, *, config: RldsEventsConfig, strict: bool = False, beam: bool = False,
                  excluded_dir: str = "", **kwargs):
-        source = tfds.builder_from_directory(config.source_dir)
-        fmt = source.info.file_format
-        if fmt is not None and fmt.value not in ("array_record", "parquet"):
-            raise ValueError(
-                f"{config.source_dir}: stored as {fmt.value}, expected array_record (random "
-                "access without TensorFlow); convert it once with `tfds convert_format "
-                f"--dataset_version_dir={config.source_dir} --out_file_format=array_record` "
-                "(reading TFRecord needs TensorFlow)")
+        source, self.source_format = open_source(config.source_dir)
         self.source_splits = {s: info.num_examples for s, info in source.info.splits.items()}
         self.spec = _resolve(config.mapping, source.info.features, source.info.name)
         self.strict, self.beam, self.excluded_dir = strict, beam, excluded_dir
@@ -110,7 +160,8 @@ class RldsEvents(ConvertedEvents):
     def _generate_examples(self, split: str, items: list[tuple[str, int]]):
         converter = EpisodeConverter(self.builder_config.source_dir, self.builder_config.mapping,
                                      self.spec, strict=self.strict,
-                                     excluded_dir=self.excluded_dir)
+                                     excluded_dir=self.excluded_dir,
+                                     file_format=self.source_format)
         if self.beam:
             beam = tfds.core.lazy_imports.apache_beam
             return (f"Episodes_{split}" >> beam.Create(items)
@@ -123,14 +174,19 @@ def beam_download_config(workers: int = 2, runner: str = "DirectRunner",
                          running_mode: str = "multi_processing",
                          **options) -> tfds.download.DownloadConfig:
     """DownloadConfig running the conversion with Beam `runner` (DirectRunner: `workers`
-    local processes); `options` go to PipelineOptions (e.g. Dataflow project/region)."""
+    local processes); `options` go to PipelineOptions (e.g. Dataflow project/region).
+
+    The options are these alone (`flags=[]`: Beam would otherwise parse our command line and
+    warn about every flag), and the workers log warnings and above unless `--verbosity`."""
     beam = tfds.core.lazy_imports.apache_beam
     if runner == "DirectRunner":
         options = {"direct_num_workers": workers, "direct_running_mode": running_mode,
                    **options}
+    if not cli.verbose():
+        options = {"default_sdk_harness_log_level": "ERROR", **options}
     return tfds.download.DownloadConfig(
         compute_stats=tfds.download.ComputeStatsMode.SKIP, beam_runner=runner,
-        beam_options=beam.options.pipeline_options.PipelineOptions(**options))
+        beam_options=beam.options.pipeline_options.PipelineOptions(flags=[], **options))
 
 
 def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | None = None,

@@ -162,3 +162,24 @@ def test_missing_or_undecodable_video_is_named(tmp_path):
         f.write(b"\0" * len(data))
     with pytest.raises(RuntimeError, match=re.escape(f"{wrist}: cannot decode")):
         build(source, str(tmp_path / "out3"), MAPPING)
+
+
+def test_cli_keeps_tfds_bars_and_notices_for_verbosity(tmp_path):
+    # The converter's report says what happened; TFDS's progress bars ("Generating splits")
+    # and its notices (e.g. "Using custom data configuration") only with --verbosity.
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    outs = {}
+    for name, extra in (("default", []), ("verbose", ["--verbosity=0"])):
+        out = subprocess.run(
+            [sys.executable, "-m", "data_builders.lerobot_events", "--source", SOURCE,
+             "--data_dir", str(tmp_path / name), "--gripper_index", "3", *extra],
+            capture_output=True, text=True, cwd=repo, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "train 1, val 1 episodes from 2 source episodes" in out.stdout
+        outs[name] = out
+    assert outs["default"].stderr == ""
+    verbose = outs["verbose"].stderr
+    assert "Generating splits" in verbose and "Using custom data configuration" in verbose

@@ -1,5 +1,7 @@
 """rlds_events: a real OXE-style TFDS source on disk, converted (plain and with Apache Beam),
-read back with open_dataset; key-mapping errors; bad episodes excluded, or raised when strict."""
+read back with open_dataset; key-mapping errors; bad episodes excluded, or raised when strict;
+a TFRecord dataset written by real TFDS and converted in place by `tfds convert_format`
+(testdata/rlds_tfrecord_tiny); a missing or non-TFDS source as one error line."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import dataclasses
 import io
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,6 +23,7 @@ from PIL import Image
 
 from data_builders.rlds_events import KeyMapping, build, plan_splits
 from data_builders.rlds_events.mapping import segment
+from data_builders.rlds_events.rlds_events import open_source
 from wallwm_jax.data.episodes import FEATURE_NAMES, open_dataset
 from wallwm_jax.data.statistics import load_norm_stats
 from wallwm_jax.data.tokenizer import Tokenizer
@@ -270,4 +275,121 @@ def test_cli(source_dir, tmp_path):
         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
     version_dir = out.stdout.strip().splitlines()[-1]
     assert "1 invalid steps/action" in out.stdout and "beam" in out.stdout
+    # Beam neither parses our flags (one warning per flag) nor logs its workers' INFO lines.
+    assert "Unparseable argument" not in out.stderr, out.stderr
+    assert "apache_beam.runners.worker" not in out.stderr, out.stderr
     assert set(tfds.builder_from_directory(version_dir).info.splits) == {"train", "val"}
+
+
+# Written by real TFDS as TFRecord and converted in place by `tfds convert_format`, as an Open
+# X-Embodiment download is after following docs/rlds.md (testdata/make_rlds_tfrecord_tiny.py).
+TFRECORD_SOURCE = os.path.join(os.path.dirname(__file__), "testdata", "rlds_tfrecord_tiny",
+                               "1.0.0")
+TFRECORD_EXPECTED = os.path.join(os.path.dirname(__file__), "testdata",
+                                 "rlds_tfrecord_tiny_expected.npz")
+TFRECORD_T, TFRECORD_CLOSE_AT = 30, 15
+
+
+def converter_cli(source: str, data_dir: str, *extra: str) -> subprocess.CompletedProcess:
+    """`python -m data_builders.rlds_events` on `source` with the OXE-style mapping."""
+    return subprocess.run(
+        [sys.executable, "-m", "data_builders.rlds_events", "--source", source,
+         "--data_dir", data_dir, "--image_keys", "image", "--state_key", "state",
+         "--action_key", "action", "--gripper_index", "6", "--position_slice", "0:3",
+         "--instruction_key", "language_instruction", *extra],
+        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+
+
+def test_converted_in_place_source_reads_its_array_record():
+    source, file_format = open_source(TFRECORD_SOURCE)
+    assert source.info.file_format.value == "tfrecord"  # as `tfds convert_format` leaves it
+    assert file_format == "array_record"
+
+
+def test_cli_converts_a_tfrecord_source_converted_in_place(tmp_path):
+    out = converter_cli(TFRECORD_SOURCE, os.fspath(tmp_path), "--val_fraction", "0.25")
+    assert out.returncode == 0, out.stderr
+    version_dir = out.stdout.strip().splitlines()[-1]
+    assert set(tfds.builder_from_directory(version_dir).info.splits) == {"train", "val"}
+    expected = np.load(TFRECORD_EXPECTED)
+    source = tfds.builder_from_directory(TFRECORD_SOURCE).as_data_source(
+        split="train", file_format="array_record")
+    index_of = {f"train_{p:06d}": int(source[p]["episode_metadata"]["episode_index"])
+                for p in range(len(source))}
+    episodes = read_by_id(version_dir)
+    assert sorted(episodes) == sorted(index_of) and len(episodes) == 4
+    for key, ep in episodes.items():
+        i = index_of[key]
+        np.testing.assert_array_equal(ep["steps"]["action"], expected[f"{i}/action"])
+        np.testing.assert_array_equal(ep["steps"]["observation"]["state"],
+                                      expected[f"{i}/state"])
+        np.testing.assert_array_equal(ep["steps"]["observation"]["image"],
+                                      expected[f"{i}/image"])  # PNG, no resize: exact
+        assert (ep["episode_metadata"]["instruction"].decode()
+                == str(expected[f"{i}/instruction"]) == f"pick up block {i % 3}")
+        start, end = np.asarray(ep["events"]["start"]), np.asarray(ep["events"]["end"])
+        assert start[0] == 0 and end[-1] == TFRECORD_T
+        assert np.array_equal(start[1:], end[:-1]), key
+        captions = [c.decode() for c in ep["events"]["caption"]]
+        k = captions.index("close the gripper")
+        assert abs(int(start[k]) - TFRECORD_CLOSE_AT) <= 2, (key, start, captions)
+        assert captions[0] == "move the gripper right" and captions[-1] == "lift"
+
+
+def tfrecord_only_copy(directory) -> str:
+    """The committed source as it was before `tfds convert_format`: without its array_record
+    shard and without `alternativeFileFormats` (make_rlds_tfrecord_tiny.py checks that this is
+    all the conversion changed in dataset_info.json)."""
+    copy = os.path.join(directory, "rlds_tfrecord_tiny", "1.0.0")
+    shutil.copytree(TFRECORD_SOURCE, copy,
+                    ignore=lambda _, names: [n for n in names if ".array_record-" in n])
+    info_path = os.path.join(copy, "dataset_info.json")
+    info = json.load(open(info_path))
+    del info["alternativeFileFormats"]
+    with open(info_path, "w") as f:
+        json.dump(info, f)
+    return copy
+
+
+def test_cli_refuses_a_tfrecord_only_source_with_the_conversion_command(tmp_path):
+    source = tfrecord_only_copy(tmp_path)
+    assert tfds.builder_from_directory(source).info.available_file_formats() == {
+        tfds.core.FileFormat.TFRECORD}
+    out = converter_cli(source, os.fspath(tmp_path / "out"))
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+    assert (f"`tfds convert_format --dataset_version_dir={source} "
+            "--out_file_format=array_record`") in out.stderr
+    assert "stored as tfrecord" in out.stderr and not os.path.exists(tmp_path / "out")
+
+
+def a_file(directory) -> str:
+    os.makedirs(directory)
+    path = os.path.join(directory, "episodes.tfrecord")
+    open(path, "w").write("not a dataset dir")
+    return path
+
+
+@pytest.mark.parametrize("make_source, message", [
+    (lambda d: os.path.join(d, "missing"), r"missing: no such directory \(expected a TFDS "
+                                           r"dataset version dir"),
+    (a_file, r"episodes\.tfrecord: not a directory \(expected a TFDS dataset version dir"),
+    (lambda d: os.path.dirname(tfrecord_only_copy(d)),
+     r"rlds_tfrecord_tiny: not a TFDS dataset, it has no dataset_info\.json \(version dirs "
+     r"below it: .*rlds_tfrecord_tiny/1\.0\.0\)"),
+], ids=["missing", "a_file", "a_dataset_parent_dir"])
+def test_cli_missing_or_not_a_tfds_source_is_one_error_line(tmp_path, make_source, message):
+    source = make_source(tmp_path / "src")
+    out = converter_cli(source, os.fspath(tmp_path / "out"))
+    assert out.returncode == 2 and out.stdout == "", out
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: "), out.stderr
+    assert re.search(message, out.stderr) and source in out.stderr, out.stderr
+
+
+def test_a_dir_without_or_with_a_broken_dataset_info_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"not a TFDS dataset, it has no "
+                                                r"dataset_info\.json \(expected"):
+        open_source(os.fspath(tmp_path))
+    (tmp_path / "dataset_info.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"not a readable TFDS dataset \(ParseError: "):
+        open_source(os.fspath(tmp_path))

@@ -3,6 +3,7 @@ read and when a pipeline opens a dataset, so a bad value is one error naming the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import ml_collections
@@ -63,18 +64,88 @@ def dataset_state_record(dataset_dir: str) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def check_state_layout(dataset_dir: str, data_cfg: ml_collections.ConfigDict) -> None:
-    """Raise ValueError when `data.privileged_state` disagrees with what the dataset stores
-    (privileged simulator state must be asked for on both sides, never picked up by chance)."""
+def check_state_layout(dataset_dir: str, data_cfg: ml_collections.ConfigDict,
+                       field: str = "data.data_dir") -> None:
+    """Raise ValueError when `data.privileged_state` disagrees with what the dataset (given as
+    `field`) stores (privileged simulator state must be asked for on both sides, never picked
+    up by chance)."""
     want = bool(data_cfg.get("privileged_state", False))
     record = dataset_state_record(dataset_dir)
     has = bool(record and record.get("privileged_state"))
     if want != has:
         raise ValueError(
-            f"{dataset_dir}: data.privileged_state={want} but the dataset stores "
+            f"config.data.privileged_state={want} but the dataset at {field}={dataset_dir!r} "
+            f"stores "
             + (f"privileged simulator state ({record['state_dim']}-D: {record['source']})"
                if has else "no privileged simulator state (" + (
                    f"{record['state_dim']}-D agent state" if record else
                    f"no {STATE_LAYOUT_FILE}") + ")")
             + "; build the dataset with --privileged_state or set "
             f"--config.data.privileged_state={has}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    """What a built dataset's metadata (features.json, state_layout.json) says it stores."""
+
+    cameras: dict[str, tuple[int, ...]]  # camera feature name -> frame shape (H, W, 3)
+    state_dim: int
+    action_dim: int
+    privileged_state: bool | None  # None: no state layout record (a converted dataset)
+
+
+def dataset_spec(dataset_dir: str) -> DatasetSpec:
+    """The cameras, state and action widths of a built dataset, read from its metadata by
+    TFDS (no episode is read), so a config can be checked against it before any compile."""
+    import tensorflow_datasets as tfds
+
+    try:
+        features = tfds.features.FeatureConnector.from_config(dataset_dir)
+        steps = features["steps"]
+        observation = steps["observation"]
+        cameras = {k: tuple(observation[k].shape) for k in observation.keys()
+                   if k.startswith("image")}
+        state, action = tuple(observation["state"].shape), tuple(steps["action"].shape)
+    except (OSError, KeyError, ValueError, TypeError) as err:
+        raise ValueError(f"{dataset_dir}: its features.json does not describe an event dataset "
+                         f"(steps/observation/image*, steps/observation/state, steps/action): "
+                         f"{type(err).__name__}: {err}") from None
+    record = dataset_state_record(dataset_dir)
+    return DatasetSpec(cameras=cameras, state_dim=int(np.prod(state)),
+                       action_dim=int(np.prod(action)),
+                       privileged_state=None if record is None else
+                       bool(record.get("privileged_state")))
+
+
+def check_dataset_fits(dataset_dir: str, config: ml_collections.ConfigDict,
+                       field: str = "data.data_dir") -> None:
+    """Raise ValueError (one line naming the config field and value, and the dataset, given as
+    `field`, and what it stores) when the model and data settings of `config` cannot read
+    `dataset_dir`: cameras, image size, privileged state, state and action widths."""
+    spec = dataset_spec(dataset_dir)
+    data, model = config.data, config.model
+    where = f"the dataset at {field}={dataset_dir!r}"
+    cameras = tuple(data.cameras)
+    for name in cameras:
+        if name not in spec.cameras:
+            raise ValueError(f"config.data.cameras={cameras} but {where} has no camera {name!r} "
+                             f"(its cameras: {tuple(spec.cameras)}); set --config.data.cameras "
+                             f"(and --config.model.cameras) to cameras it has")
+    size = int(data.image_size)
+    for name in cameras:
+        shape = spec.cameras[name]
+        if shape != (size, size, 3):
+            fix = (f"set --config.data.image_size={shape[0]} (model.image_size follows it)"
+                   if len(shape) == 3 and shape[0] == shape[1] else
+                   "training reads square frames: convert it again with --image_size")
+            raise ValueError(f"config.data.image_size={size} (model.image_size="
+                             f"{model.get('image_size')}) but {where} stores "
+                             f"{'x'.join(map(str, shape))} frames in "
+                             f"steps/observation/{name}; {fix}")
+    check_state_layout(dataset_dir, data, field)
+    for key, stored, what in (("state_dim", spec.state_dim, "states (steps/observation/state)"),
+                              ("action_dim", spec.action_dim, "actions (steps/action)")):
+        value = model.get(key)
+        if value != stored:
+            raise ValueError(f"config.model.{key}={value} but {where} stores {stored}-D "
+                             f"{what}; set --config.model.{key}={stored}")

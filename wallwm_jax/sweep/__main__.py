@@ -37,10 +37,16 @@ flags.DEFINE_string("only", None, "Run only the trials whose name matches this r
                     "(e.g. 'seed=2,'): split a sweep across machines, or add a seed later.")
 flags.DEFINE_integer("stop_after", None, "Stop each trial's training at this step with a "
                      "checkpoint, as a preemption would (to test resume).")
-flags.DEFINE_integer("slurm_nodes", None, "Slurm: nodes per trial (multi-host if > 1).")
-flags.DEFINE_integer("slurm_gpus_per_node", None, "Slurm: GPUs per node.")
-flags.DEFINE_integer("slurm_timeout_min", None, "Slurm: time limit per trial, minutes.")
-flags.DEFINE_string("slurm_partition", None, "Slurm: partition.")
+flags.DEFINE_integer("slurm_nodes", None, "Slurm: nodes per trial (multi-host if > 1; "
+                     "default 1).")
+flags.DEFINE_integer("slurm_gpus_per_node", None, "Slurm: GPUs per node (default 1; 0: none, "
+                     "trials train on the CPUs).")
+flags.DEFINE_integer("slurm_cpus_per_task", None, "Slurm: CPUs per node (one task per node; "
+                     "default 8 per GPU).")
+flags.DEFINE_integer("slurm_mem_gb", None, "Slurm: memory per node in GB (default 32 per GPU).")
+flags.DEFINE_integer("slurm_timeout_min", None, "Slurm: time limit per trial, minutes "
+                     "(default 240).")
+flags.DEFINE_string("slurm_partition", None, "Slurm: partition (default: the cluster's).")
 flags.DEFINE_string("slurm_account", None, "Slurm: account.")
 FLAGS = flags.FLAGS
 
@@ -71,7 +77,8 @@ def _eval_settings(sweep_eval: dict) -> dict:
 
 def _resources(sweep_resources: dict) -> dict:
     out = dict(sweep_resources)
-    for key in ("nodes", "gpus_per_node", "timeout_min", "partition", "account"):
+    for key in ("nodes", "gpus_per_node", "cpus_per_task", "mem_gb", "timeout_min",
+                "partition", "account"):
         value = getattr(FLAGS, f"slurm_{key}")
         if value is not None:
             out[key] = value
@@ -98,6 +105,8 @@ def main(argv: list[str]) -> None:
                            check_data=FLAGS.launcher == "local" and not FLAGS.dry_run)
     except SweepError as e:
         cli.fail(str(e))
+    if FLAGS.launcher == "slurm":  # a bad --slurm_* value fails before anything is written
+        launchers.slurm_resources(_resources(sweep.resources))
     overrides = dict(config_flags.get_override_values(FLAGS["config"]))
     suites = _suites(sweep.eval)
     settings = _eval_settings(sweep.eval)
@@ -131,6 +140,7 @@ def main(argv: list[str]) -> None:
             os.makedirs(os.path.join(workdir, "slurm"), exist_ok=True)
             with open(os.path.join(workdir, "slurm", "submission.json"), "w") as f:
                 json.dump(plan, f, indent=2)
+        print(plan["request"])
         print(plan["sbatch"])
         for task in plan["tasks"]:
             print(f"array task {task['array_index']}: {task['trial']}: "

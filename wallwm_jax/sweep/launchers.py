@@ -95,9 +95,15 @@ def run_local(jobs: Sequence[TrialJob], parallel: int = 1) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------------- slurm
 
-SLURM_DEFAULTS = {"nodes": 1, "gpus_per_node": 0, "timeout_min": 240, "partition": None,
+# What each trial asks for (docs/sweeps.md), unless get_resources() or --slurm_* say otherwise.
+# CPUs and memory left None scale with the GPUs: 8 CPUs and 32 GB per GPU (a node without
+# GPUs: 8 CPUs, 32 GB). The partition left None is the cluster's default.
+SLURM_DEFAULTS = {"nodes": 1, "gpus_per_node": 1, "timeout_min": 240, "partition": None,
                   "account": None, "cpus_per_task": None, "mem_gb": None,
                   "array_parallelism": 64, "qos": None, "constraint": None}
+CPUS_PER_GPU, MEM_GB_PER_GPU = 8, 32
+_AT_LEAST = {"nodes": 1, "gpus_per_node": 0, "timeout_min": 1, "cpus_per_task": 1,
+             "mem_gb": 1, "array_parallelism": 1}
 
 
 class SlurmTrialTask:
@@ -132,25 +138,54 @@ class SlurmTrialTask:
         return self.job.train_command()
 
 
-def slurm_parameters(resources: dict[str, Any], name: str) -> dict[str, Any]:
-    """sbatch parameters (submitit's native slurm names) from the sweep's resources."""
+def slurm_resources(resources: dict[str, Any]) -> dict[str, Any]:
+    """The sweep's resources over `SLURM_DEFAULTS`, CPUs and memory filled in from the GPUs;
+    ValueError names an unknown key or a value out of range."""
     r = {**SLURM_DEFAULTS, **{k: v for k, v in resources.items() if v is not None}}
     unknown = sorted(set(r) - set(SLURM_DEFAULTS))
     if unknown:
         raise ValueError(f"unknown slurm resources {unknown}; known: {sorted(SLURM_DEFAULTS)}")
+    for key, low in _AT_LEAST.items():
+        value = r[key]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < low):
+            raise ValueError(f"slurm resource {key}={value!r} (--slurm_{key} or "
+                             f"get_resources()): expected an integer >= {low}")
+    per = max(1, r["gpus_per_node"])
+    r["cpus_per_task"] = r["cpus_per_task"] or CPUS_PER_GPU * per
+    r["mem_gb"] = r["mem_gb"] or MEM_GB_PER_GPU * per
+    return r
+
+
+def slurm_parameters(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    """sbatch parameters (submitit's native slurm names) from the sweep's resources: GPUs,
+    CPUs and memory are always asked for explicitly (a node with no GPU asks for none)."""
+    r = slurm_resources(resources)
     params: dict[str, Any] = {
-        "job_name": f"sweep-{name}", "nodes": int(r["nodes"]), "ntasks_per_node": 1,
-        "time": int(r["timeout_min"]), "array_parallelism": int(r["array_parallelism"]),
-        "signal_delay_s": 120,
+        "job_name": f"sweep-{name}", "nodes": r["nodes"], "ntasks_per_node": 1,
+        "time": r["timeout_min"], "array_parallelism": r["array_parallelism"],
+        "signal_delay_s": 120, "cpus_per_task": r["cpus_per_task"],
+        "mem": f"{r['mem_gb']}GB",
     }
-    if int(r["gpus_per_node"]) > 0:
-        params["gpus_per_node"] = int(r["gpus_per_node"])
-    for key in ("partition", "account", "cpus_per_task", "qos", "constraint"):
+    if r["gpus_per_node"] > 0:
+        params["gpus_per_node"] = r["gpus_per_node"]
+    for key in ("partition", "account", "qos", "constraint"):
         if r[key] is not None:
             params[key] = r[key]
-    if r["mem_gb"] is not None:
-        params["mem"] = f"{int(r['mem_gb'])}GB"
     return params
+
+
+def describe_request(params: dict[str, Any]) -> str:
+    """One line of what each trial asks slurm for; says so when it asks for no GPU."""
+    gpus = params.get("gpus_per_node", 0)
+    line = (f"slurm request per trial: {params['nodes']} node(s) x "
+            + (f"{gpus} GPU(s)" if gpus else "no GPU") + f", {params['cpus_per_task']} CPUs "
+            f"and {params['mem']} per node, {params['time']} min, partition "
+            + (params["partition"] if params.get("partition") else "the cluster's default"))
+    if not gpus:
+        line += ("; no GPU requested (--slurm_gpus_per_node=0): trials train on the CPUs, "
+                 "set --slurm_gpus_per_node=N for GPUs")
+    return line
 
 
 def submit_slurm(jobs: Sequence[TrialJob], workdir: str, resources: dict[str, Any], *,
@@ -169,6 +204,7 @@ def submit_slurm(jobs: Sequence[TrialJob], workdir: str, resources: dict[str, An
     tasks = [SlurmTrialTask(job) for job in todo]
     plan: dict[str, Any] = {
         "parameters": params,
+        "request": describe_request(params),
         "tasks": [{"array_index": i, "trial": t.job.name, "command": t.command(),
                    "suites": t.job.suites,
                    "eval_commands": [t.job.eval_command(s) for s in t.job.suites]}
