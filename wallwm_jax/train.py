@@ -382,9 +382,14 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def main(argv: list[str]) -> None:
-    """CLI entry point: `--config`, `--workdir` and the optional multi-process flags."""
+    """CLI entry point: `--config`, `--workdir` and the optional multi-process flags. Exits 0
+    when the run is finished, 3 (`cli.EXIT_PREEMPTED`) when SIGTERM stopped it with a
+    checkpoint before the last step (rerun the same command to resume), 2 on a user error."""
     del argv
     fl = flags.FLAGS
+    if os.path.exists(fl.workdir) and not os.path.isdir(fl.workdir):
+        raise cli.UserError(f"--workdir {fl.workdir} is a file; expected a directory (new or "
+                            f"a run's, to resume)")
     config = cli.config_value("config")
     config_check.validate(config)  # before joining other processes
     initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
@@ -393,6 +398,9 @@ def main(argv: list[str]) -> None:
     if losses and jax.process_index() == 0:
         print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
               f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if summary["preempted"] and summary["last_step"] < config.total_steps:
+        # A scheduler requeues on this code; 0 means the run is finished.
+        raise SystemExit(cli.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
