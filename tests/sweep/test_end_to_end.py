@@ -40,7 +40,7 @@ def get_sweep(h):
 '''
 CRASH = SWEEP.replace('''h.zip([h.sweep("config.data.balance_alpha", [0.0, 1.0]),
                   h.sweep("config.data.augment.enabled", [True, False])])''',
-                      '''h.sweep("config.model.vocab_size", [512, 8])''')
+                      '''h.sweep("config.mesh.tensor", [1, 3])''')
 # Two trials, each naming two swept fields (how product and zip expand: tests/sweep/test_hyper.py).
 NAMES = ["balance_alpha=0,enabled=True", "balance_alpha=1,enabled=False"]
 
@@ -94,7 +94,7 @@ def sweep(tiny_dataset, tmp_path_factory):
 
 
 def test_interrupted_trials_resume_from_their_checkpoint(sweep):
-    assert sweep["interrupted"].returncode == 1, sweep["interrupted"].stderr
+    assert sweep["interrupted"].returncode == 3, sweep["interrupted"].stderr  # resume later
     assert "2 trial(s) unfinished" in sweep["interrupted"].stderr
     assert sorted(sweep["after_interrupt"]) == sorted(NAMES)
     for state in sweep["after_interrupt"].values():
@@ -159,13 +159,14 @@ def test_crashing_trial_is_recorded_and_the_others_finish(sweep, tiny_dataset, t
     out = _cli("--sweep", str(tmp_path / "crash.py"), "--workdir", workdir, "--suite", "none",
                "--parallel", "2", data_dir=tiny_dataset)
     assert out.returncode == 1
-    # vocab_size=8 passes config_check but is smaller than the dataset's tokenizer: the trial
-    # fails only once its data is loaded.
-    assert "1 trial(s) failed: vocab_size=8" in out.stderr
-    with open(os.path.join(workdir, "trials", "vocab_size=8", "status.json")) as f:
+    # tensor=3 passes config_check (the device count is the trial's to know) but not the mesh
+    # of the trial's one device: the trial fails once it starts, the other one finishes.
+    assert "1 trial(s) failed: tensor=3" in out.stderr
+    with open(os.path.join(workdir, "trials", "tensor=3", "status.json")) as f:
         status = json.load(f)
-    assert status["status"] == "failed" and "vocab_size=8" in status["error"]
-    with open(os.path.join(workdir, "trials", "vocab_size=512", "status.json")) as f:
+    assert status["status"] == "failed" and "does not divide the 1 available devices" in \
+        status["error"], status
+    with open(os.path.join(workdir, "trials", "tensor=1", "status.json")) as f:
         assert json.load(f)["status"] == "done"
     md = open(os.path.join(workdir, "results.md")).read()
-    assert "## Failed trials" in md and "vocab_size=8" in md
+    assert "## Failed trials" in md and "tensor=3" in md
