@@ -27,6 +27,11 @@ _SIZES = {
     "base": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
                  width=2048, depth=18, heads=8, kv_heads=1, head_dim=256, mlp=16384,
                  expert_width=1024, expert_mlp=4096),
+    # PaliGemma 3B (224 px): SigLIP So400m/14 + Gemma 2B with its 257,216-token vocabulary;
+    # the sizes Hugging Face's paligemma-3b-pt-224 loads into (docs/pretrained.md).
+    "paligemma": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
+                      width=2048, depth=18, heads=8, kv_heads=1, head_dim=256, mlp=16384,
+                      expert_width=1024, expert_mlp=4096, vocab=257_216, image_size=224),
     "large": dict(patch=14, vit_width=1152, vit_depth=27, vit_heads=16, vit_mlp=4304,
                   width=4096, depth=32, heads=32, kv_heads=8, head_dim=128, mlp=14336,
                   expert_width=2048, expert_mlp=8192),
@@ -94,7 +99,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data = ml_collections.ConfigDict()
     config.data.data_dir = ""
     config.data.builder_config = "demo"
-    config.data.image_size = 64
+    config.data.image_size = s.get("image_size", 64)
     # Camera features fed to the model, in order: "image" (scene) and/or "image_<name>"
     # (e.g. "image_gripper" from a builder run with that camera).
     config.data.cameras = ("image",)
@@ -121,6 +126,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Dataset mixture: ((dataset dir, weight), ...); empty = data_dir alone. The first entry
     # is the primary dataset, whose norm stats and tokenizer travel with checkpoints/exports.
     config.data.mixture = ()
+    # SentencePiece model for instructions and captions: "" = the (primary) dataset's own
+    # tokenizer.model; a pretrained backbone's tokenizer (Gemma's 256k tokenizer.model) so
+    # token ids mean what the imported embedding learnt. model.vocab_size must cover it.
+    config.data.tokenizer = ""
     # Train-split image augmentation, seeded per sample (off for val/eval pipelines).
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
                                                          jitter=0.15))
@@ -133,7 +142,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.split = "train"
 
     config.model = ml_collections.ConfigDict()
-    config.model.vocab_size = 512
+    config.model.vocab_size = s.get("vocab", 512)
     config.model.state_dim = 4
     config.model.action_dim = 4
     config.model.image_size = config.data.get_ref("image_size")
@@ -157,6 +166,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # head_dim fits (multiple of 8, <= 128), XLA's otherwise | xla | cudnn (GPU only)
     config.model.attention = "auto"
     config.model.tie_embeddings = True  # caption head = token embedding (else its own head)
+    # How token embeddings enter the backbone: "wallwm" (as looked up) | "gemma" (times
+    # sqrt(width), as Gemma does; set for Gemma/PaliGemma weights, docs/pretrained.md).
+    config.model.backbone_family = "wallwm"
+    # Pretrained towers loaded over the init when a run starts from scratch (docs/pretrained.md):
+    # a weights file or Hugging Face model directory and its layout each ("": none). A
+    # PaliGemma file holds both towers: give it as `backbone` with layout "paligemma". The
+    # layouts set the model fields they need (backbone_family) before anything compiles.
+    # strict: an unused, missing or mis-shaped key stops the run (else it is only reported).
+    config.model.pretrained = ml_collections.ConfigDict(dict(
+        vision="", vision_layout="siglip", backbone="", backbone_layout="gemma", strict=True))
     config.model.max_event_len = config.data.get_ref("max_event_len")
     config.model.max_captions = config.data.get_ref("max_captions")
     # "staircase": action step j sees captions 0..e(j) only; "causal" (ablation): a plain

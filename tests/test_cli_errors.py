@@ -44,6 +44,14 @@ def test_train_flag_and_config_errors(tmp_path, extra, words):
     assert not (tmp_path / "run").exists()
 
 
+def test_workdir_that_is_a_file(tmp_path):
+    workdir = tmp_path / "run"
+    workdir.write_text("not a directory")
+    out = _run(TRAIN + ["--workdir", str(workdir)], tmp_path)
+    _assert_one_line_error(out, f"--workdir {workdir} is a file; expected a directory")
+    assert workdir.read_text() == "not a directory"
+
+
 def test_missing_config_file(tmp_path):
     out = _run([sys.executable, "-m", "wallwm_jax.train", "--config", "experiments/pretrian.py",
                 "--workdir", str(tmp_path / "run")], tmp_path)

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
+import sys
+import traceback
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +31,7 @@ from wallwm_jax import bundle
 from wallwm_jax.checkpoint_damage import (  # noqa: F401  (re-exported: the checkpoint API)
     CORRUPT_SUFFIX,
     ITEMS,
+    PERMISSION_DENIED,
     Damage,
     DamagedCheckpointError,
     set_aside,
@@ -214,13 +218,16 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_params: Any,
     A step whose restore fails is verified (`verify_step`); if it is damaged, the next older
     one is tried, and once one restores the damaged steps are set aside as `<step>.corrupt`
     with a warning naming the file. A failure on an intact step (another model, another
-    optimizer) is raised as is. If every step is damaged nothing is moved and
-    `DamagedCheckpointError` names the files.
+    optimizer) is raised as is, and so is a step this process may not read (nothing is
+    moved). If every step is damaged nothing is moved and `DamagedCheckpointError` names the
+    files.
     """
     directory = str(manager.directory)
     damaged: list[tuple[int, list[Damage]]] = []
     for step in sorted(manager.all_steps(), reverse=True):
         damage = verify_step(directory, step, decode=False)
+        if any(d.denied for d in damage):  # not damage: moving it aside would lose the step
+            raise damaged_step_error(directory, step, damage)
         if damage:
             damaged.append((step, damage))
             continue
@@ -228,10 +235,14 @@ def restore_latest(manager: ocp.CheckpointManager, abstract_params: Any,
             with _quiet_asyncio():  # a failed Orbax restore logs each pending read's error
                 params, state = restore(manager, step, abstract_params, abstract_state,
                                         data_iter)
-        except Exception:
-            damage = verify_step(directory, step)
+        except Exception as err:
+            with _failed_reads_quiet():
+                damage = verify_step(directory, step)
             if not damage:
                 raise
+            traceback.clear_frames(err.__traceback__)  # they hold the failed reads' tasks
+        if damage:
+            _finalize_failed_reads()
             damaged.append((step, damage))
             continue
         if damaged:
@@ -278,28 +289,73 @@ def restore_params(directory: str, abstract_params: Any, step: int | None = None
 
     Leaves of `abstract_params` without a sharding are restored onto this process's first
     device, so a checkpoint written on another mesh or device count loads here. (An export
-    bundle is read by `bundle.load_params`; `export.load_params_from` takes either.)
+    bundle is read by `bundle.load_params`; `export.load_params_from` takes either.) A damaged
+    step raises `DamagedCheckpointError` naming the file and the intact steps, before Orbax
+    opens anything when the small files show it, else once the failed restore is verified.
     """
     local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract_params = jax.tree.map(
         lambda x: x if getattr(x, "sharding", None) is not None
         else jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=local), abstract_params)
     step = resolve_step(directory, step)
-    with _read_only(directory) as mngr:
-        check_compatible(mngr, step, abstract_params)
-        try:
-            with _quiet_asyncio():
-                out = mngr.restore(step, args=ocp.args.Composite(
-                    params=ocp.args.StandardRestore(abstract_params)))
-        except Exception as err:
-            damage = verify_step(directory, step)
-            if not damage:
-                raise
-            others = [s for s in mngr.all_steps() if s != step]
-            raise DamagedCheckpointError(
-                f"checkpoint step {step} is damaged: {damage[0].file}: {damage[0].problem}"
-                + (f" (other steps: {others})" if others else ""), damage) from err
-        return out["params"]
+    check_intact(directory, step, items=("params",))
+    try:
+        with _quiet_asyncio(), _read_only(directory) as mngr:  # a failed read logs each read
+            check_compatible(mngr, step, abstract_params)
+            return mngr.restore(step, args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract_params)))["params"]
+    except Exception as err:  # noqa: BLE001  (damage or a mismatch: told apart here)
+        with _failed_reads_quiet():  # reads still in flight finish while we verify
+            damage = verify_step(directory, step, items=("params",))
+        if not damage:
+            raise
+        traceback.clear_frames(err.__traceback__)  # they hold the failed reads' tasks
+    _finalize_failed_reads()
+    raise damaged_step_error(directory, step, damage)
+
+
+@contextlib.contextmanager
+def _failed_reads_quiet() -> Iterator[None]:
+    """Drop what the reads of a failed Orbax restore report once it has given up on them:
+    asyncio's "exception was never retrieved" and the unraisable errors of their coroutines
+    and late completions ("Event loop is closed"), one traceback per read otherwise."""
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        with _quiet_asyncio():
+            yield
+    finally:
+        sys.unraisablehook = unraisable
+
+
+def _finalize_failed_reads() -> None:
+    """Collect the tasks and coroutines a failed restore abandoned now, quietly: collected
+    later (at exit, or while training runs) each would print its read's traceback."""
+    with _failed_reads_quiet():
+        gc.collect()
+
+
+def check_intact(directory: str, step: int, items: tuple[str, ...] = ITEMS) -> None:
+    """Raise `DamagedCheckpointError` (one line: the file, the problem, the intact steps) if
+    the small files of `step` (of `items`) show damage: a missing item or manifest, a truncated
+    or missing data file, JSON that does not parse, a file this process may not read."""
+    damage = verify_step(directory, step, decode=False, items=items)
+    if damage:
+        raise damaged_step_error(directory, step, damage)
+
+
+def damaged_step_error(directory: str, step: int, damage: list[Damage]
+                       ) -> DamagedCheckpointError:
+    """The one-line error for a damaged step: its first damaged file and the steps of
+    `directory` that are intact (their small files checked), to pick with `--step`."""
+    intact = [s for s in finished_steps(directory)
+              if s != step and not verify_step(directory, s, decode=False)]
+    first = damage[0]
+    more = f" (and {len(damage) - 1} more file(s))" if len(damage) > 1 else ""
+    steps = f"intact steps: {intact}" if intact else "no intact step"
+    what = "cannot be read" if first.denied else "is damaged"
+    return DamagedCheckpointError(f"checkpoint step {step} in {directory} {what}: {first.file}: "
+                                  f"{first.problem}{more}; {steps}", damage)
 
 
 def check_compatible(manager: ocp.CheckpointManager, step: int, abstract_params: Any) -> None:
@@ -332,7 +388,12 @@ def finished_steps(directory: str) -> list[int]:
     finished save (damaged ones are renamed `<step>.corrupt`)."""
     if not os.path.isdir(directory):
         return []
-    return sorted(int(n) for n in os.listdir(directory)
+    try:
+        names = os.listdir(directory)
+    except PermissionError:
+        raise PermissionError(f"{directory}: {PERMISSION_DENIED} (cannot list the "
+                              f"checkpoint steps)") from None
+    return sorted(int(n) for n in names
                   if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
@@ -341,7 +402,10 @@ def resolve_step(directory: str, step: int | None = None) -> int:
     directory when there is none (or `step` is not among them)."""
     steps = finished_steps(directory)
     if not steps:
-        raise FileNotFoundError(f"no finished checkpoint in {directory}")
+        aside = sorted(n for n in os.listdir(directory) if CORRUPT_SUFFIX in n) \
+            if os.path.isdir(directory) else []
+        raise FileNotFoundError(f"no finished checkpoint in {directory}"
+                                + (f" (set aside as damaged: {aside})" if aside else ""))
     if step is None:
         return steps[-1]
     if step not in steps:
@@ -357,5 +421,8 @@ def assets_dir(directory: str, step: int | None = None) -> str:
 
 
 def read_assets(directory: str, step: int | None = None) -> bundle.Assets:
-    """Config, norm stats and tokenizer of a checkpoint step (latest when `step` is None)."""
+    """Config, norm stats and tokenizer of a checkpoint step (latest when `step` is None);
+    a damaged step raises `DamagedCheckpointError` (see `check_intact`)."""
+    step = resolve_step(directory, step)
+    check_intact(directory, step)
     return bundle.read_assets(assets_dir(directory, step))

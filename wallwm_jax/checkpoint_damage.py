@@ -17,6 +17,7 @@ from wallwm_jax import bundle
 ITEMS = ("params", "train_state", "data_iter", "assets")
 ARRAY_ITEMS = ("params", "train_state")
 CORRUPT_SUFFIX = ".corrupt"
+PERMISSION_DENIED = "permission denied"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,11 @@ class Damage:
     def __str__(self) -> str:
         return f"step {self.step}, item {self.item}: {self.file}: {self.problem}"
 
+    @property
+    def denied(self) -> bool:
+        """The file is there but this process may not read it (not damage to set aside)."""
+        return self.problem == PERMISSION_DENIED
+
 
 class DamagedCheckpointError(ValueError):
     """A checkpoint step that cannot be read; the message names the step, item and file."""
@@ -40,18 +46,24 @@ class DamagedCheckpointError(ValueError):
         self.damage = damage
 
 
-def verify_step(directory: str, step: int, *, decode: bool = True) -> list[Damage]:
+def verify_step(directory: str, step: int, *, decode: bool = True,
+                items: tuple[str, ...] = ITEMS) -> list[Damage]:
     """Check every file of a finished step without the model: the items are there, the array
     databases' manifests, tree nodes and data files are complete, the JSON items parse and
     (`decode`) every array chunk decodes. Returns the damage found (empty: intact).
 
     Without `decode` it reads only the small files (done before every restore); with it, the
     whole step, as a restore does (done when a restore has failed, to tell damage from a
-    mismatch between the checkpoint and the model).
+    mismatch between the checkpoint and the model). `items` limits the check to those items.
     """
     step_dir = os.path.join(directory, str(step))
+    denied = _unreadable(step_dir)
+    item = os.path.relpath(denied, step_dir).split(os.sep)[0] if denied else None
+    if denied is not None and (item in items or item not in ITEMS):
+        # Checked first: an unreadable directory looks missing below.
+        return [Damage(step, item if item in ITEMS else "", denied, PERMISSION_DENIED)]
     found: list[Damage] = []
-    for item in ITEMS:
+    for item in items:
         item_dir = os.path.join(step_dir, item)
         if not os.path.isdir(item_dir):
             found.append(Damage(step, item, item_dir, "missing"))
@@ -61,7 +73,32 @@ def verify_step(directory: str, step: int, *, decode: bool = True) -> list[Damag
             found += [Damage(step, item, f, p) for f, p in _verify_assets(item_dir)]
         else:
             found += [Damage(step, item, f, p) for f, p in _verify_json(item_dir)]
-    return found
+    return [dataclasses.replace(d, problem=" ".join(d.problem.split())[:300]) for d in found]
+
+
+def _unreadable(step_dir: str) -> str | None:
+    """The first directory or file under `step_dir` this process may not list or read."""
+    pending = [step_dir]
+    while pending:
+        directory = pending.pop()
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except PermissionError:
+            return directory
+        except OSError:  # gone or not a directory: the checks below say so
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+                continue
+            try:
+                with open(entry.path, "rb"):
+                    pass
+            except PermissionError:
+                return entry.path
+            except OSError:
+                continue
+    return None
 
 
 def _verify_json(item_dir: str) -> list[tuple[str, str]]:

@@ -31,6 +31,7 @@ from absl import logging as absl_logging
 from wallwm_jax import compile_cache
 
 EXIT_USER_ERROR = 2
+EXIT_PREEMPTED = 3  # stopped by SIGTERM with a checkpoint: run the same command to resume
 # C++ (absl) log levels: 0 INFO, 1 WARNING, 2 ERROR, 3 FATAL. XLA logs its slow-compile banners
 # as ERROR, so only FATAL gets through by default.
 _CPP_QUIET_LEVEL = 3

@@ -50,6 +50,7 @@ def validate(config: ml_collections.ConfigDict, *, check_data: bool = True) -> N
     _optimizer(config)
     _mesh(config)
     _checkpoint(config)
+    _pretrained(config)
     _eval(config)
     if check_data:  # last: every field is checked before the slower look at the disk
         check_datasets(config)
@@ -68,6 +69,26 @@ def check_datasets(config: ml_collections.ConfigDict) -> None:
             check_dataset_fits(path, config, field)
         except ValueError as err:
             raise UserError(str(err)) from None
+    check_tokenizer(config, dirs[0])
+
+
+def check_tokenizer(config: ml_collections.ConfigDict, dataset_dir: str) -> None:
+    """Raise `UserError` unless the tokenizer the run reads with (`data.tokenizer`, else the
+    dataset's) loads and its vocabulary fits `model.vocab_size`."""
+    from wallwm_jax.data.sampler import model_tokenizer_path
+    from wallwm_jax.data.tokenizer import Tokenizer
+
+    path = model_tokenizer_path(config.data, dataset_dir)
+    field = "config.data.tokenizer" if config.data.get("tokenizer") else "the dataset's tokenizer"
+    try:
+        tokenizer = Tokenizer(path)
+    except (ValueError, FileNotFoundError) as err:
+        raise UserError(f"{field}: {err}") from None
+    vocab = _int(config, "model.vocab_size", low=1)
+    if tokenizer.vocab_size > vocab:
+        raise UserError(f"config.model.vocab_size={vocab} is smaller than {field} "
+                        f"({path}: {tokenizer.vocab_size} pieces); set "
+                        f"--config.model.vocab_size={tokenizer.vocab_size} or larger")
 
 
 def _get(config: ml_collections.ConfigDict, path: str) -> Any:
@@ -286,6 +307,33 @@ def _checkpoint(config: ml_collections.ConfigDict) -> None:
     for j, entry in enumerate(config.get("init_pretrained") or ()):
         if len(entry) != 2:
             raise _bad(f"init_pretrained[{j}]", entry, "(weights file, layout)")
+
+
+def _pretrained(config: ml_collections.ConfigDict) -> None:
+    """`model.backbone_family` and `model.pretrained` (files exist, layouts known)."""
+    spec = config.model.get("pretrained") or {}
+    if config.model.get("backbone_family", "wallwm") == "wallwm" and not any(
+            spec.get(tower) for tower in ("vision", "backbone")):
+        return  # the defaults: nothing to check, and no model import
+    from wallwm_jax.models.pretrained import LAYOUTS, read_weights
+    from wallwm_jax.models.wallwm import BACKBONE_FAMILIES
+
+    _choice(config, "model.backbone_family", BACKBONE_FAMILIES)
+    for tower in ("vision", "backbone"):
+        path = spec.get(tower) or ""
+        if not path:
+            continue
+        _choice(config, f"model.pretrained.{tower}_layout", tuple(LAYOUTS))
+        if not os.path.exists(path):
+            raise UserError(f"model.pretrained.{tower}={path!r} does not exist; expected a "
+                            f"weights file (.safetensors, .npz, model.safetensors.index.json) "
+                            f"or a Hugging Face model directory")
+        try:
+            read_weights(path)  # headers only (memory-mapped): a wrong kind of file is named
+        except (ValueError, OSError, KeyError) as err:
+            raise UserError(f"model.pretrained.{tower}: {err}") from None
+    if not isinstance(spec.get("strict", True), bool):
+        raise _bad("model.pretrained.strict", spec.strict, "True or False")
 
 
 def _eval(config: ml_collections.ConfigDict) -> None:

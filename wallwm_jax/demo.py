@@ -271,7 +271,7 @@ def main(argv: list[str]) -> None:
                         privileged_state=_PRIVILEGED.value, action_noise=_NOISE.value)
     timings["dataset"] = time.time() - t
 
-    def pretrain(mode: str, run_dir: str, what: str) -> tuple[Any, dict[str, Any] | None]:
+    def pretrain(mode: str, run_dir: str, what: str) -> tuple[Any, dict[str, Any]]:
         t = time.time()
         announce(f"pretraining {what} ({_SIZE.value}, {mode} mode) for {_STEPS.value} steps")
         config = demo_config(dataset_dir, mode)
@@ -279,22 +279,19 @@ def main(argv: list[str]) -> None:
         timings[f"train_{mode}"] = time.time() - t
         if result["preempted"]:  # SIGTERM: stop here, leave the last export and summary alone
             print(f"interrupted during pretraining at step {result['last_step']}: checkpoint "
-                  f"in {result['checkpoint_dir']}; export and summary not touched. Run the "
-                  f"same command again to resume.")
-            return config, None
+                  f"in {result['checkpoint_dir']}; export and summary not touched. To resume, "
+                  f"run the same command again: python -m wallwm_jax.demo "
+                  f"{' '.join(sys.argv[1:])}", flush=True)
+            raise SystemExit(cli.EXIT_PREEMPTED)  # schedulers requeue on it
         return config, result
 
     run_dir = os.path.join(workdir, "run")
     config, result = pretrain("event", run_dir, "WALL-WM")
-    if result is None:
-        return
     chunk_run_dir = os.path.join(workdir, "run_chunk")
     chunk_config = chunk_result = None
     if _CHUNK.value:
         chunk_config, chunk_result = pretrain("chunk", chunk_run_dir,
                                               "the chunk baseline, same data, steps and model")
-        if chunk_result is None:
-            return
 
     t = time.time()
     announce("offline evaluation on held-out episodes")

@@ -63,8 +63,10 @@ class Policy:
             lambda p, obs, rng: wallwm.sample_actions(model_cfg, p, obs, rng))
         self._decode = None
         if self.num_slots >= 2:
+            bos_id, eos_id = self.tokenizer.bos_id, self.tokenizer.eos_id  # Gemma's: 2, 1
             self._decode = jax.jit(lambda p, obs, rng: staircase_decode(
-                model_cfg, p, obs, rng, max_len=config.data.caption_len))
+                model_cfg, p, obs, rng, max_len=config.data.caption_len, bos_id=bos_id,
+                eos_id=eos_id))
 
     def reset(self, seed: int) -> None:
         """Restart the sampling noise from `seed` (the evaluator seeds every episode)."""
@@ -106,7 +108,8 @@ class Policy:
         `caption` (the next event's description) is required in event mode and ignored
         otherwise. Also returns `chunk` (all Tmax predicted steps, raw units), `duration_bin`
         per caption slot, `world` (uint8 [w,w,3], the predicted event-end frame) and, in
-        unified mode, the decoded `captions` (text) and `event_steps` per decoded caption.
+        unified mode, the decoded `captions` (text, and their token ids `caption_ids`) and
+        `event_steps` per decoded caption.
         """
         mode = self._check_mode(mode)
         obs = self.observation(image, state, instruction, caption, mode=mode)
@@ -126,6 +129,7 @@ class Policy:
             captions = np.asarray(out["captions"][0])
             present = captions[:, 0] != 0
             result["captions"] = [self.tokenizer.decode(c) for c in captions[present]]
+            result["caption_ids"] = captions[present]  # [n, caption_len], BOS first
             result["event_steps"] = [int(x) for x in steps[:len(present)][present]]
             n = int(np.sum(steps[:len(present)][present]))
         result["actions"] = chunk[:max(1, min(n, chunk.shape[0]))]

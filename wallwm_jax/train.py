@@ -31,6 +31,7 @@ from wallwm_jax import checkpoint as ckpt
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.pipeline import make_pipeline
 from wallwm_jax.evaluation.evaluators import make_evaluators
+from wallwm_jax.models import pretrained, wallwm
 from wallwm_jax.models.pretrained import describe, load_pretrained
 from wallwm_jax.prefetch import Prefetcher
 from wallwm_jax.train_log import MetricLogger
@@ -91,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     os.makedirs(workdir, exist_ok=True)
     jax.config.update("jax_threefry_partitionable", True)
     is_chief = jax.process_index() == 0
+    resolve_pretrained(config, workdir, is_chief=is_chief)  # model fields set before compiling
 
     # ---------------------------------------------------------------- Mesh
     mesh = sharding.make_mesh(config.mesh, devices)
@@ -240,7 +242,41 @@ def restore_or_init(config: ml_collections.ConfigDict, manager: Any, step_fns: A
         if is_chief:
             print(describe(report).splitlines()[0] + f": loaded {len(report.loaded)} "
                   f"keys, {len(report.mismatched)} mis-shaped, {len(report.unused)} unused")
+    params, _ = pretrained.load_configured(params, config.model)  # reported by resolve_pretrained
     return params, state
+
+
+PRETRAINED_REPORT = "pretrained_load.txt"
+
+
+def resolve_pretrained(config: ml_collections.ConfigDict, workdir: str, *,
+                       is_chief: bool = True) -> list[pretrained.LoadReport]:
+    """Before anything compiles: set the `config.model` fields the layouts of
+    `config.model.pretrained` need (e.g. Gemma's embedding scale) and check every file
+    against our param shapes (`strict`: a problem stops the run as one line). The load
+    report is printed once and written to <workdir>/pretrained_load.txt."""
+    entries = pretrained.configured(config.model)
+    if not entries:
+        return []
+    try:
+        fields = pretrained.configure(config.model)
+        abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.key(0)))
+        strict = bool(config.model.pretrained.get("strict", True))
+        reports = [pretrained.check_pretrained(abstract, path, layout=layout, strict=strict)
+                   for path, layout in entries]
+    except (ValueError, FileNotFoundError) as err:
+        raise cli.UserError(f"model.pretrained: {err}") from None
+    if is_chief:
+        for report in reports:
+            print(describe(report).splitlines()[0] + f": {len(report.loaded)} keys to load, "
+                  f"{len(report.mismatched)} mis-shaped, {len(report.unused)} unused, "
+                  f"{len(report.not_covered)} of our leaves left at init")
+        if fields:
+            print("model fields set for the pretrained weights: "
+                  + ", ".join(f"model.{k}={v!r}" for k, v in fields.items()))
+        with open(os.path.join(workdir, PRETRAINED_REPORT), "w") as f:
+            f.write("\n".join(describe(r) for r in reports) + "\n")
+    return reports
 
 
 def _init_params(init_from: str, abstract_params: Any) -> Any:
@@ -346,9 +382,14 @@ def initialize_distributed(coordinator_address: str | None = None,
 
 
 def main(argv: list[str]) -> None:
-    """CLI entry point: `--config`, `--workdir` and the optional multi-process flags."""
+    """CLI entry point: `--config`, `--workdir` and the optional multi-process flags. Exits 0
+    when the run is finished, 3 (`cli.EXIT_PREEMPTED`) when SIGTERM stopped it with a
+    checkpoint before the last step (rerun the same command to resume), 2 on a user error."""
     del argv
     fl = flags.FLAGS
+    if os.path.exists(fl.workdir) and not os.path.isdir(fl.workdir):
+        raise cli.UserError(f"--workdir {fl.workdir} is a file; expected a directory (new or "
+                            f"a run's, to resume)")
     config = cli.config_value("config")
     config_check.validate(config)  # before joining other processes
     initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
@@ -357,6 +398,9 @@ def main(argv: list[str]) -> None:
     if losses and jax.process_index() == 0:
         print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
               f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if summary["preempted"] and summary["last_step"] < config.total_steps:
+        # A scheduler requeues on this code; 0 means the run is finished.
+        raise SystemExit(cli.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -119,3 +119,35 @@ def test_training_logs_closed_loop_success(trained_policies):
     assert rows[0]["closed_loop/demo/task/reach-v3"] == rows[0]["closed_loop/demo/overall"]
     assert "closed_loop/demo/group/demo" in rows[0]
     assert os.path.isfile(os.path.join(run, "closed_loop", "step_3", "results.json"))
+
+
+def test_siblings_that_are_not_results_never_lose_the_episodes(trained_policies, tmp_path,
+                                                               capsys):
+    """Sibling results.json files that are a list, not JSON, or an expert's with another
+    shape: the episodes are written (results.json, results.md without the expert column),
+    the comparison that failed is a warning, and no tmp file is left."""
+    suite = dataclasses.replace(SMALL.subset(("reach-v3",), 1), episode_limit=5)
+    for name, text in (("a_list", "[1, 2]"), ("b_text", "not json {"),
+                       ("c_expert", json.dumps({"mode": "expert", "suite": "demo",
+                                                "summary": {"groups": {}}}))):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(text)
+    workdir = tmp_path / "policy"
+    res = evaluate_suite(PolicySpec(trained_policies["event"].export), suite, str(workdir),
+                         progress=False)
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(res["summary"]))
+    assert [(e["task"], e["steps"]) for e in saved["episodes"]] == [("reach-v3", 5)]
+    md = (workdir / "results.md").read_text()
+    assert "| group | success [95% CI] (k/n) |\n" in md and "expert" not in md
+    err = capsys.readouterr().err
+    assert "warning: results written without the expert comparison: KeyError: 'overall'" \
+        in err
+    assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]
+
+    # Without the broken expert file, the list and the text are passed over quietly.
+    shutil.rmtree(tmp_path / "c_expert")
+    evaluate_suite(PolicySpec(trained_policies["event"].export), suite, str(workdir),
+                   progress=False)
+    assert "warning" not in capsys.readouterr().err
+    assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]

@@ -1,4 +1,5 @@
-"""SentencePiece tokenizer for instructions and captions, trained per dataset and stored with it."""
+"""SentencePiece tokenizer for instructions and captions: trained per dataset and stored with
+it, or a pretrained model's own (`data.tokenizer`, e.g. Gemma's 256k-piece tokenizer.model)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,12 @@ def train_tokenizer(texts: list[str], model_path: str, vocab_size: int = 512) ->
 
 
 class Tokenizer:
-    """Fixed-length int32 token ids (0 = padding) from text, and back."""
+    """Fixed-length int32 token ids (0 = padding) from text, and back.
+
+    Any SentencePiece model whose padding piece is id 0 works, whatever its size and its BOS/EOS
+    ids (ours: 1/2; Gemma's: 2/1): `bos_id`/`eos_id` are what caption decoding starts and stops
+    with. The model reads id 0 as padding everywhere, so another padding id is refused.
+    """
 
     def __init__(self, model_path: str):
         if os.path.isdir(model_path):
@@ -45,8 +51,21 @@ class Tokenizer:
                 f"tokenizer model not found: expected {model_path}; it is written by the "
                 "dataset builder next to dataset_info.json (or train one with train_tokenizer)")
         self.model_path = model_path
-        self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        try:
+            self._sp = spm.SentencePieceProcessor(model_file=model_path)
+        except (RuntimeError, OSError) as err:
+            raise ValueError(f"tokenizer {model_path}: not a SentencePiece model "
+                             f"({' '.join(str(err).split())})") from None
         self.pad_id = self._sp.pad_id()
+        if self.pad_id != PAD_ID:
+            raise ValueError(
+                f"tokenizer {model_path}: its padding id is {self.pad_id}, expected {PAD_ID} "
+                "(the model reads token id 0 as padding; Gemma's tokenizer and the builders' "
+                "have <pad> at 0)")
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        if self.bos_id < 0 or self.eos_id < 0:
+            raise ValueError(f"tokenizer {model_path}: expected BOS and EOS pieces, got ids "
+                             f"bos={self.bos_id} eos={self.eos_id}")
         self.vocab_size = self._sp.get_piece_size()
 
     def encode(self, text: str, max_len: int, *, bos: bool = True, eos: bool = True) -> np.ndarray:
@@ -59,7 +78,7 @@ class Tokenizer:
     def decode(self, ids) -> str:
         """Text of `ids`, ignoring padding, BOS, EOS and ids past the tokenizer's vocabulary
         (the model's embedding table is usually padded larger, so a model can emit them)."""
-        specials = {self.pad_id, self._sp.bos_id(), self._sp.eos_id()}
+        specials = {self.pad_id, self.bos_id, self.eos_id}
         size = self._sp.get_piece_size()
         return self._sp.decode([int(i) for i in np.asarray(ids).ravel()
                                 if int(i) not in specials and 0 <= int(i) < size])

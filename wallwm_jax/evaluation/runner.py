@@ -12,6 +12,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import sys
 import time
 from typing import Any
 
@@ -261,18 +262,42 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         "episodes": episodes,
         "summary": stats.summarise(episodes, suite.groups),
     }
-    reference = find_expert_results(workdir, suite.name, compare) if mode != EXPERT else None
+    # The episodes are the costly part: written first; the expert column is optional.
     _write_json(os.path.join(workdir, "results.json"), results)
-    with open(os.path.join(workdir, "results.md"), "w") as f:
-        f.write(results_markdown(results, reference) + "\n")
+    _write_text(os.path.join(workdir, "results.md"), _markdown_with_reference(
+        results, workdir, compare) + "\n")
     return results
 
 
+def _markdown_with_reference(results: dict[str, Any], workdir: str,
+                             compare: str | None) -> str:
+    """results.md with the expert's column when their results are found and fit; a
+    comparison that fails is a warning and the table without the column."""
+    if results["mode"] == EXPERT:
+        return results_markdown(results)
+    try:
+        reference = find_expert_results(workdir, results["suite"], compare)
+        return results_markdown(results, reference)
+    except Exception as err:  # noqa: BLE001  (another file's shape must not lose these results)
+        print(f"warning: results written without the expert comparison: "
+              f"{type(err).__name__}: {err}", file=sys.stderr)
+        return results_markdown(results)
+
+
+def _write_text(path: str, text: str) -> None:
+    """Write `path` atomically (tmp file + rename); the tmp file goes in every case."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def _write_json(path: str, data: Any) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    _write_text(path, json.dumps(data, indent=1))
 
 
 def find_expert_results(workdir: str, suite: str, compare: str | None) -> dict | None:
@@ -290,8 +315,9 @@ def find_expert_results(workdir: str, suite: str, compare: str | None) -> dict |
             with open(path) as f:
                 data = json.load(f)
         except (OSError, ValueError):
-            continue
-        if data.get("mode") == EXPERT and data.get("suite") == suite:
+            continue  # not a results file (or not ours)
+        if (isinstance(data, dict) and data.get("mode") == EXPERT
+                and data.get("suite") == suite and isinstance(data.get("summary"), dict)):
             return data
     return None
 

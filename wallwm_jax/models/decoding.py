@@ -174,7 +174,8 @@ def decode_caption_uncached(model_cfg: Any, params: Any, obs: Observation, rng: 
 
 def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
                      max_len: int, temperature: float = 0.0,
-                     num_steps: int | None = None) -> dict[str, jax.Array]:
+                     num_steps: int | None = None, bos_id: int = BOS_ID,
+                     eos_id: int = EOS_ID) -> dict[str, jax.Array]:
     """Unified-mode inference (Staircase Decoding); `obs.caption` is ignored.
 
     Encodes [image | instruction] once into a cache with room for K caption slots. Decodes
@@ -184,7 +185,7 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
     an absent, all-0 slot), up to `model.max_captions` slots; then denoises the Tmax-step
     chunk once over that cache. Same outputs as `staircase_decode_reference` (which
     re-encodes the prefix per caption): `sample_actions`'s outputs plus `captions` int32
-    [B, K, max_len]. Jittable.
+    [B, K, max_len]. Jittable. `bos_id`/`eos_id`: the tokenizer's (`Tokenizer.bos_id`).
     """
     _check(max_len, temperature)
     cfg = _frozen(model_cfg)
@@ -206,7 +207,7 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
         offset, slot_start = n_prefix + k * max_len, real_prefix + k * max_len
         tokens, *_ = _decode_slot(
             model, variables, cache, cache_mask, offset, slot_start, jax.random.fold_in(rng, k),
-            max_len=max_len, temperature=temperature, bos_id=BOS_ID, eos_id=EOS_ID)
+            max_len=max_len, temperature=temperature, bos_id=bos_id, eos_id=eos_id)
         tokens = jnp.where(need[:, None], tokens, 0)
         # The finished slot in one pass: K/V of every token (EOS included) and its duration.
         seen = jax.tree.map(lambda c, n=offset: c[:, :, :n], cache)  # prefix + slots < k
@@ -228,7 +229,8 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
 
 def staircase_decode_reference(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
                      max_len: int, temperature: float = 0.0,
-                     num_steps: int | None = None) -> dict[str, jax.Array]:
+                     num_steps: int | None = None, bos_id: int = BOS_ID,
+                     eos_id: int = EOS_ID) -> dict[str, jax.Array]:
     """Reference for `staircase_decode` (same arguments and outputs) that re-encodes
     [image | instruction | captions so far] for every caption and for the chunk.
 
@@ -246,7 +248,7 @@ def staircase_decode_reference(model_cfg: Any, params: Any, obs: Observation, rn
     for k in range(cfg.max_captions):
         caption = decode_caption(cfg, params, obs.replace(caption=captions),
                                  jax.random.fold_in(rng, k), max_len=max_len,
-                                 temperature=temperature)
+                                 temperature=temperature, bos_id=bos_id, eos_id=eos_id)
         caption = jnp.where(need[:, None], caption, 0)
         captions = jnp.concatenate([captions, caption[:, None]], axis=1)
         if k + 1 < cfg.max_captions:

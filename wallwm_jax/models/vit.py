@@ -66,21 +66,22 @@ class ViT(nn.Module):
     cameras: int = 1
 
     @nn.compact
-    def __call__(self, image: jax.Array) -> jax.Array:
-        """uint8 [B, H, W, 3] or [B, C, H, W, 3] -> tokens (see the class docstring)."""
+    def __call__(self, image: jax.Array, project: bool = True) -> jax.Array:
+        """uint8 [B, H, W, 3] or [B, C, H, W, 3] -> tokens (see the class docstring);
+        `project=False`: the encoder's own output [.., vit_width], before `to_backbone`."""
         if image.ndim == 5:
             if image.shape[1] != self.cameras:
                 raise ValueError(f"image has {image.shape[1]} cameras [B, C, H, W, 3], the model "
                                  f"was configured with model.cameras={self.cameras}")
             b, c = image.shape[:2]
-            tokens = self._encode(image.reshape(b * c, *image.shape[2:]))
+            tokens = self._encode(image.reshape(b * c, *image.shape[2:]), project)
             return tokens.reshape(b, c * tokens.shape[1], tokens.shape[2])
         if self.cameras != 1:
             raise ValueError(f"image has shape {image.shape}: expected [B, C={self.cameras}, H, "
                              f"W, 3] for model.cameras={self.cameras}")
-        return self._encode(image)
+        return self._encode(image, project)
 
-    def _encode(self, image: jax.Array) -> jax.Array:
+    def _encode(self, image: jax.Array, project: bool = True) -> jax.Array:
         """[N, H, W, 3] (N = batch x cameras, camera-major inside an example) -> tokens."""
         x = image.astype(jnp.float32) / 127.5 - 1.0
         p = self.patch_size
@@ -115,5 +116,7 @@ class ViT(nn.Module):
             for i in range(self.depth):
                 x = block(*block_args, name=f"block_{i}")(x)
         x = layer_norm("embed", self.dtype, name="ln_final")(x)
+        if not project:
+            return x
         return dense(self.out_width, (None, "embed"), dtype=self.dtype, use_bias=True,
                      name="to_backbone")(x)

@@ -30,6 +30,22 @@ from wallwm_jax.models.masks import batched_staircase_mask, with_padding
 from wallwm_jax.models.transformer import KVCache, MoTDecoder
 from wallwm_jax.models.vit import ViT
 
+# `config.model.backbone_family` -> how token embeddings enter the backbone. "wallwm" (from
+# scratch): as looked up. "gemma": times sqrt(width), rounded to the compute dtype, as
+# Hugging Face's GemmaModel does (set by the layouts that load Gemma weights).
+BACKBONE_FAMILIES = ("wallwm", "gemma")
+
+
+def embed_scale(model_cfg: Any, dtype: Any) -> jax.Array | None:
+    """The factor token embeddings are multiplied by, in `dtype`; None for no scaling."""
+    family = model_cfg.get("backbone_family", "wallwm")
+    if family not in BACKBONE_FAMILIES:
+        raise ValueError(f"model.backbone_family='{family}' is not one of "
+                         f"{list(BACKBONE_FAMILIES)}")
+    if family == "gemma":
+        return jnp.asarray(model_cfg.width ** 0.5, dtype)
+    return None
+
 
 def _frozen(model_cfg: Any) -> ml_collections.FrozenConfigDict:
     """Module attributes must be hashable/immutable: freeze config.model once per entry."""
@@ -100,9 +116,17 @@ class WallWM(nn.Module):
         Nv = image tokens + Li instruction tokens + K * Lc caption tokens (slots in order)."""
         image = self.vit(obs.image)
         captions = _flat_captions(obs)
-        text = self.embedder(jnp.concatenate([obs.instruction, captions], axis=1))
+        text = self.embed_tokens(jnp.concatenate([obs.instruction, captions], axis=1))
         return (jnp.concatenate([image, text.astype(image.dtype)], axis=1),
                 _vlm_valid(obs, image.shape[1]), image.shape[1])
+
+    def embed_tokens(self, tokens: jax.Array) -> jax.Array:
+        """int [B, T] -> [B, T, width] in the compute dtype, scaled as the backbone family's
+        home library does (`model.backbone_family`; every token path goes through here)."""
+        dtype = compute_dtype(self.cfg.dtype)
+        x = self.embedder(tokens).astype(dtype)
+        scale = embed_scale(self.cfg, dtype)
+        return x if scale is None else x * scale
 
     def embed_actions(self, x_t: jax.Array, state: jax.Array, t: jax.Array) -> jax.Array:
         """x_t [B, T, A], state [B, S], t [B] -> action tokens [B, T, expert_width]."""
@@ -205,6 +229,20 @@ class WallWM(nn.Module):
         return h_vlm, cache
 
     # -- caption decoding (backbone only; see models/decoding.py) ----------------------------
+    def text_hidden_states(self, tokens: jax.Array) -> jax.Array:
+        """The backbone alone as a causal language model: int [B, T] -> final-norm states
+        [B, T, width] at positions 0..T-1 (no image, no action expert, no padding mask)."""
+        b, t = tokens.shape
+        positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
+        mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool))[None], (b, t, t))
+        h, _, _ = self.decoder(self.embed_tokens(tokens), None, (positions, None), mask)
+        return h
+
+    def image_embeddings(self, image: jax.Array) -> jax.Array:
+        """The vision tower's own output tokens [B, N, vit_width] for uint8 images (as
+        `Observation.image`), before `vit/to_backbone` projects them into the backbone."""
+        return self.vit(image, project=False)
+
     def vlm_caption_logits(self, obs: Observation) -> jax.Array:
         """Uncached backbone-only forward: caption logits f32 [B, K, Lc, vocab], the same
         values as `__call__`'s (VLM tokens never see actions)."""
@@ -220,7 +258,7 @@ class WallWM(nn.Module):
         padding (id 0), as in `_layout`. Returns logits f32 [B, vocab] for the next token and
         this token's (k, v), each [L, B, 1, K, H], for the caller to write into the cache.
         """
-        x = self.embedder(tokens).astype(compute_dtype(self.cfg.dtype))
+        x = self.embed_tokens(tokens)
         mask = jnp.concatenate([cache_mask, tokens != 0], axis=1)[:, None, :]
         h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
         logits = self.lm_logits(h[:, 0]).astype(jnp.float32)
@@ -235,7 +273,7 @@ class WallWM(nn.Module):
         the slot's real tokens, as in `_layout`. Returns the slot's duration logits [B, bins]
         (at its last real token, as `vlm_heads` reads them) and its (k, v), [L, B, Lc, K, H].
         """
-        x = self.embedder(tokens).astype(compute_dtype(self.cfg.dtype))
+        x = self.embed_tokens(tokens)
         n = tokens.shape[1]
         causal = jnp.tril(jnp.ones((n, n), bool))[None] & (tokens != 0)[:, None, :]
         mask = jnp.concatenate(

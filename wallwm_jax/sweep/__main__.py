@@ -3,7 +3,8 @@
 Validates the whole sweep first, then trains and evaluates each trial (locally, up to
 `--parallel` at once, or as a slurm job array), skipping finished trials and resuming the rest,
 and writes DIR/results.{csv,md} and DIR/plots/. `--report DIR` only re-renders the results.
-Exit codes: 0 all trials done, 1 some failed or unfinished, 2 a user error (one line).
+Exit codes: 0 all trials done, 1 some failed, 3 none failed but some are unfinished (stopped
+by SIGTERM or --stop_after: run the same command to resume), 2 a user error (one line).
 """
 
 from __future__ import annotations
@@ -170,8 +171,10 @@ def main(argv: list[str]) -> None:
     if unfinished:
         print(f"{len(unfinished)} trial(s) unfinished: {', '.join(unfinished)}; rerun the "
               f"same command to resume", file=sys.stderr)
-    if failed or unfinished:
+    if failed:
         raise SystemExit(1)
+    if unfinished:  # preempted, as a trial's own exit says: a scheduler requeues the sweep
+        raise SystemExit(cli.EXIT_PREEMPTED)
 
 
 def _define_config_flag(argv: list[str]) -> None:

@@ -23,9 +23,9 @@ from typing import Any
 
 import ml_collections
 
+from wallwm_jax.cli import EXIT_PREEMPTED
 from wallwm_jax.sweep.hyper import SweepSpec, apply_overrides
 
-EXIT_INTERRUPTED = 3  # the trial process stopped early with a checkpoint (preemption)
 UNFINISHED = ("pending", "running", "interrupted", "failed")
 _LOG_TAIL_LINES = 30
 
@@ -233,8 +233,8 @@ def run_trial(job: TrialJob, env: dict[str, str] | None = None, chief: bool = Tr
         rc = _run_logged(job.train_command(), job.trial_dir, env)
         wall = float(status.get("train_wall_s", 0.0)) + time.time() - t0
         if not chief:
-            return "trained" if rc == 0 else "failed"
-        if rc == EXIT_INTERRUPTED:
+            return {0: "trained", EXIT_PREEMPTED: "interrupted"}.get(rc, "failed")
+        if rc == EXIT_PREEMPTED:  # stopped with a checkpoint (preemption): resume later
             write_status(job.trial_dir, status="interrupted", train_wall_s=wall, returncode=rc)
             log(f"trial {job.name}: interrupted with a checkpoint; rerun to resume")
             return "interrupted"

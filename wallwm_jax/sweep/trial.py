@@ -2,7 +2,8 @@
 
 Builds the sweep file's config, applies the sweep-wide and the trial's overrides from
 `trial.json` and calls `train_and_evaluate`, which resumes from the latest checkpoint. Exits 3
-when training stopped early with a checkpoint (preemption), so the sweep knows to resume it.
+(`cli.EXIT_PREEMPTED`, as `python -m wallwm_jax.train` does) when training stopped early with a
+checkpoint (preemption), so the sweep knows to resume it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from absl import flags
 
 from wallwm_jax import cli
 from wallwm_jax.sweep.hyper import apply_overrides, base_config, load_module, split_spec
-from wallwm_jax.sweep.runner import EXIT_INTERRUPTED
 
 FLAGS = flags.FLAGS
 
@@ -51,10 +51,10 @@ def main(argv: list[str]) -> None:
     print(f"trial {trial['name']}: steps {summary['first_step']}..{summary['last_step']}"
           + (f", loss {losses[0]:.4f} -> {losses[-1]:.4f}" if losses else ""), flush=True)
     if summary["last_step"] < config.total_steps:
-        raise SystemExit(EXIT_INTERRUPTED)
+        raise SystemExit(cli.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":
     _define_flags()
-    # SIGTERM stays with training, which saves a checkpoint and exits (EXIT_INTERRUPTED).
+    # SIGTERM stays with training, which saves a checkpoint and exits (cli.EXIT_PREEMPTED).
     cli.run(main, sigterm_unwinds=False)
