@@ -129,7 +129,7 @@ def test_siblings_that_are_not_results_never_lose_the_episodes(trained_policies,
     suite = dataclasses.replace(SMALL.subset(("reach-v3",), 1), episode_limit=5)
     for name, text in (("a_list", "[1, 2]"), ("b_text", "not json {"),
                        ("c_expert", json.dumps({"mode": "expert", "suite": "demo",
-                                                "summary": {"groups": {}}}))):
+                                                "split": "test", "summary": {"groups": {}}}))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
     workdir = tmp_path / "policy"
