@@ -130,7 +130,7 @@ def describe_privileged(inputs: list[str] | None) -> str:
     says so rather than guessing."""
     if inputs is None:
         return "not recorded"
-    return "; ".join(PRIVILEGED_INPUTS[i] for i in inputs) or "none"
+    return " + ".join(PRIVILEGED_INPUTS[i] for i in inputs) or "none"
 
 
 @dataclasses.dataclass
