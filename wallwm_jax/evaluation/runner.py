@@ -150,8 +150,7 @@ def _wording(suite: Suite, task: str, episode: int, record: dict | None) -> Word
 
 
 def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, episode: int,
-             seed: int,
-             picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
+             seed: int, picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
     from wallwm_jax.envs.metaworld import MetaWorldTask
 
     privileged = actor is None or (mode == "event" and PLANNERS[spec.planner].privileged)
@@ -263,13 +262,11 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
                                                     if actor else 64))
     if reads_privileged_state(actor):  # the env gave the policy its object/goal state too
         protocol["state_dims"] = actor.state_dim
+    inputs = privileged_inputs(mode, planner, reads_privileged_state(actor))
     results = {
         "suite": suite.name, "split": split, "question": suite.question, "mode": mode,
-        "planner": planner,
-        "privileged": mode == EXPERT or (mode == "event" and PLANNERS[spec.planner].privileged)
-                      or reads_privileged_state(actor),
-        "privileged_state": reads_privileged_state(actor),
-        "privileged_inputs": privileged_inputs(mode, planner, reads_privileged_state(actor)),
+        "planner": planner, "privileged": bool(inputs),
+        "privileged_state": reads_privileged_state(actor), "privileged_inputs": inputs,
         "policy": spec.path or "in-memory",
         "step": spec.step, "execute_steps": spec.execute_steps,
         "protocol": protocol,
