@@ -9,7 +9,8 @@ Prints, per task and event phase (held-out `val` episodes of the dataset):
 - the duration head: predicted steps vs the true remaining steps of the event (histogram and
   exact-bin accuracy);
 and, with `--closed_loop N`, N closed-loop episodes per task at evaluation scenes (the demo
-suite's seeds): the cosine between the policy's executed action and the scripted expert's
+suite's `--split` scenes, `dev` by default: a diagnosis informs tuning, so it never looks at
+`test`): the cosine between the policy's executed action and the scripted expert's
 action at the same state, and the final hand-target distance.
 
 The third question, whether the observation can tell where the target is, needs no model:
@@ -42,6 +43,8 @@ _PROBE = flags.DEFINE_integer("state_probe", 0, "Expert episodes per task for th
 _STRIDE = flags.DEFINE_integer("stride", 3, "Evaluate every k-th step of each val event.")
 _RESPONSE = flags.DEFINE_integer("response", 0, "Evaluation scenes per task for the state "
                                  "response probe (0: none).")
+_SPLIT = flags.DEFINE_enum("split", "dev", ["dev", "test"], "Scene split of the closed-loop "
+                           "and response probes (dev: what tuning may look at).")
 
 # (name, index in the state vector and in MetaWorld's observation, action axis it drives)
 RESPONSE_COORDS = (("hand_x", 0, 0), ("hand_y", 1, 1), ("object_x", 4, 0), ("object_y", 5, 1))
@@ -95,7 +98,7 @@ def offline(policy, dataset_dir: str, stride: int) -> dict:
     return table
 
 
-def closed_loop(policy, episodes: int) -> dict:
+def closed_loop(policy, episodes: int, split: str = "dev") -> dict:
     from wallwm_jax.envs.metaworld import MetaWorldTask
     from wallwm_jax.evaluation import suites
     from wallwm_jax.evaluation.harness import OraclePlanner, Wording
@@ -104,8 +107,7 @@ def closed_loop(policy, episodes: int) -> dict:
     out = {}
     for task in suite.tasks:
         cos, final, succ, lens = [], [], 0, []
-        for ep in range(episodes):
-            seed = suite.seed(task, ep)
+        for ep, seed in enumerate(suites.scene_seeds(suite, task, split, episodes)):
             env = MetaWorldTask(task, seed=seed, image_size=policy.config.data.image_size,
                                 privileged_state=policy.privileged_state)
             policy.reset(seed % 2**31)
@@ -145,10 +147,10 @@ def closed_loop(policy, episodes: int) -> dict:
 
 
 def state_response(policy, scenes: int, tasks: tuple[str, ...] | None = None,
-                   delta: float = 0.03, samples: int = 3) -> dict:
+                   delta: float = 0.03, samples: int = 3, split: str = "dev") -> dict:
     """Per task and coordinate: d(first action)/d(coordinate) in action units per metre of the
     policy (mean over `samples` sampling seeds) and of the scripted expert, by central
-    difference +-`delta` at the first step of `scenes` demo-suite scenes, averaged."""
+    difference +-`delta` at the first step of `scenes` demo-suite `split` scenes, averaged."""
     from wallwm_jax.envs.metaworld import MetaWorldTask
     from wallwm_jax.evaluation import suites
     from wallwm_jax.evaluation.harness import OraclePlanner, Wording
@@ -159,8 +161,8 @@ def state_response(policy, scenes: int, tasks: tuple[str, ...] | None = None,
     for task in tasks or suite.tasks:
         slopes: dict[str, dict[str, list[float]]] = {n: {"policy": [], "expert": []}
                                                      for n, _, _ in coords}
-        for ep in range(scenes):
-            env = MetaWorldTask(task, seed=suite.seed(task, ep),
+        for seed in suites.scene_seeds(suite, task, split, scenes):
+            env = MetaWorldTask(task, seed=seed,
                                 image_size=policy.config.data.image_size,
                                 privileged_state=policy.privileged_state)
             try:
@@ -257,11 +259,15 @@ def main(argv):
             report["offline_val"] = offline(policy, _DATASET.value, _STRIDE.value)
             print(json.dumps(report["offline_val"], indent=1), flush=True)
         if _RESPONSE.value:
-            report["state_response"] = state_response(policy, _RESPONSE.value)
+            report["state_response"] = state_response(policy, _RESPONSE.value,
+                                                      split=_SPLIT.value)
             print(json.dumps(report["state_response"], indent=1), flush=True)
         if _CLOSED.value:
-            report["closed_loop"] = closed_loop(policy, _CLOSED.value)
+            report["closed_loop"] = closed_loop(policy, _CLOSED.value, _SPLIT.value)
             print(json.dumps(report["closed_loop"], indent=1), flush=True)
+    if _CLOSED.value or _RESPONSE.value:
+        report["split"] = _SPLIT.value
+        report["privileged_state"] = bool(policy.privileged_state)
     print("REPORT " + json.dumps(report))
 
 

@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from wallwm_jax.evaluation.suites import scene_seeds
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -95,6 +97,17 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
             assert e["steps"] == 120 if not e["success"] else 1 <= e["steps"] <= 120, e
     chunk_eval = json.loads((tmp_path / "eval" / "chunk" / "results.json").read_text())
     assert chunk_eval["mode"] == "chunk" and chunk_eval["privileged_state"] is True
+    # Reported figures: the demo suite's test scenes, and what each arm read is said.
+    assert summary["eval_split"] == "test" and chunk_eval["split"] == "test"
+    assert [e["seed"] for e in chunk_eval["episodes"]] == scene_seeds("demo", "reach-v3",
+                                                                      "test", 1)
+    assert summary["privileged_inputs"] == {"expert": ["simulator"],
+                                            "policy": ["phase", "object_goal_state"],
+                                            "chunk": ["object_goal_state"]}
+    assert ("Closed loop on the demo suite's `test` scenes. Privileged inputs, per arm: "
+            "expert: the whole simulator state (the scripted expert); event policy: the "
+            "scripted expert's phase (oracle planner) + object and goal positions in the state "
+            "vector; chunk baseline: object and goal positions in the state vector.") in stdout
     assert "| task | policy success (event) | chunk success | expert success |" in stdout
     assert os.path.isdir(summary["export_dir"]) and os.path.isdir(summary["checkpoint_dir"])
     assert summary["fresh_process_chunk"].startswith("shape [")

@@ -168,6 +168,11 @@ def test_evaluator_provides_privileged_state_and_says_so(priv_export, tmp_path):
     assert episode["steps"] == 3
     assert res["privileged_state"] is True and res["privileged"] is True
     assert res["protocol"]["state_dims"] == policy.state_dim == 10  # what the policy was given
-    assert "privileged simulator state" in (tmp_path / "ev" / "results.md").read_text()
+    saved = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert saved["split"] == "test"
+    assert saved["privileged_inputs"] == ["object_goal_state"]  # chunk mode: the state only
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "privileged simulator state" in md
+    assert "- privileged inputs: object and goal positions in the state vector\n" in md
     with pytest.raises(EvaluationError, match="privileged simulator state"):
         check_actor(policy, suites.get("mt50_lerobot"))

@@ -47,6 +47,9 @@ _AUGMENT = flags.DEFINE_bool("augment", False, "Random crop and colour jitter of
 _EVAL_EPISODES = flags.DEFINE_integer("eval_episodes", 10, "Closed-loop episodes per task.")
 _EVAL_MAX_STEPS = flags.DEFINE_integer("eval_max_steps", 150, "Step limit per eval episode.")
 _EVAL_WORKERS = flags.DEFINE_integer("eval_workers", 2, "Closed-loop evaluation processes.")
+_EVAL_SPLIT = flags.DEFINE_enum("eval_split", "test", ["dev", "test"], "Scene split of the "
+                                "closed-loop evaluation: test for reported figures, dev for "
+                                "anything chosen by looking at success (tuning).")
 _EXECUTE = flags.DEFINE_integer("execute_steps", 8, "Closed loop: replan after at most this "
                                 "many steps of a chunk, in both modes (0: the whole chunk).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 32, "Camera image side in pixels.")
@@ -171,10 +174,12 @@ def closed_loop_table(closed: dict[str, dict[str, float]]) -> str:
 
 def closed_loop_eval(export_dir: str, workdir: str, tasks: tuple[str, ...], episodes: int,
                      max_steps: int, *, chunk_export: str | None = None, workers: int = 1,
-                     execute_steps: int | None = None) -> dict[str, dict[str, float]]:
-    """The `demo` suite (unseen positions) for the export (event mode, oracle planner), the
-    chunk-mode baseline's export (when given) and the expert, per task. Policies run in
-    `workers` processes; the expert reads state only (no rendering) in this one."""
+                     execute_steps: int | None = None, split: str = "test"
+                     ) -> tuple[dict[str, dict[str, float]], dict[str, list[str]]]:
+    """The `demo` suite's `split` scenes for the export (event mode, oracle planner), the
+    chunk-mode baseline's export (when given) and the expert: the per-task table and, per
+    arm, the privileged inputs it read. Policies run in `workers` processes; the expert reads
+    state only (no rendering) in this one."""
     import dataclasses
 
     import numpy as np
@@ -188,7 +193,7 @@ def closed_loop_eval(export_dir: str, workdir: str, tasks: tuple[str, ...], epis
     if chunk_export:
         who.append(("chunk", chunk_export))
     runs = {name: evaluate_suite(PolicySpec(path, execute_steps=execute_steps or None), suite,
-                                 os.path.join(workdir, "eval", name),
+                                 os.path.join(workdir, "eval", name), split=split,
                                  workers=1 if path == "expert" else workers)
             for name, path in who}
     table: dict[str, dict[str, float]] = {}
@@ -202,7 +207,19 @@ def closed_loop_eval(export_dir: str, workdir: str, tasks: tuple[str, ...], epis
             row[f"{name}_n"] = stats["n"]
             row[f"{name}_steps"] = float(np.mean([e["steps"] for e in eps]))
         table[task] = row
-    return table
+    return table, {name: res["privileged_inputs"] for name, res in runs.items()}
+
+
+def closed_loop_header(summary: dict[str, Any]) -> str:
+    """Which scenes the closed-loop table is measured on and what privileged inputs each arm
+    read, so a figure with privileged state is never shown unlabelled."""
+    from wallwm_jax.evaluation.harness import describe_privileged
+
+    names = {"policy": "event policy", "chunk": "chunk baseline", "expert": "expert"}
+    arms = "; ".join(f"{names[arm]}: {describe_privileged(inputs)}"
+                     for arm, inputs in summary["privileged_inputs"].items())
+    return (f"Closed loop on the demo suite's `{summary['eval_split']}` scenes. Privileged "
+            f"inputs, per arm: {arms}.")
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -210,9 +227,10 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = ["| stage | result |", "|---|---|"]
     for key in ("dataset", "episodes", "train_steps", "loss_first_10pct", "loss_last_10pct",
                 "val_action_mse", "val_duration_acc", "checkpoint_dir", "export_dir",
-                "fresh_process_chunk", "state", "chunk_baseline", "execute_steps"):
+                "fresh_process_chunk", "state", "chunk_baseline", "execute_steps",
+                "eval_split"):
         lines.append(f"| {key} | {summary[key]} |")
-    lines += ["", closed_loop_table(summary["closed_loop"])]
+    lines += ["", closed_loop_header(summary), "", closed_loop_table(summary["closed_loop"])]
     timings = ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings_s"].items())
     lines += ["", f"stage times: {timings}"]
     return "\n".join(lines)
@@ -294,11 +312,12 @@ def main(argv: list[str]) -> None:
     timings["export"] = time.time() - t
 
     t = time.time()
-    announce(f"closed-loop evaluation: {_EVAL_EPISODES.value} episodes per task at unseen "
-             f"positions, {_EVAL_WORKERS.value} worker(s)")
-    closed = closed_loop_eval(export_dir, workdir, tasks, _EVAL_EPISODES.value,
-                              _EVAL_MAX_STEPS.value, chunk_export=chunk_export,
-                              workers=_EVAL_WORKERS.value, execute_steps=_EXECUTE.value)
+    announce(f"closed-loop evaluation: {_EVAL_EPISODES.value} episodes per task on the demo "
+             f"suite's {_EVAL_SPLIT.value} scenes, {_EVAL_WORKERS.value} worker(s)")
+    closed, privileged = closed_loop_eval(
+        export_dir, workdir, tasks, _EVAL_EPISODES.value, _EVAL_MAX_STEPS.value,
+        chunk_export=chunk_export, workers=_EVAL_WORKERS.value, execute_steps=_EXECUTE.value,
+        split=_EVAL_SPLIT.value)
     timings["closed_loop_eval"] = time.time() - t
 
     first, last = loss_drop(run_dir)
@@ -320,6 +339,8 @@ def main(argv: list[str]) -> None:
                            f"{' (resumed)' if chunk_result['first_step'] else ''}, "
                            f"{chunk_export}" if chunk_result else "off"),
         "execute_steps": _EXECUTE.value or "whole chunk",
+        "eval_split": _EVAL_SPLIT.value,
+        "privileged_inputs": privileged,
         "closed_loop": closed,
         "offline": offline,
         "timings_s": timings,

@@ -12,6 +12,8 @@ from wallwm_jax.evaluation.harness import (
     OraclePlanner,
     PrivilegedAccessError,
     Wording,
+    describe_privileged,
+    privileged_inputs,
     run_episode,
 )
 from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
@@ -24,8 +26,20 @@ SHORT = dataclasses.replace(suites.get("demo"), episode_limit=12)
 TRAIN_WORDING = Wording(split="train", variant=0)
 
 
-def _env(task, *, privileged, seed=suites.EVAL_SEED_BASE + 1):
+SCENE = suites.scene_seeds("demo", "reach-v3", "dev", 1)[0]
+
+
+def _env(task, *, privileged, seed=SCENE):
     return GuardedEnv(MetaWorldTask(task, seed=seed, image_size=32), privileged=privileged)
+
+
+def test_privileged_inputs_name_what_each_run_reads():
+    assert privileged_inputs("event", "oracle", True) == ["phase", "object_goal_state"]
+    assert privileged_inputs("event", "oracle", False) == ["phase"]
+    assert privileged_inputs("chunk", None, True) == ["object_goal_state"]
+    assert privileged_inputs("unified", None, False) == []
+    assert privileged_inputs("expert", None, False) == ["simulator"]
+    assert describe_privileged([]) == "none" and describe_privileged(None) == "not recorded"
 
 
 def test_guard_raises_on_privileged_reads():

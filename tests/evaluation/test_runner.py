@@ -46,6 +46,7 @@ def test_results_files_pictures_and_expert_column(trained_policies, tmp_path):
     saved = json.loads((tmp_path / "policy" / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(res["summary"]))
     assert saved["mode"] == "event" and saved["planner"] == "oracle" and saved["privileged"]
+    assert saved["privileged_inputs"] == ["phase"] and saved["split"] == "test"
     ep = saved["episodes"][0]
     assert set(ep) >= {"task", "group", "episode", "seed", "success", "steps", "captions",
                        "chunk_lengths"}
@@ -106,10 +107,35 @@ def test_cli_on_a_checkpoint_directory(trained_policies, tmp_path):
     results = json.loads((tmp_path / "ev" / "results.json").read_text())
     assert results["mode"] == "unified" and results["planner"] is None
     assert results["privileged"] is False and results["step"] == 3
+    assert results["privileged_inputs"] == [] and results["split"] == "test"  # the default
+    assert [e["seed"] for e in results["episodes"]] == suites.scene_seeds(
+        "mt10_paraphrase", "drawer-open-v3", "test", 1)
     assert results["protocol"]["wording"] == "heldout"
     assert results["wording_source"].endswith("paraphrases.json")  # recorded with the data
     assert results["episodes"][0]["steps"] == 8 and "error" not in results["episodes"][0]
     assert "overall 0.0% (0/1)" in out
+
+
+def test_split_flag_picks_the_scenes_the_evaluator_runs(tmp_path):
+    """--split reaches the environments: the per-episode seeds are scene_seeds' for that
+    split, and results.json/results.md say which split and what the expert read."""
+    rc, out, err = _cli("--policy", "expert", "--suite", "demo", "--split", "dev",
+                        "--tasks", "reach-v3,push-v3", "--episodes_per_task", "2",
+                        "--episode_limit", "3", "--workdir", str(tmp_path / "dev"))
+    assert rc == 0, err[-2000:]
+    results = json.loads((tmp_path / "dev" / "results.json").read_text())
+    assert results["split"] == "dev" and results["privileged_inputs"] == ["simulator"]
+    for task in ("reach-v3", "push-v3"):
+        seeds = [e["seed"] for e in results["episodes"] if e["task"] == task]
+        assert seeds == suites.scene_seeds("demo", task, "dev", 2)
+        assert not set(seeds) & set(suites.scene_seeds("demo", task, "test", 2))
+    md = (tmp_path / "dev" / "results.md").read_text()
+    assert "- scenes: the suite's **dev** split" in md
+    assert "- privileged inputs: the whole simulator state (the scripted expert)" in md
+    rc, _, err = _cli("--policy", "expert", "--suite", "demo", "--split", "val",
+                      "--workdir", str(tmp_path / "val"))
+    assert rc == 2 and err.strip().splitlines()[-1] == (
+        "error: flag --split=val: value should be one of <dev|test>")
 
 
 def test_training_logs_closed_loop_success(trained_policies):
@@ -119,6 +145,10 @@ def test_training_logs_closed_loop_success(trained_policies):
     assert rows[0]["closed_loop/demo/task/reach-v3"] == rows[0]["closed_loop/demo/overall"]
     assert "closed_loop/demo/group/demo" in rows[0]
     assert os.path.isfile(os.path.join(run, "closed_loop", "step_3", "results.json"))
+    saved = json.loads(open(os.path.join(run, "closed_loop", "step_3", "results.json")).read())
+    assert saved["split"] == "dev"  # watched during training: tuning scenes, never test
+    assert [e["seed"] for e in saved["episodes"]] == suites.scene_seeds("demo", "reach-v3",
+                                                                        "dev", 1)
 
 
 def test_siblings_that_are_not_results_never_lose_the_episodes(trained_policies, tmp_path,
@@ -129,7 +159,7 @@ def test_siblings_that_are_not_results_never_lose_the_episodes(trained_policies,
     suite = dataclasses.replace(SMALL.subset(("reach-v3",), 1), episode_limit=5)
     for name, text in (("a_list", "[1, 2]"), ("b_text", "not json {"),
                        ("c_expert", json.dumps({"mode": "expert", "suite": "demo",
-                                                "summary": {"groups": {}}}))):
+                                                "split": "test", "summary": {"groups": {}}}))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
     workdir = tmp_path / "policy"
@@ -139,7 +169,7 @@ def test_siblings_that_are_not_results_never_lose_the_episodes(trained_policies,
     assert saved["summary"] == json.loads(json.dumps(res["summary"]))
     assert [(e["task"], e["steps"]) for e in saved["episodes"]] == [("reach-v3", 5)]
     md = (workdir / "results.md").read_text()
-    assert "| group | success [95% CI] (k/n) |\n" in md and "expert" not in md
+    assert "| group | success [95% CI] (k/n) |\n" in md and "(k/n) | expert |" not in md
     err = capsys.readouterr().err
     assert "warning: results written without the expert comparison: KeyError: 'overall'" \
         in err

@@ -40,14 +40,52 @@ def test_lerobot_protocol():
     assert suite.differences  # what we do differently is written down
 
 
-def test_eval_seeds_never_meet_dataset_seeds():
-    eval_seeds = {suites.eval_seed(t, ep) for t in MT50_TASKS for ep in range(50)}
-    assert len(eval_seeds) == 50 * 50  # distinct scenes per (task, episode)
-    assert min(eval_seeds) >= suites.EVAL_SEED_BASE
-    build_seeds = {episode_seed(s, t, i) for s in range(3) for t in MT50_TASKS
-                   for i in range(200)}
-    assert max(build_seeds) < suites.EVAL_SEED_BASE  # by construction: 32-bit digests
-    assert not eval_seeds & build_seeds
+def _all_scene_seeds(split, n=100):
+    """{(scene set, task): seeds} of every suite's first n episodes in `split`."""
+    out = {}
+    for name in suites.names():
+        suite = suites.get(name)
+        for task in suite.tasks:
+            out[(suite.scene_set, task)] = suites.scene_seeds(name, task, split, n)
+    return out
+
+
+def test_dev_and_test_scenes_are_disjoint_across_all_suites():
+    dev, test = _all_scene_seeds("dev"), _all_scene_seeds("test")
+    for seeds in (*dev.values(), *test.values()):
+        assert len(set(seeds)) == len(seeds)  # distinct scenes per (suite, task, episode)
+    dev_all = {s for seeds in dev.values() for s in seeds}
+    test_all = {s for seeds in test.values() for s in seeds}
+    assert not dev_all & test_all  # no dev scene of any suite is a test scene of any suite
+    assert 2**32 <= min(dev_all) and max(dev_all) < 2**33
+    assert 2**33 <= min(test_all) and max(test_all) < 2**34
+    # The demo recipe was tuned on scenes that were mt10_seen's: no longer the same scenes.
+    for task in DEMO_TASKS:
+        assert not (set(suites.scene_seeds("demo", task, "test", 100))
+                    & set(suites.scene_seeds("mt10_seen", task, "test", 100)))
+    # The language suite asks its question of mt10_seen's scenes (a paired comparison).
+    assert (suites.scene_seeds("mt10_paraphrase", "push-v3", "test", 10)
+            == suites.scene_seeds("mt10_seen", "push-v3", "test", 10))
+
+
+def test_scenes_never_meet_training_seeds():
+    # Every seed a MetaWorld dataset build can draw for the suites' tasks (build seeds 0-4,
+    # up to 1000 episodes per task) is below 2**32, so below every dev and test scene.
+    build = {episode_seed(s, t, i) for s in range(5) for t in MT50_TASKS for i in range(1000)}
+    assert max(build) < suites.TRAIN_SEED_LIMIT == min(suites.SPLIT_SEED_BASE.values())
+    for split in suites.SPLITS:
+        scenes = {s for seeds in _all_scene_seeds(split).values() for s in seeds}
+        assert not scenes & build, split
+
+
+def test_scene_seeds_are_a_prefix_and_check_their_arguments():
+    ten = suites.scene_seeds("mt10_seen", "reach-v3", "test", 10)
+    assert suites.scene_seeds(suites.get("mt10_seen"), "reach-v3", "test", 3) == ten[:3]
+    assert suites.scene_seeds("mt10_seen", "reach-v3", "dev", 10) != ten
+    with pytest.raises(ValueError, match="unknown scene split 'val'; splits: dev, test"):
+        suites.scene_seeds("mt10_seen", "reach-v3", "val", 1)
+    with pytest.raises(ValueError, match="task 'door-lock-v3' is not in suite 'mt10_seen'"):
+        suites.scene_seeds("mt10_seen", "door-lock-v3", "test", 1)
 
 
 def test_paraphrase_suite_words_nothing_a_dataset_trains_on():

@@ -100,6 +100,7 @@ def test_slurm_submission_per_trial(tmp_path):
         assert evaluation[evaluation.index("--policy") + 1] == str(
             workdir / "trials" / name / "run" / "checkpoints")
         assert evaluation[evaluation.index("--mode") + 1] == "unified"
+        assert evaluation[evaluation.index("--split") + 1] == "test"  # reported figures
         trial = json.loads((workdir / "trials" / name / "trial.json").read_text())
         assert trial["global_overrides"] == {"total_steps": 1000,
                                              "data.data_dir": "/data/mt10/1.0.0"}
@@ -146,3 +147,21 @@ def test_local_slots_split_the_gpus(monkeypatch):
         device_slots(3, ["0", "1"])
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert visible_gpus() == ["2", "3"]
+
+
+def test_a_trial_is_evaluated_again_on_another_scene_split(tmp_path):
+    """Results on the other split, or from before scene splits, do not finish a trial."""
+    from wallwm_jax.sweep.runner import TrialJob, is_finished, write_json, write_status
+
+    job = TrialJob(name="t", trial_dir=str(tmp_path), sweep="s.py", overrides={},
+                   global_overrides={}, suites=["demo"], eval_settings={"split": "dev"},
+                   config_hash="x")
+    cmd = job.eval_command("demo")
+    assert cmd[cmd.index("--split") + 1] == "dev"
+    write_status(str(tmp_path), status="done")
+    (tmp_path / "eval" / "demo").mkdir(parents=True)
+    results = tmp_path / "eval" / "demo" / "results.json"
+    for recorded, finished in ((None, False), ("test", False), ("dev", True)):
+        write_json(str(results), {"suite": "demo"} if recorded is None else
+                   {"suite": "demo", "split": recorded})
+        assert is_finished(job) is finished, recorded

@@ -135,3 +135,31 @@ def test_a_cut_metrics_line_and_an_unstarted_trial_are_read(sweep_dir):
     rows = {r["trial"]: r for r in report.write_report(str(sweep_dir))["rows"]}
     assert rows["name=adamw,seed=0"]["steps"] == 4 and rows["name=adamw,seed=0"]["loss"] == 1.25
     assert "steps" not in rows["name=muon,seed=1"] and "loss" not in rows["name=muon,seed=1"]
+
+
+def test_scene_split_and_privileged_inputs_are_shown(sweep_dir):
+    """Each closed-loop figure says which scenes it was measured on and what privileged
+    inputs each arm read; results from before the split say so (pre-split)."""
+    md = report.write_report(str(sweep_dir))["markdown"]
+    assert "## Closed-loop success on demo (pre-split scenes)" in md
+    for name, split, extra in (
+            ("name=adamw,seed=0", "test", {"mode": "chunk", "privileged_state": True}),
+            ("name=adamw,seed=1", "test", {"mode": "chunk", "privileged_state": True}),
+            ("name=muon,seed=0", "test", {"privileged_inputs": ["phase", "object_goal_state"]})):
+        path = sweep_dir / "trials" / name / "eval" / "demo" / "results.json"
+        write_json(str(path), {**json.loads(path.read_text()), "split": split, **extra})
+    out = report.write_report(str(sweep_dir))
+    md = out["markdown"]
+    assert "## Closed-loop success on demo (test scenes)" in md
+    assert "| optimizer.name=adamw | 2 | 50% ± 0% | [50%, 50%] | 4/8 [0.22, 0.78] | " \
+           "object_goal_state |" in md  # worked out from an older record's mode and state
+    assert "| optimizer.name=muon | 1 | 100% ± 0% |  | 4/4 [0.51, 1.00] | " \
+           "phase+object_goal_state |" in md
+    assert ("- `cl/demo`: scenes: test, privileged inputs: object_goal_state "
+            "(name=adamw,seed=0, name=adamw,seed=1); phase+object_goal_state "
+            "(name=muon,seed=0)") in md
+    with open(sweep_dir / "results.csv") as f:
+        table = {r["trial"]: r for r in csv.DictReader(f)}
+    assert table["name=muon,seed=0"]["split/demo"] == "test"
+    assert table["name=adamw,seed=0"]["privileged/demo"] == "object_goal_state"
+    assert table["name=muon,seed=1"]["split/demo"] == ""  # failed: no results

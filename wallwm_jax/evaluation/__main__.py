@@ -1,5 +1,6 @@
 """`python -m wallwm_jax.evaluation --policy PATH --suite NAME --workdir OUT`: closed-loop
-MetaWorld evaluation of an export, a checkpoint directory or the scripted experts.
+MetaWorld evaluation of an export, a checkpoint directory or the scripted experts, on the
+suite's `test` scenes (`--split dev` for tuning).
 
 Writes OUT/results.json (one record per episode + summary), OUT/results.md (success per
 task, group and overall with Wilson 95% intervals) and OUT/pictures/ for `--videos K`.
@@ -17,6 +18,8 @@ from wallwm_jax import cli
 _POLICY = flags.DEFINE_string("policy", None, "Export bundle, checkpoint directory (latest "
                               "finished step, or --step) or 'expert' (scripted experts).")
 _SUITE = flags.DEFINE_string("suite", None, "Suite name (see --list).")
+_SPLIT = flags.DEFINE_enum("split", "test", ["dev", "test"], "Scene split: test for reported "
+                           "figures, dev for anything chosen by looking at success (tuning).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where results.json/results.md go.")
 _MODE = flags.DEFINE_enum("mode", None, ["event", "unified", "chunk"],
                           "Inference mode (default: the mode the policy was trained in).")
@@ -63,7 +66,7 @@ def main(argv: list[str]) -> None:
     spec = PolicySpec(path=_POLICY.value, step=_STEP.value, mode=_MODE.value,
                       planner=_PLANNER.value, execute_steps=_EXECUTE.value)
     results = evaluate_suite(spec, suite, _WORKDIR.value, workers=_WORKERS.value,
-                             videos=_VIDEOS.value, compare=_COMPARE.value)
+                             videos=_VIDEOS.value, compare=_COMPARE.value, split=_SPLIT.value)
     with open(f"{_WORKDIR.value}/results.md") as f:
         print(f.read())
     s = results["summary"]["overall"]

@@ -1,5 +1,7 @@
 """Closed-loop evaluation inside the training loop (`config.eval.closed_loop`): every N
-steps the current params act in a suite, and success per task/group is logged."""
+steps the current params act in a suite, and success per task/group is logged. It runs on the
+suite's `dev` scenes unless `config.eval.closed_loop.split` says otherwise: a number watched
+during training is one a choice is made from (tuning), never a `test` figure."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ class ClosedLoopEval:
         self.every = int(cl.every_steps)
         self.suite = suites.get(cl.suite).subset(tuple(cl.tasks) or None,
                                                  int(cl.episodes_per_task))
+        self.split = suites.check_split(cl.get("split", "dev"))
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict, workdir: str,
@@ -53,8 +56,8 @@ class ClosedLoopEval:
                         seed=int(self.config.seed))
         out = os.path.join(self.workdir, "closed_loop", f"step_{step}")
         results = evaluate_suite(PolicySpec(path=""), self.suite, out, actor=policy,
-                                 progress=False)
+                                 split=self.split, progress=False)
         s = results["summary"]["overall"]
-        print(f"closed-loop {self.suite.name} at step {step}: {s['success']:.0%} "
+        print(f"closed-loop {self.suite.name} ({self.split}) at step {step}: {s['success']:.0%} "
               f"({s['successes']}/{s['n']})")
         return summary_metrics(results)

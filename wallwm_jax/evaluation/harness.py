@@ -104,6 +104,34 @@ class OraclePlanner:
 
 PLANNERS: dict[str, Callable[[], Any]] = {"oracle": OraclePlanner}
 
+# What a run may read that a deployed robot would not know, as results.json records it.
+PRIVILEGED_INPUTS: dict[str, str] = {
+    "simulator": "the whole simulator state (the scripted expert)",
+    "phase": "the scripted expert's phase (oracle planner)",
+    "object_goal_state": "object and goal positions in the state vector",
+}
+
+
+def privileged_inputs(mode: str, planner: str | None, privileged_state: bool) -> list[str]:
+    """The privileged inputs (PRIVILEGED_INPUTS keys) a run in `mode` reads: the phase via a
+    privileged planner in event mode, object/goal positions via a privileged state vector."""
+    if mode == "expert":
+        return ["simulator"]
+    out = []
+    if mode == "event" and planner is not None and PLANNERS[planner].privileged:
+        out.append("phase")
+    if privileged_state:
+        out.append("object_goal_state")
+    return out
+
+
+def describe_privileged(inputs: list[str] | None) -> str:
+    """One phrase for a results header; None (results written before this was recorded)
+    says so rather than guessing."""
+    if inputs is None:
+        return "not recorded"
+    return " + ".join(PRIVILEGED_INPUTS[i] for i in inputs) or "none"
+
 
 @dataclasses.dataclass
 class Recorder:

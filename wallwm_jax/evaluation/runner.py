@@ -1,9 +1,9 @@
 """Run a suite against a policy (export, checkpoint or the scripted expert) and write the
 results: one record per episode, success per task / group / overall, tables and pictures.
 
-Episodes are seeded per (task, episode) — the scene from the suite's seed rule, the
-policy's sampling noise from the same seed — so `workers=N` gives exactly what one worker
-gives, in the same order.
+Episodes are seeded per (task, episode) — the scene from the suite's `dev` or `test` split
+(`suites.scene_seeds`), the policy's sampling noise from the same seed — so `workers=N` gives
+exactly what one worker gives, in the same order.
 """
 
 from __future__ import annotations
@@ -20,8 +20,16 @@ from tqdm.auto import tqdm
 
 from wallwm_jax.data import captions
 from wallwm_jax.evaluation import pictures, stats
-from wallwm_jax.evaluation.harness import PLANNERS, GuardedEnv, Recorder, Wording, run_episode
-from wallwm_jax.evaluation.suites import Suite, observation_note
+from wallwm_jax.evaluation.harness import (
+    PLANNERS,
+    GuardedEnv,
+    Recorder,
+    Wording,
+    describe_privileged,
+    privileged_inputs,
+    run_episode,
+)
+from wallwm_jax.evaluation.suites import Suite, check_split, observation_note, scene_seeds
 
 EXPERT = "expert"
 
@@ -142,10 +150,9 @@ def _wording(suite: Suite, task: str, episode: int, record: dict | None) -> Word
 
 
 def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, episode: int,
-             picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
+             seed: int, picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
     from wallwm_jax.envs.metaworld import MetaWorldTask
 
-    seed = suite.seed(task, episode)
     privileged = actor is None or (mode == "event" and PLANNERS[spec.planner].privileged)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"task": task, "group": suite.group_of(task), "episode": episode,
@@ -207,12 +214,17 @@ def _worker_job(args: tuple) -> dict[str, Any]:
 
 def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int = 1,
                    videos: int = 0, actor: Any = None, progress: bool = True,
-                   compare: str | None = None) -> dict[str, Any]:
-    """Run every (task, episode) of `suite`; write results.json/.md (+ pictures) to workdir.
+                   compare: str | None = None, split: str = "test") -> dict[str, Any]:
+    """Run every (task, episode) of `suite` on its `split` scenes (test: reported figures;
+    dev: tuning); write results.json/.md (+ pictures) to workdir.
 
     `actor` (a loaded Policy) skips loading `spec.path` (the training loop passes its own).
     Returns the results dict that results.json holds.
     """
+    try:
+        check_split(split)
+    except ValueError as err:
+        raise EvaluationError(str(err)) from None
     os.makedirs(workdir, exist_ok=True)
     if actor is None and spec.path != EXPERT:
         actor = load_actor(spec)
@@ -222,8 +234,9 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         raise EvaluationError(f"unknown planner {spec.planner!r}; planners: {list(PLANNERS)}")
     picture_dir = os.path.join(workdir, "pictures")
     record, wording_source = paraphrase_record(actor)
-    jobs = [(spec, suite, mode, task, ep, picture_dir if ep < videos else None, record)
-            for task in suite.tasks for ep in range(suite.episodes_per_task)]
+    jobs = [(spec, suite, mode, task, ep, seed, picture_dir if ep < videos else None, record)
+            for task in suite.tasks
+            for ep, seed in enumerate(scene_seeds(suite, task, split, suite.episodes_per_task))]
     t0 = time.perf_counter()
     pbar = tqdm(total=len(jobs), desc=f"eval {suite.name} ({mode})", unit="episode",
                 disable=not progress)
@@ -249,11 +262,11 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
                                                     if actor else 64))
     if reads_privileged_state(actor):  # the env gave the policy its object/goal state too
         protocol["state_dims"] = actor.state_dim
+    inputs = privileged_inputs(mode, planner, reads_privileged_state(actor))
     results = {
-        "suite": suite.name, "question": suite.question, "mode": mode, "planner": planner,
-        "privileged": mode == EXPERT or (mode == "event" and PLANNERS[spec.planner].privileged)
-                      or reads_privileged_state(actor),
-        "privileged_state": reads_privileged_state(actor),
+        "suite": suite.name, "split": split, "question": suite.question, "mode": mode,
+        "planner": planner, "privileged": bool(inputs),
+        "privileged_state": reads_privileged_state(actor), "privileged_inputs": inputs,
         "policy": spec.path or "in-memory",
         "step": spec.step, "execute_steps": spec.execute_steps,
         "protocol": protocol,
@@ -276,7 +289,8 @@ def _markdown_with_reference(results: dict[str, Any], workdir: str,
     if results["mode"] == EXPERT:
         return results_markdown(results)
     try:
-        reference = find_expert_results(workdir, results["suite"], compare)
+        reference = find_expert_results(workdir, results["suite"], compare,
+                                        split=results["split"])
         return results_markdown(results, reference)
     except Exception as err:  # noqa: BLE001  (another file's shape must not lose these results)
         print(f"warning: results written without the expert comparison: "
@@ -300,8 +314,10 @@ def _write_json(path: str, data: Any) -> None:
     _write_text(path, json.dumps(data, indent=1))
 
 
-def find_expert_results(workdir: str, suite: str, compare: str | None) -> dict | None:
-    """The expert's results for `suite`: `compare` (file or dir), else a sibling of workdir."""
+def find_expert_results(workdir: str, suite: str, compare: str | None,
+                        split: str = "test") -> dict | None:
+    """The expert's results for `suite` on the same scene split: `compare` (file or dir),
+    else a sibling of workdir."""
     candidates: list[str] = []
     if compare:
         candidates.append(compare if compare.endswith(".json")
@@ -317,7 +333,8 @@ def find_expert_results(workdir: str, suite: str, compare: str | None) -> dict |
         except (OSError, ValueError):
             continue  # not a results file (or not ours)
         if (isinstance(data, dict) and data.get("mode") == EXPERT
-                and data.get("suite") == suite and isinstance(data.get("summary"), dict)):
+                and data.get("suite") == suite and data.get("split") == split
+                and isinstance(data.get("summary"), dict)):
             return data
     return None
 
@@ -337,7 +354,9 @@ def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = No
              f"steps; camera: {results['protocol']['camera_view']}, "
              f"{results['protocol']['image_size']}px; wording: {results['protocol']['wording']} "
              f"paraphrases from {results.get('wording_source', 'templates')}",
-             ""]
+             "", f"- scenes: the suite's **{results.get('split', 'pre-split')}** split "
+             "(dev: for tuning; test: for reported figures)",
+             f"- privileged inputs: {describe_privileged(results.get('privileged_inputs'))}"]
     for diff in results.get("differences", []):
         lines.append(f"- differs from the reference protocol: {diff}")
     if s.get("errors"):

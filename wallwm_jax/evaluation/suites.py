@@ -1,10 +1,12 @@
 """Closed-loop evaluation suites: which MetaWorld tasks, scenes, wordings and observation
 protocol each generalisation question is asked with (scene, language, task, LeRobot MT50).
 
-Seed rule: dataset builds draw episode seeds from a SHA-1 digest cut to 32 bits (always
-< 2**32, `data_builders.metaworld_events.episode_seed`); evaluation scenes use
-`EVAL_SEED_BASE + digest(task, episode)` with `EVAL_SEED_BASE = 2**32`, so no evaluation
-scene can ever coincide with a training scene, whatever seed a dataset was built with.
+Scene rule (`scene_seeds`): every suite has a `dev` split (for tuning: anything chosen by
+looking at success) and a `test` split (every reported figure). Dataset builds draw episode
+seeds from a 32-bit digest (< 2**32, `data_builders.metaworld_events.episode_seed`); dev
+scenes lie in [2**32, 2**33) and test scenes in [2**33, 2**34), so no dev scene of any suite
+is a test scene of any suite, and no evaluation scene is a training scene, whatever seed a
+dataset was built with.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ import hashlib
 
 from wallwm_jax.data.tasks import DEMO_TASKS, MT10_TASKS, MT50_TASKS
 
-EVAL_SEED_BASE = 2**32  # every dataset-build seed is below this
-TRAIN_SEED_LIMIT = 2**32
+TRAIN_SEED_LIMIT = 2**32  # every dataset-build seed is below this
+# Split -> first seed of its range; each range is 2**32 wide (a 32-bit digest on top).
+SPLIT_SEED_BASE: dict[str, int] = {"dev": 2**32, "test": 2**33}
+SPLITS = tuple(SPLIT_SEED_BASE)
 
 # LeRobot's MetaWorld evaluation protocol (lerobot.envs.metaworld): difficulty groups,
 # task descriptions used as the instruction, episode limit = the env's max_path_length.
@@ -102,7 +106,8 @@ class Suite:
     ("train" or "heldout"); `instructions` overrides the instruction per task (LeRobot's task
     descriptions). `camera_setup` is "ours" (the dataset builder's corner2 view) or "lerobot"
     (corner2 moved and flipped as LeRobot's MetaWorld env does). `image_size` None = the
-    policy's own input size.
+    policy's own input size. `scenes` names the scene set the suite draws from (default:
+    its own name); a suite that asks another question of the same scenes shares them.
     """
 
     name: str
@@ -118,6 +123,7 @@ class Suite:
     state_dims: int = 4
     question: str = ""
     differences: tuple[str, ...] = ()
+    scenes: str = ""
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -131,9 +137,10 @@ class Suite:
                 return group
         raise KeyError(task)
 
-    def seed(self, task: str, episode: int) -> int:
-        """Scene seed of `episode` of `task`: >= EVAL_SEED_BASE, never a dataset seed."""
-        return eval_seed(task, episode)
+    @property
+    def scene_set(self) -> str:
+        """The name of the scene set the suite's seeds are drawn from."""
+        return self.scenes or self.name
 
     def protocol(self) -> dict:
         """The observation protocol, as recorded with every result."""
@@ -158,10 +165,32 @@ class Suite:
         return dataclasses.replace(self, groups=groups, episodes_per_task=episodes)
 
 
-def eval_seed(task: str, episode: int) -> int:
-    """EVAL_SEED_BASE + a 32-bit digest of (task, episode): disjoint from dataset seeds."""
-    digest = hashlib.sha1(f"eval/{task}/{episode}".encode()).digest()
-    return EVAL_SEED_BASE + int.from_bytes(digest[:4], "little")
+def check_split(split: str) -> str:
+    """`split` when it is a scene split; the error lists the valid ones."""
+    if split not in SPLIT_SEED_BASE:
+        raise ValueError(f"unknown scene split {split!r}; splits: {', '.join(SPLITS)} (dev for "
+                         "tuning, test for reported figures)")
+    return split
+
+
+def scene_seeds(suite: str | Suite, task: str, split: str, n: int) -> list[int]:
+    """Scene seeds of episodes 0..n-1 of `task` in `suite`'s `split` (dev or test).
+
+    SPLIT_SEED_BASE[split] + a 32-bit digest of (split, scene set, task, episode): dev and
+    test ranges are disjoint from each other and from every dataset seed (< 2**32), and
+    episode i's seed does not depend on n.
+    """
+    suite = get(suite) if isinstance(suite, str) else suite
+    check_split(split)
+    if task not in suite.tasks:
+        raise ValueError(f"task {task!r} is not in suite {suite.name!r}; its tasks: "
+                         f"{', '.join(suite.tasks)}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    base = SPLIT_SEED_BASE[split]
+    return [base + int.from_bytes(hashlib.sha1(
+                f"{split}/{suite.scene_set}/{task}/{i}".encode()).digest()[:4], "little")
+            for i in range(n)]
 
 
 _HELDOUT_TASKS = tuple(t for t in MT50_TASKS if t not in MT10_TASKS)
@@ -177,7 +206,7 @@ _SUITES: dict[str, Suite] = {
         description="mt10_seen's episodes, instructions and event descriptions only from the "
                     "held-out paraphrases",
         groups={"mt10": MT10_TASKS}, episodes_per_task=10, episode_limit=200,
-        wording="heldout", question="language generalisation"),
+        wording="heldout", question="language generalisation", scenes="mt10_seen"),
     "mt50_heldout": Suite(
         name="mt50_heldout", description="the 40 MT50 tasks outside MT10 (never in an MT10 "
                                          "training set)",
@@ -193,7 +222,8 @@ _SUITES: dict[str, Suite] = {
         question="comparison with published MT50 numbers",
         differences=(
             "images are rendered at the policy's input size, not LeRobot's 480x480",
-            "scenes come from our evaluation seeds (>= 2**32), not LeRobot's reset seeds",
+            "scenes come from our evaluation seeds (dev or test split, >= 2**32), not "
+            "LeRobot's reset seeds",
         )),
     "demo": Suite(
         name="demo", description="the demo's tasks at unseen positions",

@@ -33,6 +33,8 @@ flags.DEFINE_integer("eval_episodes_per_task", None, "Evaluation: episodes per t
 flags.DEFINE_integer("eval_workers", None, "Evaluation: parallel episode workers.")
 flags.DEFINE_integer("eval_episode_limit", None, "Evaluation: step limit per episode (smoke "
                      "runs; default: the suite's).")
+flags.DEFINE_enum("eval_split", None, ["dev", "test"], "Evaluation: scene split (default: "
+                  "the sweep file's, else test; dev for sweeps that tune).")
 flags.DEFINE_string("eval_args", None, "Evaluation: extra arguments passed through as is.")
 flags.DEFINE_string("only", None, "Run only the trials whose name matches this regular expression "
                     "(e.g. 'seed=2,'): split a sweep across machines, or add a seed later.")
@@ -67,12 +69,14 @@ def _suites(sweep_eval: dict) -> list[str]:
 
 def _eval_settings(sweep_eval: dict) -> dict:
     settings = {k: v for k, v in sweep_eval.items() if k != "suites"}
-    for key in ("tasks", "episodes_per_task", "workers", "episode_limit"):
+    for key in ("tasks", "episodes_per_task", "workers", "episode_limit", "split"):
         value = getattr(FLAGS, f"eval_{key}")
         if value is not None:
             settings[key] = value
     if FLAGS.eval_args is not None:
         settings["extra_args"] = FLAGS.eval_args
+    if settings.get("split", "test") not in ("dev", "test"):
+        cli.fail(f"get_eval()['split']={settings['split']!r}: expected 'dev' or 'test'")
     return settings
 
 

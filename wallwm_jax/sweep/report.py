@@ -17,6 +17,7 @@ from wallwm_jax.sweep.hyper import format_value, short_keys
 from wallwm_jax.sweep.plots import plot_curves, plot_summary
 from wallwm_jax.sweep.runner import read_json
 from wallwm_jax.sweep.table import (
+    LABEL_PREFIXES,
     TRAIN_TERMS,
     aggregate,
     mean_std,
@@ -37,16 +38,18 @@ def _success_markdown(table: dict[str, Any]) -> list[str]:
     md = []
     for suite, by in table.items():
         settings = list(by)
-        md += ["", f"## Closed-loop success on {suite}", "",
-               "| setting | seeds | mean ± std over seeds | t 95% of the mean | pooled |",
-               "|---|---|---|---|---|"]
+        splits = ", ".join(dict.fromkeys(s for e in by.values() for s in e["splits"]))
+        md += ["", f"## Closed-loop success on {suite} ({splits} scenes)", "",
+               "| setting | seeds | mean ± std over seeds | t 95% of the mean | pooled | "
+               "privileged inputs |", "|---|---|---|---|---|---|"]
         for name, e in by.items():
             lo, hi = e["t95"]
             t95 = (f"[{max(lo, 0.0):.0%}, {min(hi, 1.0):.0%}]"  # a rate: clipped to [0, 1]
                    if math.isfinite(lo) else "")
             wlo, whi = wilson_interval(e["successes"], e["n"])
             md.append(f"| {name} | {len(e['rates'])} | {e['mean']:.0%} ± {e['std']:.0%} | "
-                      f"{t95} | {e['successes']}/{e['n']} [{wlo:.2f}, {whi:.2f}] |")
+                      f"{t95} | {e['successes']}/{e['n']} [{wlo:.2f}, {whi:.2f}] | "
+                      f"{', '.join(e['privileged'])} |")
         tasks = sorted({t for e in by.values() for t in e["tasks"]})
         if tasks:
             md += ["", f"Per task on {suite}, pooled over seeds (successes/episodes):", "",
@@ -56,6 +59,26 @@ def _success_markdown(table: dict[str, Any]) -> list[str]:
                 md.append(f"| {task} | " + " | ".join(
                     f"{k}/{n}" if n else "" for k, n in (c or (0, 0) for c in cells)) + " |")
     return md
+
+
+def _label_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Per suite, the scene split(s) and privileged inputs (PRIVILEGED_INPUTS keys) behind
+    the closed-loop columns, by trial where the trials differ."""
+    names = {"split": "scenes", "privileged": "privileged inputs"}
+    suites = dict.fromkeys(k.split("/", 1)[1] for r in rows for k in r
+                           if k.startswith("split/"))
+    out = []
+    for suite in suites:
+        parts = []
+        for what, name in names.items():
+            values: dict[str, list[str]] = {}
+            for r in rows:
+                if f"{what}/{suite}" in r:
+                    values.setdefault(r[f"{what}/{suite}"], []).append(r["trial"])
+            parts.append(f"{name}: " + (next(iter(values)) if len(values) == 1 else "; ".join(
+                f"{v} ({', '.join(trials)})" for v, trials in values.items())))
+        out.append(f"- `cl/{suite}`: " + ", ".join(parts))
+    return [*out, ""] if out else []
 
 
 def _fmt(value: Any, n_all: int | None = None) -> str:
@@ -100,8 +123,9 @@ def write_report(workdir: str) -> dict[str, Any]:
     rows = [trial_row(os.path.join(trials_root, n), keys) for n in names]
     short = short_keys(keys)
     cols = metric_columns(rows, keys)
+    labels = list(dict.fromkeys(k for r in rows for k in r if k.startswith(LABEL_PREFIXES)))
     with open(os.path.join(workdir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, ["trial", *keys, "status", *cols, "error"])
+        writer = csv.DictWriter(f, ["trial", *keys, "status", *cols, *labels, "error"])
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
@@ -116,6 +140,7 @@ def write_report(workdir: str) -> dict[str, Any]:
           f"{len(rows)} trials: " + ", ".join(
               f"{sum(r['status'] == s for r in rows)} {s}"
               for s in dict.fromkeys(r["status"] for r in rows)), "",
+          *_label_lines(rows),
           _md_table(["trial", *[short[k] for k in keys], "status", *shown], body)]
     agg = aggregate(rows, keys)
     if agg:

@@ -60,12 +60,17 @@ class TrialJob:
             cmd += ["--stop_after", str(self.stop_after)]
         return cmd
 
+    @property
+    def split(self) -> str:
+        """The scene split the trial is evaluated on (`eval_settings["split"]`, default test)."""
+        return self.eval_settings.get("split") or "test"
+
     def eval_command(self, suite: str) -> list[str]:
-        """The closed-loop evaluation of the trained checkpoint on one suite."""
+        """The closed-loop evaluation of the trained checkpoint on one suite's scene split."""
         s = self.eval_settings
         cmd = [sys.executable, "-m", "wallwm_jax.evaluation", "--policy",
                os.path.join(self.run_dir, "checkpoints"), "--suite", suite,
-               "--workdir", os.path.join(self.trial_dir, "eval", suite)]
+               "--workdir", os.path.join(self.trial_dir, "eval", suite), "--split", self.split]
         if self.mode:
             cmd += ["--mode", self.mode]
         for key in ("tasks", "episodes_per_task", "workers", "episode_limit"):
@@ -160,10 +165,16 @@ def suite_results(trial_dir: str, suite: str) -> str:
     return os.path.join(trial_dir, "eval", suite, "results.json")
 
 
+def evaluated(trial_dir: str, suite: str, split: str) -> bool:
+    """`suite` has results on `split`'s scenes (results on the other split, or from before
+    scene splits, are measured again)."""
+    return read_json(suite_results(trial_dir, suite)).get("split") == split
+
+
 def is_finished(job: TrialJob) -> bool:
-    """Done, with the same config, and every requested suite evaluated."""
+    """Done, with the same config, and every requested suite evaluated on the job's split."""
     return (read_status(job.trial_dir).get("status") == "done"
-            and all(os.path.exists(suite_results(job.trial_dir, s)) for s in job.suites))
+            and all(evaluated(job.trial_dir, s, job.split) for s in job.suites))
 
 
 def log_tail(trial_dir: str, lines: int = _LOG_TAIL_LINES) -> str:
@@ -238,14 +249,14 @@ def run_trial(job: TrialJob, env: dict[str, str] | None = None, chief: bool = Tr
         return "trained"
     eval_wall = float(read_status(job.trial_dir).get("eval_wall_s", 0.0))
     for suite in job.suites:
-        if os.path.exists(suite_results(job.trial_dir, suite)):
+        if evaluated(job.trial_dir, suite, job.split):
             continue
         write_status(job.trial_dir, stage=f"eval:{suite}")
         log(f"trial {job.name}: evaluating on {suite}")
         t0 = time.time()
         rc = _run_logged(job.eval_command(suite), job.trial_dir, env)
         eval_wall += time.time() - t0
-        if rc != 0 or not os.path.exists(suite_results(job.trial_dir, suite)):
+        if rc != 0 or not evaluated(job.trial_dir, suite, job.split):
             write_status(job.trial_dir, status="failed", stage=f"eval:{suite}", returncode=rc,
                          eval_wall_s=eval_wall, error=log_tail(job.trial_dir))
             log(f"trial {job.name}: FAILED in evaluation on {suite} (exit {rc})")

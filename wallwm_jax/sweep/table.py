@@ -15,6 +15,21 @@ from wallwm_jax.sweep.runner import read_json, read_status
 from wallwm_jax.train_log import read_metrics
 
 TRAIN_TERMS = ("loss", "loss/action", "loss/caption", "loss/duration", "loss/world")
+LABEL_PREFIXES = ("split/", "privileged/")  # per-suite text columns, not metrics
+PRE_SPLIT = "pre-split"  # results measured before dev/test scene splits
+
+
+def eval_labels(results: dict[str, Any]) -> tuple[str, str]:
+    """(scene split, privileged inputs) of one results.json, for the tables: results from
+    before splits say "pre-split"; the inputs of results from before they were recorded are
+    worked out from the mode, planner and state they do record."""
+    from wallwm_jax.evaluation.harness import privileged_inputs
+
+    inputs = results.get("privileged_inputs")
+    if inputs is None:
+        inputs = privileged_inputs(results.get("mode", ""), results.get("planner"),
+                                   bool(results.get("privileged_state", False)))
+    return results.get("split") or PRE_SPLIT, "+".join(inputs) or "none"
 
 
 def trial_row(trial_dir: str, keys: Sequence[str]) -> dict[str, Any]:
@@ -46,6 +61,7 @@ def trial_row(trial_dir: str, keys: Sequence[str]) -> dict[str, Any]:
         if not summary:
             continue
         overall = summary["overall"]
+        row[f"split/{suite}"], row[f"privileged/{suite}"] = eval_labels(res)
         row[f"cl/{suite}"] = overall["success"]
         row[f"cl/{suite}/successes"], row[f"cl/{suite}/n"] = overall["successes"], overall["n"]
         total_s, total_n = total_s + overall["successes"], total_n + overall["n"]
@@ -87,7 +103,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
 def metric_columns(rows: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
     """Numeric result columns in a stable order (train, eval, closed loop)."""
     skip = set(keys) | {"trial", "status", "error"}
-    cols = list(dict.fromkeys(k for r in rows for k in r if k not in skip))
+    cols = list(dict.fromkeys(k for r in rows for k in r
+                              if k not in skip and not k.startswith(LABEL_PREFIXES)))
     order = lambda c: ({"steps": 0, "wall_s": 1}.get(c, 2 if c in TRAIN_TERMS else
                         3 if c.startswith("eval/") else 4), c)
     return sorted(cols, key=order)
@@ -136,8 +153,9 @@ def _setting(row: dict[str, Any], others: Sequence[str]) -> str:
 def success_by_setting(trials_root: str, rows: Sequence[dict[str, Any]],
                        keys: Sequence[str], suites: Sequence[str]) -> dict[str, Any]:
     """Closed-loop success per suite and setting of the non-seed keys, over the finished
-    trials: per-seed rates, their mean with a t interval, the pooled successes/n, and the
-    pooled successes/n per task. {suite: {setting: {...}}}."""
+    trials: per-seed rates, their mean with a t interval, the pooled successes/n, the
+    pooled successes/n per task, and the scene splits and privileged inputs of its results.
+    {suite: {setting: {...}}}."""
     others = [k for k in keys if k != seed_key(keys)]
     out: dict[str, Any] = {}
     for suite in suites:
@@ -149,7 +167,12 @@ def success_by_setting(trials_root: str, rows: Sequence[dict[str, Any]],
             if not summary:
                 continue
             entry = by.setdefault(_setting(row, others),
-                                  {"rates": [], "successes": 0, "n": 0, "tasks": {}})
+                                  {"rates": [], "successes": 0, "n": 0, "tasks": {},
+                                   "splits": [], "privileged": []})
+            split, privileged = eval_labels(res)
+            for key, value in (("splits", split), ("privileged", privileged)):
+                if value not in entry[key]:
+                    entry[key].append(value)
             entry["rates"].append(summary["overall"]["success"])
             entry["successes"] += summary["overall"]["successes"]
             entry["n"] += summary["overall"]["n"]
