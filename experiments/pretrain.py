@@ -241,9 +241,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.by_cluster = False
     # Closed-loop MetaWorld evaluation during training (wallwm_jax.evaluation suites): every
     # `every_steps` steps (0: off) and at the end; success per task/group goes to
-    # metrics.jsonl and TensorBoard as closed_loop/<suite>/...
+    # metrics.jsonl and TensorBoard as closed_loop/<suite>/... On the suite's `dev` scenes: a
+    # number watched during training feeds choices (test scenes are for reports).
     config.eval.closed_loop = ml_collections.ConfigDict(dict(
-        suite="demo", tasks=(), episodes_per_task=2, every_steps=0))
+        suite="demo", tasks=(), episodes_per_task=2, every_steps=0, split="dev"))
     if args["recipe"] == "cpu":
         apply_cpu_recipe(config)
     elif args["recipe"] == "demo":

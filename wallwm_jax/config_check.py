@@ -349,3 +349,5 @@ def _eval(config: ml_collections.ConfigDict) -> None:
         if closed.suite not in suites.names():
             raise _bad("eval.closed_loop.suite", closed.suite,
                        "one of " + ", ".join(suites.names()))
+        if closed.get("split", "dev") not in suites.SPLITS:
+            raise _bad("eval.closed_loop.split", closed.split, " or ".join(suites.SPLITS))
