@@ -8,12 +8,8 @@ so the hosts' shares are disjoint, cover the batch, and assemble in global order
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import functools
-import signal
 import threading
-import weakref
 from typing import Any
 
 import grain
@@ -22,7 +18,6 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from wallwm_jax import cli
 from wallwm_jax.data import balance
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.data.checks import check_data_config, check_state_layout, mixture_entries
@@ -157,24 +152,6 @@ class HostRows:
         return step * self.global_batch + self.process_index * self.per_host + j
 
 
-def _init_worker(worker_index: int, worker_count: int, *, quiet: bool) -> None:
-    """In each Grain worker: leave Ctrl-C to the main process, which stops the workers as it
-    unwinds. A terminal sends SIGINT to every process of the group, and each worker would
-    print a KeyboardInterrupt traceback (kept with --verbosity)."""
-    del worker_index, worker_count
-    if quiet:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _close_at_exit(iterator_ref: weakref.ref) -> None:
-    """Stop a live pipeline's Grain workers at exit (Ctrl-C, an error): closed, they release
-    the batches in flight, which the resource tracker would otherwise report as leaked
-    shared memory on stderr."""
-    iterator = iterator_ref()
-    if iterator is not None and hasattr(iterator, "close"):
-        iterator.close()
-
-
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int,
                   split: str = "train", dataset_dir: str | None = None) -> InputPipeline:
     """Build the per-host Grain iterator of event batches for this JAX process."""
@@ -205,10 +182,5 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     if data_cfg.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain workers read absl flags (e.g. under pytest)
             flags.FLAGS.mark_as_parsed()
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers),
-                                  worker_init_fn=functools.partial(_init_worker,
-                                                                   quiet=not cli.verbose()))
-    iterator = iter(it_ds)
-    if data_cfg.num_workers > 0:
-        atexit.register(_close_at_exit, weakref.ref(iterator))
-    return InputPipeline(iterator, sampler, entries[0][0], per_host, samplers)
+        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+    return InputPipeline(iter(it_ds), sampler, entries[0][0], per_host, samplers)
