@@ -64,9 +64,10 @@ class Policy:
         self._decode = None
         if self.num_slots >= 2:
             bos_id, eos_id = self.tokenizer.bos_id, self.tokenizer.eos_id  # Gemma's: 2, 1
+            # Slot 0 of obs.caption: the caption still in effect (all 0: decode a new one).
             self._decode = jax.jit(lambda p, obs, rng: staircase_decode(
                 model_cfg, p, obs, rng, max_len=config.data.caption_len, bos_id=bos_id,
-                eos_id=eos_id))
+                eos_id=eos_id, current_caption=obs.caption[:, 0]))
 
     def reset(self, seed: int) -> None:
         """Restart the sampling noise from `seed` (the evaluator seeds every episode)."""
@@ -86,7 +87,8 @@ class Policy:
             raise ValueError(f"state has shape {state.shape}, expected ({self.state_dim},)")
         if mode == "event" and caption is None:
             raise ValueError("event mode needs the next event's caption")
-        texts = [caption] if mode == "event" else []
+        # Unified mode: a given caption is the current event's, still in effect (slot 0).
+        texts = [caption] if mode != "chunk" and caption is not None else []
         x = self.io.inputs(self.frames(image), state, instruction, texts, self.num_slots)
         return Observation(image=x["image"][None], state=x["state"][None],
                            instruction=x["instruction"][None], caption=x["caption"][None])
@@ -105,11 +107,13 @@ class Policy:
         targets for a model trained with `data.action_target_gain` (run each through
         `env_action` with the state of the step it is executed at).
 
-        `caption` (the next event's description) is required in event mode and ignored
-        otherwise. Also returns `chunk` (all Tmax predicted steps, raw units), `duration_bin`
-        per caption slot, `world` (uint8 [w,w,3], the predicted event-end frame) and, in
-        unified mode, the decoded `captions` (text, and their token ids `caption_ids`) and
-        `event_steps` per decoded caption.
+        `caption` (the next event's description) is required in event mode; in unified mode
+        it is optional: the current event's caption still in effect (`caption_in_effect`), kept
+        as caption 0 instead of decoding one. Ignored in chunk mode. Also returns `chunk` (all
+        Tmax predicted steps, raw units), `duration_bin` per caption slot, `world` (uint8
+        [w,w,3], the predicted event-end frame) and, in unified mode, the `captions` (text, and
+        their token ids `caption_ids`; the given one first when one was given) and
+        `event_steps` per caption (the first: the current event's remaining steps).
         """
         mode = self._check_mode(mode)
         obs = self.observation(image, state, instruction, caption, mode=mode)
@@ -139,6 +143,20 @@ class Policy:
     def action_space(self) -> str:
         """"actions" (the robot's own) or "position_targets" (see `env_action`)."""
         return "position_targets" if self.io.target_gain else "actions"
+
+    @staticmethod
+    def caption_in_effect(captions: list[str], event_steps: list[int],
+                          executed: int) -> str | None:
+        """The caption still in effect after `executed` steps of a unified chunk whose events
+        (`captions`, `event_steps` from `act`) were predicted to last those steps: the event
+        the next step falls in, while the model predicts it goes on; None once the last
+        decoded event is predicted to have ended (the next `act` decodes a new caption)."""
+        end = 0
+        for caption, steps in zip(captions, event_steps, strict=True):
+            end += steps
+            if executed < end:
+                return caption
+        return None
 
     def env_action(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
         """One step of `act()`'s `actions` -> the robot action at raw `state`, the state of
