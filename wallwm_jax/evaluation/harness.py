@@ -320,7 +320,7 @@ def _score_replan(env: GuardedEnv, task: str, wording: Wording, actor: Any,
     the scripted phase (read for scoring only; the policy never sees it)."""
     phase = env.scored_phase()
     replan: dict[str, Any] = {"caption": out["captions"][0], "given": given is not None,
-                              "event_steps": int(out["event_steps"][0]),
+                              "event_steps": [int(x) for x in out["event_steps"]],
                               "predicted": int(len(out["actions"])), "phase": None,
                               "phase_end": None}
     wordings = wording.phase_captions(task, phase)
