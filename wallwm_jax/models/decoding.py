@@ -34,6 +34,31 @@ from wallwm_jax.models.wallwm import (
 BOS_ID, EOS_ID = 1, 2
 
 
+def unrolled_layers(model_cfg: Any, params: Any) -> tuple[ml_collections.FrozenConfigDict, Any]:
+    """The same model with its layer stacks (`model.scan_layers`) as separate layers: config
+    and params (stacked `decoder/layers`, `vit/blocks` split into `layers_i`, `block_i`).
+
+    Token-by-token decoding runs the backbone once per token; under `nn.scan` every step
+    dynamic-slices each layer's weights out of the stack, which XLA copies, so a batch-1 step
+    moves the weights twice more than it reads them. Split once per call (static slices,
+    outside the token loop), the steps read the weights in place. Same values: only the
+    loop over layers changes."""
+    cfg = _frozen(model_cfg)
+    if not cfg.get("scan_layers", False):
+        return cfg, params
+    config = cfg.as_configdict()
+    config.scan_layers = False
+    params = dict(params)
+    for module, stack, name in (("decoder", "layers", "layers_{}"), ("vit", "blocks", "block_{}")):
+        tree = dict(params[module])
+        layers = tree.pop(stack)
+        depth = jax.tree.leaves(layers)[0].shape[0]
+        tree.update({name.format(i): jax.tree.map(lambda x, i=i: x[i], layers)
+                     for i in range(depth)})
+        params[module] = tree
+    return ml_collections.FrozenConfigDict(config), params
+
+
 def _choose(logits: jax.Array, rng: jax.Array, step: int | jax.Array,
             temperature: float) -> jax.Array:
     """Next token int32 [B] from logits [B, V]: greedy at temperature 0, else sampled with
@@ -203,7 +228,7 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
     [B, K, max_len]. Jittable. `bos_id`/`eos_id`: the tokenizer's (`Tokenizer.bos_id`).
     """
     _check(max_len, temperature)
-    cfg = _frozen(model_cfg)
+    cfg, params = unrolled_layers(model_cfg, params)
     model, variables = WallWM(cfg), {"params": params}
     batch, num_slots = obs.state.shape[0], cfg.max_captions
     prefix_obs = obs.replace(caption=jnp.zeros((batch, 0, max_len), jnp.int32))
