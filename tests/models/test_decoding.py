@@ -172,3 +172,24 @@ def test_staircase_decode_keeps_the_caption_in_effect(unified_cfg, batch_factory
     both = given.at[1].set(given[0])
     np.testing.assert_array_equal(run(params, obs, rng, current_caption=both)["captions"][:, 0],
                                   both)
+
+
+def test_unrolled_layers_is_the_unscanned_models_tree(unified_cfg):
+    """Split stacks land where an unscanned model keeps its layers, layer i from slice i."""
+    from wallwm_jax.models.decoding import unrolled_layers
+
+    assert unified_cfg.scan_layers
+    params = jax.eval_shape(lambda: wallwm.init_params(unified_cfg, jax.random.key(0)))
+    params = jax.tree.map(lambda s: np.arange(np.prod(s.shape), dtype=np.float32)
+                          .reshape(s.shape), params)
+    cfg, split = unrolled_layers(unified_cfg, params)
+    assert not cfg.scan_layers
+    flat = unified_cfg.copy_and_resolve_references()
+    flat.scan_layers = False
+    want = jax.eval_shape(lambda: wallwm.init_params(flat, jax.random.key(0)))
+    assert jax.tree.map(lambda x: x.shape, split) == jax.tree.map(lambda x: x.shape, want)
+    stack = params["decoder"]["layers"]
+    last = unified_cfg.depth - 1
+    np.testing.assert_array_equal(
+        jax.tree.leaves(split["decoder"][f"layers_{last}"])[0], jax.tree.leaves(stack)[0][last])
+    assert unrolled_layers(cfg, split)[1] is split  # already unrolled: unchanged
