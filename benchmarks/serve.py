@@ -7,7 +7,7 @@ of requests decoded at once, and small event requests with and without another c
 sending the largest frame the server accepts (alternating rounds, p99 ratio).
 
     python benchmarks/serve.py                    # tiny model on CPU
-    python benchmarks/serve.py --size small --requests 5 --rounds 2
+    python benchmarks/serve.py --size small --requests 3 --rounds 2 --batch 2 --noconcurrent
     python benchmarks/serve.py --only_concurrent --requests 100 --rounds 3
 
 Weights are random. Latency depends on them in unified mode only through the caption
@@ -270,16 +270,18 @@ def main(argv: list[str]) -> None:
             on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(policy.params))
             report[mode] = {"params_on_device": on_device,
                             "compile_s": round(warm_up(policy, mode), 2)}
-        report["event_with_large_client"] = time_with_large_client(
-            policies["event"], args.requests, args.rounds, args.max_message_mb)
+        if args.concurrent:
+            report["event_with_large_client"] = time_with_large_client(
+                policies["event"], args.requests, args.rounds, args.max_message_mb)
         if not args.only_concurrent:
             report["server"] = through_servers(policies, args.requests, args.rounds)
             report["act"] = in_process(policies, args.requests, args.rounds, args.batch)
     print(json.dumps(report, indent=1))
-    c = report["event_with_large_client"]
+    c = report.get("event_with_large_client")
     concurrent = (f"small event requests p99 {c['alone']['p99_ms']} ms alone, "
                   f"{c['with_large_client']['p99_ms']} ms beside a client sending "
-                  f"{c['large_frame_mb']} MiB frames ({c['p99_ratio']}x)")
+                  f"{c['large_frame_mb']} MiB frames ({c['p99_ratio']}x)") if c else \
+        "large-client rows skipped"
     if args.only_concurrent:
         print(f"serve {args.size} on {report['backend']}: {concurrent}")
         return
@@ -304,4 +306,5 @@ if __name__ == "__main__":
     flags.DEFINE_float("max_message_mb", DEFAULT_MAX_MESSAGE_MB,
                        "The server's message limit; the large client's frame fills it.")
     flags.DEFINE_bool("only_concurrent", False, "Only the large-client rows.")
+    flags.DEFINE_bool("concurrent", True, "The large-client rows (--noconcurrent: skip them).")
     cli.run(main)
