@@ -12,7 +12,8 @@ raw simulator actions.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -26,6 +27,7 @@ from wallwm_jax.models import wallwm
 from wallwm_jax.models.decoding import staircase_decode
 
 MODES = ("event", "unified", "chunk")
+T = TypeVar("T")
 __all__ = ["MODES", "Policy", "load_policy", "runnable_modes", "trained_mode"]
 
 
@@ -78,7 +80,7 @@ class Policy:
         return dict(image) if isinstance(image, dict) else {self.cameras[0]: image}
 
     def observation(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
-                    instruction: str, caption: str | None = None, *,
+                    instruction: str, caption: str | np.ndarray | None = None, *,
                     mode: str | None = None) -> Observation:
         """The batch-of-one model input of one step (what `act` feeds the model)."""
         mode = self._check_mode(mode)
@@ -87,11 +89,19 @@ class Policy:
             raise ValueError(f"state has shape {state.shape}, expected ({self.state_dim},)")
         if mode == "event" and caption is None:
             raise ValueError("event mode needs the next event's caption")
-        # Unified mode: a given caption is the current event's, still in effect (slot 0).
+        # Unified mode: a given caption is the current event's, still in effect (slot 0), as
+        # text or as the token ids `act` returned (`caption_ids` rows, exact).
+        ids = None
+        if mode == "unified" and caption is not None and not isinstance(caption, str):
+            ids, caption = np.asarray(caption, np.int32).ravel(), None
         texts = [caption] if mode != "chunk" and caption is not None else []
         x = self.io.inputs(self.frames(image), state, instruction, texts, self.num_slots)
+        slots = x["caption"]
+        if ids is not None:
+            slots = slots.copy()
+            slots[0, :min(len(ids), slots.shape[1])] = ids[:slots.shape[1]]
         return Observation(image=x["image"][None], state=x["state"][None],
-                           instruction=x["instruction"][None], caption=x["caption"][None])
+                           instruction=x["instruction"][None], caption=slots[None])
 
     def _check_mode(self, mode: str | None) -> str:
         mode = mode or self.mode
@@ -100,7 +110,7 @@ class Policy:
         return mode
 
     def act(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
-            instruction: str, caption: str | None = None, *,
+            instruction: str, caption: str | np.ndarray | None = None, *,
             mode: str | None = None) -> dict[str, Any]:
         """image uint8 [H,W,3] (or {camera: image}, any size: resized to the model's),
         state float [S] -> `actions` [n, A] in raw units: the robot's actions, or position
@@ -108,8 +118,9 @@ class Policy:
         `env_action` with the state of the step it is executed at).
 
         `caption` (the next event's description) is required in event mode; in unified mode
-        it is optional: the current event's caption still in effect (`caption_in_effect`), kept
-        as caption 0 instead of decoding one. Ignored in chunk mode. Also returns `chunk` (all
+        it is optional: the current event's caption still in effect (`caption_in_effect`; text,
+        or a `caption_ids` row), kept as caption 0 instead of decoding one. Ignored in chunk
+        mode. Also returns `chunk` (all
         Tmax predicted steps, raw units), `duration_bin` per caption slot, `world` (uint8
         [w,w,3], the predicted event-end frame) and, in unified mode, the `captions` (text, and
         their token ids `caption_ids`; the given one first when one was given) and
@@ -145,12 +156,13 @@ class Policy:
         return "position_targets" if self.io.target_gain else "actions"
 
     @staticmethod
-    def caption_in_effect(captions: list[str], event_steps: list[int],
-                          executed: int) -> str | None:
+    def caption_in_effect(captions: Sequence[T], event_steps: Sequence[int],
+                          executed: int) -> T | None:
         """The caption still in effect after `executed` steps of a unified chunk whose events
-        (`captions`, `event_steps` from `act`) were predicted to last those steps: the event
-        the next step falls in, while the model predicts it goes on; None once the last
-        decoded event is predicted to have ended (the next `act` decodes a new caption)."""
+        (`captions` or `caption_ids`, and `event_steps`, from `act`) were predicted to last
+        those steps: the event the next step falls in, while the model predicts it goes on;
+        None once the last decoded event is predicted to have ended (the next `act` decodes a
+        new caption)."""
         end = 0
         for caption, steps in zip(captions, event_steps, strict=True):
             end += steps

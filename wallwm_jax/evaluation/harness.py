@@ -292,8 +292,10 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
             done = record["steps"] - start
             if mode == "unified":
                 if planner is None:  # the model's own memory: the event it predicts goes on
-                    in_effect = actor.caption_in_effect(decoded, out["event_steps"], done)
-                replan.update(executed=done, in_effect_after=in_effect)
+                    in_effect = actor.caption_in_effect(list(out["caption_ids"]),
+                                                        out["event_steps"], done)
+                replan.update(executed=done, in_effect_after=None if in_effect is None
+                              else actor.tokenizer.decode(in_effect))
                 if done == len(chunk) and replan.get("phase") is not None:
                     # Did the model place the end of its current event where the phase ended?
                     replan["boundary_ok"] = bool(
