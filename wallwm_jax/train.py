@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from wallwm_jax import bundle, cli, config_check, sharding, throughput
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax.data.batches import abstract_batch
-from wallwm_jax.data.pipeline import make_pipeline
+from wallwm_jax.data.pipeline import make_pipeline, run_tokenizer
 from wallwm_jax.evaluation.evaluators import make_evaluators
 from wallwm_jax.models import pretrained, wallwm
 from wallwm_jax.models.pretrained import describe, load_pretrained
@@ -98,11 +98,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = sharding.make_mesh(config.mesh, devices)
 
     # ---------------------------------------------------------------- Input pipeline
-    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
+    # A mixture's one tokenizer is built over all its datasets' texts, once, into the workdir
+    # (a resumed run reads it back); it travels with every checkpoint's assets.
+    tokenizer_path = run_tokenizer(config.data, os.path.join(workdir, "tokenizer.model"))
+    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed,
+                             tokenizer_path=tokenizer_path,
+                             widths=(config.model.state_dim, config.model.action_dim))
     data_iter = pipeline.iterator  # drawn from only by the prefetch thread once training runs
     norm_stats = pipeline.norm_stats
-    assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path)
+    assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path, pipeline.embodiments)
     _check_and_report_data(pipeline, config, is_chief)
+    if config.init_from:
+        check_init_from(config, pipeline)
 
     # ---------------------------------------------------------------- Model, optimizer,
     # sharding and update step: one builder, shared with aot.py and the benchmarks.
@@ -220,6 +227,37 @@ def _check_and_report_data(pipeline: Any, config: ml_collections.ConfigDict,
         print(f"balanced sampling (alpha={config.data.balance_alpha}): {len(report['sizes'])} "
               f"clusters of sizes {report['sizes']}, effective clusters exp(H) "
               f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
+
+
+def check_init_from(config: ml_collections.ConfigDict, pipeline: Any) -> None:
+    """Refuse (UserError, one line) to start from `config.init_from` with another tokenizer
+    than the one its weights learnt, or with other statistics for a robot it knows: the token
+    ids and action scales would silently mean something else."""
+    try:
+        assets = (bundle.read_assets(config.init_from) if bundle.is_export_bundle(
+            config.init_from) else ckpt.read_assets(config.init_from))
+    except (OSError, ValueError) as err:
+        raise cli.UserError(f"config.init_from={config.init_from!r}: cannot read its assets "
+                            f"({err})") from None
+    with open(assets.tokenizer_path, "rb") as a, open(pipeline.tokenizer_path, "rb") as b:
+        same = a.read() == b.read()
+    if not same:
+        raise cli.UserError(
+            f"config.init_from={config.init_from!r} learnt the token ids of its own "
+            f"tokenizer.model, but this run reads {pipeline.tokenizer_path}; set "
+            f"--config.data.tokenizer={assets.tokenizer_path} (experiments/finetune.py does)")
+    known = assets.embodiments
+    for emb, stats in pipeline.embodiments:
+        if emb.name not in known:
+            continue  # a new robot: its own statistics
+        want = known[emb.name][1]
+        if any(not np.array_equal(np.asarray(stats[k][n], np.float32), want[k][n])
+               for k in want for n in want[k]):
+            raise cli.UserError(
+                f"config.init_from={config.init_from!r} knows embodiment {emb.name!r} with "
+                f"other statistics than this run's; set --config.data.norm_stats="
+                f"{os.path.join(config.init_from, 'embodiments.json')} "
+                f"(experiments/finetune.py does)")
 
 
 def restore_or_init(config: ml_collections.ConfigDict, manager: Any, step_fns: Any,
