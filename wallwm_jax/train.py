@@ -213,6 +213,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"params": params, "first_step": first_step, "last_step": step, "losses": losses,
             "checkpoint_dir": str(manager.directory), "preempted": preemption.requested,
             "norm_stats": norm_stats, "assets": assets, "eval": eval_metrics,
+            "embodiments": pipeline.embodiments, "tokenizer_path": pipeline.tokenizer_path,
             "flops_per_step": flops_per_step}
 
 
