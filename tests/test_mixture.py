@@ -58,7 +58,6 @@ def _mixture_config(tiny_dataset, arm7):
 @pytest.fixture(scope="module")
 def mixture(tiny_dataset, arm7, tmp_path_factory):
     """One straight run of the mixture, one stopped at step 2 and resumed, and the export."""
-    from wallwm_jax.export import export_from_checkpoint
     from wallwm_jax.train import train_and_evaluate
 
     root = tmp_path_factory.mktemp("mixture")
@@ -66,8 +65,11 @@ def mixture(tiny_dataset, arm7, tmp_path_factory):
     straight = train_and_evaluate(config, str(root / "straight"))
     first = train_and_evaluate(config, str(root / "stopped"), stop_after=2)
     resumed = train_and_evaluate(config, str(root / "stopped"))
-    export = export_from_checkpoint(str(root / "straight" / "checkpoints"),
-                                    str(root / "export"))
+    run = subprocess.run([sys.executable, "-m", "wallwm_jax.export", "--checkpoint_dir",
+                          str(root / "straight" / "checkpoints"), "--out", str(root / "export")],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    export = run.stdout.strip().splitlines()[-1]
     return {"config": config, "straight": straight, "first": first, "resumed": resumed,
             "export": export, "root": root}
 
@@ -233,7 +235,7 @@ def test_metadata_that_disagrees_with_the_config_is_refused_before_training(
     tampered = tmp_path / "arm7"
     shutil.copytree(arm7, tampered)
     record = json.loads((tampered / "embodiment.json").read_text())
-    record["action_names"] = record["action_names"][:6]
+    record["state_names"] = record["state_names"][:13]
     (tampered / "embodiment.json").write_text(json.dumps(record))
     base = [sys.executable, "-m", "wallwm_jax.train", "--workdir", str(tmp_path / "run"),
             "--config", "experiments/pretrain.py:size=tiny,mode=event",
@@ -242,8 +244,8 @@ def test_metadata_that_disagrees_with_the_config_is_refused_before_training(
     cases = [
         ([f"--config.data.mixture=(('{tiny_dataset}',1.0),('{tampered}',1.0))",
           "--config.model.action_dim=7"],
-         f"{tampered}/embodiment.json: field 'action_names' names 6 dims but the dataset "
-         f"stores 7"),
+         f"{tampered}/embodiment.json: field 'state_names' names 13 dims but the dataset "
+         f"stores 14"),
         ([f"--config.data.mixture=(('{tiny_dataset}',1.0),('{arm7}',1.0))",
           "--config.model.action_dim=4"],
          "config.model.action_dim=4 but the dataset at data.mixture[1]="),
