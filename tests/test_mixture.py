@@ -219,6 +219,10 @@ def test_export_serves_each_embodiment_in_its_own_width(mixture, tmp_path):
         known["metaworld_sawyer"]["action"]["mean"], np.float32))
     with pytest.raises(ValueError, match="knows embodiment"):
         load_policy(export, embodiment="nope")
+    # The MetaWorld evaluation picks the Sawyer, whatever the mixture's order.
+    from wallwm_jax.evaluation.runner import PolicySpec, load_actor
+
+    assert load_actor(PolicySpec(path=export)).embodiment.name == "metaworld_sawyer"
 
 
 def _free_port() -> int:

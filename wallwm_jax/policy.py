@@ -156,6 +156,16 @@ class Policy:
         return self.io.env_action(action, state)
 
 
+METAWORLD_EMBODIMENT = "metaworld_sawyer"  # what data_builders.metaworld_events writes
+
+
+def suite_embodiment(export_dir: str) -> str | None:
+    """The embodiment the MetaWorld evaluation suites run in an export: the MetaWorld
+    builder's, when the export knows it (else None: the first, as for older exports)."""
+    return METAWORLD_EMBODIMENT if METAWORLD_EMBODIMENT in read_embodiments(export_dir) \
+        else None
+
+
 def load_policy(export_dir: str, *, seed: int = 0, mode: str | None = None,
                 embodiment: str | None = None) -> Policy:
     """Load an export bundle (see wallwm_jax.export) as a ready-to-act policy for one robot:
