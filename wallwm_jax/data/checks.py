@@ -167,10 +167,7 @@ def check_dataset_fits(dataset_dir: str, config: ml_collections.ConfigDict,
             continue  # padded into the model's width, with a mask
         if value != stored:
             fix = (f"set --config.model.{key}={stored} (the widest dataset's)" if masked else
-                   f"set --config.model.{key}={stored}" + (
-                       "" if value is None or stored > value else
-                       " (or pad it into the model's width with "
-                       "--config.data.embodiment_masks=True)"))
+                   f"set --config.model.{key}={stored}")
             raise ValueError(f"config.model.{key}={value} but {where} stores {stored}-D "
                              f"{what}; {fix}")
 
