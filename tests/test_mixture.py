@@ -304,3 +304,15 @@ def test_init_from_refuses_another_tokenizer_and_finetune_uses_the_exports(
     batch = next(pipe)
     assert batch.actions.shape[-1] == 7
     assert not np.asarray(batch.obs.action_dim_mask)[:, 4:].any()
+
+
+def test_resume_refuses_a_tokenizer_the_checkpoints_did_not_learn(mixture, tiny_dataset,
+                                                                  tmp_path):
+    from wallwm_jax.train import train_and_evaluate
+
+    workdir = tmp_path / "stopped"
+    shutil.copytree(mixture["root"] / "stopped", workdir)
+    shutil.copy(os.path.join(tiny_dataset, "tokenizer.model"), workdir / "tokenizer.model")
+    with pytest.raises(UserError, match=r"step 4 was trained with the tokenizer in its assets "
+                                        r".*; resume with --config.data.tokenizer="):
+        train_and_evaluate(mixture["config"], str(workdir))

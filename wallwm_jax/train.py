@@ -108,6 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     norm_stats = pipeline.norm_stats
     assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path, pipeline.embodiments)
     _check_and_report_data(pipeline, config, is_chief)
+    check_resume_tokenizer(os.path.join(workdir, "checkpoints"), pipeline.tokenizer_path)
     if config.init_from:
         check_init_from(config, pipeline)
 
@@ -230,6 +231,28 @@ def _check_and_report_data(pipeline: Any, config: ml_collections.ConfigDict,
               f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
 
 
+def _same_file(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
+def check_resume_tokenizer(checkpoint_dir: str, tokenizer_path: str) -> None:
+    """Refuse (UserError) to resume a run whose checkpoints learnt another tokenizer's ids
+    than the one this run reads with (a changed `data.tokenizer`, or a mixture's
+    `<workdir>/tokenizer.model` replaced)."""
+    steps = ckpt.finished_steps(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
+    if not steps:
+        return
+    try:
+        saved = ckpt.read_assets(checkpoint_dir, steps[-1]).tokenizer_path
+    except (OSError, ValueError):
+        return  # a damaged step: restore_or_init names it
+    if not _same_file(saved, tokenizer_path):
+        raise cli.UserError(
+            f"{checkpoint_dir} step {steps[-1]} was trained with the tokenizer in its assets "
+            f"({saved}), not {tokenizer_path}; resume with --config.data.tokenizer={saved}")
+
+
 def check_init_from(config: ml_collections.ConfigDict, pipeline: Any) -> None:
     """Refuse (UserError, one line) to start from `config.init_from` with another tokenizer
     than the one its weights learnt, or with other statistics for a robot it knows: the token
@@ -240,9 +263,7 @@ def check_init_from(config: ml_collections.ConfigDict, pipeline: Any) -> None:
     except (OSError, ValueError) as err:
         raise cli.UserError(f"config.init_from={config.init_from!r}: cannot read its assets "
                             f"({err})") from None
-    with open(assets.tokenizer_path, "rb") as a, open(pipeline.tokenizer_path, "rb") as b:
-        same = a.read() == b.read()
-    if not same:
+    if not _same_file(assets.tokenizer_path, pipeline.tokenizer_path):
         raise cli.UserError(
             f"config.init_from={config.init_from!r} learnt the token ids of its own "
             f"tokenizer.model, but this run reads {pipeline.tokenizer_path}; set "
