@@ -179,14 +179,14 @@ def test_unrolled_layers_is_the_unscanned_models_tree(unified_cfg):
     from wallwm_jax.models.decoding import unrolled_layers
 
     assert unified_cfg.scan_layers
-    params = jax.eval_shape(lambda: wallwm.init_params(unified_cfg, jax.random.key(0)))
+    params = wallwm.abstract_params(unified_cfg)
     params = jax.tree.map(lambda s: np.arange(np.prod(s.shape), dtype=np.float32)
                           .reshape(s.shape), params)
     cfg, split = unrolled_layers(unified_cfg, params)
     assert not cfg.scan_layers
     flat = unified_cfg.copy_and_resolve_references()
     flat.scan_layers = False
-    want = jax.eval_shape(lambda: wallwm.init_params(flat, jax.random.key(0)))
+    want = wallwm.abstract_params(flat)
     assert jax.tree.map(lambda x: x.shape, split) == jax.tree.map(lambda x: x.shape, want)
     stack = params["decoder"]["layers"]
     last = unified_cfg.depth - 1
