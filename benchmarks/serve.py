@@ -227,7 +227,8 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
     done = jax.block_until_ready
     fns = {"event_act": lambda: event.act(frames, state, prompt, caption),
            "unified_act": lambda: unified.act(frames, state, prompt),
-           "unified_act_caption_in_effect": lambda: unified.act(frames, state, prompt, caption),
+           "unified_act_caption_in_effect": lambda: unified.act(frames, state, prompt,
+                                                                in_effect=caption),
            "decode_cached": lambda: done(unified._decode(unified.params, x, key)),
            "decode_reencoding": lambda: done(ref(unified.params, x, key)),
            f"decode_batch{batch}": lambda: done(unified._decode(unified.params, many, key))}
@@ -241,8 +242,8 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
 
 
 def through_servers(policies: dict[str, Policy], requests: int, rounds: int) -> dict:
-    """Round trips to an event and a unified server (both up), alternating rounds. Unified
-    requests carry no caption: the model decodes its own."""
+    """Round trips to an event and a unified server (both up), alternating rounds (unified
+    requests without a caption: the server's unified mode ignores one)."""
     with running_server(policies["event"], "event") as event_port, \
             running_server(policies["unified"], "unified") as unified_port:
         fns = {"event": (policies["event"], event_port, True),

@@ -90,8 +90,9 @@ class Policy:
         return dict(image) if isinstance(image, dict) else {self.cameras[0]: image}
 
     def observation(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
-                    instruction: str, caption: str | np.ndarray | None = None, *,
-                    mode: str | None = None) -> Observation:
+                    instruction: str, caption: str | None = None, *,
+                    mode: str | None = None,
+                    in_effect: str | np.ndarray | None = None) -> Observation:
         """The batch-of-one model input of one step (what `act` feeds the model)."""
         mode = self._check_mode(mode)
         state = np.asarray(state, np.float32)
@@ -99,12 +100,15 @@ class Policy:
             raise ValueError(f"state has shape {state.shape}, expected ({self.state_dim},)")
         if mode == "event" and caption is None:
             raise ValueError("event mode needs the next event's caption")
-        # Unified mode: a given caption is the current event's, still in effect (slot 0), as
-        # text or as the token ids `act` returned (`caption_ids` rows, exact).
+        texts = [caption] if mode == "event" else []
+        # Unified mode: the current event's caption still in effect goes in slot 0, as text or
+        # as the token ids `act` returned (a `caption_ids` row: exact).
         ids = None
-        if mode == "unified" and caption is not None and not isinstance(caption, str):
-            ids, caption = np.asarray(caption, np.int32).ravel(), None
-        texts = [caption] if mode != "chunk" and caption is not None else []
+        if mode == "unified" and in_effect is not None:
+            if isinstance(in_effect, str):
+                texts = [in_effect]
+            else:
+                ids = np.asarray(in_effect, np.int32).ravel()
         x = self.io.inputs(self.frames(image), state, instruction, texts, self.num_slots)
         if ids is not None:
             slots = x["caption"].copy()
@@ -119,24 +123,26 @@ class Policy:
         return mode
 
     def act(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
-            instruction: str, caption: str | np.ndarray | None = None, *,
-            mode: str | None = None) -> dict[str, Any]:
+            instruction: str, caption: str | None = None, *,
+            mode: str | None = None,
+            in_effect: str | np.ndarray | None = None) -> dict[str, Any]:
         """image uint8 [H,W,3] (or {camera: image}, any size: resized to the model's),
         state float [S] -> `actions` [n, A] in raw units: the robot's actions, or position
         targets for a model trained with `data.action_target_gain` (run each through
         `env_action` with the state of the step it is executed at).
 
-        `caption` (the next event's description) is required in event mode; in unified mode
-        it is optional: the current event's caption still in effect (`caption_in_effect`; text,
-        or a `caption_ids` row), kept as caption 0 instead of decoding one. Ignored in chunk
-        mode. Also returns `chunk` (all
-        Tmax predicted steps, raw units), `duration_bin` per caption slot, `world` (uint8
-        [w,w,3], the predicted event-end frame) and, in unified mode, the `captions` (text, and
-        their token ids `caption_ids`; the given one first when one was given) and
-        `event_steps` per caption (the first: the current event's remaining steps).
+        `caption` (the next event's description) is required in event mode and ignored
+        otherwise. `in_effect` (unified mode, optional): the current event's caption still in
+        effect (`caption_in_effect`; text, or a `caption_ids` row), kept as caption 0 instead
+        of decoding one. Also returns `chunk` (all Tmax predicted steps, raw units),
+        `duration_bin` per caption slot, `world` (uint8 [w,w,3], the predicted event-end
+        frame) and, in unified mode, the `captions` (text, and their token ids `caption_ids`;
+        the one in effect first when one was given) and `event_steps` per caption (the first:
+        the current event's remaining steps).
         """
         mode = self._check_mode(mode)
-        obs = self.observation(image, state, instruction, caption, mode=mode)
+        obs = self.observation(image, state, instruction, caption, mode=mode,
+                               in_effect=in_effect)
         self._rng, rng = jax.random.split(self._rng)
         fn = self._decode if mode == "unified" else self._sample
         out = jax.device_get(fn(self.params, obs, rng))

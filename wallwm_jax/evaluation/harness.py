@@ -262,7 +262,8 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
                 record["captions"].append(caption)
             elif mode == "unified":
                 given = planner(env, task, wording) if planner is not None else in_effect
-                out = actor.act(_images(obs), obs["state"], instruction, given, mode=mode)
+                out = actor.act(_images(obs), obs["state"], instruction, mode=mode,
+                                in_effect=given)
                 decoded = out["captions"]
                 caption = given if planner is not None else " | ".join(decoded)
                 record["captions"].append(decoded)
