@@ -1,23 +1,25 @@
 """Serving latency: p50/p99 per request of event and unified mode, in the same run, through
-the websocket server (openpi protocol, msgpack-numpy) and in-process (`Policy.act`); also
-unified mode with the old re-encoding decoder, to show what the KV-cache reuse buys; and
-small event requests with and without another client sending the largest frame the server
-accepts, over and over (alternating rounds, p99 ratio), to show one large request does not
-stall the others.
+the websocket server (openpi protocol, msgpack-numpy) and in-process (`Policy.act`), timed in
+alternating rounds (event, unified, event, ...) so both see the same machine load; the
+unified / event ratio per row. Also: unified mode with a caption still in effect (only the
+next caption is decoded), the Staircase decoder alone vs the re-encoding reference, a batch
+of requests decoded at once, and small event requests with and without another client
+sending the largest frame the server accepts (alternating rounds, p99 ratio).
 
     python benchmarks/serve.py                    # tiny model on CPU
-    python benchmarks/serve.py --size small --requests 50
+    python benchmarks/serve.py --size small --requests 3 --rounds 2 --batch 2 --noconcurrent
     python benchmarks/serve.py --only_concurrent --requests 100 --rounds 3
 
-Weights are random (latency does not depend on them). Prints one JSON object and a one-line
-summary.
+Weights are random. Latency depends on them in unified mode only through the caption
+lengths: random weights never emit EOS, so every caption runs to `data.caption_len` tokens
+and every chunk decodes both slots (the worst case; a trained model's captions are ~10
+tokens). Prints one JSON object and a one-line summary.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -25,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
@@ -95,27 +97,25 @@ def running_server(policy: Policy, mode: str, **limits: object) -> Iterator[int]
         thread.join(10)
 
 
-def round_trips(policy: Policy, port: int, requests: int) -> list[float]:
-    """Seconds per request of one sync client sending `requests` small observations."""
+def round_trips(policy: Policy, port: int, requests: int, caption: bool = True) -> list[float]:
+    """Seconds per request of one sync client sending `requests` small observations (with
+    or without a caption)."""
     from websockets.sync.client import connect
 
     rng, times = np.random.default_rng(1), []
     with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
         unpackb(ws.recv())  # metadata
         for _ in range(requests):
-            message = packb(observation(policy, rng))
+            obs = observation(policy, rng)
+            if not caption:
+                del obs["caption"]
+            message = packb(obs)
             t0 = time.perf_counter()
             ws.send(message)
             reply = unpackb(ws.recv())
             times.append(time.perf_counter() - t0)
             assert np.all(np.isfinite(reply["actions"]))
     return times
-
-
-def time_server(policy: Policy, mode: str, requests: int) -> dict[str, float]:
-    """Round trips through a local server and a sync client (2 untimed)."""
-    with running_server(policy, mode) as port:
-        return percentiles(round_trips(policy, port, requests + 2)[2:])
 
 
 # Its own process, so its packing and sending do not share this process's GIL: sends the
@@ -190,75 +190,122 @@ def time_with_large_client(policy: Policy, requests: int, rounds: int,
             "p50_ratio": round(b["p50_ms"] / a["p50_ms"], 2)}
 
 
-def time_act(fn, requests: int) -> dict[str, float]:
-    fn()
-    times = []
-    for _ in range(requests):
-        t0 = time.perf_counter()
+def alternating(fns: dict[str, Callable[[], object]], requests: int,
+                rounds: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, `requests` calls per round, the functions taking
+    turns round by round (each called once untimed first)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return percentiles(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(requests):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+    return times
 
 
-def time_decoders(policy: Policy, obs, requests: int) -> dict[str, dict[str, float]]:
-    """Unified inference alone (no pre/post-processing): the KV-cached `staircase_decode`
-    the policy runs vs `staircase_decode_reference`, which re-encodes the prefix."""
-    cfg, key = policy.config, jax.random.PRNGKey(0)
+def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    return {"p50": round(a["p50_ms"] / b["p50_ms"], 2), "p99": round(a["p99_ms"] / b["p99_ms"], 2)}
+
+
+def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: int) -> dict:
+    """`Policy.act` of event and unified mode (and unified with a caption in effect), the
+    jitted decoders alone (cached vs re-encoding) and `batch` requests decoded at once, in
+    alternating rounds."""
+    event, unified = policies["event"], policies["unified"]
+    obs = observation(unified, np.random.default_rng(2))
+    frames = {c: obs[f"observation/{c}"] for c in unified.cameras}
+    state, prompt, caption = obs["observation/state"], obs["prompt"], obs["caption"]
+    cfg, key = unified.config, jax.random.PRNGKey(0)
     ref = jax.jit(lambda p, o, r: staircase_decode_reference(
         cfg.model, p, o, r, max_len=cfg.data.caption_len))
-    return {name: time_act(lambda f=fn: jax.block_until_ready(f(policy.params, obs, key)),
-                           requests)
-            for name, fn in (("decode_cached", policy._decode), ("decode_reencoding", ref))}
+    x = unified.observation(frames, state, prompt)
+    many = jax.tree.map(lambda a: np.repeat(a, batch, axis=0), x)
+    many = many.replace(state=many.state + np.arange(batch, dtype=np.float32)[:, None])
+    done = jax.block_until_ready
+    fns = {"event_act": lambda: event.act(frames, state, prompt, caption),
+           "unified_act": lambda: unified.act(frames, state, prompt),
+           "unified_act_caption_in_effect": lambda: unified.act(frames, state, prompt,
+                                                                in_effect=caption),
+           "decode_cached": lambda: done(unified._decode(unified.params, x, key)),
+           "decode_reencoding": lambda: done(ref(unified.params, x, key)),
+           f"decode_batch{batch}": lambda: done(unified._decode(unified.params, many, key))}
+    times = alternating(fns, requests, rounds)
+    times[f"decode_batch{batch}_per_request"] = [t / batch for t in times[f"decode_batch{batch}"]]
+    out = {name: percentiles(t) for name, t in times.items()}
+    out["unified_over_event"] = ratio(out["unified_act"], out["event_act"])
+    out["caption_in_effect_over_event"] = ratio(out["unified_act_caption_in_effect"],
+                                                out["event_act"])
+    return out
+
+
+def through_servers(policies: dict[str, Policy], requests: int, rounds: int) -> dict:
+    """Round trips to an event and a unified server (both up), alternating rounds (unified
+    requests without a caption: the server's unified mode ignores one)."""
+    with running_server(policies["event"], "event") as event_port, \
+            running_server(policies["unified"], "unified") as unified_port:
+        fns = {"event": (policies["event"], event_port, True),
+               "unified": (policies["unified"], unified_port, False)}
+        times: dict[str, list[float]] = {name: [] for name in fns}
+        for policy, port, caption in fns.values():
+            round_trips(policy, port, 2, caption)  # untimed
+        for _ in range(rounds):
+            for name, (policy, port, caption) in fns.items():
+                times[name] += round_trips(policy, port, requests, caption)
+    out = {name: percentiles(t) for name, t in times.items()}
+    out["unified_over_event"] = ratio(out["unified"], out["event"])
+    return out
 
 
 def main(argv: list[str]) -> None:
     del argv
     args = flags.FLAGS
     report = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
-              "size": args.size, "requests": args.requests}
+              "size": args.size, "requests": args.requests, "rounds": args.rounds}
     with tempfile.TemporaryDirectory() as scratch:
-        for mode in ("event", "unified"):
-            if args.only_concurrent and mode != "event":
-                continue
-            policy = make_policy(args.size, mode, scratch)
+        modes = ("event",) if args.only_concurrent else ("event", "unified")
+        policies = {mode: make_policy(args.size, mode, scratch) for mode in modes}
+        for mode, policy in policies.items():
             on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(policy.params))
-            compile_s = warm_up(policy, mode)
-            if mode == "event":  # small requests with and without a large client
-                report["event_with_large_client"] = time_with_large_client(
-                    policy, args.requests, args.rounds, args.max_message_mb)
-            if args.only_concurrent:
-                continue
-            obs = observation(policy, np.random.default_rng(2))
-            frames = {c: obs[f"observation/{c}"] for c in policy.cameras}
-            act = functools.partial(policy.act, frames, obs["observation/state"],
-                                    obs["prompt"], obs["caption"])
-            row = {"params_on_device": on_device, "compile_s": round(compile_s, 2),
-                   "server": time_server(policy, mode, args.requests),
-                   "act": time_act(act, args.requests)}
-            if mode == "unified":  # the jitted decoder alone, vs the re-encoding one
-                row.update(time_decoders(policy, policy.observation(
-                    frames, obs["observation/state"], obs["prompt"]), args.requests))
-            report[mode] = row
+            report[mode] = {"params_on_device": on_device,
+                            "compile_s": round(warm_up(policy, mode), 2)}
+        if args.concurrent:
+            report["event_with_large_client"] = time_with_large_client(
+                policies["event"], args.requests, args.rounds, args.max_message_mb)
+        if not args.only_concurrent:
+            report["server"] = through_servers(policies, args.requests, args.rounds)
+            report["act"] = in_process(policies, args.requests, args.rounds, args.batch)
     print(json.dumps(report, indent=1))
-    c = report["event_with_large_client"]
+    c = report.get("event_with_large_client")
     concurrent = (f"small event requests p99 {c['alone']['p99_ms']} ms alone, "
                   f"{c['with_large_client']['p99_ms']} ms beside a client sending "
-                  f"{c['large_frame_mb']} MiB frames ({c['p99_ratio']}x)")
+                  f"{c['large_frame_mb']} MiB frames ({c['p99_ratio']}x)") if c else \
+        "large-client rows skipped"
     if args.only_concurrent:
         print(f"serve {args.size} on {report['backend']}: {concurrent}")
         return
-    e, u = report["event"], report["unified"]
-    print(f"serve {args.size} on {report['backend']}: event p50 {e['server']['p50_ms']} ms "
-          f"p99 {e['server']['p99_ms']} ms; unified p50 {u['server']['p50_ms']} ms p99 "
-          f"{u['server']['p99_ms']} ms (unified decode p50 {u['decode_cached']['p50_ms']} ms "
-          f"vs {u['decode_reencoding']['p50_ms']} ms re-encoding the prefix); {concurrent}")
+    s, a = report["server"], report["act"]
+    print(f"serve {args.size} on {report['backend']}: server event p50 {s['event']['p50_ms']} "
+          f"ms p99 {s['event']['p99_ms']} ms, unified p50 {s['unified']['p50_ms']} ms p99 "
+          f"{s['unified']['p99_ms']} ms ({s['unified_over_event']['p50']}x / "
+          f"{s['unified_over_event']['p99']}x); act unified/event "
+          f"{a['unified_over_event']['p50']}x p50, {a['unified_over_event']['p99']}x p99, with "
+          f"a caption in effect {a['caption_in_effect_over_event']['p50']}x p50; unified decode "
+          f"p50 {a['decode_cached']['p50_ms']} ms vs {a['decode_reencoding']['p50_ms']} ms "
+          f"re-encoding, {a[f'decode_batch{args.batch}_per_request']['p50_ms']} ms per request "
+          f"in a batch of {args.batch}; {concurrent}")
 
 
 if __name__ == "__main__":
     flags.DEFINE_string("size", "tiny", "Model size (experiments/pretrain.py sizes).")
-    flags.DEFINE_integer("requests", 30, "Timed requests per mode (and per round).")
-    flags.DEFINE_integer("rounds", 2, "Alternating rounds without / with the large client.")
+    flags.DEFINE_integer("requests", 30, "Timed requests per row and round.")
+    flags.DEFINE_integer("rounds", 2, "Alternating rounds (event / unified; without / with "
+                         "the large client).")
+    flags.DEFINE_integer("batch", 4, "Requests decoded at once in the batched unified row.")
     flags.DEFINE_float("max_message_mb", DEFAULT_MAX_MESSAGE_MB,
                        "The server's message limit; the large client's frame fills it.")
     flags.DEFINE_bool("only_concurrent", False, "Only the large-client rows.")
+    flags.DEFINE_bool("concurrent", True, "The large-client rows (--noconcurrent: skip them).")
     cli.run(main)

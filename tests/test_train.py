@@ -74,7 +74,8 @@ def test_metrics_tensorboard_and_periodic_eval(tiny_config, tmp_path):
     eval_rows = [r for r in rows if "eval/action_mse" in r]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in eval_rows] == [4, 6]  # every 4 steps and at the end
-    for key in ("eval/loss", "eval/loss/action", "eval/duration_acc", "eval/world_mse"):
+    for key in ("eval/loss", "eval/loss/action", "eval/duration_acc", "eval/world_mse",
+                "eval/caption_exact", "eval/caption_token_acc", "eval/boundary_acc"):
         assert np.isfinite(eval_rows[0][key]), key
     # eval.by_cluster: the val action error split by train cluster, rare vs common
     for row in eval_rows:

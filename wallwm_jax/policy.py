@@ -12,7 +12,8 @@ raw simulator actions.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 import jax
 import ml_collections
@@ -27,6 +28,7 @@ from wallwm_jax.models import wallwm
 from wallwm_jax.models.decoding import staircase_decode
 
 MODES = ("event", "unified", "chunk")
+T = TypeVar("T")
 __all__ = ["MODES", "Policy", "load_policy", "runnable_modes", "trained_mode"]
 
 
@@ -74,9 +76,10 @@ class Policy:
         self._decode = None
         if self.num_slots >= 2:
             bos_id, eos_id = self.tokenizer.bos_id, self.tokenizer.eos_id  # Gemma's: 2, 1
+            # Slot 0 of obs.caption: the caption still in effect (all 0: decode a new one).
             self._decode = jax.jit(lambda p, obs, rng: staircase_decode(
                 model_cfg, p, obs, rng, max_len=config.data.caption_len, bos_id=bos_id,
-                eos_id=eos_id))
+                eos_id=eos_id, current_caption=obs.caption[:, 0]))
 
     def reset(self, seed: int) -> None:
         """Restart the sampling noise from `seed` (the evaluator seeds every episode)."""
@@ -88,7 +91,8 @@ class Policy:
 
     def observation(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
                     instruction: str, caption: str | None = None, *,
-                    mode: str | None = None) -> Observation:
+                    mode: str | None = None,
+                    in_effect: str | np.ndarray | None = None) -> Observation:
         """The batch-of-one model input of one step (what `act` feeds the model)."""
         mode = self._check_mode(mode)
         state = np.asarray(state, np.float32)
@@ -97,7 +101,19 @@ class Policy:
         if mode == "event" and caption is None:
             raise ValueError("event mode needs the next event's caption")
         texts = [caption] if mode == "event" else []
+        # Unified mode: the current event's caption still in effect goes in slot 0, as text or
+        # as the token ids `act` returned (a `caption_ids` row: exact).
+        ids = None
+        if mode == "unified" and in_effect is not None:
+            if isinstance(in_effect, str):
+                texts = [in_effect]
+            else:
+                ids = np.asarray(in_effect, np.int32).ravel()
         x = self.io.inputs(self.frames(image), state, instruction, texts, self.num_slots)
+        if ids is not None:
+            slots = x["caption"].copy()
+            slots[0, :min(len(ids), slots.shape[1])] = ids[:slots.shape[1]]
+            x = dict(x, caption=slots)
         return Observation(**{k: v[None] for k, v in x.items()})
 
     def _check_mode(self, mode: str | None) -> str:
@@ -108,20 +124,25 @@ class Policy:
 
     def act(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
             instruction: str, caption: str | None = None, *,
-            mode: str | None = None) -> dict[str, Any]:
+            mode: str | None = None,
+            in_effect: str | np.ndarray | None = None) -> dict[str, Any]:
         """image uint8 [H,W,3] (or {camera: image}, any size: resized to the model's),
         state float [S] -> `actions` [n, A] in raw units: the robot's actions, or position
         targets for a model trained with `data.action_target_gain` (run each through
         `env_action` with the state of the step it is executed at).
 
         `caption` (the next event's description) is required in event mode and ignored
-        otherwise. Also returns `chunk` (all Tmax predicted steps, raw units), `duration_bin`
-        per caption slot, `world` (uint8 [w,w,3], the predicted event-end frame) and, in
-        unified mode, the decoded `captions` (text, and their token ids `caption_ids`) and
-        `event_steps` per decoded caption.
+        otherwise. `in_effect` (unified mode, optional): the current event's caption still in
+        effect (`caption_in_effect`; text, or a `caption_ids` row), kept as caption 0 instead
+        of decoding one. Also returns `chunk` (all Tmax predicted steps, raw units),
+        `duration_bin` per caption slot, `world` (uint8 [w,w,3], the predicted event-end
+        frame) and, in unified mode, the `captions` (text, and their token ids `caption_ids`;
+        the one in effect first when one was given) and `event_steps` per caption (the first:
+        the current event's remaining steps).
         """
         mode = self._check_mode(mode)
-        obs = self.observation(image, state, instruction, caption, mode=mode)
+        obs = self.observation(image, state, instruction, caption, mode=mode,
+                               in_effect=in_effect)
         self._rng, rng = jax.random.split(self._rng)
         fn = self._decode if mode == "unified" else self._sample
         out = jax.device_get(fn(self.params, obs, rng))
@@ -148,6 +169,21 @@ class Policy:
     def action_space(self) -> str:
         """"actions" (the robot's own) or "position_targets" (see `env_action`)."""
         return "position_targets" if self.io.target_gain else "actions"
+
+    @staticmethod
+    def caption_in_effect(captions: Sequence[T], event_steps: Sequence[int],
+                          executed: int) -> T | None:
+        """The caption still in effect after `executed` steps of a unified chunk whose events
+        (`captions` or `caption_ids`, and `event_steps`, from `act`) were predicted to last
+        those steps: the event the next step falls in, while the model predicts it goes on;
+        None once the last decoded event is predicted to have ended (the next `act` decodes a
+        new caption)."""
+        end = 0
+        for caption, steps in zip(captions, event_steps, strict=True):
+            end += steps
+            if executed < end:
+                return caption
+        return None
 
     def env_action(self, action: np.ndarray, state: np.ndarray) -> np.ndarray:
         """One step of `act()`'s `actions` -> the robot action at raw `state`, the state of

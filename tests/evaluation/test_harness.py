@@ -5,14 +5,17 @@ import dataclasses
 
 import pytest
 
+from wallwm_jax.data.tasks import TASK_OBJECTS
 from wallwm_jax.envs.metaworld import MetaWorldTask
 from wallwm_jax.evaluation import suites
 from wallwm_jax.evaluation.harness import (
+    PLANNERS,
     GuardedEnv,
     OraclePlanner,
     PrivilegedAccessError,
     Wording,
     describe_privileged,
+    other_task,
     privileged_inputs,
     run_episode,
 )
@@ -106,3 +109,80 @@ def test_execute_steps_bounds_each_chunk(trained_policies):
     finally:
         env.close()
     assert record["chunk_lengths"] == [5, 5, 5]
+
+
+def test_planners_choose_their_captions():
+    """oracle follows the phase, constant keeps the first phase's caption, blank is empty,
+    wrong_task words the current phase with another task's objects; the ones that read the
+    phase need a privileged env."""
+    task = "push-v3"
+    other = other_task(task)
+    assert TASK_OBJECTS[other][0] != TASK_OBJECTS[task][0]
+    env = _env(task, privileged=True)
+    try:
+        env.reset()
+        planners = {name: PLANNERS[name]() for name in PLANNERS}
+        first_phase = env.phase()
+        first = {n: p(env, task, TRAIN_WORDING) for n, p in planners.items()}
+        assert first["oracle"] == first["constant"] == TRAIN_WORDING.caption(task, first_phase)
+        assert first["blank"] == ""
+        assert first["wrong_task"] == TRAIN_WORDING.caption(other, first_phase)
+        assert first["wrong_task"] != first["oracle"]
+        for _ in range(60):
+            if env.phase() != first_phase:
+                break
+            env.step(env.expert_action())
+        phase = env.phase()
+        assert phase != first_phase
+        now = {n: p(env, task, TRAIN_WORDING) for n, p in planners.items()}
+        assert now["oracle"] == TRAIN_WORDING.caption(task, phase) != first["oracle"]
+        assert now["constant"] == first["constant"]
+        assert now["wrong_task"] == TRAIN_WORDING.caption(other, phase)
+    finally:
+        env.close()
+    assert {n: PLANNERS[n].privileged for n in PLANNERS} == {
+        "oracle": True, "constant": True, "blank": False, "wrong_task": True}
+    assert privileged_inputs("unified", "oracle", False) == ["phase"]
+    assert privileged_inputs("event", "blank", False) == []
+    env = _env(task, privileged=False)
+    try:
+        env.reset()
+        assert PLANNERS["blank"]()(env, task, TRAIN_WORDING) == ""
+        with pytest.raises(PrivilegedAccessError):
+            PLANNERS["constant"]()(env, task, TRAIN_WORDING)
+    finally:
+        env.close()
+
+
+def test_unified_executes_the_predicted_duration(trained_policies):
+    """Each unified chunk runs min(k, execute_steps) steps, k = the predicted steps up to the
+    end of its last decoded event (at most Tmax); the caption of an event predicted to go on
+    is given back at the next replan, and only then."""
+    policy = load_policy(trained_policies["unified"].export)
+    tmax = int(policy.config.model.max_event_len)
+    suite = dataclasses.replace(SHORT, episode_limit=36)
+    seen = set()
+    for cap in (3, tmax - 2):  # cuts most chunks; cuts only chunks longer than tmax - 2
+        env = _env("push-v3", privileged=False)
+        try:
+            record = run_episode(env, policy, task="push-v3", suite=suite, mode="unified",
+                                 wording=TRAIN_WORDING, planner=None, execute_steps=cap)
+        finally:
+            env.close()
+        assert "error" not in record, record.get("error")
+        replans = record["replans"]
+        assert len(replans) == len(record["chunk_lengths"]) >= 2
+        for r, n in zip(replans, record["chunk_lengths"], strict=True):
+            k = max(1, min(sum(r["event_steps"]), tmax))
+            want = min(k, cap)
+            assert n == want or r is replans[-1]  # the last one ends with the episode
+            assert r["executed"] <= n
+            if r is not replans[-1]:
+                seen.add("under the cap" if n == k else "capped")
+        for prev, nxt in zip(replans[:-1], replans[1:], strict=True):
+            assert nxt["given"] == (prev["in_effect_after"] is not None)
+            if nxt["given"]:
+                assert nxt["caption"] == prev["in_effect_after"]
+        if cap == 3:  # a capped chunk stops inside its first event: that caption goes on
+            assert replans[1]["given"]
+    assert seen == {"under the cap", "capped"}

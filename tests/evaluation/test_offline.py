@@ -24,4 +24,5 @@ def test_offline_evaluator_builds_its_pipeline_once(tiny_config, monkeypatch):
     first, second = evaluator(params), evaluator(params)
     assert builds == ["val"]
     assert first == second  # the same batches and noise: the same figures
-    assert set(first) >= {"val/action_mse", "val/loss", "val/duration_acc"}
+    assert set(first) >= {"val/action_mse", "val/loss", "val/duration_acc", "val/caption_exact",
+                          "val/caption_token_acc", "val/boundary_acc"}

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from wallwm_jax.evaluation import suites
-from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
+from wallwm_jax.evaluation.runner import EvaluationError, PolicySpec, evaluate_suite
 from wallwm_jax.train_log import read_metrics
 
 # Shares the session's trained policies: one xdist worker builds them once.
@@ -114,6 +114,28 @@ def test_cli_on_a_checkpoint_directory(trained_policies, tmp_path):
     assert results["wording_source"].endswith("paraphrases.json")  # recorded with the data
     assert results["episodes"][0]["steps"] == 8 and "error" not in results["episodes"][0]
     assert "overall 0.0% (0/1)" in out
+    # Its own captions, scored against the scripted phase per replan and in the summary.
+    replans = results["episodes"][0]["replans"]
+    assert replans and not replans[0]["given"] and replans[0]["phase"] is not None
+    assert results["caption_scores"]["caption_n"] == sum(1 for r in replans if r["scored"])
+
+
+def test_unified_with_oracle_captions_is_a_privileged_control(trained_policies, tmp_path):
+    """--planner with a unified policy: the planner's caption is caption 0 at every replan
+    (so it scores exact against the phase), and the run is marked as reading the phase; a
+    chunk policy refuses a planner."""
+    suite = dataclasses.replace(suites.get("demo").subset(("push-v3",), 1), episode_limit=8)
+    spec = PolicySpec(trained_policies["unified"].export, planner="oracle")
+    results = evaluate_suite(spec, suite, str(tmp_path / "u"), progress=False)
+    assert results["mode"] == "unified" and results["planner"] == "oracle"
+    assert results["privileged"] and results["privileged_inputs"] == ["phase"]
+    replans = results["episodes"][0]["replans"]
+    assert replans and all(r["given"] for r in replans)
+    assert results["caption_scores"]["caption_exact"] == 1.0
+    assert "planner `oracle` (reads privileged" in (tmp_path / "u" / "results.md").read_text()
+    with pytest.raises(EvaluationError, match="applies to event and unified mode"):
+        evaluate_suite(PolicySpec(trained_policies["chunk"].export, planner="blank"), suite,
+                       str(tmp_path / "c"), progress=False)
 
 
 def test_split_flag_picks_the_scenes_the_evaluator_runs(tmp_path):

@@ -140,3 +140,56 @@ def test_staircase_decode_encodes_once_and_matches_reference(unified_cfg, batch_
     assert vit_calls(run) == 1
     assert vit_calls(functools.partial(staircase_decode_reference, unified_cfg,
                                        max_len=MAX_LEN)) == 2 * unified_cfg.max_captions
+
+
+def test_staircase_decode_keeps_the_caption_in_effect(unified_cfg, batch_factory):
+    """A row given the caption still in effect keeps it as caption 0 (the next caption and
+    the chunk follow from it, as in the re-encoding reference); a row given none decodes
+    exactly what it decodes with no caption given at all."""
+    from wallwm_jax.models.decoding import staircase_decode, staircase_decode_reference
+
+    params = wallwm.init_params(unified_cfg, jax.random.key(0))
+    obs = jax.tree.map(jnp.asarray, batch_factory(unified_cfg, batch_size=3, seed=5).obs)
+    rng = jax.random.key(4)
+    run = jax.jit(functools.partial(staircase_decode, unified_cfg, max_len=MAX_LEN))
+    free = run(params, obs, rng, current_caption=jnp.zeros((3, MAX_LEN), jnp.int32))
+    given = jnp.zeros((3, MAX_LEN), jnp.int32).at[0].set(jnp.array([1, 7, 9, 11, 2, 0]))
+    given = given.at[2].set(jnp.array([1, 5, 2, 0, 0, 0]))
+    out = run(params, obs, rng, current_caption=given)
+    ref = jax.jit(functools.partial(staircase_decode_reference, unified_cfg, max_len=MAX_LEN))(
+        params, obs, rng, current_caption=given)
+    np.testing.assert_array_equal(np.asarray(out["captions"])[[0, 2], 0],
+                                  np.asarray(given)[[0, 2]])
+    np.testing.assert_array_equal(out["captions"][1], free["captions"][1])
+    np.testing.assert_array_equal(out["captions"], ref["captions"])
+    present = np.asarray(ref["captions"][:, :, 0] != 0)
+    np.testing.assert_array_equal(np.asarray(out["duration_bin"])[present],
+                                  np.asarray(ref["duration_bin"])[present])
+    np.testing.assert_allclose(out["actions"], ref["actions"], atol=1e-5, rtol=0)
+    # The given caption changes the chunk (the actions attend to it).
+    assert float(jnp.abs(out["actions"][0] - free["actions"][0]).max()) > 1e-4
+    # Every row given: nothing is decoded for slot 0, and it still matches the reference.
+    both = given.at[1].set(given[0])
+    np.testing.assert_array_equal(run(params, obs, rng, current_caption=both)["captions"][:, 0],
+                                  both)
+
+
+def test_unrolled_layers_is_the_unscanned_models_tree(unified_cfg):
+    """Split stacks land where an unscanned model keeps its layers, layer i from slice i."""
+    from wallwm_jax.models.decoding import unrolled_layers
+
+    assert unified_cfg.scan_layers
+    params = wallwm.abstract_params(unified_cfg)
+    params = jax.tree.map(lambda s: np.arange(np.prod(s.shape), dtype=np.float32)
+                          .reshape(s.shape), params)
+    cfg, split = unrolled_layers(unified_cfg, params)
+    assert not cfg.scan_layers
+    flat = unified_cfg.copy_and_resolve_references()
+    flat.scan_layers = False
+    want = wallwm.abstract_params(flat)
+    assert jax.tree.map(lambda x: x.shape, split) == jax.tree.map(lambda x: x.shape, want)
+    stack = params["decoder"]["layers"]
+    last = unified_cfg.depth - 1
+    np.testing.assert_array_equal(
+        jax.tree.leaves(split["decoder"][f"layers_{last}"])[0], jax.tree.leaves(stack)[0][last])
+    assert unrolled_layers(cfg, split)[1] is split  # already unrolled: unchanged

@@ -29,7 +29,13 @@ _WORKERS = flags.DEFINE_integer("workers", 1, "Episodes run in this many process
 _VIDEOS = flags.DEFINE_integer("videos", 0, "Pictures (strip, GIF, world head) for the "
                                "first K episodes of every task.")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: latest finished).")
-_PLANNER = flags.DEFINE_string("planner", "oracle", "Event mode's next-event planner.")
+_PLANNER = flags.DEFINE_enum(
+    "planner", None, ["oracle", "constant", "blank", "wrong_task"],
+    "Who writes the event caption. Event mode (default oracle): oracle = the scripted "
+    "phase's caption; constant = the first event's caption all episode; blank = an empty "
+    "caption; wrong_task = the phase worded as another task words it. Unified mode: default "
+    "the model's own captions; a planner's caption replaces the current event's (control). "
+    "oracle, constant and wrong_task read the phase (privileged).")
 _EXECUTE = flags.DEFINE_integer("execute_steps", None, "Steps of each chunk executed before "
                                 "replanning (default: the whole predicted chunk).")
 _COMPARE = flags.DEFINE_string("compare", None, "Expert results (results.json or its dir) "

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from wallwm_jax.data import captions
+from wallwm_jax.data.tasks import TASK_OBJECTS
+from wallwm_jax.evaluation.caption_metrics import best_match, closed_loop_scores
 from wallwm_jax.evaluation.suites import Suite
 
 
@@ -42,6 +44,11 @@ class GuardedEnv:
 
     def phase(self) -> str:
         self._check("the expert's phase")
+        return self._env.phase()
+
+    def scored_phase(self) -> str:
+        """The phase for scoring a run (caption and boundary accuracy) after the fact, never
+        for the policy: the harness reads it only into the episode's record."""
         return self._env.phase()
 
     def expert_action(self) -> np.ndarray:
@@ -91,6 +98,22 @@ class Wording:
             return options[self.variant % len(options)]
         return captions.template_caption(task, phase, variant=self.variant, split=self.split)
 
+    def phase_captions(self, task: str, phase: str) -> list[str]:
+        """Every wording of `phase` a decoded caption may match: the train paraphrases (what
+        the model learnt) and this wording's split; [] for a phase without captions."""
+        out: list[str] = []
+        for split in dict.fromkeys(("train", self.split)):
+            other = dataclasses.replace(self, split=split)
+            for variant in range(captions.num_variants(split)):
+                other = dataclasses.replace(other, variant=variant)
+                try:
+                    text = other.caption(task, phase)
+                except ValueError:  # e.g. the hold phase after success has no caption
+                    return []
+                if text not in out:
+                    out.append(text)
+        return out
+
 
 class OraclePlanner:
     """Event descriptions from the scripted expert's current phase (privileged state)."""
@@ -102,7 +125,58 @@ class OraclePlanner:
         return wording.caption(task, env.phase())
 
 
-PLANNERS: dict[str, Callable[[], Any]] = {"oracle": OraclePlanner}
+class ConstantPlanner:
+    """The first event's caption (the phase at the episode's first step) for the whole
+    episode: does the policy need the caption to change? Reads the phase once."""
+
+    name = "constant"
+    privileged = True
+
+    def __init__(self) -> None:
+        self._caption: str | None = None  # one planner per episode (the runner's rule)
+
+    def __call__(self, env: GuardedEnv, task: str, wording: Wording) -> str:
+        if self._caption is None:
+            self._caption = wording.caption(task, env.phase())
+        return self._caption
+
+
+class BlankPlanner:
+    """An empty caption every step: what the policy does with no event description."""
+
+    name = "blank"
+    privileged = False
+
+    def __call__(self, env: GuardedEnv, task: str, wording: Wording) -> str:
+        return ""
+
+
+def other_task(task: str) -> str:
+    """The task whose wording `wrong_task` borrows: the next one (in name order, wrapping)
+    whose object and target names both differ from `task`'s."""
+    names = sorted(TASK_OBJECTS)
+    objects = TASK_OBJECTS[task]
+    start = names.index(task) if task in names else -1
+    for other in names[start + 1:] + names[:start + 1]:
+        theirs = TASK_OBJECTS[other]
+        if theirs[0] != objects[0] and theirs[1] != objects[1]:
+            return other
+    raise ValueError(f"no task words its objects differently from {task!r}")
+
+
+class WrongTaskPlanner:
+    """The current phase worded as another task words it (`other_task`): the right event,
+    the wrong objects. Reads the phase."""
+
+    name = "wrong_task"
+    privileged = True
+
+    def __call__(self, env: GuardedEnv, task: str, wording: Wording) -> str:
+        return wording.caption(other_task(task), env.phase())
+
+
+PLANNERS: dict[str, Callable[[], Any]] = {
+    p.name: p for p in (OraclePlanner, ConstantPlanner, BlankPlanner, WrongTaskPlanner)}
 
 # What a run may read that a deployed robot would not know, as results.json records it.
 PRIVILEGED_INPUTS: dict[str, str] = {
@@ -114,11 +188,12 @@ PRIVILEGED_INPUTS: dict[str, str] = {
 
 def privileged_inputs(mode: str, planner: str | None, privileged_state: bool) -> list[str]:
     """The privileged inputs (PRIVILEGED_INPUTS keys) a run in `mode` reads: the phase via a
-    privileged planner in event mode, object/goal positions via a privileged state vector."""
+    planner that reads it (event mode, or unified mode's caption control), object/goal
+    positions via a privileged state vector."""
     if mode == "expert":
         return ["simulator"]
     out = []
-    if mode == "event" and planner is not None and PLANNERS[planner].privileged:
+    if mode in ("event", "unified") and planner is not None and PLANNERS[planner].privileged:
         out.append("phase")
     if privileged_state:
         out.append("object_goal_state")
@@ -150,19 +225,27 @@ class Recorder:
 def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: str,
                 wording: Wording, planner: Any | None, execute_steps: int | None,
                 recorder: Recorder | None = None) -> dict[str, Any]:
-    """Run one episode; returns {success, steps, captions, chunk_lengths[, error]}.
+    """Run one episode; returns {success, steps, captions, chunk_lengths[, replans,
+    caption_scores][, error]}.
 
     `actor` is None for the scripted expert, else a Policy. Event mode asks `planner` for the
     next event's description at every step and replans when it changes or the chunk is spent;
-    chunk and unified modes replan only when their chunk (or `execute_steps`) is spent.
+    chunk mode replans when its chunk (or `execute_steps`) is spent. Unified mode executes
+    what the model predicts: the chunk up to the predicted end of its last decoded event,
+    capped by `execute_steps`; the caption of an event predicted to go on stays in effect
+    (given back as caption 0) until the model predicts its end. With a `planner` (the
+    oracle-captions control) the planner's caption is caption 0 instead, as in event mode.
+    Unified replans are scored against the scripted phase (`replans`, `caption_scores`).
     A crash is caught and returned as `error` (traceback tail); the episode counts as failed.
     """
     record: dict[str, Any] = {"success": False, "steps": 0, "captions": [],
                               "chunk_lengths": []}
+    if mode == "unified":
+        record["replans"] = []
     try:
         obs = env.reset()
         instruction = wording.instruction(task)
-        caption = ""
+        caption, in_effect = "", None
         if recorder is not None:
             recorder.frame(obs, instruction)
         while record["steps"] < suite.episode_limit and not record["success"]:
@@ -177,15 +260,19 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
                 caption = planner(env, task, wording)
                 out = actor.act(_images(obs), obs["state"], instruction, caption, mode=mode)
                 record["captions"].append(caption)
+            elif mode == "unified":
+                given = planner(env, task, wording) if planner is not None else in_effect
+                out = actor.act(_images(obs), obs["state"], instruction, mode=mode,
+                                in_effect=given)
+                decoded = out["captions"]
+                caption = given if planner is not None else " | ".join(decoded)
+                record["captions"].append(decoded)
+                replan = _score_replan(env, task, wording, actor, out, given)
             else:
                 out = actor.act(_images(obs), obs["state"], instruction, mode=mode)
-                decoded = out.get("captions", [])
-                caption = " | ".join(decoded)
-                if mode == "unified":
-                    record["captions"].append(decoded)
             chunk = out["actions"]
             if execute_steps:
-                chunk = out["chunk"][:execute_steps] if mode != "event" else chunk[:execute_steps]
+                chunk = out["chunk"][:execute_steps] if mode == "chunk" else chunk[:execute_steps]
             record["chunk_lengths"].append(int(len(chunk)))
             start = record["steps"]
             for action in chunk:
@@ -195,21 +282,57 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
                 record["success"] = bool(success)
                 if recorder is not None:
                     recorder.frame(obs, caption)
+                if mode == "unified" and replan.get("phase") is not None \
+                        and replan["phase_end"] is None \
+                        and env.scored_phase() != replan["phase"]:
+                    replan["phase_end"] = record["steps"] - start
                 if success or record["steps"] >= suite.episode_limit:
                     break
-                if mode == "event" and planner(env, task, wording) != caption:
+                if planner is not None and planner(env, task, wording) != caption:
                     break  # the planner moved on to the next event
+            done = record["steps"] - start
+            if mode == "unified":
+                if planner is None:  # the model's own memory: the event it predicts goes on
+                    in_effect = actor.caption_in_effect(list(out["caption_ids"]),
+                                                        out["event_steps"], done)
+                replan.update(executed=done, in_effect_after=None if in_effect is None
+                              else actor.tokenizer.decode(in_effect))
+                if done == len(chunk) and replan.get("phase") is not None:
+                    # Did the model place the end of its current event where the phase ended?
+                    replan["boundary_ok"] = bool(
+                        (out["event_steps"][0] <= done) == (replan["phase_end"] is not None))
+                record["replans"].append(replan)
             if recorder is not None and mode != "chunk":
                 # The world head predicts the frame at the end of the current event: the end
                 # of the executed chunk in event mode, the first decoded event's predicted end
                 # (within what was executed) in unified mode.
-                done = record["steps"] - start
                 predicted = (out.get("event_steps") or [done])[0] if mode == "unified" else done
                 recorder.world.append((out["world"], start + min(done, int(predicted))))
     except Exception:  # noqa: BLE001  (one crashing episode must not end the run)
         record["error"] = "".join(traceback.format_exc().splitlines(True)[-12:])
         record["success"] = False
+    if mode == "unified":
+        record["caption_scores"] = closed_loop_scores(record["replans"])
     return record
+
+
+def _score_replan(env: GuardedEnv, task: str, wording: Wording, actor: Any,
+                  out: dict[str, Any], given: str | None) -> dict[str, Any]:
+    """One unified replan's record: its first caption (the current event's), whether it was
+    given, its predicted remaining steps, and that caption scored against the wordings of
+    the scripted phase (read for scoring only; the policy never sees it)."""
+    phase = env.scored_phase()
+    replan: dict[str, Any] = {"caption": out["captions"][0], "given": given is not None,
+                              "event_steps": [int(x) for x in out["event_steps"]],
+                              "predicted": int(len(out["actions"])), "phase": None,
+                              "phase_end": None}
+    wordings = wording.phase_captions(task, phase)
+    if not wordings:
+        return replan  # no caption for this phase (the hold after success): not scored
+    length = out["caption_ids"].shape[1]
+    truth = [actor.tokenizer.encode(text, length) for text in wordings]
+    replan.update(phase=phase, **best_match(out["caption_ids"][0], truth))
+    return replan
 
 
 def _images(obs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Offline metrics on held-out episodes: action error, duration accuracy, caption/world loss."""
+"""Offline metrics on held-out episodes: action error, duration, caption and event-boundary
+accuracy, caption/world loss."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ from jax.sharding import Mesh
 
 from wallwm_jax import sharding
 from wallwm_jax.data.pipeline import make_pipeline
+from wallwm_jax.evaluation.caption_metrics import (
+    boundary_accuracy,
+    caption_accuracy,
+    teacher_forced_captions,
+)
 from wallwm_jax.models import wallwm
 
 
@@ -21,6 +27,22 @@ def action_sq_errors(actions: jax.Array, batch: Any) -> tuple[jax.Array, jax.Arr
     mask = batch.action_mask.astype(jnp.float32)
     err = jnp.sum((actions - batch.actions) ** 2, axis=-1)
     return jnp.sum(err * mask, axis=1), jnp.sum(mask, axis=1)
+
+
+def caption_metrics(model_cfg: Any, params: Any, batch: Any,
+                    duration_bin: jax.Array) -> dict[str, jax.Array]:
+    """Caption exact match and token accuracy of the present slots (teacher-forced argmax vs
+    the sample's captions: exact match equals greedy decoding's) and event-boundary accuracy
+    (predicted vs true duration bins agree on whether the event ends inside the chunk)."""
+    caption = batch.obs.caption
+    logits = wallwm.WallWM(wallwm._frozen(model_cfg)).apply(
+        {"params": params}, batch.obs, method=wallwm.WallWM.vlm_caption_logits)
+    present = caption[:, :, 0] != 0
+    out = caption_accuracy(teacher_forced_captions(logits, caption), caption, present)
+    out["boundary_acc"] = boundary_accuracy(
+        wallwm.duration_steps(model_cfg, duration_bin),
+        wallwm.duration_steps(model_cfg, batch.duration_bin), model_cfg.max_event_len, present)
+    return out
 
 
 class OfflineEvaluator:
@@ -56,6 +78,7 @@ class OfflineEvaluator:
                 hit = (out["duration_bin"] == batch.duration_bin).astype(jnp.float32)
                 metrics["duration_acc"] = jnp.sum(hit * present) / jnp.maximum(
                     jnp.sum(present), 1)
+                metrics.update(caption_metrics(model_cfg, params, batch, out["duration_bin"]))
             return metrics
 
         out_sharding = None if mesh is None else sharding.replicated(mesh)

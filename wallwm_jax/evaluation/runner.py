@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from wallwm_jax.data import captions
 from wallwm_jax.evaluation import pictures, stats
+from wallwm_jax.evaluation.caption_metrics import closed_loop_scores
 from wallwm_jax.evaluation.harness import (
     PLANNERS,
     GuardedEnv,
@@ -45,8 +46,25 @@ class PolicySpec:
     path: str
     step: int | None = None
     mode: str | None = None
-    planner: str = "oracle"
+    # Who writes the caption: event mode's planner (None: "oracle"); in unified mode None is
+    # the model itself, a name feeds that planner's caption as caption 0 (the control).
+    planner: str | None = None
     execute_steps: int | None = None
+
+
+def resolve_planner(planner: str | None, mode: str) -> str | None:
+    """The planner a run in `mode` uses: event mode's defaults to `oracle`; unified mode's
+    to none (the model decodes its own captions); chunk and expert runs take none."""
+    if planner is not None and planner not in PLANNERS:
+        raise EvaluationError(f"unknown planner {planner!r}; planners: {list(PLANNERS)}")
+    if mode == "event":
+        return planner or "oracle"
+    if mode == "unified":
+        return planner
+    if planner is not None:
+        raise EvaluationError(f"--planner {planner} applies to event and unified mode, not "
+                              f"{mode}")
+    return None
 
 
 def _checkpoint_dir(path: str) -> str | None:
@@ -154,7 +172,9 @@ def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, e
              seed: int, picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
     from wallwm_jax.envs.metaworld import MetaWorldTask
 
-    privileged = actor is None or (mode == "event" and PLANNERS[spec.planner].privileged)
+    planner_name = resolve_planner(spec.planner if mode != EXPERT else None, mode)
+    privileged = actor is None or (planner_name is not None
+                                   and PLANNERS[planner_name].privileged)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"task": task, "group": suite.group_of(task), "episode": episode,
                               "seed": seed}
@@ -173,7 +193,7 @@ def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, e
         env.render_images = actor is not None or recorder is not None  # the expert reads state
         if actor is not None:
             actor.reset(seed % 2**31)
-        planner = PLANNERS[spec.planner]() if mode == "event" else None
+        planner = PLANNERS[planner_name]() if planner_name is not None else None
         record.update(run_episode(env, actor, task=task, suite=suite, mode=mode,
                                   wording=_wording(suite, task, episode, paraphrases),
                                   planner=planner,
@@ -231,8 +251,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         actor = load_actor(spec)
     check_actor(actor, suite)
     mode = EXPERT if actor is None else (spec.mode or actor.mode)
-    if spec.planner not in PLANNERS:
-        raise EvaluationError(f"unknown planner {spec.planner!r}; planners: {list(PLANNERS)}")
+    planner = resolve_planner(spec.planner if mode != EXPERT else None, mode)
     picture_dir = os.path.join(workdir, "pictures")
     record, wording_source = paraphrase_record(actor)
     jobs = [(spec, suite, mode, task, ep, seed, picture_dir if ep < videos else None, record)
@@ -257,7 +276,6 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
             pool.terminate()
             pool.join()
     pbar.close()
-    planner = spec.planner if mode == "event" else None
     protocol = dict(suite.protocol(), camera_view=observation_note(suite),
                     image_size=suite.image_size or (actor.config.data.image_size
                                                     if actor else 64))
@@ -276,6 +294,9 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         "episodes": episodes,
         "summary": stats.summarise(episodes, suite.groups),
     }
+    if mode == "unified":  # the model's captions and event ends against the scripted phase
+        results["caption_scores"] = closed_loop_scores(
+            [r for ep in episodes for r in ep.get("replans", [])])
     # The episodes are the costly part: written first; the expert column is optional.
     _write_json(os.path.join(workdir, "results.json"), results)
     _write_text(os.path.join(workdir, "results.md"), _markdown_with_reference(
@@ -345,8 +366,9 @@ def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = No
     s = results["summary"]
     ref = expert["summary"] if expert else None
     planner = results["planner"]
-    who = f"{results['mode']} mode" + (
-        f", planner `{planner}` (reads privileged simulator state)" if planner else "")
+    reads = " (reads privileged simulator state)" if planner and planner in PLANNERS \
+        and PLANNERS[planner].privileged else ""
+    who = f"{results['mode']} mode" + (f", planner `{planner}`{reads}" if planner else "")
     if results.get("privileged_state"):
         who += ", state vector with privileged simulator state (object and goal positions)"
     lines = [f"# {results['suite']}: {results['question']}", "",
@@ -358,6 +380,9 @@ def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = No
              "", f"- scenes: the suite's **{results.get('split', 'pre-split')}** split "
              "(dev: for tuning; test: for reported figures)",
              f"- privileged inputs: {describe_privileged(results.get('privileged_inputs'))}"]
+    scores = results.get("caption_scores")
+    if scores:
+        lines.append("- " + describe_caption_scores(scores))
     for diff in results.get("differences", []):
         lines.append(f"- differs from the reference protocol: {diff}")
     if s.get("errors"):
@@ -381,10 +406,27 @@ def results_markdown(results: dict[str, Any], expert: dict[str, Any] | None = No
     return "\n".join(lines)
 
 
+def describe_caption_scores(scores: dict[str, Any]) -> str:
+    """One results.md line: unified mode's captions and event ends vs the scripted phase."""
+    parts = []
+    if "caption_n" in scores:
+        parts.append(f"first caption exact {scores['caption_exact']:.0%}, token accuracy "
+                     f"{scores['caption_token_acc']:.0%} over {scores['caption_n']} replans")
+    if "boundary_n" in scores:
+        parts.append(f"event end placed right (inside or beyond the executed steps) "
+                     f"{scores['boundary_acc']:.0%} of {scores['boundary_n']} chunks")
+    return ("captions against the scripted phase (scored after the fact, not shown to the "
+            "policy): " + ("; ".join(parts) or "nothing scored"))
+
+
 def summary_metrics(results: dict[str, Any], prefix: str = "closed_loop") -> dict[str, float]:
-    """Flat scalars for metrics.jsonl / TensorBoard: per task, per group and overall."""
+    """Flat scalars for metrics.jsonl / TensorBoard: per task, per group and overall (and, in
+    unified mode, caption and event-boundary accuracy against the scripted phase)."""
     s, name = results["summary"], results["suite"]
     out = {f"{prefix}/{name}/overall": s["overall"]["success"]}
+    for key in ("caption_exact", "caption_token_acc", "boundary_acc"):
+        if key in results.get("caption_scores", {}):
+            out[f"{prefix}/{name}/{key}"] = results["caption_scores"][key]
     out.update({f"{prefix}/{name}/group/{g}": r["success"] for g, r in s["groups"].items()})
     out.update({f"{prefix}/{name}/task/{t}": r["success"] for t, r in s["tasks"].items()})
     return out

@@ -34,6 +34,31 @@ from wallwm_jax.models.wallwm import (
 BOS_ID, EOS_ID = 1, 2
 
 
+def unrolled_layers(model_cfg: Any, params: Any) -> tuple[ml_collections.FrozenConfigDict, Any]:
+    """The same model with its layer stacks (`model.scan_layers`) as separate layers: config
+    and params (stacked `decoder/layers`, `vit/blocks` split into `layers_i`, `block_i`).
+
+    Token-by-token decoding runs the backbone once per token; under `nn.scan` every step
+    dynamic-slices each layer's weights out of the stack, which XLA copies, so a batch-1 step
+    moves the weights twice more than it reads them. Split once per call (static slices,
+    outside the token loop), the steps read the weights in place. Same values: only the
+    loop over layers changes."""
+    cfg = _frozen(model_cfg)
+    if not cfg.get("scan_layers", False):
+        return cfg, params
+    config = cfg.as_configdict()
+    config.scan_layers = False
+    params = dict(params)
+    for module, stack, name in (("decoder", "layers", "layers_{}"), ("vit", "blocks", "block_{}")):
+        tree = dict(params[module])
+        layers = tree.pop(stack)
+        depth = jax.tree.leaves(layers)[0].shape[0]
+        tree.update({name.format(i): jax.tree.map(lambda x, i=i: x[i], layers)
+                     for i in range(depth)})
+        params[module] = tree
+    return ml_collections.FrozenConfigDict(config), params
+
+
 def _choose(logits: jax.Array, rng: jax.Array, step: int | jax.Array,
             temperature: float) -> jax.Array:
     """Next token int32 [B] from logits [B, V]: greedy at temperature 0, else sampled with
@@ -89,16 +114,25 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
 
 def _decode_slot(model: WallWM, variables: Any, cache: Any, cache_mask: jax.Array,
                  offset: int, slot_start: jax.Array, rng: jax.Array, *, max_len: int,
-                 temperature: float, bos_id: int, eos_id: int):
+                 temperature: float, bos_id: int, eos_id: int,
+                 given: jax.Array | None = None, with_logits: bool = True):
     """Decode one caption slot token by token into a fixed-size cache whose entries
     [offset, offset + max_len) hold the slot; the token at i sits at position slot_start + i.
-    Returns (tokens int32 [B, max_len], logits f32 [B, max_len - 1, vocab], cache,
-    cache_mask) with the fed tokens' K/V written into the cache."""
+    Rows of `given` int32 [B, max_len] that hold a caption (token 0 != 0) keep it and are not
+    decoded; the loop stops once every row is done (given, EOS, or `max_len`).
+    Returns (tokens int32 [B, max_len], logits f32 [B, max_len - 1, vocab] (zeros unless
+    `with_logits`), cache, cache_mask) with the fed tokens' K/V written into the cache."""
     batch = cache_mask.shape[0]
     tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
-    logits_out = jnp.zeros((batch, max(max_len - 1, 0), model.cfg.vocab_size), jnp.float32)
-    state = (jnp.int32(0), tokens[:, 0], jnp.zeros((batch,), bool), cache, cache_mask,
-             tokens, logits_out)
+    done = jnp.zeros((batch,), bool)
+    if given is not None:
+        done = given[:, 0] != 0
+        tokens = jnp.where(done[:, None], given.astype(jnp.int32), tokens)
+    # Carried through the loop only when asked for: [B, max_len - 1, vocab] per step is the
+    # loop's largest update for a real vocabulary.
+    logits_len = max(max_len - 1, 0) if with_logits else 0
+    logits_out = jnp.zeros((batch, logits_len, model.cfg.vocab_size), jnp.float32)
+    state = (jnp.int32(0), tokens[:, 0], done, cache, cache_mask, tokens, logits_out)
 
     def cond(state):
         i, _, done, *_ = state
@@ -115,10 +149,13 @@ def _decode_slot(model: WallWM, variables: Any, cache: Any, cache_mask: jax.Arra
             lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2),
             cache, kv)
         cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, real[:, None], slot, 1)
-        nxt = jnp.where(done, 0, _choose(logits, rng, i, temperature))
-        done = done | (nxt == eos_id)
+        chosen = jnp.where(done, 0, _choose(logits, rng, i, temperature))
+        # A given row keeps its own tokens (its K/V here are unused: `extend_slot` rewrites).
+        nxt = jnp.where(done, jax.lax.dynamic_index_in_dim(tokens, i + 1, 1, False), chosen)
+        done = done | (chosen == eos_id)
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], i + 1, 1)
-        logits_out = jax.lax.dynamic_update_slice_in_dim(logits_out, logits[:, None], i, 1)
+        if with_logits:
+            logits_out = jax.lax.dynamic_update_slice_in_dim(logits_out, logits[:, None], i, 1)
         return i + 1, nxt, done, cache, cache_mask, tokens, logits_out
 
     _, _, _, cache, cache_mask, tokens, logits_out = jax.lax.while_loop(cond, body, state)
@@ -175,12 +212,15 @@ def decode_caption_uncached(model_cfg: Any, params: Any, obs: Observation, rng: 
 def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
                      max_len: int, temperature: float = 0.0,
                      num_steps: int | None = None, bos_id: int = BOS_ID,
-                     eos_id: int = EOS_ID) -> dict[str, jax.Array]:
+                     eos_id: int = EOS_ID,
+                     current_caption: jax.Array | None = None) -> dict[str, jax.Array]:
     """Unified-mode inference (Staircase Decoding); `obs.caption` is ignored.
 
     Encodes [image | instruction] once into a cache with room for K caption slots. Decodes
-    caption 0 (the current event) token by token into it, then runs the finished slot
-    through the backbone once (its K/V and its duration); caption k+1 follows for the rows
+    caption 0 (the current event) token by token into it (rows of `current_caption` int32
+    [B, max_len] that hold a caption, [BOS, ..., EOS, 0...], keep it instead: the caption still
+    in effect, in slot 0 as in training), then runs the finished slot through the backbone
+    once (its K/V and its duration); caption k+1 follows for the rows
     whose predicted steps of events 0..k are fewer than the chunk length Tmax (other rows get
     an absent, all-0 slot), up to `model.max_captions` slots; then denoises the Tmax-step
     chunk once over that cache. Same outputs as `staircase_decode_reference` (which
@@ -188,7 +228,7 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
     [B, K, max_len]. Jittable. `bos_id`/`eos_id`: the tokenizer's (`Tokenizer.bos_id`).
     """
     _check(max_len, temperature)
-    cfg = _frozen(model_cfg)
+    cfg, params = unrolled_layers(model_cfg, params)
     model, variables = WallWM(cfg), {"params": params}
     batch, num_slots = obs.state.shape[0], cfg.max_captions
     prefix_obs = obs.replace(caption=jnp.zeros((batch, 0, max_len), jnp.int32))
@@ -207,7 +247,8 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
         offset, slot_start = n_prefix + k * max_len, real_prefix + k * max_len
         tokens, *_ = _decode_slot(
             model, variables, cache, cache_mask, offset, slot_start, jax.random.fold_in(rng, k),
-            max_len=max_len, temperature=temperature, bos_id=bos_id, eos_id=eos_id)
+            max_len=max_len, temperature=temperature, bos_id=bos_id, eos_id=eos_id,
+            given=current_caption if k == 0 else None, with_logits=False)
         tokens = jnp.where(need[:, None], tokens, 0)
         # The finished slot in one pass: K/V of every token (EOS included) and its duration.
         seen = jax.tree.map(lambda c, n=offset: c[:, :, :n], cache)  # prefix + slots < k
@@ -228,13 +269,15 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
 
 
 def staircase_decode_reference(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
-                     max_len: int, temperature: float = 0.0,
-                     num_steps: int | None = None, bos_id: int = BOS_ID,
-                     eos_id: int = EOS_ID) -> dict[str, jax.Array]:
+                               max_len: int, temperature: float = 0.0,
+                               num_steps: int | None = None, bos_id: int = BOS_ID,
+                               eos_id: int = EOS_ID, current_caption: jax.Array | None = None,
+                               ) -> dict[str, jax.Array]:
     """Reference for `staircase_decode` (same arguments and outputs) that re-encodes
     [image | instruction | captions so far] for every caption and for the chunk.
 
-    Decodes caption 0 (the current event), then caption k+1 for the rows whose predicted
+    Decodes caption 0 (the current event; rows of `current_caption` that hold one keep it),
+    then caption k+1 for the rows whose predicted
     steps of events 0..k are fewer than the chunk length Tmax (other rows get an absent,
     all-0 slot), up to `model.max_captions` slots; then denoises the Tmax-step chunk once over
     the final cache, each step attending to the captions of its own and earlier events.
@@ -249,6 +292,8 @@ def staircase_decode_reference(model_cfg: Any, params: Any, obs: Observation, rn
         caption = decode_caption(cfg, params, obs.replace(caption=captions),
                                  jax.random.fold_in(rng, k), max_len=max_len,
                                  temperature=temperature, bos_id=bos_id, eos_id=eos_id)
+        if k == 0 and current_caption is not None:  # the caption still in effect, if any
+            caption = jnp.where(current_caption[:, :1] != 0, current_caption, caption)
         caption = jnp.where(need[:, None], caption, 0)
         captions = jnp.concatenate([captions, caption[:, None]], axis=1)
         if k + 1 < cfg.max_captions:
