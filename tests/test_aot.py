@@ -34,6 +34,11 @@ def test_tiny_compiles_on_8_fake_devices_and_does_not_fit_tiny_budget(tmp_path):
     for key in ("arguments", "outputs", "temporaries", "total"):
         assert mem[key] > 0, key
     assert report["xla_flops_per_device"] > 0 and report["analytic_flops_per_step"] > 0
+    # Loop-aware HLO count (scanned layers x depth) agrees with the analytic one.
+    assert report["scan_layers"] and report["loops_with_unknown_trip_count"] == []
+    assert abs(report["hlo_flops_per_device"] / report["analytic_flops_per_device"] - 1) < 0.1
+    assert report["dtype"] == "float32" and report["target"] == "cpu"
+    assert report["collective_bytes_per_device"]["total"] > 0
     # ~100 KiB budget: the tiny model's per-device state alone is larger.
     assert mem["total"] > 0.0001 * 1024**3
     assert report["verdict"] == "DOES NOT FIT" and "DOES NOT FIT" in out

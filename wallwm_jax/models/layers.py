@@ -129,7 +129,8 @@ _TARGET: contextvars.ContextVar = contextvars.ContextVar("target", default=None)
 
 @contextlib.contextmanager
 def target_devices(target: Target | None):
-    """While tracing under this context, 'auto' dtype/attention resolve for `target`."""
+    """While tracing under this context, 'auto' dtype/attention resolve for `target`. jit's
+    trace cache does not see it: enter it before a function's first trace."""
     token = _TARGET.set(target)
     try:
         yield
