@@ -81,13 +81,12 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
     from wallwm_jax import hlo_stats, sharding, throughput
     from wallwm_jax.models import wallwm
     from wallwm_jax.models.layers import Target, compute_dtype, resolve_attention, target_devices
-    from wallwm_jax.train_step import make_train_step
 
     jax.config.update("jax_threefry_partitionable", True)
     mesh = sharding.make_mesh(config.mesh, devices)
     device_kind = device_kind or devices[0].device_kind
     target = target or Target.of(devices[0])
-    step = make_train_step(config, mesh)
+    step = _train_step(config, mesh)
     t0 = time.perf_counter()
     with target_devices(target):
         lowered = step.update_fn.lower(*step.abstract_inputs)
@@ -128,6 +127,22 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
                   loops_with_unknown_trip_count=list(stats.unknown_trip_loops))
     report["verdict"] = verdict(report["memory_bytes_per_device"]["total"], budget)
     return report
+
+
+def _train_step(config: Any, mesh: Any) -> Any:
+    """`make_train_step` without its run inputs (seed, total steps as device arrays): libtpu's
+    compile-only TPU devices hold no arrays, and lowering needs only their shapes."""
+    from wallwm_jax import sharding, train_step
+
+    rules = sharding.ShardingRules.from_config(config.sharding_rules)
+    ways = rules.batch_divisor(mesh)
+    if int(config.batch_size) % ways:
+        raise cli.UserError(
+            f"--config.batch_size={config.batch_size} does not split over the {ways} "
+            f"data-parallel devices of mesh {dict(mesh.shape)}: use a multiple of {ways}")
+    train_step.check_model_data(config)
+    return train_step._build_train_step(config.copy_and_resolve_references(), mesh, rules,
+                                        int(config.batch_size))
 
 
 def verdict(total_bytes: int, budget_gib: float | None) -> str:
