@@ -46,6 +46,15 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
     stats = hlo_stats(hlo)
     assert stats.collective_bytes == {"all-gather": 6 * 16 * 8 * 4, "reduce-scatter": 6 * 128,
                                       "all-reduce": 128, "total": 6 * 640 + 128}
+    # TPU's compiler gives no known_trip_count: the condition `i < 6` says it.
+    tpu = hlo.replace('backend_config={"known_trip_count":{"n":"6"}}', "").replace("  %p.1 = (s32[], f32[4,8]) parameter(0)\n", """\
+  %p.1 = (s32[], f32[4,8]) parameter(0)
+  %i = s32[]{:T(128)} get-tuple-element(%p.1), index=0
+  %n = s32[]{:T(128)} constant(6)
+  ROOT %lt = pred[]{:T(512)} compare(%i, %n), direction=LT
+""")
+    assert hlo_stats(tpu).collective_bytes == stats.collective_bytes
+    assert hlo_stats(tpu.replace("constant(6)", "parameter(1)")).unknown_trip_loops == ("w",)
 
 
 @pytest.fixture(scope="module")

@@ -78,9 +78,12 @@ def _multipliers(comps: dict[str, _Computation], entry: str | None) -> tuple[dic
             trip = 1
             if opcode == "while":
                 found = _TRIP.search(rest)
-                trip = int(found.group(1)) if found else 1
-                if not found:
+                cond = re.search(r"condition=%?([\w.\-]+)", rest)
+                trip = (int(found.group(1)) if found
+                        else _trip_from_condition(comps, cond.group(1) if cond else ""))
+                if trip is None:
                     unknown.append(instr)
+                    trip = 1
             for kind, target in _CALLED.findall(rest):
                 if kind == "to_apply" and opcode != "call":
                     continue  # scalar reducers of reduce/all-reduce/sort: no matmuls, no bytes
@@ -89,6 +92,22 @@ def _multipliers(comps: dict[str, _Computation], entry: str | None) -> tuple[dic
                         stack.append((callee, m * (trip if kind in ("body", "condition")
                                                    else 1)))
     return dict(mult), unknown
+
+
+def _trip_from_condition(comps: dict[str, _Computation], name: str) -> int | None:
+    """Trip count of a `lax.scan`/`fori_loop`-shaped loop whose backend gives none (TPU): the
+    condition is `counter < N` with N a constant (the counter starts at 0, steps by 1)."""
+    comp = comps.get(name)
+    if comp is None:
+        return None
+    constants = {n: re.match(r"\s*(-?\d+)\)", rest) for n, _, op, rest in comp.lines
+                 if op == "constant"}
+    for _, _, opcode, rest in comp.lines:
+        if opcode == "compare" and "direction=LT" in rest:
+            operands = _OPERANDS.findall(rest.split(")", 1)[0])
+            if len(operands) == 2 and constants.get(operands[1]):
+                return int(constants[operands[1]].group(1))
+    return None
 
 
 def _matmul_flops(comp: _Computation, shape: str, opcode: str, rest: str) -> float:
