@@ -207,6 +207,12 @@ def main(argv: list[str]) -> None:
     elif fl.num_devices:
         _set_fake_cpu_devices(fl.num_devices)
     devices = _devices(fl.topology)
+    if devices[0].platform == "tpu":
+        import jax
+
+        # libtpu's compile-only client cannot load cached executables: JAX would warn and
+        # compile anyway, so neither read nor write the persistent cache.
+        jax.config.update("jax_enable_compilation_cache", False)
     target = None
     if "tpu" in (target_kind or "").lower() and devices[0].platform != "tpu":
         from wallwm_jax.models.layers import Target
