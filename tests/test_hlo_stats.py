@@ -47,7 +47,8 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
     assert stats.collective_bytes == {"all-gather": 6 * 16 * 8 * 4, "reduce-scatter": 6 * 128,
                                       "all-reduce": 128, "total": 6 * 640 + 128}
     # TPU's compiler gives no known_trip_count: the condition `i < 6` says it.
-    tpu = hlo.replace('backend_config={"known_trip_count":{"n":"6"}}', "").replace("  %p.1 = (s32[], f32[4,8]) parameter(0)\n", """\
+    tpu = hlo.replace('backend_config={"known_trip_count":{"n":"6"}}', "")
+    tpu = tpu.replace("  %p.1 = (s32[], f32[4,8]) parameter(0)\n", """\
   %p.1 = (s32[], f32[4,8]) parameter(0)
   %i = s32[]{:T(128)} get-tuple-element(%p.1), index=0
   %n = s32[]{:T(128)} constant(6)
@@ -55,6 +56,20 @@ ENTRY %main (a: f32[4,8]) -> f32[4,8] {
 """)
     assert hlo_stats(tpu).collective_bytes == stats.collective_bytes
     assert hlo_stats(tpu.replace("constant(6)", "parameter(1)")).unknown_trip_loops == ("w",)
+
+
+def test_tpu_batched_matmul_convolution():
+    """TPU writes a batched matmul as a convolution with a padded window over the batch
+    dims: [2,128,64] x [64,2,32] per head pair is 2·128·64·32·2·2 FLOPs, not the window's."""
+    hlo = """
+ENTRY %main (x: bf16[2,128,64,1], w: bf16[64,2,32,1]) -> bf16[2,128,2,32] {
+  %x = bf16[2,128,64,1]{1,2,3,0:T(8,128)(2,1)} parameter(0)
+  %w = bf16[64,2,32,1]{2,0,1,3:T(8,128)(2,1)} parameter(1)
+  ROOT %c = bf16[2,128,2,32]{1,3,2,0:T(8,128)(2,1)} convolution(%x, %w), \
+window={size=1x2 pad=0_0x1_1 rhs_reversal=0x1}, dim_labels=0bf1_i1o0->0b1f
+}
+""".replace("\\\n", "")
+    assert hlo_stats(hlo).matmul_flops == 2 * 128 * 64 * 32 * 2 * 2
 
 
 @pytest.fixture(scope="module")

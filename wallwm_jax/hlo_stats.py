@@ -13,6 +13,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
+import numpy as np
+
 COLLECTIVES = ("all-gather", "all-to-all", "collective-permute", "reduce-scatter", "all-reduce")
 _DTYPE_BYTES = {"f32": 4, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "pred": 1, "s8": 1, "u8": 1,
                 "f64": 8, "s64": 8, "u64": 8, "s16": 2, "u16": 2, "f8e4m3fn": 1, "f8e5m2": 1}
@@ -119,12 +121,46 @@ def _matmul_flops(comp: _Computation, shape: str, opcode: str, rest: str) -> flo
         contract = [int(d) for d in found.group(1).split(",") if d] if found else []
         return 2.0 * math.prod(out) * math.prod(lhs[d] for d in contract if d < len(lhs))
     if opcode == "convolution" and len(operands) > 1:
-        _, kernel = _dims(comp.shapes.get(operands[1], ""))
-        labels = re.search(r"dim_labels=\w+_(\w+)->", rest)
-        if not kernel or labels is None or "o" not in labels.group(1):
-            return 0.0
-        return 2.0 * math.prod(out) * math.prod(kernel) / kernel[labels.group(1).index("o")]
+        return _conv_flops(comp, out, operands, rest)
     return 0.0
+
+
+def _window(rest: str, key: str, n: int, default: int) -> list[int]:
+    found = re.search(rf"\b{key}=([\dx_\-]+)", rest.split("window={", 1)[-1].split("}", 1)[0])
+    if found is None:
+        return [default] * n
+    return [int(v) for v in found.group(1).split("x")]
+
+
+def _conv_flops(comp: _Computation, out: list[int], operands: list[str], rest: str) -> float:
+    """2 x output batch x output features x input features per group x, per spatial
+    dimension, the kernel taps that land on real input (not padding or a dilation hole):
+    TPU writes batched matmuls as convolutions whose batch dims are padded, dilated windows."""
+    _, lhs = _dims(comp.shapes.get(operands[0], ""))
+    _, kernel = _dims(comp.shapes.get(operands[1], ""))
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+    if not lhs or not kernel or labels is None:
+        return 0.0
+    lhs_l, ker_l, out_l = labels.groups()
+    spatial = sorted(c for c in ker_l if c.isdigit())  # window dims are in this order
+    n = len(spatial)
+    size = _window(rest, "size", n, 1)
+    stride, lhs_dil, rhs_dil = (_window(rest, k, n, 1)
+                                for k in ("stride", "lhs_dilate", "rhs_dilate"))
+    pads = re.search(r"\bpad=([\d_x\-]+)", rest)
+    lows = [int(p.split("_")[0]) for p in pads.group(1).split("x")] if pads else [0] * n
+    taps = 1.0
+    for d, c in enumerate(spatial):
+        size_in, size_out = lhs[lhs_l.index(c)], out[out_l.index(c)]
+        o = np.arange(size_out)[:, None]
+        k = np.arange(size[d])[None, :]
+        pos = o * stride[d] + k * rhs_dil[d] - lows[d]
+        hit = (pos >= 0) & (pos <= (size_in - 1) * lhs_dil[d]) & (pos % lhs_dil[d] == 0)
+        taps *= float(hit.sum())
+    batch = math.prod(out[i] for i, c in enumerate(out_l) if c == "b")
+    features = math.prod(out[i] for i, c in enumerate(out_l) if c == "f")
+    fan_in = math.prod(kernel[i] for i, c in enumerate(ker_l) if c == "i")
+    return 2.0 * batch * features * fan_in * taps
 
 
 @dataclasses.dataclass(frozen=True)
