@@ -21,6 +21,12 @@ from etils import epath
 
 from wallwm_jax import cli
 from wallwm_jax.data import event_index
+from wallwm_jax.data.embodiment import (
+    ACTION_SPACES,
+    Embodiment,
+    check_position_targets,
+    write_embodiment,
+)
 from wallwm_jax.data.episodes import event_features, keep_encoded_decoder
 from wallwm_jax.data.statistics import NORM_STATS_FILE, compute_norm_stats, save_norm_stats
 from wallwm_jax.data.tokenizer import TOKENIZER_FILE, train_tokenizer
@@ -179,8 +185,58 @@ def note_excluded(excluded_dir: str, key: str, error: Exception) -> None:
         json.dumps({"episode": key, "error": str(error)}))
 
 
+@dataclasses.dataclass(frozen=True)
+class EmbodimentFlags:
+    """What a converter cannot read from its source about the robot (its flags): the name,
+    the action space kind, the control rate, and whether actions 0-2 are hand displacements
+    that `data.action_target_gain` may turn into position targets (hand at the state's
+    `position_slice`). Empty names/None: the source's (LeRobot info.json) or generic ones."""
+
+    name: str = ""
+    action_space: str = "delta_ee"
+    control_hz: float | None = None
+    position_targets: bool = False
+    state_names: tuple[str, ...] = ()
+    action_names: tuple[str, ...] = ()
+
+
+DEFAULT_EMBODIMENT = EmbodimentFlags()
+
+
+def converter_embodiment(flags: EmbodimentFlags, spec: Any, mapping: Any, *,
+                         default_name: str, default_hz: float | None) -> Embodiment:
+    """The embodiment.json of a converted dataset; ValueError names the flag a setting that
+    means nothing for the source came from (`--position_targets` on joint actions)."""
+    if flags.action_space not in ACTION_SPACES:
+        raise ValueError(f"--action_space {flags.action_space!r}: expected one of "
+                         f"{list(ACTION_SPACES)}")
+    hand = tuple(mapping.position_slice) if flags.position_targets else None
+    if hand is not None:
+        check_position_targets(flags.action_space, hand, spec.state_dim, spec.action_dim,
+                               "--position_targets")
+    hz = flags.control_hz or default_hz
+    if not hz:
+        raise ValueError("--control_hz: the source does not say its control rate; give it")
+
+    def names(given: tuple[str, ...], n: int, what: str) -> tuple[str, ...]:
+        if given and len(given) != n:
+            raise ValueError(f"--{what}_names: {len(given)} names for a {n}-D {what}")
+        return tuple(given) or tuple(f"{what}_{i}" for i in range(n))
+
+    return Embodiment(
+        name=flags.name or default_name,
+        state_names=names(flags.state_names, spec.state_dim, "state"),
+        action_names=names(flags.action_names, spec.action_dim, "action"),
+        action_space=flags.action_space, control_hz=float(hz),
+        cameras={name: tuple(shape[:2]) for name, _, shape in spec.cameras},
+        gripper_index=mapping.gripper_index % spec.action_dim,
+        gripper_convention="open_high" if mapping.gripper_open_high else "close_high",
+        hand_position=hand)
+
+
 def convert(builder: ConvertedEvents, download_config: tfds.download.DownloadConfig | None = None,
-            *, preparing: contextlib.AbstractContextManager | None = None) -> str:
+            *, preparing: contextlib.AbstractContextManager | None = None,
+            embodiment: Embodiment | None = None) -> str:
     """Prepare `builder` unless it is built (in the `preparing` context, if any), write and print
     its build report, then `finish_dataset`; returns the version dir."""
     version_dir = os.fspath(builder.data_dir)
@@ -197,6 +253,8 @@ def convert(builder: ConvertedEvents, download_config: tfds.download.DownloadCon
         write_json(os.path.join(version_dir, REPORT_FILE), report)
         print(format_report(report, builder.name))
         notes.rmtree()
+    if embodiment is not None:  # every build says what its numbers mean (docs/data.md)
+        write_embodiment(version_dir, embodiment)
     return finish_dataset(version_dir)
 
 

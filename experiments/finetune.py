@@ -6,7 +6,10 @@
 `arg` switches: `export` (bundle dir: model config, weights, tokenizer and norm stats come from
 it), `data` (the fine-tuning dataset), `freeze` (`none`, `vit`, `backbone` or `vit+backbone`),
 `scratch=1` (same model and data, random init: the baseline). The new dataset is read with the
-export's tokenizer and norm stats, so token ids and action scales stay what the model learnt.
+export's tokenizer and, for a robot the export knows (embodiments.json), its norm stats, so
+token ids and action scales stay what the model learnt; a new robot (another embodiment name,
+state and actions within the model's widths) gets its own statistics and is padded into the
+model's widths with masks.
 Single fields on the command line as usual (`--config.optimizer.learning_rate=3e-5`).
 
 `python experiments/finetune.py --export EXPORT [--task T]` runs the comparison
@@ -57,9 +60,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.init_from = "" if scratch else export
     if args["data"]:
         config.data.data_dir = args["data"]
+    mixture = [d for d, _ in config.data.get("mixture") or ()]
+    if not args["data"] and mixture:
+        config.data.data_dir = mixture[0]
     config.data.mixture = ()
     config.data.tokenizer = os.path.join(export, "tokenizer.model")
-    config.data.norm_stats = os.path.join(export, "norm_stats.json")
+    embodiments = os.path.join(export, "embodiments.json")
+    if os.path.exists(embodiments):  # each robot's own statistics; a new robot: the dataset's
+        config.data.norm_stats = embodiments
+        with config.data.unlocked():  # padded into the model's widths when narrower or new
+            config.data.embodiment_masks = bool(mixture) or config.data.get(
+                "embodiment_masks", False)
+    else:
+        config.data.norm_stats = os.path.join(export, "norm_stats.json")
     parts = () if args["freeze"] in ("none", "") else tuple(args["freeze"].split("+"))
     config.optimizer.freeze = () if scratch else parts
     config.optimizer.learning_rate = 1e-3 if scratch else 1e-4  # own schedule
@@ -95,7 +108,8 @@ def compare(export: str, task: str | None, workdir: str, *, suite: str = "mt50_h
         run = os.path.join(workdir, name.replace(" ", "_"))
         result = train_and_evaluate(config, run)
         out = export_bundle(os.path.join(run, "export"), result["params"], config,
-                            result["norm_stats"], config.data.tokenizer)
+                            result["norm_stats"], config.data.tokenizer,
+                            embodiments=result["embodiments"])
         res = evaluate_suite(PolicySpec(out), held_out, os.path.join(run, "eval"), progress=False)
         rows[name] = res["summary"]["overall"]
     return {"task": task, "demos": demos, "steps": steps, "episodes": episodes, "rows": rows}

@@ -123,12 +123,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # mass ~ n_c ** alpha (1: events uniform, 0: clusters uniform; None: uniform, no index).
     config.data.balance_alpha = 0.5
     config.data.num_clusters = 16  # k-means clusters of the stored event index
-    # Dataset mixture: ((dataset dir, weight), ...); empty = data_dir alone. The first entry
-    # is the primary dataset, whose norm stats and tokenizer travel with checkpoints/exports.
+    # Dataset mixture: ((dataset dir, weight), ...); empty = data_dir alone. Datasets may be
+    # different robots (embodiment.json): model.state_dim / action_dim are the widest, each
+    # dataset is padded into them with masks and keeps its own statistics (docs/data.md).
     config.data.mixture = ()
-    # SentencePiece model for instructions and captions: "" = the (primary) dataset's own
-    # tokenizer.model; a pretrained backbone's tokenizer (Gemma's 256k tokenizer.model) so
-    # token ids mean what the imported embedding learnt. model.vocab_size must cover it.
+    # Pad one dataset narrower than the model with masks (a mixture always does): fine-tuning
+    # a mixture-pretrained model onto a new robot.
+    config.data.embodiment_masks = False
+    # SentencePiece model for instructions and captions: "" = the dataset's own
+    # tokenizer.model (a mixture: one built over all its datasets' texts, kept with the run);
+    # a pretrained backbone's tokenizer (Gemma's 256k tokenizer.model) so token ids mean what
+    # the imported embedding learnt. model.vocab_size must cover it.
     config.data.tokenizer = ""
     # Train-split image augmentation, seeded per sample (off for val/eval pipelines).
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,

@@ -83,7 +83,8 @@ def test_every_mixture_entry_is_checked(tiny_dataset, two_camera_dataset):
     config = tiny_config(tiny_dataset)
     config.data.mixture = ((two_camera_dataset, 1.0), (tiny_dataset, 1.0))
     config_check.validate(config)  # one camera: both fit
-    config.data.cameras = ("image", "image_wrist")
+    # A mixture may lack any camera but the first (a masked slot); the first must be in all.
+    config.data.cameras = ("image_wrist", "image")
     config.model.cameras = 2
     message = _refused(config)  # the first entry has both cameras; the second does not
     assert f"the dataset at data.mixture[1]='{tiny_dataset}' has no camera 'image_wrist'" \

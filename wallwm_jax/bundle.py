@@ -1,7 +1,9 @@
 """The files that travel with a model's weights, in one format for export bundles and checkpoint
-assets alike: `config.json`, `norm_stats.json`, `tokenizer.model` (+ `model.safetensors` in an
-export). One writer and one reader, so a checkpoint step's assets directory and an export
-directory are read the same way (docs/deploy.md, docs/checkpoints.md).
+assets alike: `config.json`, `norm_stats.json`, `tokenizer.model`, `embodiments.json` (every
+robot the model was trained on: its metadata and statistics; absent in bundles from before it)
+(+ `model.safetensors` in an export). One writer and one reader, so a checkpoint step's
+assets directory and an export directory are read the same way
+(docs/deploy.md, docs/checkpoints.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ import ml_collections
 import numpy as np
 
 from wallwm_jax.data import statistics
+from wallwm_jax.data.embodiment import (
+    EMBODIMENTS_FILE,
+    Embodiment,
+    embodiments_record,
+    read_embodiments,
+)
 from wallwm_jax.models import wallwm
 from wallwm_jax.tree_names import flat_names
 
@@ -34,18 +42,30 @@ class Assets:
     config: ml_collections.ConfigDict
     norm_stats: dict[str, dict[str, np.ndarray]]
     tokenizer_path: str
+    # {name: (embodiment, its norm stats)} in training order; {} for older bundles
+    embodiments: dict[str, tuple[Embodiment, dict[str, dict[str, np.ndarray]]]] = \
+        dataclasses.field(default_factory=dict)
+
+    def embodiment_list(self) -> list[tuple[Embodiment, dict[str, dict[str, np.ndarray]]]]:
+        return list(self.embodiments.values())
 
 
 def asset_files(config: ml_collections.ConfigDict, norm_stats: dict[str, Any],
-                tokenizer_path: str) -> dict[str, bytes]:
-    """{file name: contents} of the asset files, as `write_files` stores them."""
+                tokenizer_path: str,
+                embodiments: list[tuple[Embodiment, dict[str, Any]]] | None = None
+                ) -> dict[str, bytes]:
+    """{file name: contents} of the asset files, as `write_files` stores them; `embodiments`
+    [(embodiment, its norm stats)], the first the primary (`norm_stats`), adds
+    embodiments.json."""
     with open(tokenizer_path, "rb") as f:
         tokenizer = f.read()
     stats = {key: {name: np.asarray(v).tolist() for name, v in group.items()}
              for key, group in norm_stats.items()}
     return {CONFIG_FILE: config.to_json_best_effort(indent=2).encode(),
             statistics.NORM_STATS_FILE: json.dumps(stats, indent=1).encode(),
-            TOKENIZER_FILE: tokenizer}
+            TOKENIZER_FILE: tokenizer,
+            **({EMBODIMENTS_FILE: json.dumps(embodiments_record(embodiments), indent=1).encode()}
+               if embodiments else {})}
 
 
 def write_files(directory: str, files: dict[str, bytes]) -> None:
@@ -66,7 +86,8 @@ def read_assets(directory: str) -> Assets:
                                 f"an export or a checkpoint: {', '.join(ASSET_FILES)})")
     return Assets(config=read_config(directory),
                   norm_stats=statistics.load_norm_stats(directory),
-                  tokenizer_path=os.path.join(directory, TOKENIZER_FILE))
+                  tokenizer_path=os.path.join(directory, TOKENIZER_FILE),
+                  embodiments=read_embodiments(directory))
 
 
 def read_config(directory: str) -> ml_collections.ConfigDict:

@@ -175,9 +175,11 @@ def remove_unfinished_saves(directory: str) -> list[str]:
 
 
 def make_assets(config: ml_collections.ConfigDict, norm_stats: dict[str, Any],
-                tokenizer_path: str) -> dict[str, bytes]:
-    """What must travel with the weights, as the files the assets item stores."""
-    return bundle.asset_files(config, norm_stats, tokenizer_path)
+                tokenizer_path: str, embodiments: list[tuple[Any, dict]] | None = None
+                ) -> dict[str, bytes]:
+    """What must travel with the weights, as the files the assets item stores (every
+    embodiment's metadata and statistics included)."""
+    return bundle.asset_files(config, norm_stats, tokenizer_path, embodiments)
 
 
 def save(manager: ocp.CheckpointManager, step: int, params: Any, train_state: Any,

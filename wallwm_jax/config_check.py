@@ -69,7 +69,38 @@ def check_datasets(config: ml_collections.ConfigDict) -> None:
             check_dataset_fits(path, config, field)
         except ValueError as err:
             raise UserError(str(err)) from None
+    if len(set(dirs)) > 1:
+        check_mixture_embodiments(config, dirs)
     check_tokenizer(config, dirs[0])
+
+
+def check_mixture_embodiments(config: ml_collections.ConfigDict, dirs: list[str]) -> None:
+    """Raise `UserError` when two datasets of a mixture claim one embodiment name (an export
+    keeps one set of statistics per name), or `data.action_target_gain` is set and no
+    dataset's actions are hand displacements."""
+    from wallwm_jax.data.checks import dataset_embodiment
+
+    seen: dict[str, tuple[int, str]] = {}
+    targets = False
+    for j, path in enumerate(dirs):
+        try:
+            emb = dataset_embodiment(path)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        targets = targets or emb.position_targets
+        if emb.name in seen and seen[emb.name][1] != path:
+            k = seen[emb.name][0]
+            raise UserError(f"data.mixture[{j}]={path!r}: its embodiment.json names "
+                            f"{emb.name!r}, as data.mixture[{k}]={seen[emb.name][1]!r} does; "
+                            f"each robot's statistics travel under its name, so give one a "
+                            f"distinct 'name' (or build both into one dataset)")
+        seen.setdefault(emb.name, (j, path))
+    gain = config.data.get("action_target_gain") or 0.0
+    if gain and not targets:
+        raise UserError(f"config.data.action_target_gain={gain} but no dataset of "
+                        f"data.mixture declares a hand position (embodiment.json field "
+                        f"'hand_position', delta_ee actions only); set "
+                        f"--config.data.action_target_gain=0")
 
 
 def check_tokenizer(config: ml_collections.ConfigDict, dataset_dir: str) -> None:
@@ -78,6 +109,9 @@ def check_tokenizer(config: ml_collections.ConfigDict, dataset_dir: str) -> None
     from wallwm_jax.data.sampler import model_tokenizer_path
     from wallwm_jax.data.tokenizer import Tokenizer
 
+    mixture = {d for d, _ in (_get(config, "data.mixture") or ())}
+    if len(mixture) > 1 and not config.data.get("tokenizer"):
+        return  # the run builds one tokenizer over the mixture and checks it (train.py)
     path = model_tokenizer_path(config.data, dataset_dir)
     field = "config.data.tokenizer" if config.data.get("tokenizer") else "the dataset's tokenizer"
     try:
@@ -154,6 +188,9 @@ def _data(config: ml_collections.ConfigDict) -> None:
         _int(config, path, low=1)
     _int(config, "data.num_workers", low=0)
     _choice(config, "data.norm_mode", NORM_MODES)
+    masks = config.data.get("embodiment_masks", False)
+    if not isinstance(masks, bool):
+        raise _bad("data.embodiment_masks", masks, "True or False")
     if config.data.get("action_target_gain"):
         _number(config, "data.action_target_gain", low=0.0)
         for path in ("model.state_dim", "model.action_dim"):

@@ -5,8 +5,9 @@ Layout of an export directory:
     model.safetensors  the parameters, flat names "vit/embedding/kernel" (pytree path joined
                        with "/"), float32 or bfloat16; metadata {"format": "wallwm_jax"}
     config.json        the full training config (model, data fields the policy needs)
-    norm_stats.json    per-dimension action/state statistics
+    norm_stats.json    per-dimension action/state statistics (the first embodiment's)
     tokenizer.model    the SentencePiece model
+    embodiments.json   every robot trained on: {name: {embodiment, norm_stats}}
     README.md          model card: data, steps, modes, cameras, sizes, evaluation results
 """
 
@@ -54,11 +55,13 @@ def runnable_modes(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def export_bundle(export_dir: str, params: Any, config: ml_collections.ConfigDict,
                   norm_stats: dict[str, Any], tokenizer_path: str, *,
                   dtype: str = "float32", step: int | None = None,
-                  evaluations: list[dict[str, Any]] | None = None) -> str:
+                  evaluations: list[dict[str, Any]] | None = None,
+                  embodiments: list[tuple[Any, dict[str, Any]]] | None = None) -> str:
     """Write the bundle atomically (tmp dir + rename); returns the export directory.
 
     `dtype` (float32 | bfloat16) is the stored weight type; `step` and `evaluations`
-    (summaries of results.json files) go into the model card.
+    (summaries of results.json files) go into the model card; `embodiments` [(embodiment,
+    its norm stats)] (a run's `pipeline.embodiments`) into embodiments.json.
     """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype {dtype!r}: expected one of {sorted(DTYPES)}")
@@ -75,9 +78,11 @@ def export_bundle(export_dir: str, params: Any, config: ml_collections.ConfigDic
         tensors[name] = {"dtype": dtype, "shape": list(array.shape), "data": array.tobytes()}
     serialize_file(tensors, os.path.join(tmp, WEIGHTS_FILE),
                    metadata={"format": "wallwm_jax", "dtype": dtype})
-    bundle.write_files(tmp, bundle.asset_files(config, norm_stats, tokenizer_path))
+    bundle.write_files(tmp, bundle.asset_files(config, norm_stats, tokenizer_path,
+                                               embodiments))
     with open(os.path.join(tmp, "README.md"), "w") as f:
-        f.write(model_card(config, flat_names(params), dtype, step, evaluations or []))
+        f.write(model_card(config, flat_names(params), dtype, step, evaluations or [],
+                           [e for e, _ in embodiments or ()]))
     old = export_dir + ".old"
     shutil.rmtree(old, ignore_errors=True)
     if os.path.exists(export_dir):
@@ -88,7 +93,8 @@ def export_bundle(export_dir: str, params: Any, config: ml_collections.ConfigDic
 
 
 def model_card(config: ml_collections.ConfigDict, flat: dict[str, Any], dtype: str,
-               step: int | None, evaluations: list[dict[str, Any]]) -> str:
+               step: int | None, evaluations: list[dict[str, Any]],
+               embodiments: list[Any] = ()) -> str:
     """The export's README.md: what the weights were trained on and how to run them."""
     d, m = config.data, config.model
     data = [str(p) for p, _ in (d.get("mixture") or ())] or [str(d.get("data_dir", ""))]
@@ -109,6 +115,11 @@ def model_card(config: ml_collections.ConfigDict, flat: dict[str, Any], dtype: s
         "- State: " + ("privileged simulator state (hand xyz, gripper, object xyz, goal xyz: "
                        "positions only a simulator knows; `data.privileged_state`)"
                        if d.get("privileged_state", False) else "agent state") + ".", "",
+        *(["- Embodiments (embodiments.json; pick one with `embodiment=NAME` / "
+           "`--embodiment NAME`): " + "; ".join(
+               f"`{e.name}` ({e.state_dim}-D state, {e.action_dim}-D {e.action_space} actions, "
+               f"cameras {', '.join(e.cameras)})" for e in embodiments) + "."]
+          if embodiments else []),
         "Load: `wallwm_jax.policy.load_policy(DIR)`; serve: "
         "`python -m wallwm_jax.serve --policy DIR --port 8000`.", "",
         "## Evaluation", "",
@@ -157,8 +168,10 @@ def export_from_checkpoint(checkpoint_dir: str, export_dir: str, step: int | Non
     step = ckpt.resolve_step(checkpoint_dir, step)
     params, config, norm_stats, tokenizer_path = read_checkpoint(checkpoint_dir, step)
     workdir = os.path.dirname(os.path.abspath(checkpoint_dir).rstrip("/"))
+    embodiments = ckpt.read_assets(checkpoint_dir, step).embodiment_list()
     return export_bundle(export_dir, params, config, norm_stats, tokenizer_path,
-                         dtype=dtype, step=step, evaluations=find_evaluations(workdir))
+                         dtype=dtype, step=step, evaluations=find_evaluations(workdir),
+                         embodiments=embodiments)
 
 
 def main(argv: list[str]) -> None:

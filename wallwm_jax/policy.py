@@ -18,7 +18,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from wallwm_jax.data.batches import Observation
+from wallwm_jax.data.batches import Observation, uses_masks
+from wallwm_jax.data.embodiment import Embodiment, read_embodiments
 from wallwm_jax.data.tokenizer import Tokenizer
 from wallwm_jax.data.transforms import ModelIO
 from wallwm_jax.export import load_bundle, runnable_modes, trained_mode
@@ -38,12 +39,20 @@ class Policy:
 
     def __init__(self, params: Any, config: ml_collections.ConfigDict,
                  norm_stats: dict[str, Any], tokenizer_path: str, *, seed: int = 0,
-                 mode: str | None = None):
+                 mode: str | None = None, embodiment: Embodiment | None = None):
         # On the device once: a numpy tree here would be copied host->device on every act().
         self.params = jax.device_put(params)
         self.config = config
         self.tokenizer = Tokenizer(tokenizer_path)
-        self.io = ModelIO(config.data, norm_stats, self.tokenizer)
+        # A model trained on a mixture reads this robot's state and cameras padded and masked
+        # into its widths and returns actions in the robot's own width (`norm_stats` are the
+        # robot's: `load_policy(..., embodiment=NAME)`).
+        widths = ((int(config.model.state_dim), int(config.model.action_dim))
+                  if uses_masks(config.data) else None)
+        self.embodiment = embodiment
+        self.embodiments: dict[str, Embodiment] = {}  # every robot of the export (load_policy)
+        self.io = ModelIO(config.data, norm_stats, self.tokenizer, embodiment=embodiment,
+                          widths=widths)
         self.norm_stats = self.io.norm_stats
         self._rng = jax.random.PRNGKey(seed)
         self.modes = runnable_modes(config)
@@ -51,12 +60,13 @@ class Policy:
         if self.mode not in self.modes:
             raise ValueError(f"this policy was trained in {trained_mode(config)} mode and can "
                              f"run {', '.join(self.modes)}; {self.mode!r} is not one of them")
-        self.cameras = self.io.cameras
-        self.state_dim = int(config.model.state_dim)
+        self.cameras = tuple(c for c, here in zip(self.io.cameras, self.io.present, strict=True)
+                             if here)  # the ones this robot has
+        self.state_dim = self.io.state_dim
         # Reads privileged simulator state (object and goal positions after the agent state,
         # wallwm_jax.data.tasks.state_layout): the environment must be built to provide it.
         self.privileged_state = bool(config.data.get("privileged_state", False))
-        self.action_dim = int(config.model.action_dim)
+        self.action_dim = self.io.action_dim
         model_cfg = config.model
         self.num_slots = int(model_cfg.max_captions)
         self._sample = jax.jit(
@@ -88,8 +98,7 @@ class Policy:
             raise ValueError("event mode needs the next event's caption")
         texts = [caption] if mode == "event" else []
         x = self.io.inputs(self.frames(image), state, instruction, texts, self.num_slots)
-        return Observation(image=x["image"][None], state=x["state"][None],
-                           instruction=x["instruction"][None], caption=x["caption"][None])
+        return Observation(**{k: v[None] for k, v in x.items()})
 
     def _check_mode(self, mode: str | None) -> str:
         mode = mode or self.mode
@@ -147,10 +156,34 @@ class Policy:
         return self.io.env_action(action, state)
 
 
-def load_policy(export_dir: str, *, seed: int = 0, mode: str | None = None) -> Policy:
-    """Load an export bundle (see wallwm_jax.export) as a ready-to-act policy."""
+METAWORLD_EMBODIMENT = "metaworld_sawyer"  # what data_builders.metaworld_events writes
+
+
+def suite_embodiment(export_dir: str) -> str | None:
+    """The embodiment the MetaWorld evaluation suites run in an export: the MetaWorld
+    builder's, when the export knows it (else None: the first, as for older exports)."""
+    return METAWORLD_EMBODIMENT if METAWORLD_EMBODIMENT in read_embodiments(export_dir) \
+        else None
+
+
+def load_policy(export_dir: str, *, seed: int = 0, mode: str | None = None,
+                embodiment: str | None = None) -> Policy:
+    """Load an export bundle (see wallwm_jax.export) as a ready-to-act policy for one robot:
+    `embodiment` (a name in its embodiments.json; default the first it was trained on) picks
+    the statistics, state/action widths and cameras. ValueError lists the known names."""
     params, config, norm_stats, tokenizer_path = load_bundle(export_dir)
-    return Policy(params, config, norm_stats, tokenizer_path, seed=seed, mode=mode)
+    known = read_embodiments(export_dir)
+    if embodiment is not None and embodiment not in known:
+        raise ValueError(f"{export_dir} knows embodiment(s) {sorted(known)}, not "
+                         f"{embodiment!r}" + ("" if known else " (an export from before "
+                                              "embodiments.json: load it without one)"))
+    emb = None
+    if known:
+        emb, norm_stats = known[embodiment or next(iter(known))]
+    policy = Policy(params, config, norm_stats, tokenizer_path, seed=seed, mode=mode,
+                    embodiment=emb)
+    policy.embodiments = {name: e for name, (e, _) in known.items()}
+    return policy
 
 
 def main(argv: list[str]) -> None:

@@ -2,6 +2,7 @@
 `WebsocketClientPolicy(host, port).infer(obs)` drives an export (docs/deploy.md).
 
     python -m wallwm_jax.serve --policy EXPORT --port 8000 [--mode event|unified|chunk]
+        [--embodiment NAME]
 
 Protocol (openpi's): on connect the server sends its metadata; then each binary message is a
 msgpack-numpy observation and the reply a msgpack-numpy dict. Observation keys:
@@ -34,6 +35,7 @@ import numpy as np
 
 from wallwm_jax.bundle import REQUIRED, read_config
 from wallwm_jax.cli import UserError
+from wallwm_jax.data.embodiment import read_embodiments
 from wallwm_jax.data.transforms import camera_key, resize_frame
 from wallwm_jax.export import runnable_modes
 from wallwm_jax.policy import Policy, load_policy
@@ -61,7 +63,11 @@ def metadata(policy: Policy, mode: str) -> dict[str, Any]:
             "observation_keys": keys, "image_size": size, "action_dim": policy.action_dim,
             "max_actions": int(policy.config.data.max_event_len),
             "needs_caption": mode == "event", "action_space": policy.action_space,
-            "action_target_gain": policy.io.target_gain}
+            "action_target_gain": policy.io.target_gain,
+            "embodiment": None if policy.embodiment is None else policy.embodiment.name,
+            "embodiments": {name: {"action_dim": e.action_dim, "state_dim": e.state_dim,
+                                   "cameras": list(e.cameras)}
+                            for name, e in policy.embodiments.items()}}
 
 
 def prepare(policy: Policy, obs: Any, mode: str) -> tuple:
@@ -170,7 +176,7 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
 
 # -- command line -------------------------------------------------------------------------------
 def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: float,
-                request_timeout_s: float) -> None:
+                request_timeout_s: float, embodiment: str | None = None) -> None:
     """Refuse flags the server cannot run with (UserError naming the flag), before the model
     loads: a port outside 0-65535, non-positive limits, an export directory that is missing or
     incomplete, a --mode the export cannot run."""
@@ -194,6 +200,16 @@ def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: fl
                         f"({type(err).__name__}: {err})") from None
     if mode is not None and mode not in modes:
         raise UserError(f"--mode {mode}: this export can run {', '.join(modes)}")
+    if embodiment is not None:
+        try:
+            known = read_embodiments(policy_dir)
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"--policy {policy_dir}: embodiments.json is unreadable "
+                            f"({type(err).__name__}: {err})") from None
+        if embodiment not in known:
+            raise UserError(f"--embodiment {embodiment}: this export knows "
+                            + (", ".join(known) if known else "no embodiments (it predates "
+                               "embodiments.json; leave --embodiment out)"))
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -225,10 +241,11 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {argv[1:]}")
     fl = flags.FLAGS
-    check_flags(fl.policy, fl.port, fl.mode, fl.max_message_mb, fl.request_timeout_s)
+    check_flags(fl.policy, fl.port, fl.mode, fl.max_message_mb, fl.request_timeout_s,
+                fl.embodiment)
     sock = bind(fl.host, fl.port)
     try:
-        policy = load_policy(fl.policy, mode=fl.mode, seed=fl.seed)
+        policy = load_policy(fl.policy, mode=fl.mode, seed=fl.seed, embodiment=fl.embodiment)
         mode = policy.mode
         seconds = warm_up(policy, mode)
         asyncio.run(serve(
@@ -251,6 +268,8 @@ if __name__ == "__main__":
     flags.DEFINE_enum("mode", None, ["event", "unified", "chunk"],
                       "Inference mode (default: the mode the export was trained in).")
     flags.DEFINE_integer("seed", 0, "Sampling noise seed.")
+    flags.DEFINE_string("embodiment", None, "Robot to serve, a name in the export's "
+                        "embodiments.json (default: the first it was trained on).")
     flags.DEFINE_float("max_message_mb", DEFAULT_MAX_MESSAGE_MB,
                        "Largest request accepted, in MiB; a larger frame closes the "
                        "connection with code 1009.")

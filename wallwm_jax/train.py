@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from wallwm_jax import bundle, cli, config_check, sharding, throughput
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax.data.batches import abstract_batch
-from wallwm_jax.data.pipeline import make_pipeline
+from wallwm_jax.data.pipeline import make_pipeline, run_tokenizer
 from wallwm_jax.evaluation.evaluators import make_evaluators
 from wallwm_jax.models import pretrained, wallwm
 from wallwm_jax.models.pretrained import describe, load_pretrained
@@ -98,11 +98,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     mesh = sharding.make_mesh(config.mesh, devices)
 
     # ---------------------------------------------------------------- Input pipeline
-    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
+    # A mixture's one tokenizer is built over all its datasets' texts, once, into the workdir
+    # (a resumed run reads it back); it travels with every checkpoint's assets.
+    tokenizer_path = run_tokenizer(config.data, os.path.join(workdir, "tokenizer.model"))
+    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed,
+                             tokenizer_path=tokenizer_path,
+                             widths=(config.model.state_dim, config.model.action_dim))
     data_iter = pipeline.iterator  # drawn from only by the prefetch thread once training runs
     norm_stats = pipeline.norm_stats
-    assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path)
+    assets = ckpt.make_assets(config, norm_stats, pipeline.tokenizer_path, pipeline.embodiments)
     _check_and_report_data(pipeline, config, is_chief)
+    check_resume_tokenizer(os.path.join(workdir, "checkpoints"), pipeline.tokenizer_path)
+    if config.init_from:
+        check_init_from(config, pipeline)
 
     # ---------------------------------------------------------------- Model, optimizer,
     # sharding and update step: one builder, shared with aot.py and the benchmarks.
@@ -207,6 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return {"params": params, "first_step": first_step, "last_step": step, "losses": losses,
             "checkpoint_dir": str(manager.directory), "preempted": preemption.requested,
             "norm_stats": norm_stats, "assets": assets, "eval": eval_metrics,
+            "embodiments": pipeline.embodiments, "tokenizer_path": pipeline.tokenizer_path,
             "flops_per_step": flops_per_step}
 
 
@@ -221,6 +230,57 @@ def _check_and_report_data(pipeline: Any, config: ml_collections.ConfigDict,
         print(f"balanced sampling (alpha={config.data.balance_alpha}): {len(report['sizes'])} "
               f"clusters of sizes {report['sizes']}, effective clusters exp(H) "
               f"{report['effective_clusters']:.2f} (data: {report['effective_clusters_data']:.2f})")
+
+
+def _same_file(a: str, b: str) -> bool:
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        return fa.read() == fb.read()
+
+
+def check_resume_tokenizer(checkpoint_dir: str, tokenizer_path: str) -> None:
+    """Refuse (UserError) to resume a run whose checkpoints learnt another tokenizer's ids
+    than the one this run reads with (a changed `data.tokenizer`, or a mixture's
+    `<workdir>/tokenizer.model` replaced)."""
+    steps = ckpt.finished_steps(checkpoint_dir) if os.path.isdir(checkpoint_dir) else []
+    if not steps:
+        return
+    try:
+        saved = ckpt.read_assets(checkpoint_dir, steps[-1]).tokenizer_path
+    except (OSError, ValueError):
+        return  # a damaged step: restore_or_init names it
+    if not _same_file(saved, tokenizer_path):
+        raise cli.UserError(
+            f"{checkpoint_dir} step {steps[-1]} was trained with the tokenizer in its assets "
+            f"({saved}), not {tokenizer_path}; resume with --config.data.tokenizer={saved}")
+
+
+def check_init_from(config: ml_collections.ConfigDict, pipeline: Any) -> None:
+    """Refuse (UserError, one line) to start from `config.init_from` with another tokenizer
+    than the one its weights learnt, or with other statistics for a robot it knows: the token
+    ids and action scales would silently mean something else."""
+    try:
+        assets = (bundle.read_assets(config.init_from) if bundle.is_export_bundle(
+            config.init_from) else ckpt.read_assets(config.init_from))
+    except (OSError, ValueError) as err:
+        raise cli.UserError(f"config.init_from={config.init_from!r}: cannot read its assets "
+                            f"({err})") from None
+    if not _same_file(assets.tokenizer_path, pipeline.tokenizer_path):
+        raise cli.UserError(
+            f"config.init_from={config.init_from!r} learnt the token ids of its own "
+            f"tokenizer.model, but this run reads {pipeline.tokenizer_path}; set "
+            f"--config.data.tokenizer={assets.tokenizer_path} (experiments/finetune.py does)")
+    known = assets.embodiments
+    for emb, stats in pipeline.embodiments:
+        if emb.name not in known:
+            continue  # a new robot: its own statistics
+        want = known[emb.name][1]
+        if any(not np.array_equal(np.asarray(stats[k][n], np.float32), want[k][n])
+               for k in want for n in want[k]):
+            raise cli.UserError(
+                f"config.init_from={config.init_from!r} knows embodiment {emb.name!r} with "
+                f"other statistics than this run's; set --config.data.norm_stats="
+                f"{os.path.join(config.init_from, 'embodiments.json')} "
+                f"(experiments/finetune.py does)")
 
 
 def restore_or_init(config: ml_collections.ConfigDict, manager: Any, step_fns: Any,

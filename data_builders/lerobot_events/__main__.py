@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from data_builders.common import quiet_tfds
+from data_builders.common import EmbodimentFlags, quiet_tfds
 from data_builders.rlds_events import KeyMapping
 from wallwm_jax import cli
 
@@ -28,6 +28,13 @@ flags.DEFINE_integer("image_size", None, "Square resize (default: keep the sourc
 flags.DEFINE_float("val_fraction", 0.1, "Episodes carved out as the val split.")
 flags.DEFINE_integer("seed", 0, "Seed of the val split.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode instead of excluding it.")
+flags.DEFINE_string("embodiment", None, "Robot name in embodiment.json (default: info.json's "
+                    "robot_type).")
+flags.DEFINE_enum("action_space", "delta_ee", ["delta_ee", "absolute_ee", "joint_position",
+                                               "joint_velocity"], "What the actions are.")
+flags.DEFINE_float("control_hz", None, "Control rate (default: info.json's fps).")
+flags.DEFINE_bool("position_targets", False, "Actions 0-2 move the hand at --position_slice "
+                  "(delta_ee only): data.action_target_gain may train position targets.")
 
 
 def main(argv: list[str]) -> None:
@@ -46,8 +53,13 @@ def main(argv: list[str]) -> None:
                          position_slice=(int(start), int(stop)),
                          instruction_key=fl.instruction_key, image_size=fl.image_size,
                          gripper_open_high=fl.gripper_open_high)
-    print(build(fl.source, fl.data_dir, mapping, name=fl.name, val_fraction=fl.val_fraction,
-                seed=fl.seed, strict=fl.strict))
+    embodiment = EmbodimentFlags(name=fl.embodiment or "", action_space=fl.action_space,
+                                 control_hz=fl.control_hz, position_targets=fl.position_targets)
+    try:
+        print(build(fl.source, fl.data_dir, mapping, name=fl.name, val_fraction=fl.val_fraction,
+                    seed=fl.seed, strict=fl.strict, embodiment=embodiment))
+    except ValueError as err:
+        cli.fail(str(err))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,15 @@ import os
 
 import tensorflow_datasets as tfds
 
-from data_builders.common import ConvertedEvents, convert, converter_config, note_excluded
+from data_builders.common import (
+    DEFAULT_EMBODIMENT,
+    ConvertedEvents,
+    EmbodimentFlags,
+    convert,
+    converter_config,
+    converter_embodiment,
+    note_excluded,
+)
 from data_builders.lerobot_events.source import LeRobotSource, read_info, resolve
 from data_builders.rlds_events import KeyMapping, convert_episode
 
@@ -69,13 +77,36 @@ class LerobotEvents(ConvertedEvents):
             yield key, example
 
 
+def feature_names(info: dict, key: str) -> tuple[str, ...]:
+    """The per-dimension names info.json gives a vector feature (a list, or a dict holding
+    one list, as some LeRobot datasets write {"motors": [...]}), or () when it gives none."""
+    names = info["features"].get(key, {}).get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    return tuple(str(n) for n in names) if isinstance(names, list | tuple) else ()
+
+
 def build(source_dir: str, data_dir: str, mapping: KeyMapping = DEFAULT_MAPPING, *,
           name: str | None = None, val_fraction: float = 0.1, seed: int = 0,
-          strict: bool = False) -> str:
+          strict: bool = False, embodiment: EmbodimentFlags = DEFAULT_EMBODIMENT) -> str:
     """Convert (or reuse) `source_dir` into `<data_dir>/lerobot_events/<config>/1.0.0`, with
-    norm stats, tokenizer, event index and build report; return that dir."""
+    norm stats, tokenizer, event index, build report and embodiment.json (names and control
+    rate from info.json, the rest from `embodiment`); return that dir."""
     cfg = make_config(source_dir, mapping, name=name, val_fraction=val_fraction, seed=seed)
     excluded_dir = os.path.join(data_dir, "lerobot_events", ".excluded", cfg.name)
     builder = LerobotEvents(data_dir=data_dir, config=cfg, strict=strict,
                             excluded_dir=excluded_dir)
-    return convert(builder)
+    info = read_info(cfg.source_dir)
+    spec = builder.spec
+    state_names = feature_names(info, mapping.state_key)
+    action_names = feature_names(info, mapping.action_key)
+    flags = dataclasses.replace(
+        embodiment,
+        state_names=embodiment.state_names or (
+            state_names if len(state_names) == spec.state_dim else ()),
+        action_names=embodiment.action_names or (
+            action_names if len(action_names) == spec.action_dim else ()))
+    emb = converter_embodiment(flags, spec, mapping,
+                               default_name=info.get("robot_type") or cfg.name,
+                               default_hz=info.get("fps"))
+    return convert(builder, embodiment=emb)

@@ -34,8 +34,9 @@ from data_builders.metaworld_events.rollouts import (
     rollout_job,
 )
 from wallwm_jax.data import captions
+from wallwm_jax.data.embodiment import Embodiment, embodiment_path, write_embodiment
 from wallwm_jax.data.episodes import event_features
-from wallwm_jax.data.tasks import STATE_LAYOUT_FILE, state_dim, state_record
+from wallwm_jax.data.tasks import STATE_LAYOUT_FILE, state_dim, state_names, state_record
 from wallwm_jax.envs.metaworld import DEMO_TASKS, EXTRA_CAMERAS, MT10_TASKS, MT50_TASKS
 
 VAL_FRACTION = 0.15
@@ -258,6 +259,8 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     layout_path = os.path.join(version_dir, STATE_LAYOUT_FILE)
     if not os.path.exists(layout_path):
         write_json(layout_path, state_record(cfg.privileged_state))
+    if not os.path.exists(embodiment_path(version_dir)):
+        write_embodiment(version_dir, metaworld_embodiment(cfg))
     paraphrase_path = os.path.join(version_dir, PARAPHRASES_FILE)
     if not os.path.exists(paraphrase_path):
         write_json(paraphrase_path, paraphrase_record(cfg.tasks))
@@ -267,6 +270,24 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     arrays = builder.norm_arrays if builder.norm_arrays["state"] else None
     return finish_dataset(version_dir, train_arrays=arrays,
                           tokenizer_texts=captions.train_texts(cfg.tasks))
+
+
+# MetaWorld's Sawyer: mocap xyz deltas and a gripper command (+1 closes), one action per
+# 5 simulator steps of 2.5 ms.
+METAWORLD_CONTROL_HZ = 80.0
+METAWORLD_ACTIONS = ("hand_dx", "hand_dy", "hand_dz", "gripper")
+
+
+def metaworld_embodiment(cfg: MetaworldEventsConfig) -> Embodiment:
+    """The embodiment.json of a MetaWorld build: the Sawyer's delta end-effector actions, the
+    hand at state dims 0-2 (position targets apply), its cameras at the build's size."""
+    size = (cfg.image_size, cfg.image_size)
+    return Embodiment(
+        name="metaworld_sawyer", state_names=tuple(state_names(cfg.privileged_state)),
+        action_names=METAWORLD_ACTIONS, action_space="delta_ee",
+        control_hz=METAWORLD_CONTROL_HZ,
+        cameras={"image": size, **{f"image_{c}": size for c in cfg.cameras}},
+        gripper_index=3, gripper_convention="close_high", hand_position=(0, 3))
 
 
 def paraphrase_record(tasks: tuple[str, ...]) -> dict:

@@ -21,7 +21,15 @@ import tensorflow_datasets as tfds
 from etils import epath
 from google.protobuf import json_format
 
-from data_builders.common import ConvertedEvents, convert, converter_config, note_excluded
+from data_builders.common import (
+    DEFAULT_EMBODIMENT,
+    ConvertedEvents,
+    EmbodimentFlags,
+    convert,
+    converter_config,
+    converter_embodiment,
+    note_excluded,
+)
 from data_builders.rlds_events.mapping import KeyMapping, SourceSpec, convert_episode
 from data_builders.rlds_events.mapping import resolve_mapping as _resolve
 from wallwm_jax import cli
@@ -192,7 +200,8 @@ def beam_download_config(workers: int = 2, runner: str = "DirectRunner",
 def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | None = None,
           val_fraction: float = 0.1, seed: int = 0, strict: bool = False,
           beam: bool = False, workers: int = 2,
-          download_config: tfds.download.DownloadConfig | None = None) -> str:
+          download_config: tfds.download.DownloadConfig | None = None,
+          embodiment: EmbodimentFlags = DEFAULT_EMBODIMENT) -> str:
     """Convert (or reuse) `source_dir` (a TFDS version dir) into `<data_dir>/rlds_events/
     <config>/1.0.0`; write norm stats and tokenizer (train split) and the build report there;
     return that dir.
@@ -200,14 +209,19 @@ def build(source_dir: str, data_dir: str, mapping: KeyMapping, *, name: str | No
     Bad source episodes (empty, NaN/Inf, wrong shapes, undecodable) are excluded and counted in
     build_report.json; `strict=True` raises naming the episode and key. `beam=True` converts
     in an Apache Beam pipeline (`download_config`, default: DirectRunner with `workers`).
+    embodiment.json comes from `embodiment`: RLDS sources do not say what their numbers mean
+    (without `control_hz` the rate is recorded as 1 Hz).
     """
     cfg = make_config(source_dir, mapping, name=name, val_fraction=val_fraction, seed=seed)
     excluded_dir = os.path.join(data_dir, "rlds_events", ".excluded", cfg.name)
     builder = RldsEvents(data_dir=data_dir, config=cfg, strict=strict, beam=beam,
                          excluded_dir=excluded_dir)
+    emb = converter_embodiment(embodiment, builder.spec, mapping, default_name=cfg.name,
+                               default_hz=None if embodiment.control_hz else 1.0)
     if download_config is None and beam and not builder.is_prepared():
         download_config = beam_download_config(workers)
-    return convert(builder, download_config, preparing=_own_temp_root() if beam else None)
+    return convert(builder, download_config, preparing=_own_temp_root() if beam else None,
+                   embodiment=emb)
 
 
 @contextlib.contextmanager

@@ -21,6 +21,12 @@ class Observation:
     # absent). K = config.model.max_captions: 1 in event mode, >= 2 in unified mode (the
     # current event's caption, then the next ones), 0 for the chunk baseline.
     caption: np.ndarray
+    # Only for a model trained on a mixture of embodiments (`uses_masks`), else None: which
+    # dims of the padded state / actions are the robot's own, and which cameras it has (a
+    # masked camera's image tokens are not attended).
+    state_mask: np.ndarray | None = None  # bool [B, S]
+    action_dim_mask: np.ndarray | None = None  # bool [B, A]
+    camera_mask: np.ndarray | None = None  # bool [B, C]
 
 
 @flax.struct.dataclass
@@ -42,6 +48,12 @@ class EventBatch:
     end_image: np.ndarray  # uint8 [B, h, w, 3] low-resolution frame at the event's end
 
 
+def uses_masks(data_cfg) -> bool:
+    """Whether batches carry embodiment masks: a mixture of several datasets, or
+    `data.embodiment_masks` (fine-tuning a padded model on one robot)."""
+    return len(data_cfg.get("mixture") or ()) > 1 or bool(data_cfg.get("embodiment_masks"))
+
+
 def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
     """Shapes and dtypes of a global training batch for `config`, as `jax.ShapeDtypeStruct`s.
 
@@ -57,10 +69,15 @@ def abstract_batch(config, batch_size: int | None = None) -> EventBatch:
         return jax.ShapeDtypeStruct(tuple(int(s) for s in shape), np.dtype(dtype))
 
     cameras = (len(d.cameras),) if len(d.cameras) > 1 else ()
+    masks = {}
+    if uses_masks(d):
+        masks = {"state_mask": spec((b, m.state_dim), bool),
+                 "action_dim_mask": spec((b, m.action_dim), bool),
+                 "camera_mask": spec((b, len(d.cameras)), bool)}
     obs = Observation(image=spec((b, *cameras, d.image_size, d.image_size, 3), np.uint8),
                       state=spec((b, m.state_dim), np.float32),
                       instruction=spec((b, d.instruction_len), np.int32),
-                      caption=spec((b, m.max_captions, d.caption_len), np.int32))
+                      caption=spec((b, m.max_captions, d.caption_len), np.int32), **masks)
     return EventBatch(obs=obs, actions=spec((b, d.max_event_len, m.action_dim), np.float32),
                       action_mask=spec((b, d.max_event_len), bool),
                       action_events=spec((b, d.max_event_len), np.int32),

@@ -11,6 +11,7 @@ import numpy as np
 from etils import epath
 
 from wallwm_jax.data.augment import check_augment
+from wallwm_jax.data.embodiment import Embodiment, legacy_embodiment, read_embodiment
 from wallwm_jax.data.tasks import STATE_LAYOUT_FILE
 
 
@@ -117,22 +118,38 @@ def dataset_spec(dataset_dir: str) -> DatasetSpec:
                        bool(record.get("privileged_state")))
 
 
+def dataset_embodiment(dataset_dir: str) -> Embodiment:
+    """The dataset's embodiment.json, or what a dataset built before it was read as
+    (`embodiment.legacy_embodiment`)."""
+    emb = read_embodiment(dataset_dir)
+    if emb is not None:
+        return emb
+    spec = dataset_spec(dataset_dir)
+    return legacy_embodiment(dataset_dir, spec.state_dim, spec.action_dim, spec.cameras)
+
+
 def check_dataset_fits(dataset_dir: str, config: ml_collections.ConfigDict,
                        field: str = "data.data_dir") -> None:
     """Raise ValueError (one line naming the config field and value, and the dataset, given as
     `field`, and what it stores) when the model and data settings of `config` cannot read
     `dataset_dir`: cameras, image size, privileged state, state and action widths."""
+    from wallwm_jax.data.batches import uses_masks
+
     spec = dataset_spec(dataset_dir)
     data, model = config.data, config.model
     where = f"the dataset at {field}={dataset_dir!r}"
+    masked = uses_masks(data)
+    check_embodiment(dataset_dir, spec, config, field)
     cameras = tuple(data.cameras)
-    for name in cameras:
+    for j, name in enumerate(cameras):
+        if masked and j > 0 and name not in spec.cameras:
+            continue  # a masked slot for this robot (the first camera is the world target)
         if name not in spec.cameras:
             raise ValueError(f"config.data.cameras={cameras} but {where} has no camera {name!r} "
                              f"(its cameras: {tuple(spec.cameras)}); set --config.data.cameras "
                              f"(and --config.model.cameras) to cameras it has")
     size = int(data.image_size)
-    for name in cameras:
+    for name in (c for c in cameras if c in spec.cameras):
         shape = spec.cameras[name]
         if shape != (size, size, 3):
             fix = (f"set --config.data.image_size={shape[0]} (model.image_size follows it)"
@@ -146,6 +163,38 @@ def check_dataset_fits(dataset_dir: str, config: ml_collections.ConfigDict,
     for key, stored, what in (("state_dim", spec.state_dim, "states (steps/observation/state)"),
                               ("action_dim", spec.action_dim, "actions (steps/action)")):
         value = model.get(key)
+        if masked and value is not None and stored <= value:
+            continue  # padded into the model's width, with a mask
         if value != stored:
+            fix = (f"set --config.model.{key}={stored} (the widest dataset's)" if masked else
+                   f"set --config.model.{key}={stored}")
             raise ValueError(f"config.model.{key}={value} but {where} stores {stored}-D "
-                             f"{what}; set --config.model.{key}={stored}")
+                             f"{what}; {fix}")
+
+
+def check_embodiment(dataset_dir: str, spec: DatasetSpec, config: ml_collections.ConfigDict,
+                     field: str = "data.data_dir") -> None:
+    """Raise ValueError (one line naming the field) when the dataset's embodiment.json
+    disagrees with what it stores, or with `data.action_target_gain` for a single dataset
+    whose actions are not hand displacements."""
+    emb = read_embodiment(dataset_dir)
+    where = f"the dataset at {field}={dataset_dir!r}"
+    if emb is not None:
+        path = f"{dataset_dir}/embodiment.json"
+        for key, named, stored in (("state_names", emb.state_dim, spec.state_dim),
+                                   ("action_names", emb.action_dim, spec.action_dim)):
+            if named != stored:
+                raise ValueError(f"{path}: field '{key}' names {named} dims but the dataset "
+                                 f"stores {stored}; rebuild the dataset")
+        for name in emb.cameras:
+            if name not in spec.cameras:
+                raise ValueError(f"{path}: field 'cameras' names {name!r} but the dataset "
+                                 f"has only {tuple(spec.cameras)}; rebuild the dataset")
+    gain = config.data.get("action_target_gain") or 0.0
+    single = len(config.data.get("mixture") or ()) <= 1
+    if gain and single and emb is not None and not emb.position_targets \
+            and not config.data.get("norm_stats"):
+        raise ValueError(f"config.data.action_target_gain={gain} but {where} declares "
+                         f"action_space {emb.action_space!r} without a hand position "
+                         f"(embodiment.json field 'hand_position'): position targets mean "
+                         f"nothing for its actions; set --config.data.action_target_gain=0")

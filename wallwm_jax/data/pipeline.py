@@ -9,6 +9,8 @@ so the hosts' shares are disjoint, cover the batch, and assemble in global order
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 import threading
 from typing import Any
 
@@ -19,10 +21,20 @@ import numpy as np
 from absl import flags
 
 from wallwm_jax.data import balance
-from wallwm_jax.data.batches import EventBatch, Observation
-from wallwm_jax.data.checks import check_data_config, check_state_layout, mixture_entries
-from wallwm_jax.data.event_index import scan_events  # noqa: F401  (re-exported)
-from wallwm_jax.data.sampler import EventSampler, make_sampler
+from wallwm_jax.data.batches import EventBatch, Observation, uses_masks
+from wallwm_jax.data.checks import (
+    check_data_config,
+    check_state_layout,
+    dataset_spec,
+    mixture_entries,
+)
+from wallwm_jax.data.embodiment import Embodiment
+from wallwm_jax.data.event_index import (  # noqa: F401  (scan_events re-exported)
+    read_episodes_without_images,
+    scan_events,
+)
+from wallwm_jax.data.sampler import EventSampler, make_sampler, model_tokenizer_path
+from wallwm_jax.data.tokenizer import train_tokenizer
 from wallwm_jax.data.transforms import bin_to_steps, duration_bin  # noqa: F401  (re-exported)
 
 __all__ = ["EventSampler", "InputPipeline", "make_pipeline", "to_event_batch", "duration_bin",
@@ -36,8 +48,9 @@ def to_event_batch(batch: dict[str, np.ndarray] | EventBatch) -> EventBatch:
     `EventBatch` is returned as it is)."""
     if isinstance(batch, EventBatch):
         return batch
+    masks = {k: batch[k] for k in ("state_mask", "action_dim_mask", "camera_mask") if k in batch}
     obs = Observation(image=batch["image"], state=batch["state"],
-                      instruction=batch["instruction"], caption=batch["caption"])
+                      instruction=batch["instruction"], caption=batch["caption"], **masks)
     return EventBatch(obs=obs, actions=batch["actions"], action_mask=batch["action_mask"],
                       action_events=batch["action_events"], duration_bin=batch["duration_bin"],
                       end_image=batch["end_image"])
@@ -62,6 +75,12 @@ class InputPipeline:
     def norm_stats(self) -> dict[str, dict[str, np.ndarray]]:
         """The statistics the model normalises with (they travel with checkpoints)."""
         return self.sampler.norm_stats
+
+    @property
+    def embodiments(self) -> list[tuple[Embodiment, dict[str, dict[str, np.ndarray]]]]:
+        """(embodiment, the statistics it is normalised with) of every dataset, in mixture
+        order (they travel with checkpoints and exports: `bundle.asset_files`)."""
+        return [(s.embodiment, s.norm_stats) for s in self.samplers or [self.sampler]]
 
     @property
     def tokenizer_path(self) -> str:
@@ -152,9 +171,44 @@ class HostRows:
         return step * self.global_batch + self.process_index * self.per_host + j
 
 
+def mixture_texts(dataset_dirs: list[str]) -> list[str]:
+    """The instructions and captions of every dataset's train split, in mixture order (what a
+    mixture's one tokenizer is trained on); frames are never decoded."""
+    texts: list[str] = []
+    for directory in dict.fromkeys(dataset_dirs):
+        for ep in read_episodes_without_images(directory, "train"):
+            texts += [ep["episode_metadata/instruction"], *ep["events/caption"]]
+    return texts
+
+
+def run_tokenizer(data_cfg: ml_collections.ConfigDict, path: str) -> str:
+    """The tokenizer a run reads every dataset with: `data.tokenizer`, the dataset's own for
+    one dataset, or, for a mixture of several, one trained over all their instructions and
+    captions and written to `path` (once: a resumed run finds it there)."""
+    dirs = list(dict.fromkeys(d for d, _ in mixture_entries(data_cfg)))
+    if data_cfg.get("tokenizer") or len(dirs) == 1:
+        return model_tokenizer_path(data_cfg, dirs[0])
+    if not os.path.exists(path):
+        train_tokenizer(mixture_texts(dirs), path)
+    return path
+
+
+def model_widths(data_cfg: ml_collections.ConfigDict, dirs: list[str]) -> tuple[int, int]:
+    """The widest state and action of `dirs` (a mixture's padded widths when the caller does
+    not give the model's)."""
+    specs = [dataset_spec(d) for d in dict.fromkeys(dirs)]
+    return max(s.state_dim for s in specs), max(s.action_dim for s in specs)
+
+
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int,
-                  split: str = "train", dataset_dir: str | None = None) -> InputPipeline:
-    """Build the per-host Grain iterator of event batches for this JAX process."""
+                  split: str = "train", dataset_dir: str | None = None,
+                  tokenizer_path: str | None = None,
+                  widths: tuple[int, int] | None = None) -> InputPipeline:
+    """Build the per-host Grain iterator of event batches for this JAX process.
+
+    A mixture of several datasets (`batches.uses_masks`) is padded into `widths` (the model's
+    state_dim, action_dim; default the widest dataset's) with masks, and read with one
+    tokenizer, `tokenizer_path` (`run_tokenizer`; default a temporary one built here)."""
     process_count, process_index = jax.process_count(), jax.process_index()
     if global_batch % process_count:
         raise ValueError(f"batch_size={global_batch} is not divisible by the number of "
@@ -164,12 +218,18 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     entries = [(dataset_dir, 1.0)] if dataset_dir else mixture_entries(data_cfg)
     augment = split == "train" and data_cfg.augment.enabled
     balanced = split == "train" and data_cfg.get("balance_alpha") is not None
+    dirs = [d for d, _ in entries]
+    widths = (widths or model_widths(data_cfg, dirs)) if uses_masks(data_cfg) else None
+    if tokenizer_path is None and len(set(dirs)) > 1 and not data_cfg.get("tokenizer"):
+        tokenizer_path = run_tokenizer(data_cfg, os.path.join(
+            tempfile.mkdtemp(prefix="wallwm_tokenizer_"), "tokenizer.model"))
     samplers = []
     for j, (directory, _) in enumerate(entries):
         check_state_layout(directory, data_cfg, "data.data_dir" if len(entries) == 1 and not
                            data_cfg.get("mixture") else f"data.mixture[{j}]")
         samplers.append(make_sampler(data_cfg, directory, split, seed=seed, augment=augment,
-                                     balanced=balanced))
+                                     balanced=balanced, tokenizer_path=tokenizer_path,
+                                     widths=widths))
     sampler = samplers[0]
     fn = sampler if len(samplers) == 1 else MixtureSampler(
         samplers, np.asarray([w for _, w in entries]), seed=seed)

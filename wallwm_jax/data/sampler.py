@@ -13,6 +13,8 @@ from PIL import Image
 
 from wallwm_jax.data import statistics
 from wallwm_jax.data.augment import augment_frame
+from wallwm_jax.data.checks import dataset_embodiment
+from wallwm_jax.data.embodiment import EMBODIMENTS_FILE, Embodiment, read_embodiments
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
 from wallwm_jax.data.tokenizer import Tokenizer
@@ -31,7 +33,9 @@ class EventSampler:
                  norm_stats: dict[str, dict[str, np.ndarray]],
                  data_cfg: ml_collections.ConfigDict, *, seed: int,
                  event_probs: np.ndarray | None = None, cache_size: int = 64,
-                 augment: bool = False, cluster: np.ndarray | None = None):
+                 augment: bool = False, cluster: np.ndarray | None = None,
+                 embodiment: Embodiment | None = None,
+                 widths: tuple[int, int] | None = None):
         self.source = source
         self.index = index
         self.tokenizer_path = tokenizer_path
@@ -43,6 +47,8 @@ class EventSampler:
         self.cluster = np.full(len(index), -1, np.int32) if cluster is None else cluster
         self.cache_size = cache_size
         self.augment = augment
+        self.embodiment = embodiment  # what the dataset's numbers mean (embodiment.json)
+        self.widths = widths  # the model's (state_dim, action_dim) in masked mode, else None
         self._tokenizer: Tokenizer | None = None
         self._io: ModelIO | None = None
         self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
@@ -64,7 +70,8 @@ class EventSampler:
     def io(self) -> ModelIO:
         """The preprocessing shared with the policy (wallwm_jax.data.transforms)."""
         if self._io is None:
-            self._io = ModelIO(self.cfg, self.norm_stats, self.tokenizer)
+            self._io = ModelIO(self.cfg, self.norm_stats, self.tokenizer,
+                               embodiment=self.embodiment, widths=self.widths)
         return self._io
 
     def _episode(self, e: int) -> dict[str, Any]:
@@ -111,7 +118,9 @@ class EventSampler:
         """
         cfg = self.cfg
         tmax, layout, num_slots = cfg.max_event_len, cfg.layout, cfg.max_captions
-        cameras = [self._camera(ep, name) for name in cfg.cameras]
+        io = self.io
+        cameras = [self._camera(ep, name) if here else None
+                   for name, here in zip(cfg.cameras, io.present, strict=True)]
         images = cameras[0]  # the world target is the first camera's frame
         starts, ends = np.asarray(ep["events/start"]), np.asarray(ep["events/end"])
         episode_len = len(ep["steps/action"])
@@ -120,8 +129,8 @@ class EventSampler:
         n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
         rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
 
-        io = self.io
-        chunk = np.zeros((tmax, ep["steps/action"].shape[-1]), np.float32)
+        width = io.widths[1] if io.masked else ep["steps/action"].shape[-1]
+        chunk = np.zeros((tmax, width), np.float32)
         chunk[:n] = io.normalize_actions(io.model_actions(
             ep["steps/action"][t:t + n], ep["steps/observation/state"][t:t + n]))
         mask = np.arange(tmax) < n
@@ -137,7 +146,8 @@ class EventSampler:
         end_frame = Image.fromarray(images[int(ends[k]) - 1]).resize(
             (cfg.world_size, cfg.world_size), Image.BILINEAR)
         inputs = io.inputs({name: frames[t] for name, frames in zip(cfg.cameras, cameras,
-                                                                     strict=True)},
+                                                                     strict=True)
+                            if frames is not None},
                            ep["steps/observation/state"][t],
                            ep["episode_metadata/instruction"], texts, num_slots)
         return {
@@ -165,8 +175,8 @@ class EventSampler:
         return frames
 
 
-def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000
-                        ) -> dict[str, np.ndarray]:
+def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000,
+                        hand: tuple[int, int] = (0, 3)) -> dict[str, np.ndarray]:
     """Normalisation statistics of the position targets (`transforms.position_targets`) of
     the train split's steps, from up to `max_episodes` episodes spread over it: what
     `data.action_target_gain` trains on, so train, val and exports share them."""
@@ -174,21 +184,32 @@ def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000
     picks = np.unique(np.linspace(0, len(source) - 1, min(len(source), max_episodes)
                                   ).astype(int))
     targets = [position_targets(np.asarray(ep["steps/action"], np.float32),
-                                np.asarray(ep["steps/observation/state"], np.float32), gain)
+                                np.asarray(ep["steps/observation/state"], np.float32), gain,
+                                hand)
                for ep in (source[int(i)] for i in picks)]
     stats = statistics.compute_norm_stats({"action": np.concatenate(targets)})["action"]
     return {name: np.asarray(v, np.float32) for name, v in stats.items()}
 
 
-def model_norm_stats(data_cfg: ml_collections.ConfigDict,
-                     dataset_dir: str) -> dict[str, dict[str, np.ndarray]]:
+def model_norm_stats(data_cfg: ml_collections.ConfigDict, dataset_dir: str,
+                     embodiment: Embodiment | None = None) -> dict[str, dict[str, np.ndarray]]:
     """The statistics the model normalises `dataset_dir` with: `data.norm_stats` when set
-    (fine-tuning reads new data with an export's), else the dataset's own, with the action
-    statistics of the position targets when `data.action_target_gain` > 0."""
-    stats = statistics.load_norm_stats(data_cfg.get("norm_stats") or dataset_dir)
-    if data_cfg.get("action_target_gain") and not data_cfg.get("norm_stats"):
+    (fine-tuning reads new data with an export's: a norm_stats.json, or an export's
+    embodiments.json, whose entry for this dataset's embodiment is used, and the dataset's own
+    for a robot the export does not know), else the dataset's own, with the action statistics
+    of the position targets when `data.action_target_gain` > 0 and the embodiment has them."""
+    given = data_cfg.get("norm_stats") or ""
+    if given.endswith(EMBODIMENTS_FILE):
+        known = read_embodiments(given)
+        name = embodiment.name if embodiment is not None else ""
+        if name in known:
+            return known[name][1]
+        given = ""  # a new robot: its own statistics
+    stats = statistics.load_norm_stats(given or dataset_dir)
+    hand = (0, 3) if embodiment is None else embodiment.hand_position
+    if data_cfg.get("action_target_gain") and not given and hand is not None:
         stats = {**stats, "action": target_action_stats(
-            dataset_dir, float(data_cfg.action_target_gain))}
+            dataset_dir, float(data_cfg.action_target_gain), hand=tuple(hand))}
     return stats
 
 
@@ -200,24 +221,31 @@ def model_tokenizer_path(data_cfg: ml_collections.ConfigDict, dataset_dir: str) 
 def make_sampler(data_cfg: ml_collections.ConfigDict, dataset_dir: str, split: str, *,
                  seed: int, index: EventIndex | None = None, augment: bool = False,
                  balanced: bool = False,
-                 norm_stats: dict[str, dict[str, np.ndarray]] | None = None) -> EventSampler:
+                 norm_stats: dict[str, dict[str, np.ndarray]] | None = None,
+                 tokenizer_path: str | None = None,
+                 widths: tuple[int, int] | None = None) -> EventSampler:
     """The `EventSampler` of one dataset split, with the model's tokenizer and norm stats
     (`norm_stats` when the caller has them already, e.g. a run's; else `model_norm_stats`).
 
     Events come from `index` (default: every event of the split, drawn uniformly); with
     `balanced`, from the event index stored with the dataset, drawn cluster-balanced with
-    `data.balance_alpha`.
+    `data.balance_alpha`. `tokenizer_path` (a mixture's one tokenizer) overrides
+    `model_tokenizer_path`; `widths` (the model's state and action widths) pads this dataset's
+    into them with masks (`ModelIO`).
     """
     source = open_dataset(dataset_dir, split)
+    embodiment = dataset_embodiment(dataset_dir)
     probs = cluster = None
     if balanced:
         index, probs, cluster = _balanced_index(source, split, data_cfg)
     elif index is None:
         index = scan_events(source)
-    return EventSampler(source, index, model_tokenizer_path(data_cfg, dataset_dir),
-                        model_norm_stats(data_cfg, dataset_dir) if norm_stats is None
-                        else norm_stats, data_cfg, seed=seed,
-                        augment=augment, event_probs=probs, cluster=cluster)
+    return EventSampler(source, index,
+                        tokenizer_path or model_tokenizer_path(data_cfg, dataset_dir),
+                        model_norm_stats(data_cfg, dataset_dir, embodiment)
+                        if norm_stats is None else norm_stats, data_cfg, seed=seed,
+                        augment=augment, event_probs=probs, cluster=cluster,
+                        embodiment=embodiment, widths=widths)
 
 
 def _balanced_index(source: EpisodeSource, split: str, data_cfg: ml_collections.ConfigDict

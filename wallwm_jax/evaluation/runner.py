@@ -65,7 +65,7 @@ def load_actor(spec: PolicySpec) -> Any:
         return None
     from wallwm_jax.bundle import CONFIG_FILE
     from wallwm_jax.export import read_checkpoint
-    from wallwm_jax.policy import Policy, load_policy
+    from wallwm_jax.policy import Policy, load_policy, suite_embodiment
 
     if not os.path.exists(spec.path):
         raise EvaluationError(f"--policy {spec.path}: no such file or directory (expected an "
@@ -74,7 +74,8 @@ def load_actor(spec: PolicySpec) -> Any:
         if spec.step is not None:
             raise EvaluationError("--step applies to checkpoint directories, not exports")
         try:
-            return load_policy(spec.path, mode=spec.mode)
+            return load_policy(spec.path, mode=spec.mode,
+                               embodiment=suite_embodiment(spec.path))
         except (ValueError, FileNotFoundError) as err:  # names the missing or mis-shaped file
             raise EvaluationError(str(err)) from None
     ckpt_dir = _checkpoint_dir(spec.path)

@@ -128,8 +128,12 @@ class WallWM(nn.Module):
         scale = embed_scale(self.cfg, dtype)
         return x if scale is None else x * scale
 
-    def embed_actions(self, x_t: jax.Array, state: jax.Array, t: jax.Array) -> jax.Array:
-        """x_t [B, T, A], state [B, S], t [B] -> action tokens [B, T, expert_width]."""
+    def embed_actions(self, x_t: jax.Array, state: jax.Array, t: jax.Array,
+                      state_mask: jax.Array | None = None) -> jax.Array:
+        """x_t [B, T, A], state [B, S], t [B] -> action tokens [B, T, expert_width]; padded
+        state dims (`state_mask` bool [B, S] False) read as 0 whatever they hold."""
+        if state_mask is not None:
+            state = jnp.where(state_mask, state, 0.0)
         time = sinusoidal_embedding(t, self.cfg.expert_width)
         time = self.time_out(nn.swish(self.time_in(time)))
         return self.action_in(x_t) + (self.state_in(state) + time)[:, None, :]
@@ -148,7 +152,10 @@ class WallWM(nn.Module):
         num_actions = action_events.shape[1]
         static = batched_staircase_mask(n_prefix, (lc,) * k, action_events,
                                         self.cfg.get("caption_mask", "staircase"))
-        key_valid = jnp.concatenate([valid, jnp.ones((b, num_actions), bool)], 1)
+        # A masked camera's tokens keep their positions (so no other token moves) but are
+        # never attended.
+        key_valid = jnp.concatenate([prefix_key_valid(obs, valid, n_img),
+                                     jnp.ones((b, num_actions), bool)], 1)
         prefix_real = jnp.sum(valid[:, :n_prefix], axis=1, keepdims=True)
         pos_prefix = jnp.cumsum(valid[:, :n_prefix], axis=1) - 1
         pos_captions = prefix_real + jnp.arange(k * lc)[None]
@@ -166,7 +173,11 @@ class WallWM(nn.Module):
         length = jnp.sum(obs.caption != 0, axis=-1)  # [B, K]
         last = start[None] + jnp.maximum(length - 1, 0)
         h_last = jnp.take_along_axis(h_vlm, last[:, :, None], axis=1)  # [B, K, width]
-        pooled = jnp.mean(h_vlm[:, :n_img], axis=1)
+        if obs.camera_mask is None:
+            pooled = jnp.mean(h_vlm[:, :n_img], axis=1)
+        else:  # over the robot's own cameras only
+            w = _image_token_mask(obs, n_img).astype(h_vlm.dtype)[:, :, None]
+            pooled = jnp.sum(h_vlm[:, :n_img] * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1)
         world = jnp.tanh(self.world_out(nn.gelu(self.world_hidden(pooled))))
         w = self.cfg.world_size
         return {"duration_logits": self.duration_head(h_last),
@@ -193,7 +204,7 @@ class WallWM(nn.Module):
         (f32), duration_logits [B, K, bins], world [B, w, w, 3]."""
         action_events = _default_events(action_events, x_t)
         x_vlm, valid, n_img = self.embed_vlm(obs)
-        x_act = self.embed_actions(x_t, obs.state, t)
+        x_act = self.embed_actions(x_t, obs.state, t, obs.state_mask)
         x_vlm = constrain_activation(x_vlm)
         x_act = constrain_activation(x_act)
         mask, positions = self._layout(obs, valid, n_img, action_events)
@@ -215,7 +226,7 @@ class WallWM(nn.Module):
         n_img = cache[0].shape[2] - _num_text(obs)
         valid = _vlm_valid(obs, n_img)
         mask, (_, pos_act) = self._layout(obs, valid, n_img, action_events)
-        x_act = self.embed_actions(x_t, obs.state, t)
+        x_act = self.embed_actions(x_t, obs.state, t, obs.state_mask)
         _, h_act, _ = self.decoder(None, x_act, (None, pos_act), mask[:, valid.shape[1]:],
                                    cache)
         return self.action_out(h_act)
@@ -302,6 +313,22 @@ def _vlm_valid(obs: Observation, n_img: int) -> jax.Array:
                             _flat_captions(obs) != 0], axis=1)
 
 
+def _image_token_mask(obs: Observation, n_img: int) -> jax.Array:
+    """bool [B, n_img]: the image tokens of the cameras `obs.camera_mask` marks present
+    (tokens are camera-major, n_img / C per camera)."""
+    c = obs.camera_mask.shape[1]
+    return jnp.repeat(obs.camera_mask.astype(bool), n_img // c, axis=1)
+
+
+def prefix_key_valid(obs: Observation, valid: jax.Array, n_img: int) -> jax.Array:
+    """bool [B, Nv]: the VLM tokens others may attend to: `valid` (`_vlm_valid`) without the
+    image tokens of a camera `obs.camera_mask` marks missing (the same as `valid` without a
+    camera mask)."""
+    if obs.camera_mask is None:
+        return valid
+    return jnp.concatenate([_image_token_mask(obs, n_img), valid[:, n_img:]], axis=1)
+
+
 def _default_events(action_events: jax.Array | None, x_t: jax.Array) -> jax.Array:
     if action_events is None:
         return jnp.zeros(x_t.shape[:2], jnp.int32)
@@ -369,10 +396,20 @@ def compute_loss(model_cfg: Any, params: Any, batch: EventBatch, rng: jax.Array,
     noise = jax.random.normal(noise_rng, actions.shape, jnp.float32)
     t = _sample_flow_time(time_rng, cfg.flow_beta_a, cfg.flow_beta_b, actions.shape[0])
     t = t * 0.999 + 0.001  # keep away from t = 0, where x_t carries no noise
+    dims = batch.obs.action_dim_mask
+    if dims is not None:  # padded action dims: no target, no noise, not counted
+        dims = dims.astype(bool)[:, None, :]
+        actions = jnp.where(dims, actions, 0.0)
+        noise = jnp.where(dims, noise, 0.0)
     x_t = t[:, None, None] * noise + (1.0 - t[:, None, None]) * actions
     out = WallWM(cfg).apply({"params": params}, batch.obs, x_t, t, batch.action_events)
 
-    action_err = jnp.mean(jnp.square(out["velocity"].astype(jnp.float32) - (noise - actions)), -1)
+    sq_err = jnp.square(out["velocity"].astype(jnp.float32) - (noise - actions))
+    if dims is None:
+        action_err = jnp.mean(sq_err, -1)
+    else:
+        action_err = jnp.sum(jnp.where(dims, sq_err, 0.0), -1) / jnp.maximum(
+            jnp.sum(dims, -1), 1)
     targets = batch.obs.caption[:, :, 1:]  # teacher forcing: token i predicts token i + 1
     caption_ce = optax.softmax_cross_entropy_with_integer_labels(
         out["caption_logits"][:, :, :-1], targets)
@@ -424,11 +461,15 @@ def denoise(model_cfg: Any, params: Any, obs: Observation, cache: KVCache,
                                               obs.caption[:, :, 0] != 0, cfg.max_event_len)
     x = jax.random.normal(rng, (batch, cfg.max_event_len, cfg.action_dim), jnp.float32)
     dt = -1.0 / num_steps
+    dims = None if obs.action_dim_mask is None else obs.action_dim_mask.astype(bool)[:, None]
+    if dims is not None:  # padded dims stay 0, as in training
+        x = jnp.where(dims, x, 0.0)
 
     def euler_step(i, x):
         t = jnp.full((batch,), 1.0 + i * dt, jnp.float32)
         v = model.apply(variables, obs, cache, x, t, action_events, method=WallWM.velocity)
-        return x + dt * v.astype(jnp.float32)
+        x = x + dt * v.astype(jnp.float32)
+        return x if dims is None else jnp.where(dims, x, 0.0)
 
     x = jax.lax.fori_loop(0, num_steps, euler_step, x)
     return {"actions": x, "duration_bin": duration_bin, "action_events": action_events,
