@@ -187,13 +187,14 @@ def resolve_attention(name: str, dtype: Any, head_dim: int, platform: str | None
     """`config.model.attention` -> "xla" | "cudnn". "auto" is cuDNN flash attention on an
     NVIDIA GPU when it applies (bf16/fp16 inputs, head_dim a multiple of 8 and at most
     `cudnn_max_head_dim` for the GPU), else XLA's. `platform` and `device_kind` default to
-    the target's. (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
+    the target's (its kind also when only the same `platform` is given).
+    (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
     if name not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention='{name}' is not one of {sorted(ATTENTION_IMPLS)}")
     if name != "auto":
         return name
-    if platform is None:
-        target = current_target()
+    target = current_target()
+    if platform is None or (device_kind is None and _platform(platform) == target.platform):
         platform, device_kind = target.platform, target.device_kind
     fits = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
             and head_dim % 8 == 0 and head_dim <= cudnn_max_head_dim(device_kind or ""))
