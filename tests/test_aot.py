@@ -55,3 +55,16 @@ def test_topology_chips():
     assert topology_chips("2x2") == 4
     with pytest.raises(ValueError, match="--topology"):
         topology_chips("v5p")
+
+
+def test_batch_that_does_not_split_is_one_line_error():
+    """The README's pod example once failed deep in the step builder (batch 32, 256 devices)."""
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "wallwm_jax.aot", "--config", "experiments/pretrain.py:size=tiny",
+         "--num_devices=8", "--config.batch_size=4"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: --config.batch_size=4 does not split over the 8 data-parallel devices of mesh "
+        "{'data': 8, 'fsdp': 1, 'tensor': 1}: use a multiple of 8"]
