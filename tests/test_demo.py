@@ -1,6 +1,8 @@
-"""End-to-end: the demo at its smallest settings (event policy and chunk baseline, privileged
-simulator state), stopped by SIGTERM while it trains (exit 3, a checkpoint, nothing after
-training started) and resumed to the end of every stage by the same command."""
+"""End-to-end: the demo at its smallest settings (event policy, privileged simulator state),
+stopped by SIGTERM while it trains (exit 3, a checkpoint, nothing after training started) and
+resumed to the end of every stage by the same command. The chunk baseline's arm (trained the
+same way in another mode) is checked on the shared trained policies, which saves the suite a
+second training and evaluation here."""
 
 import json
 import os
@@ -24,7 +26,7 @@ def _cmd(workdir, steps, chunk_baseline=False):
             "--chunk_baseline" if chunk_baseline else "--nochunk_baseline"]
 
 
-STEPS = 20  # per policy; SIGTERM lands once step 6 is logged, the loop stops at the next step
+STEPS = 12  # SIGTERM lands once step 4 is logged, the loop stops at the next step
 # The demo itself runs on one CPU device; compiled at -O0 like the rest of the tests.
 ENV = dict(os.environ, XLA_FLAGS=os.environ["WALLWM_TEST_XLA_FLAGS"])
 
@@ -49,11 +51,11 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     # The demo stopped by SIGTERM while the event policy trains: exit 3, a checkpoint at the
     # step it reached, and no later stage started (no export, no summary).
     log = open(tmp_path / "sigterm.log", "w+")  # noqa: SIM115
-    proc = subprocess.Popen(_cmd(tmp_path, STEPS, chunk_baseline=True), cwd=REPO, env=ENV,
+    proc = subprocess.Popen(_cmd(tmp_path, STEPS), cwd=REPO, env=ENV,
                             stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600
-        while _last_step(tmp_path) < 6 and proc.poll() is None and time.monotonic() < deadline:
+        while _last_step(tmp_path) < 4 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=300)
@@ -66,26 +68,26 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     log.close()
     stopped = _last_step(tmp_path)
     assert rc == 3, output[-3000:]  # cli.EXIT_PREEMPTED: resume later
-    assert 6 <= stopped < STEPS, f"SIGTERM did not land during training (step {stopped})"
+    assert 4 <= stopped < STEPS, f"SIGTERM did not land during training (step {stopped})"
     assert f"interrupted during pretraining at step {stopped}" in output, output[-3000:]
     assert "To resume, run the same command again: python -m wallwm_jax.demo --workdir " \
         f"{tmp_path} --tasks reach-v3" in output
-    assert "[3/6]" not in output and "Traceback" not in output
+    assert "[3/5]" not in output and "Traceback" not in output
     assert not (tmp_path / "summary.json").exists() and not (tmp_path / "export").exists()
     assert str(stopped) in os.listdir(tmp_path / "run" / "checkpoints")
 
-    # The same command again resumes from that step and runs every stage to the end: the
-    # chunk baseline, export, the fresh-process check and the closed-loop evaluation.
-    stdout = _run_demo(tmp_path, steps=STEPS, chunk_baseline=True)
+    # The same command again resumes from that step and runs every stage to the end: offline
+    # evaluation, export, the fresh-process check and the closed-loop evaluation.
+    stdout = _run_demo(tmp_path, steps=STEPS)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["train_steps"] == f"{stopped} -> {STEPS} (resumed)"
-    assert summary["chunk_baseline"].startswith(f"0 -> {STEPS}, ")
+    assert summary["chunk_baseline"] == "off"
     assert "privileged simulator state" in summary["state"]
-    assert "[6/6] closed-loop evaluation" in stdout
+    assert "[5/5] closed-loop evaluation" in stdout  # five stages without the baseline
     assert set(summary["closed_loop"]) == {"reach-v3"}
     row = summary["closed_loop"]["reach-v3"]
     assert row["expert_success"] == 1.0
-    for who in ("policy", "chunk", "expert"):
+    for who in ("policy", "expert"):
         # The table's rate is the per-episode records' (one episode asked for), and each
         # record is consistent: a failure ran to the step limit, a success stopped there.
         episodes = json.loads((tmp_path / "eval" / who / "results.json").read_text())["episodes"]
@@ -95,23 +97,49 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
         for e in episodes:
             assert "error" not in e, e["error"]
             assert e["steps"] == 120 if not e["success"] else 1 <= e["steps"] <= 120, e
-    chunk_eval = json.loads((tmp_path / "eval" / "chunk" / "results.json").read_text())
-    assert chunk_eval["mode"] == "chunk" and chunk_eval["privileged_state"] is True
+    policy_eval = json.loads((tmp_path / "eval" / "policy" / "results.json").read_text())
+    assert policy_eval["mode"] == "event" and policy_eval["privileged_state"] is True
     # Reported figures: the demo suite's test scenes, and what each arm read is said.
-    assert summary["eval_split"] == "test" and chunk_eval["split"] == "test"
-    assert [e["seed"] for e in chunk_eval["episodes"]] == scene_seeds("demo", "reach-v3",
-                                                                      "test", 1)
+    assert summary["eval_split"] == "test" and policy_eval["split"] == "test"
+    assert [e["seed"] for e in policy_eval["episodes"]] == scene_seeds("demo", "reach-v3",
+                                                                       "test", 1)
     assert summary["privileged_inputs"] == {"expert": ["simulator"],
-                                            "policy": ["phase", "object_goal_state"],
-                                            "chunk": ["object_goal_state"]}
+                                            "policy": ["phase", "object_goal_state"]}
     assert ("Closed loop on the demo suite's `test` scenes. Privileged inputs, per arm: "
             "expert: the whole simulator state (the scripted expert); event policy: the "
             "scripted expert's phase (oracle planner) + object and goal positions in the state "
-            "vector; chunk baseline: object and goal positions in the state vector.") in stdout
-    assert "| task | policy success (event) | chunk success | expert success |" in stdout
+            "vector.") in stdout
+    assert "| task | policy success (event) | expert success | event steps | expert steps |" \
+        in stdout
     assert os.path.isdir(summary["export_dir"]) and os.path.isdir(summary["checkpoint_dir"])
     assert summary["fresh_process_chunk"].startswith("shape [")
     assert "| reach-v3 |" in stdout
+
+
+@pytest.mark.xdist_group("trained_policies")
+def test_chunk_baseline_arm_of_the_closed_loop_table(trained_policies, tmp_path):
+    """The demo's closed-loop stage with a chunk baseline (what `--chunk_baseline` adds after
+    training it like the event policy): three arms on the same test scenes, each arm's
+    privileged inputs said, the table's rates the per-episode records'."""
+    from wallwm_jax import demo
+
+    table, privileged = demo.closed_loop_eval(
+        trained_policies["event"].export, str(tmp_path), ("reach-v3",), 1, 10,
+        chunk_export=trained_policies["chunk"].export)
+    assert privileged == {"expert": ["simulator"], "policy": ["phase"], "chunk": []}
+    row = table["reach-v3"]
+    for who in ("policy", "chunk", "expert"):
+        results = json.loads((tmp_path / "eval" / who / "results.json").read_text())
+        episodes = results["episodes"]
+        assert results["split"] == "test" and row[f"{who}_n"] == 1, who
+        assert [e["seed"] for e in episodes] == scene_seeds("demo", "reach-v3", "test", 1)
+        assert row[f"{who}_successes"] == sum(e["success"] for e in episodes), who
+        assert row[f"{who}_steps"] == episodes[0]["steps"], who
+    chunk = json.loads((tmp_path / "eval" / "chunk" / "results.json").read_text())
+    assert chunk["mode"] == "chunk"
+    text = demo.closed_loop_table(table)
+    assert text.startswith("| task | policy success (event) | chunk success | expert success "
+                           "| event steps | chunk steps | expert steps |"), text
 
 
 @pytest.mark.parametrize("flag,want", [

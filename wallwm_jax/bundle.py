@@ -149,7 +149,7 @@ def load_params(export_dir: str, abstract_params: Any) -> Any:
 
 def abstract_params(config: ml_collections.ConfigDict) -> Any:
     """Shapes and dtypes of the params of `config.model` (nothing is allocated)."""
-    return jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.PRNGKey(0)))
+    return wallwm.abstract_params(config.model)
 
 
 def load_bundle(export_dir: str) -> tuple[Any, ml_collections.ConfigDict, dict[str, Any], str]:

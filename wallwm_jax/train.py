@@ -321,7 +321,7 @@ def resolve_pretrained(config: ml_collections.ConfigDict, workdir: str, *,
         return []
     try:
         fields = pretrained.configure(config.model)
-        abstract = jax.eval_shape(lambda: wallwm.init_params(config.model, jax.random.key(0)))
+        abstract = wallwm.abstract_params(config.model)
         strict = bool(config.model.pretrained.get("strict", True))
         reports = [pretrained.check_pretrained(abstract, path, layout=layout, strict=strict)
                    for path, layout in entries]

@@ -219,7 +219,7 @@ def _build_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     precision = resolved_precision(model_cfg, mesh.devices.flat[0].platform)
     logical_axes = wallwm.param_logical_axes(model_cfg)
 
-    shapes = jax.eval_shape(lambda: wallwm.init_params(model_cfg, jax.random.PRNGKey(0)))
+    shapes = wallwm.abstract_params(model_cfg)
     param_sharding = rules.params(logical_axes, mesh, shapes)
     # One schedule and one optimizer; the update passes the run's length to both. Muon spreads
     # its Newton-Schulz work over the mesh when it knows the params' shardings.

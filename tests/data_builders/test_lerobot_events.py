@@ -82,6 +82,9 @@ def test_missing_key_lists_the_available_ones(tmp_path):
                                                 action_key="action", gripper_index=4))
 
 
+# tests/test_mixture.py trains a two-camera model on a converted LeRobot dataset (lerobot_arm7)
+# under 8 devices, beside MetaWorld: the same path, in a fixture the suite builds anyway.
+@pytest.mark.slow
 def test_two_camera_model_trains_on_the_converted_data(converted, tmp_path):
     from experiments.pretrain import get_config
     from wallwm_jax.train import train_and_evaluate

@@ -358,10 +358,21 @@ def init_params(model_cfg: Any, rng: jax.Array) -> Any:
     return nn.meta.unbox(_boxed_init(_frozen(model_cfg), rng))
 
 
+@functools.lru_cache(maxsize=16)
+def _abstract_boxed(cfg: ml_collections.FrozenConfigDict) -> Any:
+    """The boxed parameter tree's shapes: tracing the model's init costs seconds, so it runs
+    once per model config and process (train step, export, policy and restore all ask)."""
+    return jax.eval_shape(lambda: _boxed_init(cfg, jax.random.key(0)))
+
+
+def abstract_params(model_cfg: Any) -> Any:
+    """`init_params`'s shapes and dtypes (ShapeDtypeStructs, no arrays, no boxes)."""
+    return nn.meta.unbox(_abstract_boxed(_frozen(model_cfg)))
+
+
 def param_logical_axes(model_cfg: Any) -> Any:
     """PartitionSpec of logical axis names per parameter, same tree as `init_params`."""
-    boxed = jax.eval_shape(lambda: _boxed_init(_frozen(model_cfg), jax.random.key(0)))
-    return nn.get_partition_spec(boxed)
+    return nn.get_partition_spec(_abstract_boxed(_frozen(model_cfg)))
 
 
 def count_params(params: Any) -> int:
