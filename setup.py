@@ -40,6 +40,9 @@ setup(
         "lerobot": ["av>=15,<19"],
         "sim": ["metaworld>=3.1.0,<3.2", "mujoco>=3.3.0,<4", "gymnasium>=1.1,<1.5"],
         "slurm": ["submitit>=1.5.2,<1.6"],  # python -m wallwm_jax.sweep --launcher slurm
+        # python -m wallwm_jax.aot --topology v5p:...: compile for TPU chips described by
+        # libtpu, no TPU needed (jax[tpu] pins the libtpu of the installed jax; ~210 MB wheel)
+        "tpu": ["jax[tpu]>=0.10.0,<0.13"],
         "dev": [
             "metaworld>=3.1.0,<3.2",
             "mujoco>=3.3.0,<4",

@@ -6,7 +6,8 @@ optimizer share of a train step, and Muon-vs-AdamW steps to the same training lo
 
 Prints one JSON object and a one-line summary. Collective bytes are the result sizes of the
 all-gather / all-to-all / collective-permute / reduce-scatter / all-reduce ops in the
-per-device compiled HLO of one optimizer step (each op counted once).
+per-device compiled HLO of one optimizer step, an op inside a loop once per iteration
+(`wallwm_jax.hlo_stats`, the counter the tests and `wallwm_jax.aot` use).
 """
 
 from __future__ import annotations

@@ -5,8 +5,11 @@
     python benchmarks/suite.py --optimizer muon                # the table for a Muon recipe
 
 Per model size: the train step (compile time, step time, the analytic FLOP count MFU uses,
-MFU where the device peak is known), Muon's share of a Muon step (its update alone, spread
-over the mesh as in training), the data-wait and host share of the training loop
+MFU where the device peak is known), the same step with Muon vs AdamW and Muon's update share
+(its update alone, spread over the mesh as in training), all timed in alternating rounds
+(`--rounds`, every ratio taken within a round, one step time per configuration), Muon's
+Newton–Schulz FLOPs as a share of the step's at batch 8/64/256 and the batch where it falls
+under 2% on 1/8/64 devices (analytic), the data-wait and host share of the training loop
 (`benchmarks/train_step.py --loop`), checkpoint blocking (async save), and inference latency
 p50/p99 at batch 1 in event mode (`sample_actions`) and unified mode (Staircase Decoding).
 A size that does not fit is reported as such and the next is tried. Prints the table as
@@ -36,7 +39,7 @@ from absl import flags  # noqa: E402
 
 from experiments.pretrain import get_config  # noqa: E402
 from wallwm_jax import checkpoint as ckpt  # noqa: E402
-from wallwm_jax import cli, sharding  # noqa: E402
+from wallwm_jax import cli, sharding, throughput  # noqa: E402
 from wallwm_jax.data.batches import Observation  # noqa: E402
 from wallwm_jax.models import wallwm  # noqa: E402
 from wallwm_jax.models.decoding import staircase_decode  # noqa: E402
@@ -54,34 +57,61 @@ def _config(size: str, args: Any, mode: str = "event") -> Any:
     return config
 
 
-def _median_s(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def muon_share(config: Any, steps: int, muon_step: dict[str, Any] | None = None
-               ) -> dict[str, float]:
-    """Seconds of Muon's update alone (sharded as in training) and of the whole Muon step
-    (`muon_step`: that step's figures when already measured, i.e. the config trains with Muon)."""
+def _with_optimizer(config: Any, name: str) -> Any:
     config = config.copy_and_resolve_references()
-    config.optimizer.name = "muon"
-    step = muon_step or step_bench.bench_variant(config, steps, warmup=1)
-    mesh = sharding.make_mesh(config.mesh)
-    fns = make_train_step(config, mesh)
-    tx = make_optimizer(config.optimizer, config.total_steps,
-                        wallwm.param_logical_axes(config.model), fns.param_sharding)
-    params, state = fns.init_fn(jax.random.PRNGKey(0))
-    grads = jax.tree.map(lambda p: p * 1e-3, params)
+    config.optimizer.name = name
+    return config
+
+
+def train_steps(config: Any, steps: int, rounds: int) -> dict[str, Any]:
+    """The config's train step, the same step with AdamW and with Muon, and Muon's update
+    alone (sharded as in training), timed in alternating rounds: one step-time figure per
+    configuration, and every ratio (Muon/AdamW, Muon's update share) taken within a round."""
+    adamw = step_bench.Variant(_with_optimizer(config, "adamw"))
+    muon = step_bench.Variant(_with_optimizer(config, "muon"))
+    tx = make_optimizer(muon.config.optimizer, muon.config.total_steps,
+                        wallwm.param_logical_axes(config.model), muon.fns.param_sharding)
+    grads = jax.tree.map(lambda p: p * 1e-3, muon.params)
     update = jax.jit(lambda g, s, p: optax.apply_updates(p, tx.update(g, s, p)[0]),
-                     out_shardings=fns.param_sharding)
-    jax.block_until_ready(update(grads, state.opt_state, params))
-    opt_s = _median_s(lambda: update(grads, state.opt_state, params), max(steps, 2))
-    return {"muon_update_s": opt_s, "muon_step_s": step["step_time_s"],
-            "muon_share": opt_s / step["step_time_s"]}
+                     out_shardings=muon.fns.param_sharding)
+    jax.block_until_ready(update(grads, muon.state.opt_state, muon.params))
+
+    def update_s() -> float:
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            jax.block_until_ready(update(grads, muon.state.opt_state, muon.params))
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    runs = step_bench.alternate({
+        "adamw": lambda: statistics.median(adamw.step_times(steps)),
+        "muon": lambda: statistics.median(muon.step_times(steps)),
+        "muon_update": update_s}, rounds)
+    main = muon if config.optimizer.name == "muon" else adamw
+    out = step_bench.variant_report(main, statistics.median(runs[config.optimizer.name]),
+                                    runs[config.optimizer.name])
+    out.update(adamw_step_s=statistics.median(runs["adamw"]),
+               muon_step_s=statistics.median(runs["muon"]),
+               muon_update_s=statistics.median(runs["muon_update"]),
+               muon_vs_adamw=step_bench.round_ratio(runs, "muon", "adamw"),
+               muon_share=step_bench.round_ratio(runs, "muon_update", "muon"),
+               round_times_s=runs)
+    return out
+
+
+def newton_schulz_row(config: Any) -> dict[str, Any]:
+    """Analytic Newton–Schulz FLOPs (spread path) as a share of the step's model FLOPs at
+    batch 8, 64 and 256 on one device, and the global batch where it falls under 2% on 1, 8
+    and 64 devices (fsdp)."""
+    muon = _with_optimizer(config, "muon")
+    ns = {n: throughput.newton_schulz_flops(muon, n) for n in (1, 8, 64)}
+    out: dict[str, Any] = {"ns_flops_per_device": {str(n): f for n, f in ns.items()}}
+    for b in (8, 64, 256):
+        out[f"ns_share_b{b}"] = throughput.newton_schulz_share(muon, b, ns_flops=ns[1])
+    out["ns_under_2pct_batch"] = {
+        str(n): throughput.newton_schulz_crossing_batch(muon, n, ns_flops=ns[n]) for n in ns}
+    return out
 
 
 def checkpoint_blocking(config: Any) -> dict[str, float]:
@@ -139,17 +169,22 @@ def size_row(size: str, args: Any) -> dict[str, Any]:
     row: dict[str, Any] = {"size": size, "batch_size": config.batch_size,
                            "optimizer": config.optimizer.name,
                            "params": wallwm.count_params(fns.abstract_params), **fns.precision}
-    train = step_bench.bench_variant(config, args.steps, warmup=1)
-    row.update({k: train[k] for k in ("compile_s", "step_time_s", "flops_per_step",
-                                      "memory_bytes_per_device", "tokens_per_s",
-                                      "model_flops_per_s") if k in train})
+    train = train_steps(config, args.steps, args.rounds)
+    row.update({k: train[k] for k in ("compile_s", "step_time_s",
+                                      "flops_per_step", "memory_bytes_per_device",
+                                      "tokens_per_s", "model_flops_per_s", "adamw_step_s",
+                                      "muon_step_s", "muon_update_s", "muon_vs_adamw",
+                                      "muon_share", "round_times_s") if k in train})
     row["flops_source"] = "analytic (wallwm_jax/models/flops.py), not XLA cost_analysis"
     row["mfu"] = train.get("mfu")
-    row.update(muon_share(config, args.steps,
-                          muon_step=train if config.optimizer.name == "muon" else None))
-    loop = step_bench.loop_bench(config, max(args.steps, 2), log_every=10, rounds=1)
+    row.update(newton_schulz_row(config))
+    # The loop's shares come from its own alternating rounds (device only / loop).
+    loop = step_bench.loop_bench(config, max(args.steps, 2), log_every=10, rounds=args.rounds)
     row.update({k: loop[k] for k in ("data_wait_share", "host_share_after",
-                                     "host_share_before", "after_steps_per_s")})
+                                     "host_share_before")})
+    if row["host_share_after"] < 0:
+        row["host_share_note"] = ("negative: the loop ran faster than the device-only timing "
+                                  "of the same rounds (noise), not clamped")
     row.update(checkpoint_blocking(config))
     for mode in ("event", "unified"):
         row.update(inference_latency(size, mode, args))
@@ -160,7 +195,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     """The rows as one Markdown table."""
     cols = [("size", "{}"), ("batch_size", "{}"), ("dtype", "{}"), ("attention", "{}"),
             ("compile_s", "{:.1f}"), ("step_time_s", "{:.3f}"), ("flops_per_step", "{:.3g}"),
-            ("mfu", "{:.1%}"), ("muon_share", "{:.0%}"), ("data_wait_share", "{:.1%}"),
+            ("mfu", "{:.1%}"), ("muon_vs_adamw", "{:.2f}x"), ("muon_share", "{:.0%}"),
+            ("ns_share_b8", "{:.0%}"), ("ns_share_b64", "{:.0%}"), ("ns_share_b256", "{:.1%}"),
+            ("ns_2pct_batch", "{}"), ("data_wait_share", "{:.1%}"),
             ("host_share_after", "{:.0%}"), ("checkpoint_blocking_s", "{:.3f}"),
             ("event_p50_ms", "{:.1f}"), ("event_p99_ms", "{:.1f}"),
             ("unified_p50_ms", "{:.1f}"), ("unified_p99_ms", "{:.1f}")]
@@ -169,6 +206,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         if "error" in r:
             lines.append(f"| {r['size']} | " + r["error"][:120] + " |" * (len(cols) - 1))
             continue
+        r = {**r, "ns_2pct_batch": "/".join(str(v) for v in r["ns_under_2pct_batch"].values())}
         cells = ["n/a" if r.get(c) is None else f.format(r[c]) for c, f in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -179,7 +217,8 @@ def define_flags() -> None:
     flags.DEFINE_list("sizes", None, "Model sizes; default small,base on GPU/TPU, tiny,small "
                       "on CPU.")
     flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
-    flags.DEFINE_integer("steps", 3, "Timed steps per size.")
+    flags.DEFINE_integer("steps", 3, "Timed steps per round.")
+    flags.DEFINE_integer("rounds", 3, "Alternating rounds for every ratio (A/B/A/B...).")
     flags.DEFINE_integer("latency_repeats", 20, "Inference calls per latency figure.")
     flags.DEFINE_string("out", None, "Also write the JSON here.")
     flags.DEFINE_enum("optimizer", None, ["adamw", "muon"], "Train-step optimizer (default: "
@@ -188,12 +227,13 @@ def define_flags() -> None:
 
 def run_suite(sizes: Sequence[str] | str | None = None, batch_size: int | None = None,
               steps: int = 3, latency_repeats: int = 20, out: str | None = None,
-              optimizer: str | None = None) -> dict[str, Any]:
+              optimizer: str | None = None, rounds: int = 3) -> dict[str, Any]:
     """Measure every size, print the table and the JSON report, return the report.
 
     `sizes`: model sizes, as `--sizes` gives them or as one comma list ("tiny,small")."""
     args = SimpleNamespace(sizes=sizes, batch_size=batch_size, steps=steps,
-                           latency_repeats=latency_repeats, out=out, optimizer=optimizer)
+                           latency_repeats=latency_repeats, out=out, optimizer=optimizer,
+                           rounds=rounds)
     jax.config.update("jax_threefry_partitionable", True)
     backend = jax.default_backend()
     if isinstance(sizes, str):
@@ -218,9 +258,10 @@ def run_suite(sizes: Sequence[str] | str | None = None, batch_size: int | None =
             json.dump(report, f, indent=1)
     ok = [r for r in rows if "error" not in r]
     print("; ".join(f"{r['size']}: {r['step_time_s'] * 1e3:.0f} ms/step, compile "
-                    f"{r['compile_s']:.1f}s, Muon {r['muon_share']:.0%}, data wait "
-                    f"{r['data_wait_share']:.1%}, event p50 {r['event_p50_ms']:.1f} ms, unified "
-                    f"p50 {r['unified_p50_ms']:.1f} ms" for r in ok))
+                    f"{r['compile_s']:.1f}s, Muon/AdamW {r['muon_vs_adamw']:.2f}x (update "
+                    f"{r['muon_share']:.0%}, NS {r['ns_share_b8']:.0%} of FLOPs at batch 8), "
+                    f"data wait {r['data_wait_share']:.1%}, event p50 {r['event_p50_ms']:.1f} "
+                    f"ms, unified p50 {r['unified_p50_ms']:.1f} ms" for r in ok))
     return report
 
 
@@ -228,7 +269,8 @@ def main(argv: list[str]) -> None:
     """CLI: `python benchmarks/suite.py [--sizes tiny] [--out results.json]`."""
     cli.positional(argv)
     fl = flags.FLAGS
-    run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out, fl.optimizer)
+    run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out, fl.optimizer,
+              fl.rounds)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ step the training loop runs (`train_step.make_train_step`), for several remat po
     python benchmarks/train_step.py --size=small --remat=none,full,dots_saveable --steps=5
     python benchmarks/train_step.py --size=tiny --loop --steps=30
 
-The first `--remat` entry is the baseline; the others are reported as ratios to it. MFU is
+The first `--remat` entry is the baseline; the others are reported as ratios to it, taken per
+round: all variants are compiled first, then timed in turn for `--rounds` rounds. MFU is
 reported only where the device's peak FLOP/s is known (not on CPU). Prints one JSON object
 and a one-line summary. Batches are random but well-formed (same shapes and dtypes as the
 pipeline's, via `abstract_batch`).
@@ -159,8 +160,10 @@ def loop_bench(config: Any, steps: int, log_every: int = 10,
             "device_step_s": device_s, "before_step_s": before_s, "after_step_s": after_s,
             "before_steps_per_s": 1 / before_s, "after_steps_per_s": 1 / after_s,
             "speedup": before_s / after_s,
-            "host_share_before": max(0.0, 1 - device_s / before_s),
-            "host_share_after": max(0.0, 1 - device_s / after_s),
+            # Not clamped: a negative share means the loop ran faster than the device-only
+            # timing of the same round (noise between the two), and says so.
+            "host_share_before": 1 - device_s / before_s,
+            "host_share_after": 1 - device_s / after_s,
             "data_wait_share": statistics.median(runs["wait"]), "runs": runs}
 
 
@@ -173,33 +176,79 @@ def attention_switch(config: Any) -> str:
             "implementation=None) (XLA, or cuDNN on GPU when it applies); no config field")
 
 
-def bench_variant(config: Any, steps: int, warmup: int) -> dict[str, Any]:
-    """Compile and time one config's train step on all local devices."""
-    mesh = sharding.make_mesh(config.mesh)
-    fns = make_train_step(config, mesh)
-    t0 = time.perf_counter()
-    compiled = fns.update_fn.lower(*fns.abstract_inputs).compile()
-    compile_s = time.perf_counter() - t0
-    params, state = fns.init_fn(jax.random.PRNGKey(0))
-    batch = random_batch(fns, config, seed=0)
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
-        params, state, metrics = compiled(params, state, batch, fns.run_inputs)
-        jax.block_until_ready(metrics)
-        if i >= warmup:
+class Variant:
+    """One config's train step, compiled, with its state and a fixed batch, ready to time."""
+
+    def __init__(self, config: Any, warmup: int = 1) -> None:
+        self.config = config
+        self.mesh = sharding.make_mesh(config.mesh)
+        self.fns = make_train_step(config, self.mesh)
+        t0 = time.perf_counter()
+        self.compiled = self.fns.update_fn.lower(*self.fns.abstract_inputs).compile()
+        self.compile_s = time.perf_counter() - t0
+        self.params, self.state = self.fns.init_fn(jax.random.PRNGKey(0))
+        self.batch = random_batch(self.fns, config, seed=0)
+        self.loss = float("nan")
+        self.step_times(warmup)
+
+    def step_times(self, steps: int) -> list[float]:
+        """Seconds of each of `steps` steps, each waited for."""
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            self.params, self.state, metrics = self.compiled(self.params, self.state,
+                                                             self.batch, self.fns.run_inputs)
+            jax.block_until_ready(metrics)
             times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
-    flops = throughput.step_flops(config)
-    dev = mesh.devices.flat[0]
-    out = {"remat_policy": config.model.remat_policy, "attention": config.model.attention,
-           "compile_s": compile_s,
-           "step_time_s": step_s, "step_times_s": times, "flops_per_step": flops,
-           "memory_bytes_per_device": memory_report(compiled)["total"],
-           "loss": float(metrics["loss"])}
-    out.update(throughput.throughput(config, step_s, num_devices=mesh.devices.size,
-                                     device_kind=dev.device_kind, flops=flops))
+        self.loss = float(metrics["loss"]) if steps else self.loss
+        return times
+
+
+def alternate(timers: dict[str, Any], rounds: int) -> dict[str, list[float]]:
+    """Run every timer (a no-argument function returning seconds) once per round, in turn,
+    for `rounds` rounds: a change in machine load hits all of them alike, so ratios are
+    taken per round (`round_ratio`)."""
+    out: dict[str, list[float]] = {name: [] for name in timers}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            out[name].append(timer())
     return out
+
+
+def round_ratio(runs: dict[str, list[float]], num: str, den: str) -> float:
+    """Median over rounds of runs[num][i] / runs[den][i]."""
+    return statistics.median(a / b for a, b in zip(runs[num], runs[den], strict=True))
+
+
+def variant_report(v: Variant, step_s: float, runs: list[float]) -> dict[str, Any]:
+    """A variant's figures for its step time (the median of its rounds)."""
+    config = v.config
+    flops = throughput.step_flops(config)
+    out = {"remat_policy": config.model.remat_policy, "attention": config.model.attention,
+           "compile_s": v.compile_s, "step_time_s": step_s, "round_step_times_s": runs,
+           "flops_per_step": flops,
+           "memory_bytes_per_device": memory_report(v.compiled)["total"], "loss": v.loss}
+    out.update(throughput.throughput(config, step_s, num_devices=v.mesh.devices.size,
+                                     device_kind=v.mesh.devices.flat[0].device_kind,
+                                     flops=flops))
+    return out
+
+
+def bench_variants(configs: list[Any], steps: int, warmup: int,
+                   rounds: int = 3) -> list[dict[str, Any]]:
+    """Compile every config's step, then time them in alternating rounds (`steps` steps
+    each, median per round); each result's `vs_baseline` is per-round ratios to the first."""
+    variants = [Variant(c, warmup) for c in configs]
+    runs = alternate({str(i): (lambda v=v: statistics.median(v.step_times(steps)))
+                      for i, v in enumerate(variants)}, rounds)
+    results = [variant_report(v, statistics.median(runs[str(i)]), runs[str(i)])
+               for i, v in enumerate(variants)]
+    for i, r in enumerate(results[1:], start=1):
+        r["vs_baseline"] = {
+            "step_time": round_ratio(runs, str(i), "0"),
+            "compile": r["compile_s"] / results[0]["compile_s"],
+            "memory": r["memory_bytes_per_device"] / results[0]["memory_bytes_per_device"]}
+    return results
 
 
 def define_flags() -> None:
@@ -210,7 +259,8 @@ def define_flags() -> None:
     flags.DEFINE_list("attention", ["auto"], "model.attention values: auto, xla, cudnn (GPU).")
     flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
     flags.DEFINE_string("dtype", None, "Model compute dtype, e.g. bfloat16.")
-    flags.DEFINE_integer("steps", 5, "Timed steps.")
+    flags.DEFINE_integer("steps", 5, "Timed steps per round.")
+    flags.DEFINE_integer("rounds", 3, "Alternating rounds over the variants (ratios per round).")
     flags.DEFINE_integer("warmup", 1, "Untimed steps first.")
     flags.DEFINE_bool("loop", False, "Time the training loop before/after (host share), not "
                       "remat.")
@@ -228,7 +278,7 @@ def main(argv: list[str]) -> None:
     if args.size and len(args.size) > 1:
         cli.fail(f"--size={','.join(args.size)}: one size (several only with --loop)")
     size = args.size[0] if args.size else ("base" if backend == "gpu" else "small")
-    results = []
+    configs = []
     for attention in args.attention:
         for policy in args.remat:
             config = get_config(f"size={size}")
@@ -238,13 +288,9 @@ def main(argv: list[str]) -> None:
                 config.batch_size = args.batch_size
             if args.dtype:
                 config.model.dtype = args.dtype
-            results.append(bench_variant(config, args.steps, args.warmup))
+            configs.append(config)
+    results = bench_variants(configs, args.steps, args.warmup, args.rounds)
     base = results[0]
-    for r in results[1:]:
-        r["vs_baseline"] = {
-            "step_time": r["step_time_s"] / base["step_time_s"],
-            "compile": r["compile_s"] / base["compile_s"],
-            "memory": r["memory_bytes_per_device"] / base["memory_bytes_per_device"]}
     dev = jax.devices()[0]
     report = {"size": size, "backend": backend, "device_kind": dev.device_kind,
               "num_devices": jax.device_count(), "batch_size": config.batch_size,

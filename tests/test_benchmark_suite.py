@@ -5,10 +5,11 @@ timing thresholds."""
 import json
 import math
 import os
+import statistics
 import sys
 
 from experiments.pretrain import get_config
-from wallwm_jax.throughput import step_flops
+from wallwm_jax.throughput import newton_schulz_share, step_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,10 +21,9 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     finally:
         sys.path.remove(os.path.join(REPO, "benchmarks"))
     out = tmp_path / "results.json"
-    # With Muon as the train step's optimizer, Muon's share is of that same measured step
-    # (one train-step compile, not two).
+    # With Muon as the train step's optimizer, the step time is the Muon step's.
     report = suite.run_suite(sizes="tiny", steps=2, batch_size=8, latency_repeats=3,
-                             out=str(out), optimizer="muon")
+                             out=str(out), optimizer="muon", rounds=2)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     # Measured durations are positive and finite (a skipped measurement would be 0 or None).
@@ -35,11 +35,21 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     assert row["unified_p50_ms"] <= row["unified_p99_ms"]
     assert 0 <= row["data_wait_share"] <= 1
     assert row["optimizer"] == "muon" and row["muon_step_s"] == row["step_time_s"]
-    assert row["muon_share"] == row["muon_update_s"] / row["muon_step_s"]
+    # Ratios are taken within each alternating round, then the median over rounds.
+    rounds = row["round_times_s"]
+    assert [len(v) for v in rounds.values()] == [2, 2, 2]
+    assert row["muon_share"] == statistics.median(
+        u / m for u, m in zip(rounds["muon_update"], rounds["muon"], strict=True))
+    assert row["muon_vs_adamw"] == statistics.median(
+        m / a for m, a in zip(rounds["muon"], rounds["adamw"], strict=True))
+    assert row["step_time_s"] == statistics.median(rounds["muon"])
+    assert (row["host_share_after"] < 0) == ("host_share_note" in row)  # never clamped
     # The FLOP count MFU uses is the analytic one for this config, not XLA's estimate.
     config = get_config("size=tiny,mode=event")
     config.batch_size, config.optimizer.name = 8, "muon"
     assert row["flops_per_step"] == step_flops(config) > 0
+    assert row["ns_share_b8"] == newton_schulz_share(config, 8) > row["ns_share_b64"]
+    assert list(row["ns_under_2pct_batch"]) == ["1", "8", "64"]
     assert row["dtype"] == "float32" and row["attention"] == "xla"  # 'auto' on CPU
     printed = capsys.readouterr().out
     assert "| size |" in printed and "| tiny |" in printed

@@ -1,13 +1,16 @@
 """Compile the train step ahead of time for a target topology and check it fits in memory.
 
-    python -m wallwm_jax.aot --config experiments/pretrain.py:size=large \
-        --num_devices 256 --config.mesh.data=1 --config.mesh.fsdp=-1 --device_kind "TPU v5p"
-    python -m wallwm_jax.aot --config experiments/pretrain.py:size=large --topology v5p:4x4x4
+    python -m wallwm_jax.aot --config experiments/pretrain.py:size=large --num_devices 256 \
+        --config.batch_size=256 --config.mesh.data=1 --config.mesh.fsdp=-1 --device_kind "TPU v5p"
+    python -m wallwm_jax.aot --config experiments/pretrain.py:size=large --topology v5p:4x4x4 \
+        --config.batch_size=64 --config.mesh.data=1 --config.mesh.fsdp=-1
 
-`--topology` compiles for TPU devices described by libtpu (no TPU needed); without libtpu
-it falls back to as many fake CPU devices as the topology has chips. `--num_devices N`
-compiles for N fake CPU devices. Params and optimizer state are abstract (jax.eval_shape):
-no weights are allocated. Prints a table and one JSON line (also `--json_out`).
+`--topology` compiles for TPU devices described by libtpu (`pip install .[tpu]`; no TPU
+needed); without libtpu it falls back to as many fake CPU devices as the topology has chips.
+`--num_devices N` compiles for N fake CPU devices. The model traces for the target: a TPU
+`--device_kind`/`--topology` gives the bf16 program a TPU runs, even on fake CPU devices.
+Params and optimizer state are abstract (jax.eval_shape): no weights are allocated. Prints a
+table and one JSON line (also `--json_out`). The global batch must split over the devices.
 """
 
 from __future__ import annotations
@@ -68,22 +71,27 @@ def xla_flops(compiled: Any) -> float | None:
 
 
 def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = None,
-                   device_kind: str | None = None) -> dict[str, Any]:
+                   device_kind: str | None = None, target: Any = None) -> dict[str, Any]:
     """Lower and compile `make_train_step(config, mesh).update_fn` over `devices`; report
-    per-device memory, FLOPs (XLA and analytic) and whether it fits the HBM budget."""
+    per-device memory, FLOPs (HLO matmuls with loop trip counts, XLA's, analytic), collective
+    bytes and whether it fits the HBM budget. The model traces for `target` (a
+    `layers.Target`; default: the devices'), e.g. bf16 for TPU on fake CPU devices."""
     import jax
 
-    from wallwm_jax import sharding, throughput
+    from wallwm_jax import hlo_stats, sharding, throughput
     from wallwm_jax.models import wallwm
-    from wallwm_jax.train_step import make_train_step
+    from wallwm_jax.models.layers import Target, compute_dtype, resolve_attention, target_devices
 
     jax.config.update("jax_threefry_partitionable", True)
     mesh = sharding.make_mesh(config.mesh, devices)
     device_kind = device_kind or devices[0].device_kind
-    step = make_train_step(config, mesh)
+    target = target or Target.of(devices[0])
+    step = _train_step(config, mesh)
     t0 = time.perf_counter()
-    lowered = step.update_fn.lower(*step.abstract_inputs)
+    with target_devices(target):
+        lowered = step.update_fn.lower(*step.abstract_inputs)
     t1 = time.perf_counter()
+    dtype = compute_dtype(config.model.dtype, target.platform)
     budget = hbm_gib if hbm_gib is not None else throughput.device_peak(device_kind)[1]
     analytic = throughput.step_flops(config)
     report = {
@@ -91,8 +99,11 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
         "compiled_for": devices[0].device_kind, "device_kind": device_kind,
         "mesh": dict(mesh.shape), "batch_size": int(config.batch_size),
         "params": wallwm.count_params(step.abstract_params),
-        "remat_policy": config.model.remat_policy, "dtype": step.precision["dtype"],
-        "attention": step.precision["attention"], "scan_layers": bool(config.model.scan_layers),
+        "remat_policy": config.model.remat_policy, "target": target.platform,
+        "dtype": str(dtype), "attention": resolve_attention(
+            config.model.get("attention", "auto"), dtype, int(config.model.head_dim),
+            target.platform, target.device_kind),
+        "scan_layers": bool(config.model.scan_layers),
         "lower_s": t1 - t0, "analytic_flops_per_step": analytic,
         "analytic_flops_per_device": analytic / len(devices), "hbm_budget_gib": budget,
     }
@@ -103,14 +114,35 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
         report.update(compile_s=time.perf_counter() - t1, memory_bytes_per_device=None,
-                      xla_flops_per_device=None,
+                      xla_flops_per_device=None, hlo_flops_per_device=None,
+                      collective_bytes_per_device=None,
                       verdict=f"DOES NOT FIT (compiler: {str(e).splitlines()[0]})")
         return report
+    stats = hlo_stats.compiled_stats(compiled)
     report.update(compile_s=time.perf_counter() - t1,
                   memory_bytes_per_device=memory_report(compiled),
-                  xla_flops_per_device=xla_flops(compiled))
+                  xla_flops_per_device=xla_flops(compiled),
+                  hlo_flops_per_device=stats.matmul_flops,
+                  collective_bytes_per_device=stats.collective_bytes,
+                  loops_with_unknown_trip_count=list(stats.unknown_trip_loops))
     report["verdict"] = verdict(report["memory_bytes_per_device"]["total"], budget)
     return report
+
+
+def _train_step(config: Any, mesh: Any) -> Any:
+    """`make_train_step` without its run inputs (seed, total steps as device arrays): libtpu's
+    compile-only TPU devices hold no arrays, and lowering needs only their shapes."""
+    from wallwm_jax import sharding, train_step
+
+    rules = sharding.ShardingRules.from_config(config.sharding_rules)
+    ways = rules.batch_divisor(mesh)
+    if int(config.batch_size) % ways:
+        raise cli.UserError(
+            f"--config.batch_size={config.batch_size} does not split over the {ways} "
+            f"data-parallel devices of mesh {dict(mesh.shape)}: use a multiple of {ways}")
+    train_step.check_model_data(config)
+    return train_step._build_train_step(config.copy_and_resolve_references(), mesh, rules,
+                                        int(config.batch_size))
 
 
 def verdict(total_bytes: int, budget_gib: float | None) -> str:
@@ -126,12 +158,11 @@ def format_table(report: dict[str, Any]) -> str:
     rows = [(f"{name} (GiB/device)", f"{mem[name] / GIB:.3f}" if mem else "n/a")
             for name in ("arguments", "outputs", "aliased", "temporaries", "generated_code",
                          "total")]
-    xla = report["xla_flops_per_device"]
-    # XLA's cost analysis counts the body of a scanned (lax.scan) layer stack once, so with
-    # scan_layers it is ~depth x low: the analytic count is the one MFU uses.
-    xla_label = ("XLA cost_analysis FLOPs/device (scanned layers counted once: not used)"
-                 if report.get("scan_layers", True) else "XLA cost_analysis FLOPs/device")
-    rows += [(xla_label, "n/a" if xla is None else f"{xla:.4g}"),
+    hlo, coll = report.get("hlo_flops_per_device"), report.get("collective_bytes_per_device")
+    rows += [("compiled matmul FLOPs/device (HLO, loop trip counts applied)",
+              "n/a" if hlo is None else f"{hlo:.4g}"),
+             ("collective bytes/device (loop trip counts applied)",
+              "n/a" if coll is None else f"{coll['total'] / GIB:.3f} GiB"),
              ("analytic FLOPs/device (used for MFU)",
               f"{report['analytic_flops_per_device']:.4g}"),
              ("analytic FLOPs/step", f"{report['analytic_flops_per_step']:.4g}"),
@@ -139,7 +170,9 @@ def format_table(report: dict[str, Any]) -> str:
              ("compile (s)", f"{report['compile_s']:.1f}")]
     lines = [f"{report['size']} on {report['num_devices']} x {report['compiled_for']} "
              f"(budget from '{report['device_kind']}'), mesh {report['mesh']}, "
-             f"batch {report['batch_size']}", "", "| quantity | value |", "|---|---|"]
+             f"batch {report['batch_size']}, compute {report['dtype']} for "
+             f"{report['target']}, attention {report['attention']}", "",
+             "| quantity | value |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     budget = report["hbm_budget_gib"]
     budget_txt = "no budget" if budget is None else f"budget {budget:g} GiB"
@@ -174,7 +207,19 @@ def main(argv: list[str]) -> None:
     elif fl.num_devices:
         _set_fake_cpu_devices(fl.num_devices)
     devices = _devices(fl.topology)
-    report = compile_report(config, devices, hbm_gib=fl.hbm_gib, device_kind=target_kind)
+    if devices[0].platform == "tpu":
+        import jax
+
+        # libtpu's compile-only client cannot load cached executables: JAX would warn and
+        # compile anyway, so neither read nor write the persistent cache.
+        jax.config.update("jax_enable_compilation_cache", False)
+    target = None
+    if "tpu" in (target_kind or "").lower() and devices[0].platform != "tpu":
+        from wallwm_jax.models.layers import Target
+
+        target = Target("tpu", target_kind)  # trace as the TPU would run it (bf16)
+    report = compile_report(config, devices, hbm_gib=fl.hbm_gib, device_kind=target_kind,
+                            target=target)
     print(format_table(report))
     print(json.dumps(report))
     if fl.json_out:

@@ -34,7 +34,7 @@ from wallwm_jax.evaluation.evaluators import make_evaluators
 from wallwm_jax.models import pretrained, wallwm
 from wallwm_jax.models.pretrained import describe, load_pretrained
 from wallwm_jax.prefetch import Prefetcher
-from wallwm_jax.train_log import MetricLogger
+from wallwm_jax.train_log import MetricLogger, StepTimer
 from wallwm_jax.train_step import StepCache, TrainState, make_train_step
 
 __all__ = ["NonFiniteLossError", "TrainState", "initialize_distributed", "train_and_evaluate"]
@@ -140,7 +140,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     pbar = tqdm(total=config.total_steps, initial=first_step, desc="train", unit="step",
                 file=sys.stdout, disable=first_step >= config.total_steps or not is_chief)
     log_every = max(1, int(config.log_every_steps))
-    timer = _StepTimer()
+    timer = StepTimer()
 
     def record(s: int, m: dict[str, Any], extra: dict[str, float], force: bool = False) -> None:
         """A fetched step's metrics: checked for NaN/Inf, kept, logged."""
@@ -171,7 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
             save = step % config.checkpoint.every_steps == 0 or done or interrupt
             extra: dict[str, float] = {}
             if step % log_every == 0 or done or save:  # averages over the steps since the last
-                extra = timer.take()
+                # Save (and the end) waits for this step anyway: time the window to its end.
+                extra = timer.take(block_on=metrics if save else None)
                 extra.update(throughput.throughput(config, extra["step_time"], flops=flops_per_step,
                                                    num_devices=mesh.devices.size,
                                                    device_kind=mesh.devices.flat[0].device_kind))
@@ -373,23 +374,6 @@ class LateMetrics:
         """The newest step's (step, fetched metrics, extra), not recorded."""
         s, m, extra = self._rows.pop()
         return s, _fetch(m), extra
-
-
-class _StepTimer:
-    """Step and data-wait times averaged over the steps since the last `take`."""
-
-    def __init__(self) -> None:
-        self.t0, self.steps, self.data = time.perf_counter(), 0, 0.0
-
-    def add(self, *, data_s: float) -> None:
-        self.steps += 1
-        self.data += data_s
-
-    def take(self) -> dict[str, float]:
-        now = time.perf_counter()
-        out = {"step_time": (now - self.t0) / self.steps, "data_time": self.data / self.steps}
-        self.t0, self.steps, self.data = now, 0, 0.0
-        return out
 
 
 def _fetch(tree: Any) -> Any:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
+import jax
 import ml_collections
 import numpy as np
 from tensorboardX import SummaryWriter
@@ -48,6 +50,33 @@ class MetricLogger:
             return
         self._jsonl.close()
         self._tb.close()
+
+
+class StepTimer:
+    """Step and data-wait times averaged over the steps since the last `take`.
+
+    Steps are dispatched asynchronously: between log steps the loop is paced by the device
+    (metrics are fetched a step late), but at the end of a run nothing waits, so a window
+    read then would time dispatch. `take(block_on=...)` waits for the window's last step.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.steps, self.data = time.perf_counter(), 0, 0.0
+
+    def add(self, *, data_s: float) -> None:
+        """One step dispatched, after waiting `data_s` seconds for its batch."""
+        self.steps += 1
+        self.data += data_s
+
+    def take(self, block_on: Any = None) -> dict[str, float]:
+        """{"step_time", "data_time"} per step since the last take; with `block_on` (the
+        window's last step outputs) the clock is read once they are computed."""
+        if block_on is not None:
+            jax.block_until_ready(block_on)
+        now = time.perf_counter()
+        out = {"step_time": (now - self.t0) / self.steps, "data_time": self.data / self.steps}
+        self.t0, self.steps, self.data = now, 0, 0.0
+        return out
 
 
 def read_metrics(workdir: str, *, missing_ok: bool = False) -> list[dict[str, float]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,10 +71,13 @@ _ACTIVATION_MESH: contextvars.ContextVar = contextvars.ContextVar("activation_me
 @contextlib.contextmanager
 def activation_sharding(mesh: Any, rules: Any):
     """While tracing under this context, `constrain_activation` pins residual streams to
-    `mesh` by the logical `rules` (outside it, e.g. single-device inference, it is a no-op)."""
+    `mesh` by the logical `rules` (outside it, e.g. single-device inference, it is a no-op),
+    and 'auto' dtype/attention resolve for the mesh's devices unless an enclosing
+    `target_devices` names the target (an AOT compile for TPU on fake CPU devices)."""
     token = _ACTIVATION_MESH.set(mesh)
+    target = _TARGET.get() or Target.of(mesh.devices.flat[0])
     try:
-        with nn.logical_axis_rules(rules):
+        with nn.logical_axis_rules(rules), target_devices(target):
             yield
     finally:
         _ACTIVATION_MESH.reset(token)
@@ -106,30 +110,94 @@ def remat_policy(name: str):
 ACCELERATORS = ("gpu", "cuda", "tpu")  # platforms where bf16 compute is native
 
 
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """The devices a program is compiled for: platform ('cpu' | 'gpu' | 'tpu') and device
+    kind ('NVIDIA H100 80GB HBM3', 'TPU v5'); the model's compute dtype and attention kernel
+    follow it, not the host that traces the program (an AOT compile for TPU from a CPU host)."""
+
+    platform: str
+    device_kind: str = ""
+
+    @classmethod
+    def of(cls, device: Any) -> Target:
+        return cls(str(device.platform).lower(), str(getattr(device, "device_kind", "")))
+
+
+_TARGET: contextvars.ContextVar = contextvars.ContextVar("target", default=None)
+
+
+@contextlib.contextmanager
+def target_devices(target: Target | None):
+    """While tracing under this context, 'auto' dtype/attention resolve for `target`. jit's
+    trace cache does not see it: enter it before a function's first trace."""
+    token = _TARGET.set(target)
+    try:
+        yield
+    finally:
+        _TARGET.reset(token)
+
+
+def current_target() -> Target:
+    """The target set by `target_devices` / `activation_sharding` (the train step's mesh);
+    outside them a program runs on JAX's first device, so that is the target."""
+    return _TARGET.get() or Target.of(jax.devices()[0])
+
+
 def _platform(platform: str | None) -> str:
-    return (platform or jax.default_backend()).lower()
+    return (platform or current_target().platform).lower()
 
 
 def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     """`config.model.dtype` -> the compute dtype; "auto" is bfloat16 on GPU/TPU (fp32
     params, bf16 matmuls: the peak MFU is quoted against) and float32 on CPU, where bf16 is
-    emulated and slower. `platform` defaults to `jax.default_backend()`."""
+    emulated and slower. `platform` defaults to the target's (`current_target`)."""
     if name == "auto":
         return jnp.dtype(jnp.bfloat16 if _platform(platform) in ACCELERATORS else jnp.float32)
     return jnp.dtype(name)
 
 
-def resolve_attention(name: str, dtype: Any, head_dim: int,
-                      platform: str | None = None) -> str:
+# NVIDIA device_kind substring (lower case, first match wins) -> CUDA compute capability.
+CUDA_CAPABILITIES = (
+    ("gb300", (10, 3)), ("b300", (10, 3)), ("gb200", (10, 0)), ("b200", (10, 0)),
+    ("gh200", (9, 0)), ("h200", (9, 0)), ("h100", (9, 0)), ("h800", (9, 0)), ("h20", (9, 0)),
+    ("a100", (8, 0)), ("a800", (8, 0)), ("a30", (8, 0)), ("a40", (8, 6)), ("a10", (8, 6)),
+    ("l40", (8, 9)), ("l4", (8, 9)), ("rtx 6000 ada", (8, 9)), ("rtx 40", (8, 9)),
+    ("rtx 30", (8, 6)), ("rtx a", (8, 6)), ("t4", (7, 5)), ("v100", (7, 0)), ("p100", (6, 0)))
+
+
+def cuda_capability(device_kind: str) -> tuple[int, int] | None:
+    """Compute capability of an NVIDIA GPU from its device kind; None when not in the table."""
+    kind = device_kind.lower()
+    return next((cap for key, cap in CUDA_CAPABILITIES if key in kind), None)
+
+
+def cudnn_max_head_dim(device_kind: str) -> int:
+    """Largest head_dim cuDNN flash attention takes (bf16/fp16) in the installed JAX
+    (`jax/_src/cudnn/fused_attention_stablehlo.py`): 256 from Hopper (sm90) on, 128 on
+    Ampere/Ada (sm80/86/89), 0 before Ampere (no flash kernel); 128 for an unknown GPU."""
+    cap = cuda_capability(device_kind)
+    if cap is None:
+        return 128
+    return 256 if cap >= (9, 0) else 128 if cap >= (8, 0) else 0
+
+
+def resolve_attention(name: str, dtype: Any, head_dim: int, platform: str | None = None,
+                      device_kind: str | None = None) -> str:
     """`config.model.attention` -> "xla" | "cudnn". "auto" is cuDNN flash attention on an
-    NVIDIA GPU when it applies (bf16/fp16 inputs, head_dim a multiple of 8 and <= 128),
-    else XLA's. (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
+    NVIDIA GPU when it applies (bf16/fp16 inputs, head_dim a multiple of 8 and at most
+    `cudnn_max_head_dim` for the GPU), else XLA's. `platform` and `device_kind` default to
+    the target's (its kind also when only the same `platform` is given).
+    (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
     if name not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention='{name}' is not one of {sorted(ATTENTION_IMPLS)}")
     if name != "auto":
         return name
+    target = current_target()
+    if platform is None or (device_kind is None and _platform(platform) == target.platform):
+        platform, device_kind = target.platform, target.device_kind
     fits = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
-            and head_dim % 8 == 0 and head_dim <= 128)
+            and head_dim % 8 == 0 and head_dim <= cudnn_max_head_dim(device_kind or ""))
     return "cudnn" if _platform(platform) in ("gpu", "cuda") and fits else "xla"
 
 
