@@ -384,9 +384,11 @@ def two_steps(tiny_dataset, tmp_path_factory):
 
 def _abstract_and_iterator(config):
     from wallwm_jax.data.pipeline import make_pipeline
+    from wallwm_jax.train import STEP_CACHE
     from wallwm_jax.train_step import make_train_step
 
-    fns = make_train_step(config, sharding.make_mesh(config.mesh))
+    # The process's step cache: each damage kind restores with the step traced once.
+    fns = make_train_step(config, sharding.make_mesh(config.mesh), cache=STEP_CACHE)
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=config.seed)
     return fns, pipeline.iterator
 

@@ -91,6 +91,26 @@ def test_mixture_trains_on_8_devices_and_resume_is_bitwise(mixture):
     assert widths == [(4, 4), (14, 7)]  # each robot keeps its own statistics
 
 
+def test_closed_loop_during_training_runs_the_simulators_robot(tiny_dataset, arm7, tmp_path):
+    """The in-training closed loop of a mixture acts as the MetaWorld robot: its statistics,
+    4-D actions and its one camera (the arm's wrist camera is not asked of the simulator)."""
+    from wallwm_jax.train import train_and_evaluate
+    from wallwm_jax.train_log import read_metrics
+
+    config = _mixture_config(tiny_dataset, arm7)
+    config.total_steps, config.checkpoint.every_steps = 1, 1
+    config.eval.closed_loop.update(suite="demo", tasks=("reach-v3",), episodes_per_task=1,
+                                   every_steps=1)
+    train_and_evaluate(config, str(tmp_path))
+    (results,) = [os.path.join(d, "results.json") for d, _, files in os.walk(tmp_path)
+                  if "results.json" in files and "closed_loop" in d]
+    with open(results) as f:
+        episodes = json.load(f)["episodes"]
+    assert len(episodes) == 1 and "error" not in episodes[0], episodes
+    rows = [r for r in read_metrics(str(tmp_path)) if "closed_loop/demo/success" in r]
+    assert rows and rows[-1]["closed_loop/demo/success"] == float(episodes[0]["success"])
+
+
 def test_loss_counts_only_real_dims_and_masked_camera(mixture):
     from wallwm_jax.models import wallwm
 

@@ -81,10 +81,13 @@ def _serve_and_drive(export: str, mode: str, client_dir: str) -> dict:
         assert run.returncode == 0, run.stderr
         assert server.poll() is None  # still serving after the bad observation
         print(run.stdout)
-        return json.loads(run.stdout.strip().splitlines()[-1])
     finally:
         server.terminate()
-        server.wait(timeout=60)
+        rest = server.communicate(timeout=60)[0]  # reads its output while it stops
+    # SIGTERM closes the server through its event loop: a clean exit that says so.
+    assert server.returncode == 0 and "wallwm_jax.serve: stopped (SIGTERM)" in rest, \
+        (server.returncode, rest[-2000:])
+    return json.loads(run.stdout.strip().splitlines()[-1])
 
 
 def test_openpi_client_drives_event_policy(trained_policies, openpi_client):

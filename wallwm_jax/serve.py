@@ -27,6 +27,7 @@ import concurrent.futures
 import http
 import logging
 import os
+import signal
 import socket
 import time
 from typing import Any
@@ -116,16 +117,25 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_MB << 20,
                 request_timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S,
                 on_listen: Any = None) -> None:
-    """Serve until cancelled, on `sock` (bound, not listening) or host:port; `on_listen(port)`
-    once connections are accepted. Each connection's frames are received, decoded and checked
-    on its own (event loop, worker threads); only the model call is serialised, on one model
-    thread, so a large or slow request does not hold up the others' reading and checking."""
+    """Serve until SIGTERM (then return) or cancelled, on `sock` (bound, not listening) or
+    host:port; `on_listen(port)` once connections are accepted. Each connection's frames are
+    received, decoded and checked on its own (event loop, worker threads); only the model call
+    is serialised, on one model thread, so a large or slow request does not hold up the others'
+    reading and checking."""
     from websockets.asyncio.server import serve as ws_serve
     from websockets.exceptions import ConnectionClosed
 
     meta = packb(metadata(policy, mode))
     model_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="model")
     loop = asyncio.get_running_loop()
+    # SIGTERM (a scheduler, `kill`) closes the server and returns, through the event loop, so
+    # the process never stops inside a request or a thread; only the main thread can hook it.
+    stop = asyncio.Event()
+    try:
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        hooked = True
+    except (RuntimeError, ValueError, NotImplementedError):
+        hooked = False
 
     async def answer(message: bytes | str) -> bytes | str:
         try:
@@ -169,8 +179,10 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
                             process_request=health, **where) as server:
             if on_listen is not None:
                 on_listen(server.sockets[0].getsockname()[1])
-            await server.serve_forever()
+            await stop.wait()  # serving until SIGTERM or cancelled
     finally:
+        if hooked:
+            loop.remove_signal_handler(signal.SIGTERM)
         model_thread.shutdown(wait=False, cancel_futures=True)
 
 
@@ -253,6 +265,7 @@ def main(argv: list[str]) -> None:
             request_timeout_s=fl.request_timeout_s, on_listen=lambda port: print(
                 f"wallwm_jax.serve: {fl.policy} in {mode} mode (compiled in {seconds:.1f}s), "
                 f"listening on ws://{fl.host}:{port}", flush=True)))
+        print("wallwm_jax.serve: stopped (SIGTERM)", flush=True)
     finally:
         sock.close()
 

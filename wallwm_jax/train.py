@@ -127,7 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---------------------------------------------------------------- Evals
     evaluators = make_evaluators(config, workdir, mesh, norm_stats=norm_stats,
-                                 tokenizer_path=pipeline.tokenizer_path)
+                                 tokenizer_path=pipeline.tokenizer_path,
+                                 embodiments=pipeline.embodiments)
 
     # ---------------------------------------------------------------- Loop
     # The host never waits on the device between log steps: the next batch is prefetched

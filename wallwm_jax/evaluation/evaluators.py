@@ -32,10 +32,14 @@ class Evaluator:
 
 
 def make_evaluators(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh, *,
-                    norm_stats: dict[str, Any], tokenizer_path: str) -> list[Evaluator]:
+                    norm_stats: dict[str, Any], tokenizer_path: str,
+                    embodiments: list[tuple[Any, dict[str, Any]]] | None = None
+                    ) -> list[Evaluator]:
     """What `config` asks the loop to evaluate: the offline metrics on the val split
     (`eval_every_steps`), by event cluster (`eval.by_cluster`), and closed-loop success in a
-    suite (`eval.closed_loop`), with the run's norm stats and tokenizer."""
+    suite (`eval.closed_loop`), with the run's norm stats and tokenizer; `embodiments` (the
+    pipeline's (embodiment, stats) per dataset) lets the closed loop run the simulator's robot
+    of a mixture."""
     evaluators = []
     every = int(config.get("eval_every_steps", 0))
     if every > 0:
@@ -47,7 +51,8 @@ def make_evaluators(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh,
 
             evaluators.append(Evaluator("by_cluster", every, ClusterEvaluator(
                 config, split="val", prefix=PREFIX, norm_stats=norm_stats)))
-    closed_loop = ClosedLoopEval.from_config(config, workdir, norm_stats, tokenizer_path)
+    closed_loop = ClosedLoopEval.from_config(config, workdir, norm_stats, tokenizer_path,
+                                             embodiments)
     if closed_loop is not None:
         evaluators.append(Evaluator("closed_loop", closed_loop.every, closed_loop))
     return evaluators
