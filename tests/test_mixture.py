@@ -107,8 +107,8 @@ def test_closed_loop_during_training_runs_the_simulators_robot(tiny_dataset, arm
     with open(results) as f:
         episodes = json.load(f)["episodes"]
     assert len(episodes) == 1 and "error" not in episodes[0], episodes
-    rows = [r for r in read_metrics(str(tmp_path)) if "closed_loop/demo/success" in r]
-    assert rows and rows[-1]["closed_loop/demo/success"] == float(episodes[0]["success"])
+    rows = [r for r in read_metrics(str(tmp_path)) if "closed_loop/demo/overall" in r]
+    assert rows and rows[-1]["closed_loop/demo/overall"] == float(episodes[0]["success"])
 
 
 def test_loss_counts_only_real_dims_and_masked_camera(mixture):
