@@ -185,6 +185,19 @@ def note_excluded(excluded_dir: str, key: str, error: Exception) -> None:
         json.dumps({"episode": key, "error": str(error)}))
 
 
+def define_embodiment_flags(name_help: str, control_hz_help: str) -> None:
+    """The converters' embodiment.json flags: --embodiment, --action_space, --control_hz and
+    --position_targets (the defaults' wording differs per source, hence the two helps)."""
+    from absl import flags
+
+    flags.DEFINE_string("embodiment", None, f"Robot name in embodiment.json ({name_help}).")
+    flags.DEFINE_enum("action_space", "delta_ee", list(ACTION_SPACES), "What the actions are.")
+    flags.DEFINE_float("control_hz", None, control_hz_help)
+    flags.DEFINE_bool("position_targets", False, "Actions 0-2 move the hand at "
+                      "--position_slice (delta_ee only): data.action_target_gain may train "
+                      "position targets.")
+
+
 @dataclasses.dataclass(frozen=True)
 class EmbodimentFlags:
     """What a converter cannot read from its source about the robot (its flags): the name,

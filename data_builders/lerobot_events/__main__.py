@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from data_builders.common import EmbodimentFlags, quiet_tfds
+from data_builders.common import EmbodimentFlags, define_embodiment_flags, quiet_tfds
 from data_builders.rlds_events import KeyMapping
 from wallwm_jax import cli
 
@@ -28,13 +28,8 @@ flags.DEFINE_integer("image_size", None, "Square resize (default: keep the sourc
 flags.DEFINE_float("val_fraction", 0.1, "Episodes carved out as the val split.")
 flags.DEFINE_integer("seed", 0, "Seed of the val split.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode instead of excluding it.")
-flags.DEFINE_string("embodiment", None, "Robot name in embodiment.json (default: info.json's "
-                    "robot_type).")
-flags.DEFINE_enum("action_space", "delta_ee", ["delta_ee", "absolute_ee", "joint_position",
-                                               "joint_velocity"], "What the actions are.")
-flags.DEFINE_float("control_hz", None, "Control rate (default: info.json's fps).")
-flags.DEFINE_bool("position_targets", False, "Actions 0-2 move the hand at --position_slice "
-                  "(delta_ee only): data.action_target_gain may train position targets.")
+define_embodiment_flags("default: info.json's robot_type",
+                        "Control rate (default: info.json's fps).")
 
 
 def main(argv: list[str]) -> None:

@@ -12,7 +12,7 @@ import logging
 
 from absl import flags
 
-from data_builders.common import EmbodimentFlags, quiet_tfds
+from data_builders.common import EmbodimentFlags, define_embodiment_flags, quiet_tfds
 from data_builders.rlds_events.mapping import KeyMapping
 from data_builders.rlds_events.rlds_events import build
 from wallwm_jax import cli
@@ -41,13 +41,8 @@ flags.DEFINE_integer("seed", 0, "Split seed.")
 flags.DEFINE_bool("strict", False, "Fail on an invalid episode.")
 flags.DEFINE_bool("beam", False, "Convert with Apache Beam.")
 flags.DEFINE_integer("workers", 2, "Beam DirectRunner workers.")
-flags.DEFINE_string("embodiment", None, "Robot name in embodiment.json (default: the config "
-                    "name).")
-flags.DEFINE_enum("action_space", "delta_ee", ["delta_ee", "absolute_ee", "joint_position",
-                                               "joint_velocity"], "What the actions are.")
-flags.DEFINE_float("control_hz", None, "Control rate in Hz (recorded in embodiment.json).")
-flags.DEFINE_bool("position_targets", False, "Actions 0-2 move the hand at --position_slice "
-                  "(delta_ee only): data.action_target_gain may train position targets.")
+define_embodiment_flags("default: the config name",
+                        "Control rate in Hz (recorded in embodiment.json).")
 flags.DEFINE_list("state_names", [], "Names of the state dims (default state_0, ...).")
 flags.DEFINE_list("action_names", [], "Names of the action dims (default action_0, ...).")
 FLAGS = flags.FLAGS
