@@ -345,8 +345,10 @@ def _truncate(step_dir):
     return path
 
 
-def _zero(step_dir):
-    path = _largest(step_dir, "train_state")
+def _zero(step_dir, item="train_state"):
+    """Zero the middle half of `item`'s largest file; its small files stay whole, so only
+    decoding the arrays finds the damage."""
+    path = _largest(step_dir, item)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.seek(size // 4)

@@ -16,8 +16,8 @@ import pytest
 from tests.test_checkpoint_reliability import (
     _drop_manifest,
     _empty_iterator_state,
-    _largest,
     _truncate,
+    _zero,
 )
 from wallwm_jax import checkpoint as ckpt
 
@@ -28,12 +28,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _zero_params(step_dir):
-    path = _largest(step_dir, "params")
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:  # the small files stay whole: only decoding finds it
-        f.seek(size // 4)
-        f.write(b"\0" * (size // 2))
-    return path
+    return _zero(step_dir, "params")
 
 
 def _missing_asset(step_dir):
