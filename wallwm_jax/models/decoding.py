@@ -26,6 +26,7 @@ from wallwm_jax.data.batches import Observation
 from wallwm_jax.models.wallwm import (
     WallWM,
     _frozen,
+    _vlm_valid,
     denoise,
     duration_steps,
     prefix_key_valid,
@@ -99,9 +100,7 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
     n_prefix = cache[0].shape[2]
     n_img = n_prefix - obs.instruction.shape[1] - k * max_len
     # A camera the batch marks missing (a mixture's robot without it) is never attended.
-    prefix_valid = prefix_key_valid(obs, jnp.concatenate(
-        [jnp.ones((batch, n_img), bool), obs.instruction != 0,
-         obs.caption.reshape(batch, -1) != 0], 1), n_img)
+    prefix_valid = prefix_key_valid(obs, _vlm_valid(obs, n_img), n_img)
     pad = [(0, 0), (0, 0), (0, max_len), (0, 0), (0, 0)]
     cache = jax.tree.map(lambda c: jnp.pad(c, pad), cache)
     cache_mask = jnp.concatenate([prefix_valid, jnp.zeros((batch, max_len), bool)], 1)
@@ -240,9 +239,9 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
     n_img = n_prefix - obs.instruction.shape[1]
     pad = [(0, 0), (0, 0), (0, num_slots * max_len), (0, 0), (0, 0)]
     cache = jax.tree.map(lambda c: jnp.pad(c, pad), cache)
-    cache_mask = jnp.concatenate([prefix_key_valid(obs, jnp.concatenate(
-        [jnp.ones((batch, n_img), bool), obs.instruction != 0], 1), n_img),
-        jnp.zeros((batch, num_slots * max_len), bool)], 1)
+    cache_mask = jnp.concatenate([prefix_key_valid(prefix_obs, _vlm_valid(prefix_obs, n_img),
+                                                   n_img),
+                                  jnp.zeros((batch, num_slots * max_len), bool)], 1)
     real_prefix = n_img + jnp.sum(obs.instruction != 0, axis=1).astype(jnp.int32)
     captions = jnp.zeros((batch, num_slots, max_len), jnp.int32)
     bins = jnp.zeros((batch, num_slots), jnp.int32)
