@@ -301,3 +301,22 @@ def test_batch_checked_against_the_config_names_the_field(tiny_config):
     config.data.max_event_len = 16
     with pytest.raises(ValueError, match=r"field 'actions' has shape \(8, 32, 4\).*\(8, 16, 4\)"):
         check_batch(batch, abstract_batch(config))
+
+
+def test_samples_sharing_an_episode_equal_samples_made_fresh(tiny_config):
+    """What samples of one episode share (normalised targets, event-end frames, tokens) is
+    computed once and kept with the cached episode; a sample drawn through that cache equals
+    one made from a fresh read, also after the earlier samples' arrays were overwritten."""
+    tiny_config.data.layout, tiny_config.data.max_captions = "unified", 2
+    cached = make_pipeline(tiny_config.data, global_batch=8, seed=2).sampler
+    fresh = make_pipeline(tiny_config.data, global_batch=8, seed=2).sampler
+    fresh.cache_size = 0  # every sample reads its episode and derives everything again
+    episodes = set()
+    for i in range(24):
+        got, want = cached(i), fresh(i)
+        episodes.add(int(cached.index.episode[cached.draw(i)[0]]))
+        assert got.keys() == want.keys()
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+            got[key][...] = 0  # a consumer writing into its sample leaves the cache intact
+    assert len(episodes) < 24  # episodes were shared, so the cache was exercised
