@@ -25,8 +25,10 @@ class EventSampler:
     """Map a global sample index to one training example (a dict of arrays) in the layout of
     `data.layout` (event / unified / chunk).
 
-    Picklable, so Grain worker processes can run it; decoded episodes are kept in a small
-    per-process LRU cache because consecutive samples often hit the same episode.
+    Picklable, so Grain worker processes can run it; episodes are kept in a small
+    per-process LRU cache because consecutive samples often hit the same episode, with what
+    their samples derive from them once, and decoded frames up to `frame_cache_bytes` per
+    process (a small dataset is then decoded once, not once per sample).
     """
 
     def __init__(self, source: EpisodeSource, index: EventIndex, tokenizer_path: str,
@@ -35,7 +37,8 @@ class EventSampler:
                  event_probs: np.ndarray | None = None, cache_size: int = 64,
                  augment: bool = False, cluster: np.ndarray | None = None,
                  embodiment: Embodiment | None = None,
-                 widths: tuple[int, int] | None = None):
+                 widths: tuple[int, int] | None = None,
+                 frame_cache_bytes: int = 256 << 20):
         self.source = source
         self.index = index
         self.tokenizer_path = tokenizer_path
@@ -46,6 +49,8 @@ class EventSampler:
         self._cdf = None if event_probs is None else np.cumsum(event_probs)
         self.cluster = np.full(len(index), -1, np.int32) if cluster is None else cluster
         self.cache_size = cache_size
+        self.frame_cache_bytes = frame_cache_bytes
+        self._frame_bytes = 0  # decoded frames held by the cached episodes
         self.augment = augment
         self.embodiment = embodiment  # what the dataset's numbers mean (embodiment.json)
         self.widths = widths  # the model's (state_dim, action_dim) in masked mode, else None
@@ -59,6 +64,7 @@ class EventSampler:
         state["_tokenizer"] = None
         state["_io"] = None
         state["_cache"] = OrderedDict()
+        state["_frame_bytes"] = 0
         return state
 
     @property
@@ -80,11 +86,27 @@ class EventSampler:
         if e in self._cache:
             self._cache.move_to_end(e)
             return self._cache[e]
-        entry = (self.source[e], {})
+        entry = (self.source[e], {"frames": {}} if self.cache_size else {})
         self._cache[e] = entry
         if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            _, (_, derived) = self._cache.popitem(last=False)
+            self._frame_bytes -= sum(f.nbytes for f in derived.get("frames", {}).values())
         return entry
+
+    def _frame(self, name: str, frames: Any, t: int, memo: dict | None) -> np.ndarray:
+        """Frame t of camera `name`'s `frames`, decoded once while the episode is cached and
+        the decoded frames fit `frame_cache_bytes` (`memo`: the episode's decoded frames; a
+        copy is returned, so a sample never aliases the cache)."""
+        if memo is None:
+            return frames[t]
+        key = (name, t)
+        if key not in memo:
+            frame = np.asarray(frames[t])
+            if self._frame_bytes + frame.nbytes > self.frame_cache_bytes:
+                return frame
+            memo[key] = frame
+            self._frame_bytes += frame.nbytes
+        return memo[key].copy()
 
     def draw(self, i: int) -> tuple[int, int, np.random.Generator]:
         """(event row, step t, the sample's generator) of global sample i: a pure function
@@ -156,8 +178,9 @@ class EventSampler:
         if k not in ends_seen:  # decoded and resized once per event, not once per sample
             ends_seen[k] = np.asarray(Image.fromarray(images[int(ends[k]) - 1]).resize(
                 (cfg.world_size, cfg.world_size), Image.BILINEAR), np.uint8)
-        inputs = io.inputs({name: frames[t] for name, frames in zip(cfg.cameras, cameras,
-                                                                     strict=True)
+        memo = derived.get("frames")
+        inputs = io.inputs({name: self._frame(name, frames, t, memo)
+                            for name, frames in zip(cfg.cameras, cameras, strict=True)
                             if frames is not None},
                            ep["steps/observation/state"][t],
                            ep["episode_metadata/instruction"], texts, num_slots)
