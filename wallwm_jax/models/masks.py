@@ -84,13 +84,14 @@ def batched_staircase_mask(prefix_len: int, caption_lens: Sequence[int],
 def staircase_structure(prefix_len: int, caption_lens: Sequence[int], action_events: jax.Array,
                         caption_mask: str = "staircase") -> StaticMask | jax.Array:
     """The staircase structure of `batched_staircase_mask`, static where it cannot depend on
-    the events: with at most one caption every step is in event 0, and `caption_mask="causal"`
-    puts every step on the last stair. Returns a `StaticMask` [T, T] then, else bool [B, T, T].
+    the events: with at most one caption every step is in event 0, `caption_mask="causal"`
+    puts every step on the last stair, and without action steps there are no stairs to vary.
+    Returns a `StaticMask` [T, T] then, else bool [B, T, T].
     """
     if caption_mask not in CAPTION_MASKS:
         raise ValueError(f"caption_mask={caption_mask!r} must be one of {CAPTION_MASKS}")
     num_captions, horizon = len(caption_lens), action_events.shape[-1]
-    if num_captions <= 1 or caption_mask == "causal":
+    if num_captions <= 1 or caption_mask == "causal" or horizon == 0:
         events = [max(num_captions - 1, 0) if caption_mask == "causal" else 0] * horizon
         return StaticMask(staircase_mask(prefix_len, caption_lens, events, caption_mask))
     return batched_staircase_mask(prefix_len, caption_lens, action_events, caption_mask)
