@@ -180,7 +180,9 @@ def test_train_step_compiled_for_tpu_v5p_calls_the_splash_kernel():
     for mode, hlo in report["hlo"].items():
         assert 'custom_call_target="tpu_custom_call"' in hlo, mode
         # Forward and both backward kernels; event mode's static stairs take the key
-        # validity as segment ids, unified mode's per-example stairs a dense mask.
+        # validity as segment ids, unified mode's per-example stairs a dense (dynamic) mask.
         segmented = "_segmented" if mode == "event" else ""
         for phase in ("fwd", "dq", "dkv"):
             assert f"splash_mha_{phase}{segmented}_" in hlo, (mode, phase)
+        sparsity = "static_sparsity_splash" if mode == "event" else "dynamic_sparsity_splash"
+        assert sparsity in hlo, mode
