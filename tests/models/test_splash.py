@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from wallwm_jax.models import wallwm
-from wallwm_jax.models.layers import attention, resolve_attention
+from wallwm_jax.models.layers import activation_sharding, attention, resolve_attention
 from wallwm_jax.models.masks import AttentionMask, batched_staircase_mask, staircase_mask
 from wallwm_jax.models.splash import splash_attention
 
@@ -90,6 +90,23 @@ def test_masked_keys_do_not_leak():
     out_last = run(v.at[0, last].add(5.0))
     np.testing.assert_array_equal(out_last[0, :last], out[0, :last])  # causal
     assert float(jnp.max(jnp.abs(out_last[0, last:] - out[0, last:]))) > 0.1
+
+
+def test_splash_under_the_activation_mesh_runs_per_device():
+    """Inside the train step's mesh the kernel runs per batch shard (shard_map over
+    data x fsdp, 8 fake CPU devices) and still matches XLA on the whole batch."""
+    from jax.sharding import Mesh
+
+    devices = np.array(jax.devices()[:8]).reshape(2, 4, 1)
+    mesh = Mesh(devices, ("data", "fsdp", "tensor"))
+    b, t = 8, 100
+    q, k, v = _qkv(b, t, t, 2, 1)
+    mask = AttentionMask.of(np.tril(np.ones((t, t), bool)), _key_valid(b, t))
+    with activation_sharding(mesh, (("activation_batch", ("data", "fsdp")),)):
+        out = jax.jit(lambda q, k, v, m: attention(q, k, v, m, implementation="splash"))(
+            q, k, v, mask)
+    assert out.sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"))
+    np.testing.assert_allclose(out, attention(q, k, v, mask, implementation="xla"), atol=TOL)
 
 
 def test_auto_picks_splash_only_when_lowering_for_tpu_and_lengths_fill_a_block():
