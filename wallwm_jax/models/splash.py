@@ -10,6 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.pallas.ops.tpu import splash_attention as sa
+from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
+    SplashAttentionKernel,
+)
 
 from wallwm_jax.models.masks import AttentionMask
 
@@ -46,8 +49,7 @@ def _static_kernel_mask(static: np.ndarray, tp: int, sp: int) -> np.ndarray:
     return out
 
 
-def _dynamic_kernel(mask: jax.Array, interpret: bool) -> sa.splash_attention_kernel.\
-        SplashAttentionKernel:
+def _dynamic_kernel(mask: jax.Array, interpret: bool) -> SplashAttentionKernel:
     """Splash over one example's dense mask bool [1, Tp, Sp] (traced). JAX 0.10's factory
     stores `is_dynamic_mask` as an array, which the kernel then tests with `if`: keep it a
     Python bool."""
