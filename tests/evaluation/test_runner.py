@@ -15,9 +15,6 @@ from wallwm_jax.evaluation import suites
 from wallwm_jax.evaluation.runner import EvaluationError, PolicySpec, evaluate_suite
 from wallwm_jax.train_log import read_metrics
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = dataclasses.replace(suites.get("demo").subset(("reach-v3", "push-v3"), 2),
                             episode_limit=10)
