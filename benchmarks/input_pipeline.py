@@ -311,8 +311,11 @@ def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: 
         row = {"image_size": size, "rounds": rounds, "h100_small": h100_estimate(layout, size),
                "malloc_env": MALLOC_ENV if malloc_env else {}}
         for name, results in runs.items():
-            med = sorted(results, key=lambda r: r["warm"]["samples_per_s"])[len(results) // 2]
-            row[name] = {**med, "round_warm_samples_per_s": [r["warm"]["samples_per_s"]
+            # each cache's row (rate and stages) from its own median round
+            med = {c: sorted(results, key=lambda r: r[c]["samples_per_s"])[len(results) // 2]
+                   for c in ("warm", "cold")}
+            row[name] = {**med["warm"], "cold": med["cold"]["cold"],
+                         "round_warm_samples_per_s": [r["warm"]["samples_per_s"]
                                                              for r in results],
                          "round_cold_samples_per_s": [r["cold"]["samples_per_s"]
                                                       for r in results]}
