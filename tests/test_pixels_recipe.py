@@ -28,6 +28,21 @@ def test_pixels_recipe_reads_agent_state_and_two_cameras(mode):
     assert get_config(f"size=tiny,mode={mode},recipe=demo").model.state_dim == 10
 
 
+def test_pixels_sweep_trials_read_no_privileged_state_and_report_test_scenes():
+    from wallwm_jax.sweep.hyper import load_sweep
+    from wallwm_jax.sweep.runner import trial_config
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sweep = load_sweep(os.path.join(root, "experiments", "sweeps", "pixels.py:size=tiny"))
+    configs = [trial_config(sweep, t) for t in sweep.trials]
+    assert sorted((c.mode, c.seed) for c in configs) == sorted(
+        (m, s) for m in MODES for s in (0, 1, 2))
+    for c in configs:
+        assert (c.data.privileged_state, c.model.state_dim, c.model.cameras) == (False, 4, 2)
+        assert c.data.layout == c.mode
+    assert sweep.eval["suites"] == ["mt10_seen"] and sweep.eval["split"] == "test"
+
+
 @pytest.fixture(scope="module")
 def pixels_export(tiny_dataset, tmp_path_factory):
     """A chunk-mode recipe=pixels model at its init, exported with the tiny dataset's

@@ -19,7 +19,11 @@ SEEDS = (0, 1, 2)
 
 
 def get_config(arg=None):
-    """The pretraining config (`arg`: `size=...,recipe=...`; the mode is swept)."""
+    """The pretraining config (`arg`: `size=...`; recipe=pixels unless `arg` names another
+    recipe; the mode is swept)."""
+    arg = arg or ""
+    if "recipe=" not in arg:
+        arg = ",".join(a for a in (arg, "recipe=pixels") if a)
     return pretrain_config(arg)
 
 
