@@ -14,6 +14,18 @@ Mixture row: the same dataset mixed half and half with a second robot (default: 
 padded into 14-D state / 7-D actions with masks and one tokenizer, against the single dataset,
 0 workers, in alternating A/B rounds of the same run: samples/s of each and their ratio
 (aim >= 0.9).
+
+Per-core rows (`--profile`, on by default): one core (one process, one thread) running the
+sampler and Grain's collation, at each of `--profile_sizes` (64 and 224 px, each on a small
+reach-v3 dataset built once), where a sample's time goes by stage (read an episode from
+ArrayRecord, image decode, resize/augment, tokenise, collate, the rest), with a warm episode
+cache (this small dataset) and a cold one (every sample reads its episode again: a dataset
+much larger than the cache). The code at `--baseline_rev` (default: the commit before the
+pipeline was made faster) runs the same rows in alternating rounds, so before/after are
+measured in the same run under the same load. The accelerator estimate: the `small` step
+on one H100 from its analytic FLOPs at 40% MFU of the bf16 dense peak (989 TFLOP/s), the
+samples/s that step consumes x 3 (margin), against 16 x the per-core rate (a linear
+extrapolation to a 16-core host, not a measurement).
 """
 
 from __future__ import annotations
@@ -22,11 +34,16 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import cProfile  # noqa: E402
 import json  # noqa: E402
+import pstats  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
+import numpy as np  # noqa: E402
 import optax  # noqa: E402
 from absl import flags  # noqa: E402
 
@@ -120,6 +137,197 @@ def mixture_rows(config, second: str, batches: int, rounds: int) -> dict:
             "ratio_per_round": ratios, "ratio_median": sorted(ratios)[len(ratios) // 2]}
 
 
+# -- per-core stage profile ---------------------------------------------------------------
+BASELINE_REV = "42a347901e49f632d369d06340782e083d7c7ec5"  # before the pipeline was made faster
+H100_PEAK, H100_MFU, MARGIN, HOST_CORES = 989e12, 0.4, 3.0, 16
+# cProfile functions whose cumulative time is a stage: (file suffix, function, caller or None)
+STAGES = {"read": [("episodes.py", "__getitem__", "_episode")],
+          "decode": [("episodes.py", "_decode", None)],
+          "augment": [("augment.py", "augment_frame", None)],
+          "resize": [("Image.py", "resize", "make_sample")],
+          "tokenise": [("tokenizer.py", "encode", None)]}
+
+
+def _stage_seconds(stats: pstats.Stats) -> dict[str, float]:
+    """Cumulative seconds of each of `STAGES` in a profile (a caller narrows a function to
+    the calls made from it)."""
+    out = dict.fromkeys(STAGES, 0.0)
+    for (path, _, name), (_, _, _, cum, callers) in stats.stats.items():
+        for stage, keys in STAGES.items():
+            for suffix, fn, caller in keys:
+                if name != fn or not path.endswith(suffix):
+                    continue
+                if caller is None:
+                    out[stage] += cum
+                else:
+                    out[stage] += sum(v[3] for (_, _, c), v in callers.items() if c == caller)
+    return out
+
+
+def core_rates(spec: dict) -> dict:
+    """CPU seconds one core spends per sample (sampler + Grain collation) on
+    `spec["data_dir"]` -> samples/s per core, with a warm episode cache (after a warm-up pass:
+    the small dataset held in it) and a cold one (every sample reads its episode: a dataset much
+    larger than the cache), and where the time goes (`STAGES`, shares of a profiled pass
+    scaled to the unprofiled time). Runs in a subprocess on the code it is pointed at. CPU
+    time, not wall time: other jobs on the machine slow the clock, not the work."""
+    import grain
+    import numpy as np
+
+    from wallwm_jax.data.sampler import make_sampler
+
+    config = get_config(f"size=small,mode={spec['layout']}")
+    config.data.data_dir, config.data.image_size = spec["data_dir"], spec["image_size"]
+    data, n, batch = config.data, spec["samples"], spec["batch_size"]
+
+    def sampler_with(cache_size: int):
+        sampler = make_sampler(data, spec["data_dir"], "train", seed=0,
+                               augment=data.augment.enabled, balanced=True)
+        sampler.cache_size = cache_size
+        return sampler
+
+    source = sampler_with(0).source
+    episodes = [source[e] for e in range(len(source))]  # files opened
+    t0 = time.process_time()
+    episodes = [source[e] for e in range(len(source))]
+    out = {"image_size": spec["image_size"], "episodes": len(episodes),
+           "mean_steps": float(np.mean([len(ep["steps/action"]) for ep in episodes])),
+           "read_episode_ms": 1e3 * (time.process_time() - t0) / len(episodes)}
+    for cache, sampler in (("warm", sampler_with(64)), ("cold", sampler_with(0))):
+        for i in range(2 * n if cache == "warm" else 1):  # warm-up
+            sampler(10**9 + i)
+        t0, wall = time.process_time(), time.perf_counter()
+        samples = [sampler(i) for i in range(n)]
+        sample_s, wall_s = (time.process_time() - t0) / n, (time.perf_counter() - wall) / n
+        list(grain.MapDataset.source(samples[:batch]).batch(batch))  # Grain's first use
+        t0 = time.process_time()
+        batches = list(grain.MapDataset.source(samples).batch(batch, drop_remainder=True))
+        collate_s = (time.process_time() - t0) / (len(batches) * batch)
+        profile = cProfile.Profile(time.process_time)
+        profile.enable()
+        for i in range(n, 2 * n):
+            sampler(i)
+        profile.disable()
+        stats = pstats.Stats(profile)
+        scale = sample_s * n / stats.total_tt  # the profiler's overhead taken out
+        ms = {k: 1e3 * v * scale / n for k, v in _stage_seconds(stats).items()}
+        ms["collate"] = 1e3 * collate_s
+        ms["other"] = 1e3 * (sample_s + collate_s) - sum(ms.values())
+        out[cache] = {"samples_per_s": 1 / (sample_s + collate_s),
+                      "sample_ms": 1e3 * (sample_s + collate_s), "stages_ms": ms,
+                      "wall_sample_ms": 1e3 * wall_s}
+    return out
+
+
+def code_root(rev: str) -> str:
+    """The package at git revision `rev` (wallwm_jax, experiments, data_builders), extracted
+    once into a temporary directory; '' -> this checkout."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not rev:
+        return repo
+    root = os.path.join(tempfile.gettempdir(), f"wallwm_bench_rev_{rev[:12]}")
+    if not os.path.exists(os.path.join(root, "wallwm_jax")):
+        os.makedirs(root, exist_ok=True)
+        got = subprocess.run(["git", "-C", repo, "archive", rev, "wallwm_jax", "experiments",
+                              "data_builders"], capture_output=True)
+        if got.returncode:
+            raise cli.UserError(f"--baseline_rev={rev}: git archive failed: "
+                                f"{got.stderr.decode().strip()}")
+        archive = got.stdout
+        subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    return root
+
+
+def run_core_rates(root: str, spec: dict) -> dict:
+    """`core_rates(spec)` in a fresh single-threaded process importing the package at `root`."""
+    env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1",
+           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import input_pipeline as b; "
+            "print('RESULT' + json.dumps(b.core_rates(json.loads(sys.argv[2]))))")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(
+        __file__)), json.dumps(spec)], env=env, capture_output=True, text=True, cwd=root)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"core_rates at {root} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT"):])
+
+
+def h100_estimate(layout: str, image_size: int) -> dict[str, float]:
+    """The `small` train step on one H100 from its analytic FLOPs at 40% MFU, and the
+    samples/s a host must feed it with a 3x margin (an estimate, not a measurement)."""
+    from wallwm_jax import throughput
+
+    config = get_config(f"size=small,mode={layout}")
+    config.data.image_size = image_size
+    config = config.copy_and_resolve_references()
+    flops = throughput.step_flops(config)
+    step_s = flops / (H100_MFU * H100_PEAK)
+    return {"batch_size": config.batch_size, "flops_per_step": flops, "step_s": step_s,
+            "consumes_samples_per_s": config.batch_size / step_s,
+            "needed_samples_per_s": MARGIN * config.batch_size / step_s}
+
+
+def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: str,
+                 samples: int, batch: int, rounds: int) -> list[dict]:
+    """Per image size: the per-core rows of this code and of `baseline` (alternating rounds,
+    medians), the speed-up, and the 16-core host against the H100 estimate."""
+    roots = {"after": code_root("")}
+    if baseline:
+        roots["before"] = code_root(baseline)
+    rows = []
+    for size in sizes:
+        spec = {"data_dir": dirs[size], "image_size": size, "layout": layout,
+                "samples": samples, "batch_size": batch}
+        runs: dict[str, list[dict]] = {k: [] for k in roots}
+        for _ in range(rounds):
+            for name, root in roots.items():
+                runs[name].append(run_core_rates(root, spec))
+        row = {"image_size": size, "rounds": rounds, "h100_small": h100_estimate(layout, size)}
+        for name, results in runs.items():
+            med = sorted(results, key=lambda r: r["warm"]["samples_per_s"])[len(results) // 2]
+            row[name] = {**med, "round_warm_samples_per_s": [r["warm"]["samples_per_s"]
+                                                             for r in results],
+                         "round_cold_samples_per_s": [r["cold"]["samples_per_s"]
+                                                      for r in results]}
+        need = row["h100_small"]["needed_samples_per_s"]
+        for cache in ("warm", "cold"):
+            per_core = row["after"][cache]["samples_per_s"]
+            row[f"host16_{cache}_samples_per_s"] = HOST_CORES * per_core
+            row[f"host16_{cache}_margin"] = HOST_CORES * per_core / (need / MARGIN)
+            if "before" in row:
+                row[f"speedup_{cache}"] = float(np.median([
+                    a[cache]["samples_per_s"] / b[cache]["samples_per_s"]
+                    for a, b in zip(runs["after"], runs["before"], strict=True)]))
+        rows.append(row)
+    return rows
+
+
+def profile_datasets(sizes: list[int]) -> dict[int, str]:
+    """A small reach-v3 dataset (4 episodes) at each image size, built once under the temp
+    directory."""
+    from data_builders.metaworld_events import metaworld_events as mwe
+
+    return {s: mwe.build(os.path.join(tempfile.gettempdir(), "wallwm_bench_data"),
+                         tasks=("reach-v3",), episodes_per_task=4, image_size=s)
+            for s in sizes}
+
+
+def profile_summary(rows: list[dict]) -> str:
+    """One line: per-core rates before/after and the 16-core host's margin per image size."""
+    parts = []
+    for r in rows:
+        w, c = r["after"]["warm"], r["after"]["cold"]
+        before = (f" (before {r['before']['warm']['samples_per_s']:.0f} / "
+                  f"{r['before']['cold']['samples_per_s']:.0f}: x{r['speedup_warm']:.2f} / "
+                  f"x{r['speedup_cold']:.2f})" if "before" in r else "")
+        parts.append(f"{r['image_size']} px: {w['samples_per_s']:.0f} warm / "
+                     f"{c['samples_per_s']:.0f} cold samples/s per core{before}; 16 cores "
+                     f"{r['host16_warm_margin']:.2f}x / {r['host16_cold_margin']:.2f}x of an "
+                     f"H100 small step's need (est. {1e3 * r['h100_small']['step_s']:.1f} "
+                     f"ms/step at 40% MFU; target 3x)")
+    return "per core: " + "; ".join(parts)
+
+
 def define_flags() -> None:
     """The benchmark's flags (defined only when run as a program)."""
     flags.DEFINE_string("data_dir", "", "Built dataset dir (default: build one).")
@@ -131,6 +339,14 @@ def define_flags() -> None:
     flags.DEFINE_string("mixture_dir", "", "Second robot's dataset for the mixture row "
                         "(default: lerobot_arm7 test data, converted); 'none': no row.")
     flags.DEFINE_integer("mixture_rounds", 3, "A/B rounds of the mixture row.")
+    flags.DEFINE_bool("profile", True, "Per-core stage profile, before/after, H100 estimate.")
+    flags.DEFINE_list("profile_sizes", ["64", "224"], "Image sizes of the per-core rows.")
+    flags.DEFINE_list("profile_dirs", [], "SIZE=DIR datasets for the per-core rows (default: "
+                      "a 4-episode reach-v3 dataset built per size).")
+    flags.DEFINE_string("baseline_rev", BASELINE_REV, "Git revision timed as 'before' in "
+                        "alternating rounds ('' for none).")
+    flags.DEFINE_integer("profile_samples", 96, "Samples timed per per-core measurement.")
+    flags.DEFINE_integer("rounds", 3, "Alternating before/after rounds of the per-core rows.")
 
 
 def main(argv: list[str]) -> None:
@@ -147,6 +363,13 @@ def main(argv: list[str]) -> None:
     config = get_config(f"size=small,mode={args.layout}")
     config.data.data_dir = data_dir
     config.batch_size = args.batch_size
+    profile = None
+    if args.profile:
+        sizes = [int(s) for s in args.profile_sizes]
+        given = {int(k): v for k, v in (d.split("=", 1) for d in args.profile_dirs)}
+        dirs = {**profile_datasets([s for s in sizes if s not in given]), **given}
+        profile = profile_rows(args.layout, sizes, dirs, args.baseline_rev,
+                               args.profile_samples, args.batch_size, args.rounds)
     rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers]
     mixture = None
     if args.mixture_dir != "none":
@@ -156,10 +379,12 @@ def main(argv: list[str]) -> None:
     for row in rows:
         row["ratio_to_train_step"] = (row["samples_per_s"] / train["samples_per_s"]
                                       if train else None)
-    best = max(rows, key=lambda r: r["samples_per_s"])
     print(json.dumps({"device": jax.devices()[0].device_kind, "layout": args.layout,
-                      "batch_size": args.batch_size, "pipeline": rows,
+                      "batch_size": args.batch_size, "load_average": os.getloadavg(),
+                      "cpu_count": os.cpu_count(), "per_core": profile, "pipeline": rows,
                       "mixture": mixture, "train_step_small": train}, indent=1))
+    if profile:
+        print(profile_summary(profile))
     if mixture:
         mid = args.mixture_rounds // 2
         mixed, single = (sorted(mixture[k])[mid] for k in ("mixture_samples_per_s",
@@ -167,8 +392,9 @@ def main(argv: list[str]) -> None:
         print(f"mixture (2 datasets, padded to {mixture['widths']}): {mixed:.0f} samples/s vs "
               f"single {single:.0f} -> median ratio {mixture['ratio_median']:.2f}x over "
               f"{args.mixture_rounds} A/B rounds")
-    if not train:
+    if not train or not rows:
         return
+    best = max(rows, key=lambda r: r["samples_per_s"])
     print(f"input pipeline ({args.layout}, batch {args.batch_size}): "
           + ", ".join(f"{r['workers']} workers {r['samples_per_s']:.0f} samples/s" for r in rows)
           + f"; small train step consumes {train['samples_per_s']:.1f} samples/s "

@@ -9,11 +9,12 @@ MFU where the device peak is known), the same step with Muon vs AdamW and Muon's
 (its update alone, spread over the mesh as in training), all timed in alternating rounds
 (`--rounds`, every ratio taken within a round, one step time per configuration), Muon's
 Newton–Schulz FLOPs as a share of the step's at batch 8/64/256 and the batch where it falls
-under 2% on 1/8/64 devices (analytic), the data-wait and host share of the training loop
-(`benchmarks/train_step.py --loop`), checkpoint blocking (async save), and inference latency
-p50/p99 at batch 1 in event mode (`sample_actions`) and unified mode (Staircase Decoding).
-A size that does not fit is reported as such and the next is tried. Prints the table as
-Markdown, one JSON object (also to `--out`) and a one-line summary.
+under 2% on 1/8/64 devices (analytic), the training loop's data wait on the real input
+pipeline (Grain over a built dataset, `--data_dir`; by default a small demo dataset is built)
+and its host share (`benchmarks/train_step.py --loop`), checkpoint blocking (async save),
+and inference latency p50/p99 at batch 1 in event mode (`sample_actions`) and unified mode
+(Staircase Decoding). A size that does not fit is reported as such and the next is tried.
+Prints the table as Markdown, one JSON object (also to `--out`) and a one-line summary.
 """
 
 from __future__ import annotations
@@ -162,6 +163,63 @@ def inference_latency(size: str, mode: str, args: Any) -> dict[str, float]:
             f"{mode}_compile_s": compile_s}
 
 
+def wait_dataset(image_size: int) -> str:
+    """A 4-episode reach-v3 demo dataset at `image_size`, built once under the temp dir (what
+    the data-wait row reads when `--data_dir` is not given)."""
+    from data_builders.metaworld_events import metaworld_events as mwe
+
+    return mwe.build(os.path.join(tempfile.gettempdir(), "wallwm_bench_data"),
+                     tasks=("reach-v3",), episodes_per_task=4, image_size=image_size)
+
+
+def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10) -> dict[str, Any]:
+    """Share of the training loop's time spent waiting for the real input pipeline (Grain over
+    `data_dir`, the prefetch thread of train.py, metrics fetched a step late at log steps),
+    after one untimed step (compile); at the dataset's image size when it differs from the
+    config's (the step is compiled at that size)."""
+    from wallwm_jax.data.batches import abstract_batch
+    from wallwm_jax.data.checks import dataset_spec
+    from wallwm_jax.data.pipeline import make_pipeline
+    from wallwm_jax.prefetch import Prefetcher
+
+    config = config.copy_and_resolve_references()
+    config.data.data_dir = data_dir
+    size = dataset_spec(data_dir).cameras["image"][0]
+    config.data.image_size = config.model.image_size = size
+    mesh = sharding.make_mesh(config.mesh)
+    fns = make_train_step(config, mesh)
+    per_host = config.batch_size // jax.process_count()
+    carry = list(fns.init_fn(jax.random.PRNGKey(0)))
+    pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=0)
+    wait, pending = 0.0, []
+    try:
+        with Prefetcher(pipeline, mesh, abstract_batch(config, per_host),
+                        rules=fns.rules) as feed:
+            item = feed.next()
+            carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch,
+                                                  fns.run_inputs)
+            jax.block_until_ready(m)  # compiled
+            t0 = time.perf_counter()
+            for i in range(1, steps + 1):
+                t = time.perf_counter()
+                item = feed.next()
+                wait += time.perf_counter() - t
+                carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch,
+                                                      fns.run_inputs)
+                pending.append(m)
+                if (i - 1) % log_every == 0 or i == steps:  # a step late, as train.py
+                    jax.device_get(pending[:-1] if i < steps else pending)
+                    pending = pending[-1:] if i < steps else []
+            total = time.perf_counter() - t0
+    finally:
+        if config.data.num_workers:
+            pipeline.iterator.close()
+    return {"data_wait_share": wait / total, "data_wait_steps": steps,
+            "data_wait_step_s": total / steps, "data_wait_image_size": size,
+            "data_wait_source": f"real pipeline ({config.data.layout}, "
+                                f"{config.data.num_workers} Grain workers) over {data_dir}"}
+
+
 def size_row(size: str, args: Any) -> dict[str, Any]:
     """Every figure of the table for one model size."""
     config = _config(size, args)
@@ -180,8 +238,10 @@ def size_row(size: str, args: Any) -> dict[str, Any]:
     row.update(newton_schulz_row(config))
     # The loop's shares come from its own alternating rounds (device only / loop).
     loop = step_bench.loop_bench(config, max(args.steps, 2), log_every=10, rounds=args.rounds)
-    row.update({k: loop[k] for k in ("data_wait_share", "host_share_after",
-                                     "host_share_before")})
+    row.update({k: loop[k] for k in ("host_share_after", "host_share_before")})
+    row["data_wait_share_synthetic"] = loop["data_wait_share"]  # host-made random batches
+    row.update(data_wait(config, args.data_dir or wait_dataset(config.data.image_size),
+                         max(args.steps * args.rounds, 6)))
     if row["host_share_after"] < 0:
         row["host_share_note"] = ("negative: the loop ran faster than the device-only timing "
                                   "of the same rounds (noise), not clamped")
@@ -221,19 +281,23 @@ def define_flags() -> None:
     flags.DEFINE_integer("rounds", 3, "Alternating rounds for every ratio (A/B/A/B...).")
     flags.DEFINE_integer("latency_repeats", 20, "Inference calls per latency figure.")
     flags.DEFINE_string("out", None, "Also write the JSON here.")
+    flags.DEFINE_string("data_dir", None, "Built dataset the data-wait row reads (default: a "
+                        "4-episode reach-v3 demo dataset built at the config's image size).")
     flags.DEFINE_enum("optimizer", None, ["adamw", "muon"], "Train-step optimizer (default: "
                       "the config's); with muon, Muon's share is of this same step.")
 
 
 def run_suite(sizes: Sequence[str] | str | None = None, batch_size: int | None = None,
               steps: int = 3, latency_repeats: int = 20, out: str | None = None,
-              optimizer: str | None = None, rounds: int = 3) -> dict[str, Any]:
+              optimizer: str | None = None, rounds: int = 3,
+              data_dir: str | None = None) -> dict[str, Any]:
     """Measure every size, print the table and the JSON report, return the report.
 
-    `sizes`: model sizes, as `--sizes` gives them or as one comma list ("tiny,small")."""
+    `sizes`: model sizes, as `--sizes` gives them or as one comma list ("tiny,small");
+    `data_dir`: the dataset the data-wait row reads (`wait_dataset` when None)."""
     args = SimpleNamespace(sizes=sizes, batch_size=batch_size, steps=steps,
                            latency_repeats=latency_repeats, out=out, optimizer=optimizer,
-                           rounds=rounds)
+                           rounds=rounds, data_dir=data_dir)
     jax.config.update("jax_threefry_partitionable", True)
     backend = jax.default_backend()
     if isinstance(sizes, str):
@@ -270,7 +334,7 @@ def main(argv: list[str]) -> None:
     cli.positional(argv)
     fl = flags.FLAGS
     run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out, fl.optimizer,
-              fl.rounds)
+              fl.rounds, fl.data_dir)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Test setup: 8 fake CPU devices (set before JAX is imported) and offscreen MuJoCo."""
 
+import contextlib
 import os
 import tempfile
 
@@ -62,28 +63,36 @@ def pytest_collection_modifyitems(config, items):
             f"({lost[0]} has no '@group' suffix); install the [dev] extra's pinned versions")
 
 
-@pytest.fixture(scope="session")
-def tiny_dataset(tmp_path_factory, worker_id) -> str:
-    """A real MetaWorld event dataset: 2 tasks x 4 expert episodes, 32x32 images.
-
-    Under pytest-xdist the workers share one build (in the run's base temp directory, under a
-    file lock): the first builds it, the others find it finished."""
+@contextlib.contextmanager
+def _shared_root(tmp_path_factory, worker_id: str, name: str):
+    """A directory every xdist worker of this run sees, held under an exclusive file lock
+    while the block runs: the first worker builds what it holds, the others find it built."""
     import fcntl
 
-    from data_builders.metaworld_events import build
-
     if worker_id == "master":
-        root = tmp_path_factory.mktemp("tiny_dataset")
+        root = tmp_path_factory.mktemp(name)
     else:  # <run basetemp>/popen-gwN per worker; its parent is this run's, shared
-        root = tmp_path_factory.getbasetemp().parent / "tiny_dataset_shared"
+        root = tmp_path_factory.getbasetemp().parent / f"{name}_shared"
         root.mkdir(exist_ok=True)
     with open(root / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            return build(str(root), config="demo", tasks=("reach-v3", "push-v3"),
-                         episodes_per_task=4, image_size=32, seed=0, num_workers=1)
+            yield root
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, worker_id) -> str:
+    """A real MetaWorld event dataset: 2 tasks x 4 expert episodes, 32x32 images.
+
+    Under pytest-xdist the workers share one build: the first builds it, the others find it
+    finished (the builder returns an existing build)."""
+    from data_builders.metaworld_events import build
+
+    with _shared_root(tmp_path_factory, worker_id, "tiny_dataset") as root:
+        return build(str(root), config="demo", tasks=("reach-v3", "push-v3"),
+                     episodes_per_task=4, image_size=32, seed=0, num_workers=1)
 
 
 @pytest.fixture
@@ -96,20 +105,51 @@ def tiny_config(tiny_dataset):
 
 
 @pytest.fixture(scope="session")
-def trained_policies(tiny_dataset, tmp_path_factory):
+def trained_policies(tiny_dataset, tmp_path_factory, worker_id):
     """One tiny model per mode, trained 3 steps on `tiny_dataset` and exported, shared by the
-    export, mode and evaluation tests: mode -> namespace(run, export, config, result).
+    export, mode and evaluation tests: mode -> namespace(root, run, export, config, result).
 
     The event-mode run also evaluates closed loop during training (`config.eval.closed_loop`
-    on reach-v3, one short episode), so its metrics carry closed_loop/... rows.
+    on reach-v3, one short episode), so its metrics carry closed_loop/... rows. Under
+    pytest-xdist the first worker to need them trains them; the others read its trained
+    params (`result["params"]`, saved with numpy, not through the export or checkpoint code
+    that tests compare them with) and its configs.
     """
+    import pickle
     import types
+
+    import numpy as np
+    from flax import traverse_util
+
+    with _shared_root(tmp_path_factory, worker_id, "trained_policies") as shared:
+        if not (shared / "done").exists():
+            _train_policies(tiny_dataset, shared)
+            (shared / "done").write_text("ok")
+        out = {}
+        for mode in ("event", "unified", "chunk"):
+            root = shared / f"policy_{mode}"
+            with np.load(root / "params.npz") as flat:
+                params = traverse_util.unflatten_dict({tuple(k.split("/")): flat[k]
+                                                       for k in flat.files})
+            with open(root / "config.pkl", "rb") as f:
+                config = pickle.load(f)
+            out[mode] = types.SimpleNamespace(root=root, run=str(root / "run"),
+                                              export=str(root / "export"), config=config,
+                                              result={"params": params})
+        return out
+
+
+def _train_policies(tiny_dataset: str, shared) -> None:
+    """Train and export the three modes of `trained_policies` under `shared`."""
+    import pickle
+
+    import numpy as np
+    from flax import traverse_util
 
     from experiments.pretrain import get_config
     from wallwm_jax.export import export_bundle
     from wallwm_jax.train import train_and_evaluate
 
-    out = {}
     for mode in ("event", "unified", "chunk"):
         config = get_config(f"size=tiny,mode={mode}")
         config.data.data_dir = tiny_dataset
@@ -121,11 +161,14 @@ def trained_policies(tiny_dataset, tmp_path_factory):
         if mode == "event":
             config.eval.closed_loop.update(suite="demo", tasks=("reach-v3",),
                                            episodes_per_task=1, every_steps=3)
-        root = tmp_path_factory.mktemp(f"policy_{mode}")
+        root = shared / f"policy_{mode}"
+        root.mkdir(exist_ok=True)
         result = train_and_evaluate(config, str(root / "run"))
         export = export_bundle(str(root / "export"), result["params"], config,
                                result["norm_stats"], os.path.join(tiny_dataset,
                                                                   "tokenizer.model"))
-        out[mode] = types.SimpleNamespace(root=root, run=str(root / "run"), export=export,
-                                          config=config, result=result)
-    return out
+        assert export == str(root / "export"), export
+        flat = traverse_util.flatten_dict(result["params"], sep="/")
+        np.savez(root / "params.npz", **{k: np.asarray(v) for k, v in flat.items()})
+        with open(root / "config.pkl", "wb") as f:
+            pickle.dump(config, f)

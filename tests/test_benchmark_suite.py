@@ -14,7 +14,7 @@ from wallwm_jax.throughput import newton_schulz_share, step_flops
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_suite_end_to_end_tiny(tmp_path, capsys):
+def test_suite_end_to_end_tiny(tmp_path, capsys, tiny_dataset):
     sys.path.insert(0, os.path.join(REPO, "benchmarks"))
     try:
         import suite
@@ -23,7 +23,7 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     out = tmp_path / "results.json"
     # With Muon as the train step's optimizer, the step time is the Muon step's.
     report = suite.run_suite(sizes="tiny", steps=2, batch_size=8, latency_repeats=3,
-                             out=str(out), optimizer="muon", rounds=2)
+                             out=str(out), optimizer="muon", rounds=2, data_dir=tiny_dataset)
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     (row,) = report["rows"]
     # Measured durations are positive and finite (a skipped measurement would be 0 or None).
@@ -33,7 +33,10 @@ def test_suite_end_to_end_tiny(tmp_path, capsys):
     assert row["checkpoint_blocking_s"] <= row["checkpoint_total_s"]  # blocking is a part
     assert row["event_p50_ms"] <= row["event_p99_ms"]
     assert row["unified_p50_ms"] <= row["unified_p99_ms"]
-    assert 0 <= row["data_wait_share"] <= 1
+    # The data wait is the real pipeline's over the given dataset (32 px), not synthetic.
+    assert 0 <= row["data_wait_share"] < 1 and 0 <= row["data_wait_share_synthetic"] < 1
+    assert row["data_wait_image_size"] == 32 and tiny_dataset in row["data_wait_source"]
+    assert math.isfinite(row["data_wait_step_s"]) and row["data_wait_step_s"] > 0
     assert row["optimizer"] == "muon" and row["muon_step_s"] == row["step_time_s"]
     # Ratios are taken within each alternating round, then the median over rounds.
     rounds = row["round_times_s"]

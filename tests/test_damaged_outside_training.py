@@ -21,9 +21,6 @@ from tests.test_checkpoint_reliability import (
 )
 from wallwm_jax import checkpoint as ckpt
 
-# Continues the session's trained policies: one xdist worker builds them (and the step) once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -59,6 +56,9 @@ KINDS = {"truncated_array_file": _truncate, "zeroed_params": _zero_params,
 # restore that fails to decode, a file it may not read) are enough to run through it too.
 EVALUATED = ("missing_manifest", "zeroed_params", "permission_denied")
 
+
+# One worker runs the module: its two_steps fixture trains one more step once.
+pytestmark = pytest.mark.xdist_group("damaged_outside")
 
 @pytest.fixture(scope="module")
 def two_steps(trained_policies, tmp_path_factory):

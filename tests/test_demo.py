@@ -116,7 +116,6 @@ def test_demo_end_to_end_sigterm_and_resume(tmp_path):
     assert "| reach-v3 |" in stdout
 
 
-@pytest.mark.xdist_group("trained_policies")
 def test_chunk_baseline_arm_of_the_closed_loop_table(trained_policies, tmp_path):
     """The demo's closed-loop stage with a chunk baseline (what `--chunk_baseline` adds after
     training it like the event policy): three arms on the same test scenes, each arm's

@@ -8,9 +8,6 @@ import pytest
 from experiments.demo_diagnosis import state_response
 from wallwm_jax.policy import load_policy
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 
 def test_state_response_measures_the_expert_gain_and_the_policy(trained_policies):
     policy = load_policy(trained_policies["event"].export)

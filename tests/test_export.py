@@ -15,9 +15,6 @@ from wallwm_jax.bundle import is_export_bundle
 from wallwm_jax.export import WEIGHTS_FILE, export_from_checkpoint, flat_names, load_bundle
 from wallwm_jax.models import wallwm
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -10,9 +10,6 @@ from wallwm_jax.export import flat_names, load_bundle
 from wallwm_jax.optim.freeze import frozen_mask
 from wallwm_jax.train import train_and_evaluate
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 
 def test_finetune_freezes_vit_and_backbone(trained_policies, tiny_dataset, tmp_path):
     export = trained_policies["event"].export

@@ -10,9 +10,6 @@ from wallwm_jax.data.episodes import open_dataset
 from wallwm_jax.policy import load_policy
 from wallwm_jax.train_log import read_metrics
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 
 @pytest.mark.parametrize("mode", ["unified", "chunk"])
 def test_mode_trains_exports_and_acts(mode, tiny_dataset, trained_policies):

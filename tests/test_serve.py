@@ -14,8 +14,6 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
 
 # Runs with PYTHONPATH=<openpi-client>: two clients, a bad observation between good ones.
 CLIENT = r"""

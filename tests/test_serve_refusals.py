@@ -22,9 +22,10 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# Shares the session's trained policies with test_serve.py: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
 
+
+# One worker runs the module: its policy fixture compiles the policy once.
+pytestmark = pytest.mark.xdist_group("serve_refusals")
 
 @pytest.fixture(scope="module")
 def policy(trained_policies):

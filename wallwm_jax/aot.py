@@ -102,7 +102,7 @@ def compile_report(config: Any, devices: list[Any], *, hbm_gib: float | None = N
         "remat_policy": config.model.remat_policy, "target": target.platform,
         "dtype": str(dtype), "attention": resolve_attention(
             config.model.get("attention", "auto"), dtype, int(config.model.head_dim),
-            target.platform, target.device_kind),
+            target.platform, target.device_kind, lowering=devices[0].platform),
         "scan_layers": bool(config.model.scan_layers),
         "lower_s": t1 - t0, "analytic_flops_per_step": analytic,
         "analytic_flops_per_device": analytic / len(devices), "hbm_budget_gib": budget,

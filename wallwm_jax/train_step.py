@@ -294,7 +294,8 @@ def resolved_precision(model_cfg: ml_collections.ConfigDict, platform: str) -> d
     and cudnn on 'gpu'), as the model resolves them; printed once when the step is built."""
     dtype = compute_dtype(model_cfg.dtype, platform)
     out = {"platform": platform, "dtype": str(dtype), "attention": resolve_attention(
-        model_cfg.get("attention", "auto"), dtype, int(model_cfg.head_dim), platform)}
+        model_cfg.get("attention", "auto"), dtype, int(model_cfg.head_dim), platform,
+        lowering=platform)}
     if jax.process_index() == 0 and (model_cfg.dtype == "auto"
                                      or model_cfg.get("attention", "auto") == "auto"):
         print(f"precision on {platform}: compute dtype {out['dtype']} "

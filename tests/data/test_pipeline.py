@@ -301,3 +301,37 @@ def test_batch_checked_against_the_config_names_the_field(tiny_config):
     config.data.max_event_len = 16
     with pytest.raises(ValueError, match=r"field 'actions' has shape \(8, 32, 4\).*\(8, 16, 4\)"):
         check_batch(batch, abstract_batch(config))
+
+
+def test_samples_sharing_an_episode_equal_samples_made_fresh(tiny_config):
+    """What samples of one episode share (normalised targets, event-end frames, tokens) is
+    computed once and kept with the cached episode; a sample drawn through that cache equals
+    one made from a fresh read, also after the earlier samples' arrays were overwritten."""
+    tiny_config.data.layout, tiny_config.data.max_captions = "unified", 2
+    cached = make_pipeline(tiny_config.data, global_batch=8, seed=2).sampler
+    fresh = make_pipeline(tiny_config.data, global_batch=8, seed=2).sampler
+    fresh.cache_size = 0  # every sample reads its episode and derives everything again
+    episodes = set()
+    for i in range(24):
+        got, want = cached(i), fresh(i)
+        episodes.add(int(cached.index.episode[cached.draw(i)[0]]))
+        assert got.keys() == want.keys()
+        for key in got:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+            if np.ndim(got[key]):  # a consumer writing into its sample leaves the cache be
+                got[key][...] = 0
+    assert len(episodes) < 24  # episodes were shared, so the cache was exercised
+
+
+def test_decoded_frames_stay_within_their_budget(tiny_config):
+    """Decoded frames are kept with their cached episode up to `frame_cache_bytes`; evicting
+    an episode releases its frames from the count."""
+    sampler = make_pipeline(tiny_config.data, global_batch=8, seed=1).sampler
+    frame_bytes = 32 * 32 * 3
+    sampler.cache_size, sampler.frame_cache_bytes = 2, 5 * frame_bytes
+    for i in range(40):
+        sampler(i)
+        held = sum(f.nbytes for _, derived in sampler._cache.values()
+                   for f in derived["frames"].values())
+        assert held == sampler._frame_bytes <= 5 * frame_bytes
+    assert sampler._frame_bytes > 0 and len(sampler._cache) == 2

@@ -10,8 +10,6 @@ import pytest
 from wallwm_jax.data.event_index import EventIndex, load_event_index, load_for_training
 from wallwm_jax.evaluation.clusters import ClusterEvaluator, cluster_of_event_type, rare_clusters
 
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 
 def test_rare_clusters_are_the_smallest_third():
     # sizes: c0 5, c1 1, c2 3, c3 1, c4 0 (absent), c5 2 -> five present, ceil(5/3) = 2

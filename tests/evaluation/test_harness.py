@@ -22,9 +22,6 @@ from wallwm_jax.evaluation.harness import (
 from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
 from wallwm_jax.policy import load_policy
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 SHORT = dataclasses.replace(suites.get("demo"), episode_limit=12)
 TRAIN_WORDING = Wording(split="train", variant=0)
 

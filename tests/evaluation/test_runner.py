@@ -15,9 +15,6 @@ from wallwm_jax.evaluation import suites
 from wallwm_jax.evaluation.runner import EvaluationError, PolicySpec, evaluate_suite
 from wallwm_jax.train_log import read_metrics
 
-# Shares the session's trained policies: one xdist worker builds them once.
-pytestmark = pytest.mark.xdist_group("trained_policies")
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMALL = dataclasses.replace(suites.get("demo").subset(("reach-v3", "push-v3"), 2),
                             episode_limit=10)
@@ -195,11 +192,11 @@ def test_siblings_that_are_not_results_never_lose_the_episodes(trained_policies,
     err = capsys.readouterr().err
     assert "warning: results written without the expert comparison: KeyError: 'overall'" \
         in err
-    assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]
+    assert sorted(os.listdir(workdir)) == ["episodes.jsonl", "results.json", "results.md"]
 
     # Without the broken expert file, the list and the text are passed over quietly.
     shutil.rmtree(tmp_path / "c_expert")
     evaluate_suite(PolicySpec(trained_policies["event"].export), suite, str(workdir),
                    progress=False)
     assert "warning" not in capsys.readouterr().err
-    assert sorted(os.listdir(workdir)) == ["results.json", "results.md"]
+    assert sorted(os.listdir(workdir)) == ["episodes.jsonl", "results.json", "results.md"]

@@ -31,7 +31,8 @@ class LazyFrames:
 
     def _decode(self, t: int) -> np.ndarray:
         try:
-            frame = np.asarray(Image.open(io.BytesIO(self._encoded[t])).convert("RGB"), np.uint8)
+            image = Image.open(io.BytesIO(self._encoded[t]))
+            frame = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         except Exception as err:  # PIL raises several types for corrupt data
             raise ValueError(f"{self.where} step {t}: frame does not decode as an image "
                              f"({type(err).__name__}: {err})") from None

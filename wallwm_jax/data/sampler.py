@@ -25,8 +25,10 @@ class EventSampler:
     """Map a global sample index to one training example (a dict of arrays) in the layout of
     `data.layout` (event / unified / chunk).
 
-    Picklable, so Grain worker processes can run it; decoded episodes are kept in a small
-    per-process LRU cache because consecutive samples often hit the same episode.
+    Picklable, so Grain worker processes can run it; episodes are kept in a small
+    per-process LRU cache because consecutive samples often hit the same episode, with what
+    their samples derive from them once, and decoded frames up to `frame_cache_bytes` per
+    process (a small dataset is then decoded once, not once per sample).
     """
 
     def __init__(self, source: EpisodeSource, index: EventIndex, tokenizer_path: str,
@@ -35,7 +37,8 @@ class EventSampler:
                  event_probs: np.ndarray | None = None, cache_size: int = 64,
                  augment: bool = False, cluster: np.ndarray | None = None,
                  embodiment: Embodiment | None = None,
-                 widths: tuple[int, int] | None = None):
+                 widths: tuple[int, int] | None = None,
+                 frame_cache_bytes: int = 256 << 20):
         self.source = source
         self.index = index
         self.tokenizer_path = tokenizer_path
@@ -46,18 +49,22 @@ class EventSampler:
         self._cdf = None if event_probs is None else np.cumsum(event_probs)
         self.cluster = np.full(len(index), -1, np.int32) if cluster is None else cluster
         self.cache_size = cache_size
+        self.frame_cache_bytes = frame_cache_bytes
+        self._frame_bytes = 0  # decoded frames held by the cached episodes
         self.augment = augment
         self.embodiment = embodiment  # what the dataset's numbers mean (embodiment.json)
         self.widths = widths  # the model's (state_dim, action_dim) in masked mode, else None
         self._tokenizer: Tokenizer | None = None
         self._io: ModelIO | None = None
-        self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()
+        # episode -> (its flat dict, what its samples derive from it once)
+        self._cache: OrderedDict[int, tuple[dict, dict]] = OrderedDict()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_tokenizer"] = None
         state["_io"] = None
         state["_cache"] = OrderedDict()
+        state["_frame_bytes"] = 0
         return state
 
     @property
@@ -74,15 +81,32 @@ class EventSampler:
                                embodiment=self.embodiment, widths=self.widths)
         return self._io
 
-    def _episode(self, e: int) -> dict[str, Any]:
+    def _episode(self, e: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Episode e and what samples derive from it once (`derived`), LRU-cached together."""
         if e in self._cache:
             self._cache.move_to_end(e)
             return self._cache[e]
-        ep = self.source[e]
-        self._cache[e] = ep
+        entry = (self.source[e], {"frames": {}} if self.cache_size else {})
+        self._cache[e] = entry
         if len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
-        return ep
+            _, (_, derived) = self._cache.popitem(last=False)
+            self._frame_bytes -= sum(f.nbytes for f in derived.get("frames", {}).values())
+        return entry
+
+    def _frame(self, name: str, frames: Any, t: int, memo: dict | None) -> np.ndarray:
+        """Frame t of camera `name`'s `frames`, decoded once while the episode is cached and
+        the decoded frames fit `frame_cache_bytes` (`memo`: the episode's decoded frames; a
+        copy is returned, so a sample never aliases the cache)."""
+        if memo is None:
+            return frames[t]
+        key = (name, t)
+        if key not in memo:
+            frame = np.asarray(frames[t])
+            if self._frame_bytes + frame.nbytes > self.frame_cache_bytes:
+                return frame
+            memo[key] = frame
+            self._frame_bytes += frame.nbytes
+        return memo[key].copy()
 
     def draw(self, i: int) -> tuple[int, int, np.random.Generator]:
         """(event row, step t, the sample's generator) of global sample i: a pure function
@@ -100,7 +124,8 @@ class EventSampler:
     def __call__(self, i: int) -> dict[str, np.ndarray]:
         row, t, rng = self.draw(i)
         e, k = int(self.index.episode[row]), int(self.index.event[row])
-        sample = self.make_sample(self._episode(e), k, t)
+        ep, derived = self._episode(e)
+        sample = self.make_sample(ep, k, t, derived)
         if self.augment:
             frames = sample["image"] if sample["image"].ndim == 4 else sample["image"][None]
             frames = np.stack([augment_frame(f, rng, self.cfg.augment) for f in frames])
@@ -108,17 +133,21 @@ class EventSampler:
         sample["cluster"] = np.int32(self.cluster[row])  # for realised-frequency reporting
         return sample
 
-    def make_sample(self, ep: dict[str, Any], k: int, t: int) -> dict[str, np.ndarray]:
+    def make_sample(self, ep: dict[str, Any], k: int, t: int,
+                    derived: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
         """The observation at step t inside event k -> up to Tmax actions, by layout.
 
         event: the rest of event k, its caption in slot 0. unified: Tmax steps from t
         crossing event boundaries, caption slot c for event k + c when the chunk reaches it
         (steps past the K-th event are masked). chunk: Tmax steps, no caption. The world
-        target is always the last frame of event k.
+        target is always the last frame of event k. `derived` (kept with the cached episode)
+        holds what every sample of the episode shares, computed once: its normalised action
+        targets and the low-resolution end frame of each event.
         """
         cfg = self.cfg
         tmax, layout, num_slots = cfg.max_event_len, cfg.layout, cfg.max_captions
         io = self.io
+        derived = {} if derived is None else derived
         cameras = [self._camera(ep, name) if here else None
                    for name, here in zip(cfg.cameras, io.present, strict=True)]
         images = cameras[0]  # the world target is the first camera's frame
@@ -129,10 +158,12 @@ class EventSampler:
         n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
         rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
 
-        width = io.widths[1] if io.masked else ep["steps/action"].shape[-1]
-        chunk = np.zeros((tmax, width), np.float32)
-        chunk[:n] = io.normalize_actions(io.model_actions(
-            ep["steps/action"][t:t + n], ep["steps/observation/state"][t:t + n]))
+        if "actions" not in derived:  # the episode's targets, normalised in one pass
+            derived["actions"] = io.normalize_actions(io.model_actions(
+                ep["steps/action"], ep["steps/observation/state"]))
+        targets = derived["actions"]
+        chunk = np.zeros((tmax, targets.shape[-1]), np.float32)
+        chunk[:n] = targets[t:t + n]
         mask = np.arange(tmax) < n
         action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: stay monotone
         action_events[:n] = rel
@@ -143,10 +174,13 @@ class EventSampler:
             texts.append(ep["events/caption"][k + c])
             length = int(ends[k] - t) if c == 0 else int(ends[k + c] - starts[k + c])
             durations[c] = io.duration_bin(length)
-        end_frame = Image.fromarray(images[int(ends[k]) - 1]).resize(
-            (cfg.world_size, cfg.world_size), Image.BILINEAR)
-        inputs = io.inputs({name: frames[t] for name, frames in zip(cfg.cameras, cameras,
-                                                                     strict=True)
+        ends_seen = derived.setdefault("end_image", {})
+        if k not in ends_seen:  # decoded and resized once per event, not once per sample
+            ends_seen[k] = np.asarray(Image.fromarray(images[int(ends[k]) - 1]).resize(
+                (cfg.world_size, cfg.world_size), Image.BILINEAR), np.uint8)
+        memo = derived.get("frames")
+        inputs = io.inputs({name: self._frame(name, frames, t, memo)
+                            for name, frames in zip(cfg.cameras, cameras, strict=True)
                             if frames is not None},
                            ep["steps/observation/state"][t],
                            ep["episode_metadata/instruction"], texts, num_slots)
@@ -156,7 +190,7 @@ class EventSampler:
             "action_mask": mask,
             "action_events": action_events,
             "duration_bin": durations,
-            "end_image": np.asarray(end_frame, np.uint8),
+            "end_image": ends_seen[k].copy(),
         }
 
     def _camera(self, ep: dict[str, Any], name: str) -> np.ndarray:

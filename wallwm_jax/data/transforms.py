@@ -22,6 +22,7 @@ from wallwm_jax.data.embodiment import Embodiment, dims_mask, pad
 from wallwm_jax.data.tokenizer import Tokenizer
 
 HAND = (0, 3)  # state columns of the hand when a dataset does not say (embodiment.json)
+_MAX_MEMO_TEXTS = 65_536  # memoised tokenisations per ModelIO before the memo starts over
 
 
 def duration_bin(remaining: int, edges: tuple[int, ...]) -> int:
@@ -111,6 +112,19 @@ class ModelIO:
         # Cameras this robot has: a model trained on one dataset reads every camera it names
         self.present = tuple(embodiment is None or widths is None or c in embodiment.cameras
                              for c in self.cameras)
+        # (text, length) -> token ids: a dataset repeats a few hundred texts, so each is
+        # tokenised once per process, not once per sample.
+        self._tokens: dict[tuple[str, int], np.ndarray] = {}
+
+    def tokens(self, text: str, length: int) -> np.ndarray:
+        """`text` -> int32 [length]: BOS pieces EOS, 0-padded (memoised; a fresh array)."""
+        key = (text, length)
+        ids = self._tokens.get(key)
+        if ids is None:
+            if len(self._tokens) >= _MAX_MEMO_TEXTS:
+                self._tokens.clear()
+            ids = self._tokens[key] = self.tokenizer.encode(text, length)
+        return ids.copy()
 
     @property
     def masked(self) -> bool:
@@ -157,7 +171,7 @@ class ModelIO:
 
     def instruction(self, text: str) -> np.ndarray:
         """Instruction -> int32 [instruction_len]: BOS pieces EOS, 0-padded."""
-        return self.tokenizer.encode(text, self.cfg.instruction_len)
+        return self.tokens(text, self.cfg.instruction_len)
 
     def captions(self, texts: list[str], num_slots: int) -> np.ndarray:
         """Captions of the current and next events -> int32 [num_slots, caption_len]; slots
@@ -166,7 +180,7 @@ class ModelIO:
             raise ValueError(f"{len(texts)} captions for {num_slots} caption slot(s)")
         out = np.zeros((num_slots, self.cfg.caption_len), np.int32)
         for c, text in enumerate(texts):
-            out[c] = self.tokenizer.encode(text, self.cfg.caption_len)
+            out[c] = self.tokens(text, self.cfg.caption_len)
         return out
 
     def inputs(self, frames: dict[str, np.ndarray], state: np.ndarray, instruction: str,

@@ -4,6 +4,8 @@ suite's `test` scenes (`--split dev` for tuning).
 
 Writes OUT/results.json (one record per episode + summary), OUT/results.md (success per
 task, group and overall with Wilson 95% intervals) and OUT/pictures/ for `--videos K`.
+Finished episodes go to OUT/episodes.jsonl as they end: rerun the same command on the same
+OUT after a stop and only the missing episodes are played.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ def main(argv: list[str]) -> None:
     spec = PolicySpec(path=_POLICY.value, step=_STEP.value, mode=_MODE.value,
                       planner=_PLANNER.value, execute_steps=_EXECUTE.value)
     results = evaluate_suite(spec, suite, _WORKDIR.value, workers=_WORKERS.value,
-                             videos=_VIDEOS.value, compare=_COMPARE.value, split=_SPLIT.value)
+                             videos=_VIDEOS.value, compare=_COMPARE.value, split=_SPLIT.value,
+                             resume=True)
     with open(f"{_WORKDIR.value}/results.md") as f:
         print(f.read())
     s = results["summary"]["overall"]

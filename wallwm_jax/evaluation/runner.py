@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from wallwm_jax.data import captions
 from wallwm_jax.evaluation import pictures, stats
 from wallwm_jax.evaluation.caption_metrics import closed_loop_scores
+from wallwm_jax.evaluation.episode_log import EpisodeLog, LogMismatch, weights_digest
 from wallwm_jax.evaluation.harness import (
     PLANNERS,
     GuardedEnv,
@@ -233,14 +234,41 @@ def _worker_job(args: tuple) -> dict[str, Any]:
     return _run_job(_WORKER["actor"], *args)
 
 
+def _identity(spec: PolicySpec, suite: Suite, mode: str, planner: str | None,
+              split: str) -> dict[str, Any]:
+    """What must match for a rerun to keep a stopped run's episodes: the policy (an export's
+    weights digest, a checkpoint's step), how it acts, and the suite's protocol and split
+    (not its task list or episode count: those only say which episodes to play)."""
+    from wallwm_jax.bundle import WEIGHTS_FILE
+    from wallwm_jax.checkpoint import finished_steps
+
+    if spec.path in (EXPERT, ""):
+        policy: dict[str, Any] = {"path": spec.path or "in-memory"}
+    elif os.path.isfile(os.path.join(spec.path, WEIGHTS_FILE)):
+        policy = {"path": os.path.abspath(spec.path),
+                  "weights_sha256": weights_digest(os.path.join(spec.path, WEIGHTS_FILE))}
+    else:  # a checkpoint directory (load_actor checked it has finished steps)
+        steps = finished_steps(_checkpoint_dir(spec.path) or spec.path)
+        policy = {"path": os.path.abspath(spec.path),
+                  "step": spec.step if spec.step is not None else steps[-1]}
+    protocol = {k: v for k, v in suite.protocol().items() if k != "episodes_per_task"}
+    return {"policy": policy, "mode": mode, "planner": planner,
+            "execute_steps": spec.execute_steps, "suite": suite.name, "split": split,
+            "protocol": protocol}
+
+
 def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int = 1,
                    videos: int = 0, actor: Any = None, progress: bool = True,
-                   compare: str | None = None, split: str = "test") -> dict[str, Any]:
+                   compare: str | None = None, split: str = "test",
+                   resume: bool = False) -> dict[str, Any]:
     """Run every (task, episode) of `suite` on its `split` scenes (test: reported figures;
     dev: tuning); write results.json/.md (+ pictures) to workdir.
 
     `actor` (a loaded Policy) skips loading `spec.path` (the training loop passes its own).
-    Returns the results dict that results.json holds.
+    Each finished episode is appended to workdir/episodes.jsonl; `resume` keeps the episodes
+    a stopped run of the same evaluation recorded there and plays only the missing ones
+    (`episode_log.py`; another evaluation's log is refused). Returns the results dict that
+    results.json holds.
     """
     try:
         check_split(split)
@@ -257,25 +285,30 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
     jobs = [(spec, suite, mode, task, ep, seed, picture_dir if ep < videos else None, record)
             for task in suite.tasks
             for ep, seed in enumerate(scene_seeds(suite, task, split, suite.episodes_per_task))]
+    try:
+        log = EpisodeLog(workdir, _identity(spec, suite, mode, planner, split), resume=resume)
+    except LogMismatch as err:
+        raise EvaluationError(str(err)) from None
+    todo = [job for job in jobs if (job[3], job[4], job[5]) not in log.done]
     t0 = time.perf_counter()
-    pbar = tqdm(total=len(jobs), desc=f"eval {suite.name} ({mode})", unit="episode",
-                disable=not progress)
-    episodes: list[dict[str, Any]] = []
-    if workers <= 1:
-        for job in jobs:
-            episodes.append(_run_job(actor, *job))
+    pbar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="episode",
+                desc=f"eval {suite.name} ({mode})", disable=not progress)
+    if todo and workers <= 1:
+        for job in todo:
+            log.append(_run_job(actor, *job))
             pbar.update(1)
-    else:
+    elif todo:
         ctx = multiprocessing.get_context("spawn")  # JAX is not fork-safe
         pool = ctx.Pool(workers, initializer=_init_worker, initargs=(spec,))
         try:
-            for record in pool.imap(_worker_job, jobs):  # in job order
-                episodes.append(record)
+            for record in pool.imap(_worker_job, todo):  # in job order
+                log.append(record)
                 pbar.update(1)
         finally:  # also on an interrupt: no worker outlives the run
             pool.terminate()
             pool.join()
     pbar.close()
+    episodes = [log.done[(job[3], job[4], job[5])] for job in jobs]
     protocol = dict(suite.protocol(), camera_view=observation_note(suite),
                     image_size=suite.image_size or (actor.config.data.image_size
                                                     if actor else 64))
@@ -291,7 +324,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         "protocol": protocol,
         "differences": list(suite.differences), "wording_source": wording_source,
         "wall_s": round(time.perf_counter() - t0, 1), "workers": workers,
-        "episodes": episodes,
+        "resumed_episodes": len(jobs) - len(todo), "episodes": episodes,
         "summary": stats.summarise(episodes, suite.groups),
     }
     if mode == "unified":  # the model's captions and event ends against the scripted phase

@@ -15,6 +15,10 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from wallwm_jax.models import splash
+from wallwm_jax.models.masks import AttentionMask
 
 Dtype = Any
 Axes = tuple[str | None, ...]
@@ -90,7 +94,7 @@ def constrain_activation(x: jax.Array) -> jax.Array:
         return x
     return nn.with_logical_constraint(x, ACTIVATION_AXES, mesh=mesh)
 
-ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn"}
+ATTENTION_IMPLS = {"auto": None, "xla": "xla", "cudnn": "cudnn", "splash": "splash"}
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole layer
@@ -148,6 +152,15 @@ def _platform(platform: str | None) -> str:
     return (platform or current_target().platform).lower()
 
 
+def lowering_platform() -> str:
+    """The platform the program being traced is compiled by: the activation mesh's devices
+    (libtpu's compile-only TPU devices in an AOT compile), else JAX's default backend. It can
+    differ from the target: a TPU target traced onto fake CPU devices lowers for CPU."""
+    mesh = _ACTIVATION_MESH.get()
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return str(platform).lower()
+
+
 def compute_dtype(name: str, platform: str | None = None) -> jnp.dtype:
     """`config.model.dtype` -> the compute dtype; "auto" is bfloat16 on GPU/TPU (fp32
     params, bf16 matmuls: the peak MFU is quoted against) and float32 on CPU, where bf16 is
@@ -183,12 +196,15 @@ def cudnn_max_head_dim(device_kind: str) -> int:
 
 
 def resolve_attention(name: str, dtype: Any, head_dim: int, platform: str | None = None,
-                      device_kind: str | None = None) -> str:
-    """`config.model.attention` -> "xla" | "cudnn". "auto" is cuDNN flash attention on an
-    NVIDIA GPU when it applies (bf16/fp16 inputs, head_dim a multiple of 8 and at most
-    `cudnn_max_head_dim` for the GPU), else XLA's. `platform` and `device_kind` default to
-    the target's (its kind also when only the same `platform` is given).
-    (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
+                      device_kind: str | None = None, *, q_len: int | None = None,
+                      kv_len: int | None = None, lowering: str | None = None) -> str:
+    """`config.model.attention` -> "xla" | "cudnn" | "splash". "auto" is cuDNN flash
+    attention on an NVIDIA GPU when it applies (bf16/fp16 inputs, head_dim a multiple of 8
+    and at most `cudnn_max_head_dim` for the GPU); on TPU it is splash (Pallas) when the
+    program lowers for TPU (`lowering`, default `lowering_platform()`) and the lengths fill a
+    block (`splash.splash_fits`; unknown lengths are taken to fit); else XLA's. `platform`
+    and `device_kind` default to the target's (its kind also when only the same `platform`
+    is given). (`jax.nn.dot_product_attention(implementation=None)` is always XLA's.)"""
     if name not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention='{name}' is not one of {sorted(ATTENTION_IMPLS)}")
     if name != "auto":
@@ -196,29 +212,49 @@ def resolve_attention(name: str, dtype: Any, head_dim: int, platform: str | None
     target = current_target()
     if platform is None or (device_kind is None and _platform(platform) == target.platform):
         platform, device_kind = target.platform, target.device_kind
+    if _platform(platform) == "tpu":
+        on_tpu = (lowering or lowering_platform()).lower() == "tpu"
+        fits = q_len is None or kv_len is None or splash.splash_fits(q_len, kv_len)
+        return "splash" if on_tpu and fits else "xla"
     fits = (jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
             and head_dim % 8 == 0 and head_dim <= cudnn_max_head_dim(device_kind or ""))
     return "cudnn" if _platform(platform) in ("gpu", "cuda") and fits else "xla"
 
 
-def attention_impl(name: str, dtype: Any = jnp.float32, head_dim: int = 64,
-                   platform: str | None = None) -> str:
-    """`config.model.attention` -> `jax.nn.dot_product_attention`'s implementation argument
-    for attention of this compute dtype and head size (see `resolve_attention`)."""
-    return resolve_attention(name, dtype, head_dim, platform)
-
-
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
-              mask: jax.Array | None = None, *, implementation: str | None = None) -> jax.Array:
-    """Softmax attention via `jax.nn.dot_product_attention`: implementation "xla" or "cudnn"
-    (GPU only; `resolve_attention` picks it for "auto"); None is XLA's.
+              mask: AttentionMask | jax.Array | None = None, *,
+              implementation: str | None = None) -> jax.Array:
+    """Softmax attention: implementation "xla" or "cudnn" (GPU only) via
+    `jax.nn.dot_product_attention`, "splash" via the Pallas TPU kernel (`splash.py`;
+    interpreted when the program does not lower for TPU); None is XLA's.
 
-    q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: bool [B, T, S] or None.
-    Returns [B, T, N, H].
+    q: [B, T, N, H]; k, v: [B, S, K, H] with N % K == 0 (GQA); mask: an `AttentionMask`,
+    bool [B, T, S] or None. Returns [B, T, N, H].
     """
+    if implementation == "splash":
+        if mask is not None and not isinstance(mask, AttentionMask):
+            mask = AttentionMask.of(mask)
+        return _sharded_splash(q, k, v, mask)
+    if isinstance(mask, AttentionMask):
+        mask = mask.dense()
     return jax.nn.dot_product_attention(
         q, k, v, mask=None if mask is None else mask[:, None, :, :],
         implementation=implementation)
+
+
+def _sharded_splash(q: jax.Array, k: jax.Array, v: jax.Array,
+                    mask: AttentionMask | None) -> jax.Array:
+    """Splash per device under the activation mesh (shard_map over the batch axes of the
+    logical rules): the partitioner cannot split a Pallas call, it would gather instead."""
+    interpret = lowering_platform() != "tpu"
+    run = lambda q, k, v, mask: splash.splash_attention(q, k, v, mask, interpret=interpret)
+    mesh = _ACTIVATION_MESH.get()
+    if mesh is None or mesh.size == 1:
+        return run(q, k, v, mask)
+    batch = PartitionSpec(*nn.logical_to_mesh_axes(("activation_batch",)))
+    mask_specs = None if mask is None else jax.tree.map(lambda _: batch, mask)
+    return jax.shard_map(run, mesh=mesh, in_specs=(batch, batch, batch, mask_specs),
+                         out_specs=batch, check_vma=False)(q, k, v, mask)
 
 
 class GatedMLP(nn.Module):

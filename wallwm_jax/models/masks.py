@@ -2,14 +2,18 @@
 
 `staircase_mask` is the static structure (numpy, built once per shape); `with_padding` adds
 the per-example padding of prefix/caption tokens on device. True = the row may attend to the
-column. `caption_mask="causal"` is the ablation baseline: a plain causal caption stream that
-every action step sees whole (no stairs).
+column. `AttentionMask` carries the two halves apart (structure, key validity) to the attention
+kernel: XLA/cuDNN take them combined, splash takes a static structure plus segment ids.
+`caption_mask="causal"` is the ablation baseline: a plain causal caption stream that every
+action step sees whole (no stairs).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -77,6 +81,22 @@ def batched_staircase_mask(prefix_len: int, caption_lens: Sequence[int],
     return _staircase(jnp, int(prefix_len), caption_lens, events)
 
 
+def staircase_structure(prefix_len: int, caption_lens: Sequence[int], action_events: jax.Array,
+                        caption_mask: str = "staircase") -> StaticMask | jax.Array:
+    """The staircase structure of `batched_staircase_mask`, static where it cannot depend on
+    the events: with at most one caption every step is in event 0, `caption_mask="causal"`
+    puts every step on the last stair, and without action steps there are no stairs to vary.
+    Returns a `StaticMask` [T, T] then, else bool [B, T, T].
+    """
+    if caption_mask not in CAPTION_MASKS:
+        raise ValueError(f"caption_mask={caption_mask!r} must be one of {CAPTION_MASKS}")
+    num_captions, horizon = len(caption_lens), action_events.shape[-1]
+    if num_captions <= 1 or caption_mask == "causal" or horizon == 0:
+        events = [max(num_captions - 1, 0) if caption_mask == "causal" else 0] * horizon
+        return StaticMask(staircase_mask(prefix_len, caption_lens, events, caption_mask))
+    return batched_staircase_mask(prefix_len, caption_lens, action_events, caption_mask)
+
+
 def _apply_caption_mask(xp, events, num_captions: int, caption_mask: str):
     """"causal": every action step on the last stair (sees all captions and all steps)."""
     if caption_mask not in CAPTION_MASKS:
@@ -130,3 +150,74 @@ def with_padding(mask: np.ndarray | jnp.ndarray, key_valid: jnp.ndarray) -> jnp.
     if mask.ndim == 2:
         mask = mask[None]
     return mask & key_valid[:, None, :]
+
+
+class StaticMask:
+    """A bool [T, S] numpy mask that is part of the program, not of its inputs: hashable, so
+    it can ride through jit/scan/remat as static data and a fused kernel can skip its empty
+    blocks at compile time."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        array = np.array(array, dtype=bool)
+        if array.ndim != 2:
+            raise ValueError(f"a static mask is [T, S], got shape {array.shape}")
+        array.setflags(write=False)
+        self.array = array
+        self._key = (array.shape, np.packbits(array).tobytes())
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.array.shape
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, StaticMask) and self._key == other._key
+
+    def __getitem__(self, index) -> StaticMask:
+        return StaticMask(self.array[index])
+
+
+@flax.struct.dataclass
+class AttentionMask:
+    """Which keys each query may attend to, in two halves the kernels want apart.
+
+    The model's structure (causal, staircase) is either `static`, a `StaticMask` [T, S]
+    shared by the batch, or `fixed`, bool [B, T, S] when it depends on the example
+    (per-example event stairs); exactly one is set (`AttentionMask.of`).
+    key_valid: bool [B, S] or None: False on keys nobody may attend to (padding tokens, a
+    missing camera's image tokens). The attended set is structure & key_valid (`dense`).
+    """
+
+    fixed: jax.Array | None = None
+    key_valid: jax.Array | None = None
+    static: StaticMask | None = flax.struct.field(pytree_node=False, default=None)
+
+    @classmethod
+    def of(cls, fixed: StaticMask | np.ndarray | jax.Array,
+           key_valid: jax.Array | None = None) -> AttentionMask:
+        """From a structure (static numpy/`StaticMask` [T, S] or per-example [B, T, S])."""
+        if isinstance(fixed, np.ndarray) and fixed.ndim == 2:
+            fixed = StaticMask(fixed)
+        if isinstance(fixed, StaticMask):
+            return cls(key_valid=key_valid, static=fixed)
+        return cls(fixed=jnp.asarray(fixed, bool), key_valid=key_valid)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(T, S): queries and keys."""
+        return self.static.shape if self.static is not None else self.fixed.shape[-2:]
+
+    def dense(self) -> jax.Array:
+        """bool [B, T, S] (B = 1 when neither half has a batch): `with_padding`'s mask."""
+        fixed = self.static.array if self.static is not None else self.fixed
+        if self.key_valid is None:
+            return jnp.asarray(fixed)[None] if fixed.ndim == 2 else fixed
+        return with_padding(fixed, self.key_valid)
+
+    def query_rows(self, start: int, stop: int | None = None) -> AttentionMask:
+        """The mask of queries start:stop (e.g. the action rows a cached pass runs)."""
+        if self.static is not None:
+            return self.replace(static=self.static[start:stop])
+        return self.replace(fixed=self.fixed[:, start:stop])

@@ -20,13 +20,14 @@ from wallwm_jax.models.layers import (
     GatedMLP,
     apply_rope,
     attention,
-    attention_impl,
     compute_dtype,
     constrain_activation,
     dense,
     remat_policy,
+    resolve_attention,
     rms_norm,
 )
+from wallwm_jax.models.masks import AttentionMask
 
 # Per-layer (keys, values), each [B, S, kv_heads, head_dim]; stacked over layers: [L, B, S, K, H].
 KVCache = tuple[jax.Array, jax.Array]
@@ -79,13 +80,15 @@ class MoTLayer(nn.Module):
     def __call__(self, xs: tuple[jax.Array | None, jax.Array | None],
                  cache: KVCache | None,
                  positions: tuple[jax.Array | None, jax.Array | None],
-                 mask: jax.Array) -> tuple[tuple[jax.Array | None, jax.Array | None],
-                                           KVCache | None]:
+                 mask: AttentionMask | jax.Array
+                 ) -> tuple[tuple[jax.Array | None, jax.Array | None], KVCache | None]:
         """xs = (x_vlm [B,Nv,width] | None, x_act [B,Na,expert_width] | None).
 
         cache: this layer's VLM (k, v) [B, Nc, K, H] computed earlier, or None.
         positions: (int [B, Nv] | None, int [B, Na] | None).
-        mask: bool [B, Nv + Na, Nc + Nv + Na] (queries: present tokens; keys: cache first).
+        mask: over [Nv + Na, Nc + Nv + Na] (queries: present tokens; keys: cache first), an
+          `AttentionMask` (structure and key validity apart, as splash wants) or dense bool
+          [B, Nv + Na, Nc + Nv + Na].
         Returns the new xs and the VLM (k, v) of this layer (cache + new VLM tokens) or None.
         """
         cfg, dtype = self.cfg, compute_dtype(self.cfg.dtype)
@@ -110,10 +113,10 @@ class MoTLayer(nn.Module):
             n_vlm_keys = (0 if cache is None else cache[0].shape[1]) + xs[0].shape[1]
             new_cache = (jnp.concatenate(ks, 1)[:, :n_vlm_keys],
                          jnp.concatenate(vs, 1)[:, :n_vlm_keys])
-        out = attention(jnp.concatenate(qs, 1), jnp.concatenate(ks, 1),
-                        jnp.concatenate(vs, 1), mask,
-                        implementation=attention_impl(cfg.get("attention", "auto"),
-                                                      dtype, cfg.head_dim))
+        q, k, v = (jnp.concatenate(x, 1) for x in (qs, ks, vs))
+        impl = resolve_attention(cfg.get("attention", "auto"), dtype, cfg.head_dim,
+                                 q_len=q.shape[1], kv_len=k.shape[1])
+        out = attention(q, k, v, mask, implementation=impl)
         new_xs, start = [], 0
         for expert, x in zip(experts, xs, strict=True):
             if x is None:
@@ -132,7 +135,8 @@ class MoTDecoder(nn.Module):
 
     @nn.compact
     def __call__(self, x_vlm: jax.Array | None, x_act: jax.Array | None,
-                 positions: tuple[jax.Array | None, jax.Array | None], mask: jax.Array,
+                 positions: tuple[jax.Array | None, jax.Array | None],
+                 mask: AttentionMask | jax.Array,
                  cache: KVCache | None = None,
                  ) -> tuple[jax.Array | None, jax.Array | None, KVCache | None]:
         """See MoTLayer for shapes; `cache` and the returned cache are stacked over layers."""

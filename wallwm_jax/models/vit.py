@@ -14,6 +14,7 @@ from wallwm_jax.models.layers import (
     layer_norm,
     partitioned,
     remat_policy,
+    resolve_attention,
 )
 
 
@@ -23,7 +24,7 @@ class ViTBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dtype: Dtype = jnp.float32
-    attention_impl: str | None = None
+    attention_impl: str = "auto"  # config.model.attention, resolved here for the token count
     scanned: bool = False  # return (x, None), the (carry, output) pair nn.scan expects
 
     @nn.compact
@@ -34,7 +35,9 @@ class ViTBlock(nn.Module):
         qkv_axes = ("embed", "heads", "head_dim")
         q, k, v = (dense((self.num_heads, head_dim), qkv_axes, dtype=self.dtype, use_bias=True,
                          name=n)(h) for n in ("query", "key", "value"))
-        out = attention(q, k, v, implementation=self.attention_impl)
+        impl = resolve_attention(self.attention_impl, self.dtype, head_dim, q_len=x.shape[1],
+                                 kv_len=x.shape[1])
+        out = attention(q, k, v, implementation=impl)
         x = x + dense(width, ("heads", "head_dim", "embed"), axis=(-2, -1), dtype=self.dtype,
                       use_bias=True, name="out")(out)
         h = layer_norm("embed", self.dtype, name="ln_mlp")(x)
@@ -62,7 +65,7 @@ class ViT(nn.Module):
     dtype: Dtype = jnp.float32
     scan: bool = False  # stack the blocks under `blocks` (leading "layers" axis) and nn.scan
     remat_policy: str = "none"
-    attention_impl: str | None = None
+    attention_impl: str = "auto"  # config.model.attention
     cameras: int = 1
 
     @nn.compact

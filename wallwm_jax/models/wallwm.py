@@ -19,14 +19,13 @@ import optax
 
 from wallwm_jax.data.batches import EventBatch, Observation
 from wallwm_jax.models.layers import (
-    attention_impl,
     compute_dtype,
     constrain_activation,
     dense,
     partitioned,
     sinusoidal_embedding,
 )
-from wallwm_jax.models.masks import batched_staircase_mask, with_padding
+from wallwm_jax.models.masks import AttentionMask, staircase_structure
 from wallwm_jax.models.transformer import KVCache, MoTDecoder
 from wallwm_jax.models.vit import ViT
 
@@ -87,8 +86,7 @@ class WallWM(nn.Module):
         self.vit = ViT(cfg.patch_size, cfg.vit_width, cfg.vit_depth, cfg.vit_heads,
                        cfg.vit_mlp_dim, cfg.width, dtype, scan=cfg.scan_layers,
                        remat_policy=cfg.remat_policy,
-                       attention_impl=attention_impl(cfg.get("attention", "auto"), dtype,
-                                                     cfg.vit_width // cfg.vit_heads),
+                       attention_impl=cfg.get("attention", "auto"),
                        cameras=cfg.get("cameras", 1))
         self.embedder = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
                                  embedding_init=partitioned(nn.initializers.normal(0.02),
@@ -140,8 +138,9 @@ class WallWM(nn.Module):
 
     def _layout(self, obs: Observation, valid: jax.Array, n_img: int,
                 action_events: jax.Array):
-        """Staircase mask with padding bool [B, Nv+Na, Nv+Na] and rotary positions
-        (`cfg.caption_mask="causal"`: the plain causal caption mask of the ablation).
+        """Staircase mask with padding over [Nv+Na, Nv+Na] (an `AttentionMask`: the stairs,
+        static unless they depend on the example's events, and the key validity apart) and
+        rotary positions (`cfg.caption_mask="causal"`: the causal caption mask of the ablation).
 
         Positions: the prefix counts only its real tokens; caption slot c then starts at
         P + c * Lc (P = real prefix tokens) and the action steps at P + K * Lc, whatever the
@@ -150,8 +149,8 @@ class WallWM(nn.Module):
         b, n_prefix = valid.shape[0], n_img + obs.instruction.shape[1]
         k, lc = obs.caption.shape[1], obs.caption.shape[2]
         num_actions = action_events.shape[1]
-        static = batched_staircase_mask(n_prefix, (lc,) * k, action_events,
-                                        self.cfg.get("caption_mask", "staircase"))
+        stairs = staircase_structure(n_prefix, (lc,) * k, action_events,
+                                     self.cfg.get("caption_mask", "staircase"))
         # A masked camera's tokens keep their positions (so no other token moves) but are
         # never attended.
         key_valid = jnp.concatenate([prefix_key_valid(obs, valid, n_img),
@@ -161,7 +160,7 @@ class WallWM(nn.Module):
         pos_captions = prefix_real + jnp.arange(k * lc)[None]
         pos_act = prefix_real + k * lc + jnp.arange(num_actions)[None]
         pos_vlm = jnp.concatenate([pos_prefix, jnp.broadcast_to(pos_captions, (b, k * lc))], 1)
-        return with_padding(static, key_valid), (pos_vlm, pos_act)
+        return AttentionMask.of(stairs, key_valid), (pos_vlm, pos_act)
 
     # -- heads ------------------------------------------------------------------------------
     def vlm_heads(self, h_vlm: jax.Array, obs: Observation, n_img: int
@@ -227,8 +226,8 @@ class WallWM(nn.Module):
         valid = _vlm_valid(obs, n_img)
         mask, (_, pos_act) = self._layout(obs, valid, n_img, action_events)
         x_act = self.embed_actions(x_t, obs.state, t, obs.state_mask)
-        _, h_act, _ = self.decoder(None, x_act, (None, pos_act), mask[:, valid.shape[1]:],
-                                   cache)
+        _, h_act, _ = self.decoder(None, x_act, (None, pos_act),
+                                   mask.query_rows(valid.shape[1]), cache)
         return self.action_out(h_act)
 
     def _vlm_forward(self, obs: Observation) -> tuple[jax.Array, KVCache]:
@@ -245,7 +244,7 @@ class WallWM(nn.Module):
         [B, T, width] at positions 0..T-1 (no image, no action expert, no padding mask)."""
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
-        mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool))[None], (b, t, t))
+        mask = AttentionMask.of(np.tril(np.ones((t, t), bool)))
         h, _, _ = self.decoder(self.embed_tokens(tokens), None, (positions, None), mask)
         return h
 
@@ -270,7 +269,8 @@ class WallWM(nn.Module):
         this token's (k, v), each [L, B, 1, K, H], for the caller to write into the cache.
         """
         x = self.embed_tokens(tokens)
-        mask = jnp.concatenate([cache_mask, tokens != 0], axis=1)[:, None, :]
+        mask = AttentionMask.of(np.ones((1, cache_mask.shape[1] + 1), bool),
+                                jnp.concatenate([cache_mask, tokens != 0], axis=1))
         h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
         logits = self.lm_logits(h[:, 0]).astype(jnp.float32)
         return logits, jax.tree.map(lambda c: c[:, :, -1:], new_cache)
@@ -286,10 +286,10 @@ class WallWM(nn.Module):
         """
         x = self.embed_tokens(tokens)
         n = tokens.shape[1]
-        causal = jnp.tril(jnp.ones((n, n), bool))[None] & (tokens != 0)[:, None, :]
-        mask = jnp.concatenate(
-            [jnp.broadcast_to(cache_mask[:, None, :], (tokens.shape[0], n, cache_mask.shape[1])),
-             causal], axis=2)
+        mask = AttentionMask.of(
+            np.concatenate([np.ones((n, cache_mask.shape[1]), bool),
+                            np.tril(np.ones((n, n), bool))], axis=1),
+            jnp.concatenate([cache_mask, tokens != 0], axis=1))
         h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
         last = jnp.maximum(jnp.sum(tokens != 0, axis=1) - 1, 0)
         h_last = jnp.take_along_axis(h, last[:, None, None], axis=1)[:, 0]
