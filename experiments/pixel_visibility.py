@@ -24,14 +24,6 @@ from wallwm_jax import cli
 from wallwm_jax.data.tasks import MT10_TASKS
 from wallwm_jax.envs.metaworld import MetaWorldTask  # sets MUJOCO_GL before mujoco loads
 
-_TASKS = flags.DEFINE_list("tasks", list(MT10_TASKS), "MetaWorld tasks to measure.")
-_SIZES = flags.DEFINE_list("sizes", ["32", "48", "64", "96", "128"], "Image sides in pixels.")
-_CAMERAS = flags.DEFINE_list("cameras", ["corner2", "lerobot", "gripper", "top"],
-                             "Cameras (keys of CAMERAS).")
-_SCENES = flags.DEFINE_integer("scenes", 3, "mt10_seen dev scenes per task (first frames).")
-_HI_RES = flags.DEFINE_integer("hi_res", 512, "Side of the render the areas come from.")
-_OUT = flags.DEFINE_string("out", "", "Markdown table to write (empty: none).")
-
 # camera key -> (MuJoCo camera, corner2 position override): what the builder renders with
 # --camera_setup ours (corner2), --camera_setup lerobot, and --cameras gripper / top.
 CAMERAS: dict[str, tuple[str, tuple[float, float, float] | None]] = {
@@ -168,47 +160,63 @@ def markdown(rows: list[dict], sizes: list[int], cameras: list[str], seeds: int)
     return "\n".join(lines)
 
 
+def define_flags() -> None:
+    """The command's flags, defined only when it runs as a command (importing the module,
+    as the tests do, must not clash with other commands' flags of the same name)."""
+    flags.DEFINE_list("tasks", list(MT10_TASKS), "MetaWorld tasks to measure.")
+    flags.DEFINE_list("sizes", ["32", "48", "64", "96", "128"], "Image sides in pixels.")
+    flags.DEFINE_list("cameras", ["corner2", "lerobot", "gripper", "top"],
+                      "Cameras (keys of CAMERAS).")
+    flags.DEFINE_integer("scenes", 3, "mt10_seen dev scenes per task (first frames).")
+    flags.DEFINE_integer("hi_res", 512, "Side of the render the areas come from.")
+    flags.DEFINE_string("out", "", "Markdown table to write (empty: none).")
+
+
 def main(argv: list[str]) -> None:
     """Measure, print JSON and a summary line, and write the markdown table."""
     from wallwm_jax.evaluation.suites import scene_seeds
 
     cli.positional(argv)
+    fl = flags.FLAGS
+    tasks, cameras, scenes, hi_res, out = fl.tasks, fl.cameras, fl.scenes, fl.hi_res, fl.out
     try:
-        sizes = [int(s) for s in _SIZES.value]
+        sizes = [int(s) for s in fl.sizes]
     except ValueError:
-        cli.fail(f"--sizes={','.join(_SIZES.value)}: expected comma-separated integers")
+        cli.fail(f"--sizes={','.join(fl.sizes)}: expected comma-separated integers")
     if not sizes or min(sizes) < 8 or max(sizes) > 1024:
-        cli.fail(f"--sizes={','.join(_SIZES.value)}: expected sides between 8 and 1024")
-    if not 8 <= _HI_RES.value <= 1024:
-        cli.fail(f"--hi_res={_HI_RES.value}: expected 8..1024")
-    bad = [t for t in _TASKS.value if t not in TARGETS]
-    if bad or not _TASKS.value:
+        cli.fail(f"--sizes={','.join(fl.sizes)}: expected sides between 8 and 1024")
+    if not 8 <= hi_res <= 1024:
+        cli.fail(f"--hi_res={hi_res}: expected 8..1024")
+    bad = [t for t in tasks if t not in TARGETS]
+    if bad or not tasks:
         cli.fail(f"--tasks: unknown {bad}; expected some of {', '.join(TARGETS)}")
-    bad = [c for c in _CAMERAS.value if c not in CAMERAS]
-    if bad or not _CAMERAS.value:
+    bad = [c for c in cameras if c not in CAMERAS]
+    if bad or not cameras:
         cli.fail(f"--cameras: unknown {bad}; expected some of {', '.join(CAMERAS)}")
-    if _SCENES.value < 1:
-        cli.fail(f"--scenes={_SCENES.value}: expected >= 1")
+    if scenes < 1:
+        cli.fail(f"--scenes={scenes}: expected >= 1")
     rows = []
-    for task in _TASKS.value:
-        seeds = scene_seeds("mt10_seen", task, "dev", _SCENES.value)
-        rows += measure_task(task, seeds, sizes, _CAMERAS.value, _HI_RES.value)
-    print(json.dumps({"scenes": _SCENES.value, "hi_res": _HI_RES.value, "rows": rows}))
-    if _OUT.value:
-        os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-        with open(_OUT.value, "w") as f:
-            f.write(markdown(rows, sizes, _CAMERAS.value, _SCENES.value))
+    for task in tasks:
+        seeds = scene_seeds("mt10_seen", task, "dev", scenes)
+        rows += measure_task(task, seeds, sizes, cameras, hi_res)
+    print(json.dumps({"scenes": scenes, "hi_res": hi_res, "rows": rows}))
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(markdown(rows, sizes, cameras, scenes))
     small = min(sizes)
     at_small = [r for r in rows if r["size"] == small]
     parts = []
-    for cam in _CAMERAS.value:
+    for cam in cameras:
         objs = [np.mean(r["object_px"]) for r in at_small if r["camera"] == cam
                 and r["has_object"]]
         goals = [np.mean(r["goal_px"]) for r in at_small if r["camera"] == cam]
         parts.append(f"{cam} object {np.mean(objs) if objs else 0:.1f} px, "
                      f"goal {np.mean(goals):.1f} px")
-    print(f"pixel_visibility: {len(_TASKS.value)} tasks, {_SCENES.value} scenes, at {small} px "
+    print(f"pixel_visibility: {len(tasks)} tasks, {scenes} scenes, at {small} px "
           f"(mean over tasks): " + "; ".join(parts))
 
+
 if __name__ == "__main__":
+    define_flags()
     cli.run(main)
