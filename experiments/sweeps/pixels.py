@@ -11,8 +11,8 @@ marks it); chunk and unified mode read nothing privileged. Tune with `--eval_spl
 experiments/results/pixels/ holds the run script, the dataset build line and the results.
 """
 
-from experiments.pretrain import _MAX_CAPTIONS
 from experiments.pretrain import get_config as pretrain_config
+from experiments.sweeps.event_vs_chunk import modes_by_seed
 
 MODES = ("chunk", "event", "unified")
 SEEDS = (0, 1, 2)
@@ -28,12 +28,8 @@ def get_config(arg=None):
 
 
 def get_sweep(h):
-    """A mode switches three fields together (zip), crossed with the seeds; seed-major, so a
-    sweep stopped part-way has every mode at its first seeds."""
-    modes = h.zip([h.sweep("config.mode", MODES),
-                   h.sweep("config.data.layout", MODES),
-                   h.sweep("config.data.max_captions", [_MAX_CAPTIONS[m] for m in MODES])])
-    return h.product([h.sweep("config.seed", SEEDS), modes])
+    """Every mode at every seed, seed-major (event_vs_chunk's `modes_by_seed`)."""
+    return modes_by_seed(h, MODES, SEEDS)
 
 
 def get_eval():
