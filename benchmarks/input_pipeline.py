@@ -22,7 +22,10 @@ ArrayRecord, image decode, resize/augment, tokenise, collate, the rest), with a 
 cache (this small dataset) and a cold one (every sample reads its episode again: a dataset
 much larger than the cache). The code at `--baseline_rev` (default: the commit before the
 pipeline was made faster) runs the same rows in alternating rounds, so before/after are
-measured in the same run under the same load. The accelerator estimate: the `small` step
+measured in the same run under the same load. So does this code reading the same episodes
+from the dataset's step store (`wallwm_jax.data.step_store`, written into the dataset if
+missing; `--step_store=false`: no such rows): "steps" beside "after" (the TFDS episode
+records), and the H100 margin of each. The accelerator estimate: the `small` step
 on one H100 from its analytic FLOPs at 40% MFU of the bf16 dense peak (989 TFLOP/s), the
 samples/s that step consumes x 3 (margin), against 16 x the per-core rate (a linear
 extrapolation to a 16-core host, not a measurement).
@@ -142,7 +145,7 @@ BASELINE_REV = "42a347901e49f632d369d06340782e083d7c7ec5"  # before the pipeline
 H100_PEAK, H100_MFU, MARGIN, HOST_CORES = 989e12, 0.4, 3.0, 16
 # cProfile functions whose cumulative time is a stage: (file suffix, function, caller or None)
 STAGES = {"read": [("episodes.py", "__getitem__", "_episode")],
-          "decode": [("episodes.py", "_decode", None)],
+          "decode": [("episodes.py", "_decode", None), ("step_store.py", "_decode", None)],
           "augment": [("augment.py", "augment_frame", None)],
           "resize": [("Image.py", "resize", "make_sample")],
           "tokenise": [("tokenizer.py", "encode", None)]}
@@ -184,6 +187,11 @@ def core_rates(spec: dict) -> dict:
         sampler = make_sampler(data, spec["data_dir"], "train", seed=0,
                                augment=data.augment.enabled, balanced=True)
         sampler.cache_size = cache_size
+        if "step_store" in spec:  # this code: the TFDS episode records or the step store
+            from wallwm_jax.data.episodes import open_dataset
+
+            sampler.source = open_dataset(spec["data_dir"], "train",
+                                          step_store=spec["step_store"])
         return sampler
 
     source = sampler_with(0).source
@@ -238,10 +246,19 @@ def code_root(rev: str) -> str:
     return root
 
 
-def run_core_rates(root: str, spec: dict) -> dict:
-    """`core_rates(spec)` in a fresh single-threaded process importing the package at `root`."""
+# glibc malloc serves blocks >= 128 KiB (a 224-px frame is 147 KiB, its float copy 588 KiB)
+# with fresh mmaps, zeroed by the kernel on first touch, unless the process has freed such
+# blocks before (glibc then raises its threshold). Which happens depends on what ran first
+# in the process (PNG decoding does; the step store's reads do not), so the rows fix it.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(256 << 20)}
+
+
+def run_core_rates(root: str, spec: dict, malloc_env: bool = True) -> dict:
+    """`core_rates(spec)` in a fresh single-threaded process importing the package at `root`
+    (with `malloc_env`: glibc's mmap and trim thresholds at 256 MiB, `MALLOC_ENV`)."""
     env = {**os.environ, "PYTHONPATH": root, "JAX_PLATFORMS": "cpu", "OMP_NUM_THREADS": "1",
-           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+           "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+           **(MALLOC_ENV if malloc_env else {})}
     code = ("import json, sys; sys.path.insert(0, sys.argv[1]); import input_pipeline as b; "
             "print('RESULT' + json.dumps(b.core_rates(json.loads(sys.argv[2]))))")
     proc = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(
@@ -268,36 +285,54 @@ def h100_estimate(layout: str, image_size: int) -> dict[str, float]:
 
 
 def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: str,
-                 samples: int, batch: int, rounds: int) -> list[dict]:
-    """Per image size: the per-core rows of this code and of `baseline` (alternating rounds,
-    medians), the speed-up, and the 16-core host against the H100 estimate."""
-    roots = {"after": code_root("")}
+                 samples: int, batch: int, rounds: int, steps: bool = True,
+                 malloc_env: bool = True) -> list[dict]:
+    """Per image size: the per-core rows of this code on the TFDS episode records ("after"),
+    on the step store ("steps", with `steps`) and of `baseline` ("before"), in alternating
+    rounds (medians), the speed-ups, and the 16-core host against the H100 estimate."""
+    here = code_root("")
+    roots = {"after": (here, {"step_store": False})}
+    if steps:
+        from wallwm_jax.data.step_store import write_step_store
+
+        roots["steps"] = (here, {"step_store": True})
     if baseline:
-        roots["before"] = code_root(baseline)
+        roots["before"] = (code_root(baseline), {})
     rows = []
     for size in sizes:
+        if steps:
+            write_step_store(dirs[size])
         spec = {"data_dir": dirs[size], "image_size": size, "layout": layout,
                 "samples": samples, "batch_size": batch}
         runs: dict[str, list[dict]] = {k: [] for k in roots}
         for _ in range(rounds):
-            for name, root in roots.items():
-                runs[name].append(run_core_rates(root, spec))
-        row = {"image_size": size, "rounds": rounds, "h100_small": h100_estimate(layout, size)}
+            for name, (root, extra) in roots.items():
+                runs[name].append(run_core_rates(root, {**spec, **extra}, malloc_env))
+        row = {"image_size": size, "rounds": rounds, "h100_small": h100_estimate(layout, size),
+               "malloc_env": MALLOC_ENV if malloc_env else {}}
         for name, results in runs.items():
-            med = sorted(results, key=lambda r: r["warm"]["samples_per_s"])[len(results) // 2]
-            row[name] = {**med, "round_warm_samples_per_s": [r["warm"]["samples_per_s"]
+            # each cache's row (rate and stages) from its own median round
+            med = {c: sorted(results, key=lambda r: r[c]["samples_per_s"])[len(results) // 2]
+                   for c in ("warm", "cold")}
+            row[name] = {**med["warm"], "cold": med["cold"]["cold"],
+                         "round_warm_samples_per_s": [r["warm"]["samples_per_s"]
                                                              for r in results],
                          "round_cold_samples_per_s": [r["cold"]["samples_per_s"]
                                                       for r in results]}
         need = row["h100_small"]["needed_samples_per_s"]
         for cache in ("warm", "cold"):
-            per_core = row["after"][cache]["samples_per_s"]
-            row[f"host16_{cache}_samples_per_s"] = HOST_CORES * per_core
-            row[f"host16_{cache}_margin"] = HOST_CORES * per_core / (need / MARGIN)
-            if "before" in row:
-                row[f"speedup_{cache}"] = float(np.median([
-                    a[cache]["samples_per_s"] / b[cache]["samples_per_s"]
-                    for a, b in zip(runs["after"], runs["before"], strict=True)]))
+            for name, tag in (("after", ""), ("steps", "steps_")):
+                if name not in row:
+                    continue
+                per_core = row[name][cache]["samples_per_s"]
+                row[f"host16_{tag}{cache}_samples_per_s"] = HOST_CORES * per_core
+                row[f"host16_{tag}{cache}_margin"] = HOST_CORES * per_core / (need / MARGIN)
+            for name, base, key in (("after", "before", "speedup"),
+                                    ("steps", "after", "steps_speedup")):
+                if name in row and base in row:
+                    row[f"{key}_{cache}"] = float(np.median([
+                        a[cache]["samples_per_s"] / b[cache]["samples_per_s"]
+                        for a, b in zip(runs[name], runs[base], strict=True)]))
         rows.append(row)
     return rows
 
@@ -325,6 +360,13 @@ def profile_summary(rows: list[dict]) -> str:
                      f"{r['host16_warm_margin']:.2f}x / {r['host16_cold_margin']:.2f}x of an "
                      f"H100 small step's need (est. {1e3 * r['h100_small']['step_s']:.1f} "
                      f"ms/step at 40% MFU; target 3x)")
+        if "steps" in r:
+            w, c = r["steps"]["warm"], r["steps"]["cold"]
+            parts[-1] += (f"; step store {w['samples_per_s']:.0f} warm / "
+                          f"{c['samples_per_s']:.0f} cold (x{r['steps_speedup_warm']:.2f} / "
+                          f"x{r['steps_speedup_cold']:.2f} of the episode records), 16 cores "
+                          f"{r['host16_steps_warm_margin']:.2f}x / "
+                          f"{r['host16_steps_cold_margin']:.2f}x")
     return "per core: " + "; ".join(parts)
 
 
@@ -347,6 +389,10 @@ def define_flags() -> None:
                         "alternating rounds ('' for none).")
     flags.DEFINE_integer("profile_samples", 96, "Samples timed per per-core measurement.")
     flags.DEFINE_integer("rounds", 3, "Alternating before/after rounds of the per-core rows.")
+    flags.DEFINE_bool("step_store", True, "Per-core rows on the step store too ('steps'; "
+                      "written into the datasets of the per-core rows if missing).")
+    flags.DEFINE_bool("malloc_env", True, "Per-core processes with glibc's mmap/trim "
+                      "thresholds at 256 MiB (MALLOC_ENV); false: the allocator's defaults.")
 
 
 def main(argv: list[str]) -> None:
@@ -369,7 +415,8 @@ def main(argv: list[str]) -> None:
         given = {int(k): v for k, v in (d.split("=", 1) for d in args.profile_dirs)}
         dirs = {**profile_datasets([s for s in sizes if s not in given]), **given}
         profile = profile_rows(args.layout, sizes, dirs, args.baseline_rev,
-                               args.profile_samples, args.batch_size, args.rounds)
+                               args.profile_samples, args.batch_size, args.rounds,
+                               args.step_store, args.malloc_env)
     rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers]
     mixture = None
     if args.mixture_dir != "none":

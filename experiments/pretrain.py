@@ -6,6 +6,8 @@ recipe); single fields are overridden on the command line (`--config.total_steps
 simulator state (10-D state), an action expert of width 64, Tmax 16, peak learning rate 2e-3,
 1,500 steps. `recipe=demo` is the demo's: `cpu` with position-target actions
 (`data.action_target_gain` 10), Tmax 8 and no image augmentation (docs/demo.md says why).
+`recipe=pixels` acts from pixels: `demo` without privileged state (4-D agent state), with
+48-px images from the scene camera and the gripper camera (docs/pixels.md says why).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ _MAX_CAPTIONS = {"event": 1, "unified": 2, "chunk": 0}
 # The `arg` switches, their defaults and the values each takes.
 _ARG_DEFAULTS = {"size": "tiny", "mode": "event", "recipe": "default"}
 _ARG_CHOICES = {"size": tuple(_SIZES), "mode": tuple(_MAX_CAPTIONS),
-                "recipe": ("default", "cpu", "demo")}
+                "recipe": ("default", "cpu", "demo", "pixels")}
 
 
 def apply_cpu_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -75,6 +77,23 @@ def apply_demo_recipe(config: ml_collections.ConfigDict) -> ml_collections.Confi
     config.data.action_target_gain = 10.0
     config.data.max_event_len = 8
     config.data.augment.enabled = False
+    return config
+
+
+def apply_pixels_recipe(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The recipe of policies that act from pixels (docs/pixels.md): `recipe=demo` with what
+    a real robot reports, the 4-D agent state (hand xyz, gripper), and what makes objects
+    visible at CPU cost (experiments/results/pixels/visibility.md): 48-px images from the
+    scene camera (corner2, the view `mt10_seen` renders) and the gripper camera, where the
+    puck, the push goal, drawer and peg cover 15-90 pixels at the first frame against 1 in the
+    scene view. Datasets: the builder's `--image_size 48 --cameras gripper`, no
+    `--privileged_state`. Mutates and returns `config`."""
+    apply_demo_recipe(config)
+    config.data.privileged_state = False
+    config.model.state_dim = state_dim(False)
+    config.data.image_size = 48  # model.image_size follows (a reference)
+    config.data.cameras = ("image", "image_gripper")
+    config.model.cameras = len(config.data.cameras)
     return config
 
 
@@ -254,4 +273,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         apply_cpu_recipe(config)
     elif args["recipe"] == "demo":
         apply_demo_recipe(config)
+    elif args["recipe"] == "pixels":
+        apply_pixels_recipe(config)
     return config

@@ -29,6 +29,9 @@ flags.DEFINE_float("action_noise", 0.0, "DART: perturb executed actions by N(0, 
 flags.DEFINE_enum("camera_setup", "ours", ["ours", "lerobot"], "Scene camera: ours (corner2 "
                   "upright where MetaWorld puts it) or lerobot (the view the mt50_lerobot "
                   "evaluation suite renders).")
+flags.DEFINE_bool("step_store", False, "Also write the step store: raw frames readable one "
+                  "step at a time (fast reads of a dataset larger than the sampler's cache; "
+                  "~1.5x the dataset's bytes more). Adds it to an existing build too.")
 FLAGS = flags.FLAGS
 
 
@@ -42,7 +45,7 @@ def main(argv: list[str]) -> None:
                  cameras=tuple(c for c in FLAGS.cameras if c),
                  keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
                  privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise,
-                 camera_setup=FLAGS.camera_setup)
+                 camera_setup=FLAGS.camera_setup, step_store=FLAGS.step_store)
     print(path)
 
 

@@ -36,6 +36,7 @@ from data_builders.metaworld_events.rollouts import (
 from wallwm_jax.data import captions
 from wallwm_jax.data.embodiment import Embodiment, embodiment_path, write_embodiment
 from wallwm_jax.data.episodes import event_features
+from wallwm_jax.data.step_store import write_step_store
 from wallwm_jax.data.tasks import STATE_LAYOUT_FILE, state_dim, state_names, state_record
 from wallwm_jax.envs.metaworld import DEMO_TASKS, EXTRA_CAMERAS, MT10_TASKS, MT50_TASKS
 
@@ -216,7 +217,7 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
           tasks: tuple[str, ...] | None = None, cameras: tuple[str, ...] = (),
           keep_failures: bool = False, strict: bool = False,
           privileged_state: bool = False, action_noise: float = 0.0,
-          camera_setup: str = "ours") -> str:
+          camera_setup: str = "ours", step_store: bool = False) -> str:
     """Build (or reuse) the dataset; write norm stats, tokenizer and build report; return the
     version dir.
 
@@ -232,7 +233,10 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     of every build is written to `state_layout.json` beside dataset_info.json.
     `action_noise > 0` perturbs the executed actions (DART) and keeps the expert's as labels
     (config name `-dart<noise>`). `camera_setup="lerobot"` renders the scene camera as the
-    `mt50_lerobot` evaluation suite does (config name `-viewlerobot`). With
+    `mt50_lerobot` evaluation suite does (config name `-viewlerobot`). `step_store=True` also
+    writes the step store (`wallwm_jax.data.step_store`: raw frames addressable per step, read
+    without parsing the episode; about 1.5x the TFDS bytes more), to a new or an existing
+    build; the TFDS records are the same either way. With
     `num_workers > 1` rollouts run in spawned processes (results kept in job order, so the
     output does not depend on it); call from under `if __name__ == "__main__":` in scripts.
     """
@@ -261,6 +265,8 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
         write_json(layout_path, state_record(cfg.privileged_state))
     if not os.path.exists(embodiment_path(version_dir)):
         write_embodiment(version_dir, metaworld_embodiment(cfg))
+    if step_store:
+        write_step_store(version_dir)
     paraphrase_path = os.path.join(version_dir, PARAPHRASES_FILE)
     if not os.path.exists(paraphrase_path):
         write_json(paraphrase_path, paraphrase_record(cfg.tasks))

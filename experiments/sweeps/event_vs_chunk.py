@@ -20,13 +20,18 @@ def get_config(arg=None):
     return pretrain_config(arg)
 
 
-def get_sweep(h):
+def modes_by_seed(h, modes=MODES, seeds=SEEDS):
     """A mode switches three fields together (zip), crossed with the seeds; seed-major, so a
     sweep stopped part-way has every mode at its first seeds."""
-    modes = h.zip([h.sweep("config.mode", MODES),
-                   h.sweep("config.data.layout", MODES),
-                   h.sweep("config.data.max_captions", [_MAX_CAPTIONS[m] for m in MODES])])
-    return h.product([h.sweep("config.seed", SEEDS), modes])
+    switched = h.zip([h.sweep("config.mode", modes),
+                      h.sweep("config.data.layout", modes),
+                      h.sweep("config.data.max_captions", [_MAX_CAPTIONS[m] for m in modes])])
+    return h.product([h.sweep("config.seed", seeds), switched])
+
+
+def get_sweep(h):
+    """Every mode at every seed (`modes_by_seed`)."""
+    return modes_by_seed(h)
 
 
 def get_eval():

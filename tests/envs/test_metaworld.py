@@ -45,6 +45,23 @@ def test_positions_vary_with_seed_and_images_are_upright():
         env.close()
 
 
+@pytest.mark.parametrize("task", ["reach-v3", "push-v3"])
+def test_first_frame_draws_the_goal_where_it_is_scored(task):
+    """The frame reset returns draws this scene's goal where the task scores it (MetaWorld's
+    reset moves the goal site without updating the position it is drawn at)."""
+    import mujoco
+
+    env = MetaWorldTask(task, seed=0, image_size=32)
+    try:
+        for seed in (1, 2):
+            env.reset(seed=seed)
+            model, data = env._env.model, env._env.data
+            goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            np.testing.assert_allclose(data.site_xpos[goal], env._env._target_pos, atol=1e-6)
+    finally:
+        env.close()
+
+
 @pytest.mark.parametrize("task", DEMO_TASKS)
 def test_expert_succeeds_and_events_tile(task):
     successes = 0

@@ -216,9 +216,13 @@ def keep_encoded_decoder():
 
 
 class EpisodeSource:
-    """Grain-compatible random-access source of validated flat episodes of one split."""
+    """Grain-compatible random-access source of validated flat episodes of one split.
 
-    def __init__(self, dataset_dir: str, split: str = "train"):
+    Reads the dataset's step store (`step_store.py`: frames read one by one, no episode
+    parse) when it has one and `step_store` is not False, else the TFDS episode records."""
+
+    def __init__(self, dataset_dir: str, split: str = "train", *,
+                 step_store: bool | None = None):
         import tensorflow_datasets as tfds
 
         self.dataset_dir = os.fspath(dataset_dir)
@@ -241,25 +245,39 @@ class EpisodeSource:
         # Frames stay PNG bytes; LazyFrames decodes the ones a sample touches.
         skip = {"steps": {"observation": {k: keep_encoded_decoder() for k in self.cameras}}}
         self._source = builder.as_data_source(split=split, decoders=skip)
+        self.store = None
+        if step_store is not False:
+            from wallwm_jax.data.step_store import open_store
+
+            self.store = open_store(self.dataset_dir, split, len(self._source))
+            if step_store and self.store is None:
+                raise ValueError(f"{self.dataset_dir} split '{split}' has no step store "
+                                 "(write it with python -m wallwm_jax.data.step_store)")
 
     def __len__(self) -> int:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict:
         where = f"{self.dataset_dir} split '{self.split}' episode {index}"
+        if self.store is not None:
+            episode = self.store.episode(index, where)
+        else:
+            episode = self._read_tfds(index, where)
+        try:
+            validate_episode(episode, image_shape=self.image_shape)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+        return episode
+
+    def _read_tfds(self, index: int, where: str) -> dict:
+        """Episode `index` parsed from its TFDS record (the whole episode, PNG frames lazy)."""
         try:
             raw = self._source[index]
         except Exception as err:  # a corrupt/truncated ArrayRecord or undecodable example
             raise ValueError(f"{where}: record file {self.file_of(index)} is damaged (truncated "
                              f"or overwritten?): {type(err).__name__}: {err}; rebuild the "
                              f"dataset") from None
-        episode = to_flat_episode(raw, image_shapes=self.image_shapes, where=where)
-        try:
-            validate_episode(episode, image_shape=self.image_shape)
-        except ValueError as err:
-            raise ValueError(f"{self.dataset_dir} split '{self.split}' episode {index}: "
-                             f"{err}") from None
-        return episode
+        return to_flat_episode(raw, image_shapes=self.image_shapes, where=where)
 
     def file_of(self, index: int) -> str:
         """The ArrayRecord shard that holds episode `index` of this split."""
@@ -270,6 +288,8 @@ class EpisodeSource:
         return f"EpisodeSource({self.dataset_dir!r}, split={self.split!r}, len={len(self)})"
 
 
-def open_dataset(dataset_dir: str, split: str = "train") -> EpisodeSource:
-    """The episodes of `split` in a built dataset version directory."""
-    return EpisodeSource(dataset_dir, split)
+def open_dataset(dataset_dir: str, split: str = "train", *,
+                 step_store: bool | None = None) -> EpisodeSource:
+    """The episodes of `split` in a built dataset version directory (from its step store
+    when it has one, unless `step_store=False`)."""
+    return EpisodeSource(dataset_dir, split, step_store=step_store)

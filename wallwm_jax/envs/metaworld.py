@@ -278,8 +278,14 @@ class MetaWorldTask:
     def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """Reset with new positions; returns {'image': uint8[H,W,3], 'state': float32[S]}
         (S = 4, or 10 with privileged simulator state)."""
+        import mujoco
+
         self._env.seed(self._seed if seed is None else seed)
         self._obs, _ = self._env.reset()
+        # MetaWorld's reset moves the goal site in the model but leaves its world position as
+        # it was: without a forward pass the first frame draws the goal where the previous
+        # scene had it (e.g. 15 pixels of a 128-px reach frame). It moves nothing physical.
+        mujoco.mj_forward(self._env.model, self._env.data)
         self._succeeded = False
         if isinstance(self._phase_fn, GenericPhases):
             self._phase_fn.reset(self._obs[4:7])

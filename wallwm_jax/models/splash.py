@@ -6,20 +6,31 @@ kernel as a block-sparse mask, per-example key validity as segment ids (docs/per
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental.pallas.ops.tpu import splash_attention as sa
-from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import (
-    SplashAttentionKernel,
-)
 
 from wallwm_jax.models.masks import AttentionMask
 
 # q and kv tile of every splash pass (forward, dq, dkv). Sequence lengths are padded up to a
 # multiple of it; the kernel's lane width (128) is the smallest tile the TPU takes.
 BLOCK = 128
-BLOCK_SIZES = sa.BlockSizes(block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK,
+
+
+@functools.cache
+def _sa() -> Any:
+    """The Pallas splash module, imported on first use: every process imports this module,
+    only TPU runs (and interpret-mode tests) need the kernel's few hundred ms of imports."""
+    from jax.experimental.pallas.ops.tpu import splash_attention
+
+    return splash_attention
+
+
+def _block_sizes() -> Any:
+    return _sa().BlockSizes(block_q=BLOCK, block_kv=BLOCK, block_kv_compute=BLOCK,
                             block_q_dkv=BLOCK, block_kv_dkv=BLOCK, block_kv_dkv_compute=BLOCK,
                             block_q_dq=BLOCK, block_kv_dq=BLOCK)
 
@@ -49,11 +60,11 @@ def _static_kernel_mask(static: np.ndarray, tp: int, sp: int) -> np.ndarray:
     return out
 
 
-def _dynamic_kernel(mask: jax.Array, interpret: bool) -> SplashAttentionKernel:
+def _dynamic_kernel(mask: jax.Array, interpret: bool) -> Any:
     """Splash over one example's dense mask bool [1, Tp, Sp] (traced). JAX 0.10's factory
     stores `is_dynamic_mask` as an array, which the kernel then tests with `if`: keep it a
     Python bool."""
-    kernel = sa.make_splash_mha(mask, block_sizes=BLOCK_SIZES, head_shards=1, q_seq_shards=1,
+    kernel = _sa().make_splash_mha(mask, block_sizes=_block_sizes(), head_shards=1, q_seq_shards=1,
                                 interpret=interpret)
     fix = (lambda info: None if info is None else info._replace(is_dynamic_mask=True))
     return type(kernel)(fix(kernel.fwd_mask_info), fix(kernel.dq_mask_info),
@@ -83,8 +94,9 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMa
     if mask is None or mask.static is not None:
         static = np.ones((t, s), bool) if mask is None else mask.static.array
         kernel_mask = _static_kernel_mask(static, tp, sp)
+        sa = _sa()
         kernel = sa.make_splash_mha(sa.MultiHeadMask([sa.NumpyMask(kernel_mask)] * n),
-                                    block_sizes=BLOCK_SIZES, head_shards=1, q_seq_shards=1,
+                                    block_sizes=_block_sizes(), head_shards=1, q_seq_shards=1,
                                     interpret=interpret)
         if key_valid is None and sp == s:
             out = jax.vmap(kernel)(qh, kh, vh)
