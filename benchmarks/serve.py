@@ -12,8 +12,12 @@ sending the largest frame the server accepts (alternating rounds, p99 ratio).
 
 Weights are random. Latency depends on them in unified mode only through the caption
 lengths: random weights never emit EOS, so every caption runs to `data.caption_len` tokens
-and every chunk decodes both slots (the worst case; a trained model's captions are ~10
-tokens). Prints one JSON object and a one-line summary.
+and every chunk decodes both slots: the worst case, the `unified` rows. The `unified_typical`
+rows run the same compiled program with decoding capped (`Policy.max_caption_tokens`) at
+the median caption length of the dataset builders' captions (every MT50 task, phase and
+train paraphrase, tokenized as a built dataset's tokenizer does: `typical_caption_tokens`),
+as a trained model stopping at EOS would; still both slots per chunk. Prints one JSON
+object and a one-line summary.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from absl import flags
 
 from experiments.pretrain import get_config
 from wallwm_jax import cli
+from wallwm_jax.data import captions
 from wallwm_jax.data.statistics import compute_norm_stats
-from wallwm_jax.data.tokenizer import train_tokenizer
+from wallwm_jax.data.tasks import MT50_TASKS
+from wallwm_jax.data.tokenizer import Tokenizer, train_tokenizer
 from wallwm_jax.models import wallwm
 from wallwm_jax.models.decoding import staircase_decode_reference
 from wallwm_jax.policy import Policy
@@ -56,6 +62,29 @@ def make_policy(size: str, mode: str, scratch: str) -> Policy:
                                 "action": rng.normal(size=(64, config.model.action_dim))})
     params = wallwm.init_params(config.model, jax.random.PRNGKey(0))
     return Policy(params, config, stats, tokenizer, mode=mode)
+
+
+def typical_caption_tokens(caption_len: int, scratch: str) -> dict[str, float]:
+    """Token lengths of the captions a dataset builder writes (every MT50 task, phase and
+    train paraphrase), under the tokenizer it would train on them: median and p90 of the
+    tokens decoding produces (EOS included, BOS not: the decode steps per caption)."""
+    tokenizer = Tokenizer(train_tokenizer(captions.train_texts(MT50_TASKS),
+                                          os.path.join(scratch, "mt50_tokenizer.model")))
+    texts = [captions.template_caption(task, phase, variant=v) for task in MT50_TASKS
+             for phase in captions.PHASE_TEMPLATES for v in range(captions.NUM_TRAIN)]
+    steps = [int(np.sum(tokenizer.encode(t, caption_len) != 0)) - 1 for t in texts]
+    return {"median": float(np.median(steps)), "p90": float(np.percentile(steps, 90)),
+            "max": float(max(steps)), "captions": len(texts)}
+
+
+@contextlib.contextmanager
+def capped(policy: Policy, max_tokens: int) -> Iterator[None]:
+    """`policy` decoding at most `max_tokens` per caption for the block (same program)."""
+    before, policy.max_caption_tokens = policy.max_caption_tokens, max_tokens
+    try:
+        yield
+    finally:
+        policy.max_caption_tokens = before
 
 
 def observation(policy: Policy, rng: np.random.Generator) -> dict:
@@ -210,52 +239,70 @@ def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return {"p50": round(a["p50_ms"] / b["p50_ms"], 2), "p99": round(a["p99_ms"] / b["p99_ms"], 2)}
 
 
-def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: int) -> dict:
-    """`Policy.act` of event and unified mode (and unified with a caption in effect), the
-    jitted decoders alone (cached vs re-encoding) and `batch` requests decoded at once, in
-    alternating rounds."""
+def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: int,
+               typical: int) -> dict:
+    """`Policy.act` of event and unified mode (worst case, `typical` tokens per caption, and
+    with a caption in effect), the jitted decoders alone (cached vs re-encoding) and `batch`
+    requests decoded at once, in alternating rounds."""
     event, unified = policies["event"], policies["unified"]
     obs = observation(unified, np.random.default_rng(2))
     frames = {c: obs[f"observation/{c}"] for c in unified.cameras}
     state, prompt, caption = obs["observation/state"], obs["prompt"], obs["caption"]
     cfg, key = unified.config, jax.random.PRNGKey(0)
+    worst = np.int32(unified.max_caption_tokens)
     ref = jax.jit(lambda p, o, r: staircase_decode_reference(
-        cfg.model, p, o, r, max_len=cfg.data.caption_len))
+        unified.model_config, p, o, r, max_len=cfg.data.caption_len))
     x = unified.observation(frames, state, prompt)
     many = jax.tree.map(lambda a: np.repeat(a, batch, axis=0), x)
     many = many.replace(state=many.state + np.arange(batch, dtype=np.float32)[:, None])
     done = jax.block_until_ready
+
+    def typical_act() -> object:
+        with capped(unified, typical):
+            return unified.act(frames, state, prompt)
+
     fns = {"event_act": lambda: event.act(frames, state, prompt, caption),
            "unified_act": lambda: unified.act(frames, state, prompt),
+           "unified_typical_act": typical_act,
            "unified_act_caption_in_effect": lambda: unified.act(frames, state, prompt,
                                                                 in_effect=caption),
-           "decode_cached": lambda: done(unified._decode(unified.params, x, key)),
+           "decode_cached": lambda: done(unified._decode(unified.params, x, key, worst)),
            "decode_reencoding": lambda: done(ref(unified.params, x, key)),
-           f"decode_batch{batch}": lambda: done(unified._decode(unified.params, many, key))}
+           f"decode_batch{batch}": lambda: done(unified._decode(unified.params, many, key,
+                                                                worst))}
     times = alternating(fns, requests, rounds)
     times[f"decode_batch{batch}_per_request"] = [t / batch for t in times[f"decode_batch{batch}"]]
     out = {name: percentiles(t) for name, t in times.items()}
     out["unified_over_event"] = ratio(out["unified_act"], out["event_act"])
+    out["unified_typical_over_event"] = ratio(out["unified_typical_act"], out["event_act"])
     out["caption_in_effect_over_event"] = ratio(out["unified_act_caption_in_effect"],
                                                 out["event_act"])
     return out
 
 
-def through_servers(policies: dict[str, Policy], requests: int, rounds: int) -> dict:
-    """Round trips to an event and a unified server (both up), alternating rounds (unified
-    requests without a caption: the server's unified mode ignores one)."""
+def through_servers(policies: dict[str, Policy], requests: int, rounds: int,
+                    typical: int) -> dict:
+    """Round trips to an event and a unified server (both up), alternating rounds: event,
+    unified (worst case), unified at `typical` tokens per caption (unified requests without
+    a caption: the server's unified mode ignores one)."""
+    unified = policies["unified"]
+    worst = unified.max_caption_tokens
     with running_server(policies["event"], "event") as event_port, \
-            running_server(policies["unified"], "unified") as unified_port:
-        fns = {"event": (policies["event"], event_port, True),
-               "unified": (policies["unified"], unified_port, False)}
+            running_server(unified, "unified") as unified_port:
+        fns = {"event": (policies["event"], event_port, True, None),
+               "unified": (unified, unified_port, False, worst),
+               "unified_typical": (unified, unified_port, False, typical)}
         times: dict[str, list[float]] = {name: [] for name in fns}
-        for policy, port, caption in fns.values():
+        for policy, port, caption, _ in fns.values():
             round_trips(policy, port, 2, caption)  # untimed
         for _ in range(rounds):
-            for name, (policy, port, caption) in fns.items():
-                times[name] += round_trips(policy, port, requests, caption)
+            for name, (policy, port, caption, cap) in fns.items():
+                # Set between rounds, while no request is in flight (the client is sync).
+                with capped(unified, worst if cap is None else cap):
+                    times[name] += round_trips(policy, port, requests, caption)
     out = {name: percentiles(t) for name, t in times.items()}
     out["unified_over_event"] = ratio(out["unified"], out["event"])
+    out["unified_typical_over_event"] = ratio(out["unified_typical"], out["event"])
     return out
 
 
@@ -275,8 +322,18 @@ def main(argv: list[str]) -> None:
             report["event_with_large_client"] = time_with_large_client(
                 policies["event"], args.requests, args.rounds, args.max_message_mb)
         if not args.only_concurrent:
-            report["server"] = through_servers(policies, args.requests, args.rounds)
-            report["act"] = in_process(policies, args.requests, args.rounds, args.batch)
+            lengths = typical_caption_tokens(policies["unified"].config.data.caption_len,
+                                             scratch)
+            typical = int(lengths["median"])
+            report["caption_tokens"] = {
+                "worst_case": policies["unified"].max_caption_tokens, "typical": typical,
+                "builder_captions": lengths,
+                "note": "decoded tokens per caption, EOS included; random weights never emit "
+                        "EOS (worst case); typical = decoding capped at the median of the "
+                        "builders' captions, same compiled program; 2 captions per chunk"}
+            report["server"] = through_servers(policies, args.requests, args.rounds, typical)
+            report["act"] = in_process(policies, args.requests, args.rounds, args.batch,
+                                       typical)
     print(json.dumps(report, indent=1))
     c = report.get("event_with_large_client")
     concurrent = (f"small event requests p99 {c['alone']['p99_ms']} ms alone, "
@@ -287,10 +344,14 @@ def main(argv: list[str]) -> None:
         print(f"serve {args.size} on {report['backend']}: {concurrent}")
         return
     s, a = report["server"], report["act"]
+    t = s["unified_typical"]
     print(f"serve {args.size} on {report['backend']}: server event p50 {s['event']['p50_ms']} "
           f"ms p99 {s['event']['p99_ms']} ms, unified p50 {s['unified']['p50_ms']} ms p99 "
           f"{s['unified']['p99_ms']} ms ({s['unified_over_event']['p50']}x / "
-          f"{s['unified_over_event']['p99']}x); act unified/event "
+          f"{s['unified_over_event']['p99']}x), unified at "
+          f"{report['caption_tokens']['typical']} tokens per caption p50 {t['p50_ms']} ms p99 "
+          f"{t['p99_ms']} ms ({s['unified_typical_over_event']['p50']}x / "
+          f"{s['unified_typical_over_event']['p99']}x); act unified/event "
           f"{a['unified_over_event']['p50']}x p50, {a['unified_over_event']['p99']}x p99, with "
           f"a caption in effect {a['caption_in_effect_over_event']['p50']}x p50; unified decode "
           f"p50 {a['decode_cached']['p50_ms']} ms vs {a['decode_reencoding']['p50_ms']} ms "

@@ -123,3 +123,27 @@ def test_openpi_client_drives_unified_policy(trained_policies, openpi_client):
     assert out["caption"] == out["captions"][0]
     assert np.asarray(out["actions"]).shape == (out["duration"], 4)
     assert out["timing"]["infer_ms"] > 0
+
+
+def test_unified_policy_max_caption_tokens_cuts_captions_without_recompiling(trained_policies):
+    """`Policy.max_caption_tokens` bounds the tokens decoded per caption (the captions it
+    returns stop there) and is a traced argument: changing it compiles nothing new. The
+    policy holds its layers split once (no stacked `layers`/`blocks`), as the decoder
+    reads them."""
+    from wallwm_jax.policy import load_policy
+
+    policy = load_policy(trained_policies["unified"].export)
+    assert "layers" not in policy.params["decoder"] and "blocks" not in policy.params["vit"]
+    assert not policy.model_config.scan_layers
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    state = np.zeros(policy.state_dim, np.float32)
+    full = policy.act(image, state, "reach the goal")
+    policy.max_caption_tokens = 1
+    cut = policy.act(image, state, "reach the goal")
+    assert policy._decode._cache_size() == 1
+    ids = np.asarray(cut["caption_ids"])
+    assert ids.shape[0] >= 1 and (ids[:, 0] != 0).all() and not ids[:, 2:].any()
+    # The full run decodes more than one token for some caption (a 3-step model rarely
+    # stops at once), so the cut above is the cap's doing.
+    assert np.asarray(full["caption_ids"])[:, 2:].any()

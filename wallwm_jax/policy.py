@@ -25,7 +25,7 @@ from wallwm_jax.data.tokenizer import Tokenizer
 from wallwm_jax.data.transforms import ModelIO
 from wallwm_jax.export import load_bundle, runnable_modes, trained_mode
 from wallwm_jax.models import wallwm
-from wallwm_jax.models.decoding import staircase_decode
+from wallwm_jax.models.decoding import staircase_decode, unrolled_layers
 
 MODES = ("event", "unified", "chunk")
 T = TypeVar("T")
@@ -42,6 +42,9 @@ class Policy:
     def __init__(self, params: Any, config: ml_collections.ConfigDict,
                  norm_stats: dict[str, Any], tokenizer_path: str, *, seed: int = 0,
                  mode: str | None = None, embodiment: Embodiment | None = None):
+        # Layer stacks split once here, not per call: a batch-1 step then reads each layer's
+        # weights in place (`unrolled_layers`); `model_config` is the config they fit.
+        self.model_config, params = unrolled_layers(config.model, params)
         # On the device once: a numpy tree here would be copied host->device on every act().
         self.params = jax.device_put(params)
         self.config = config
@@ -69,17 +72,20 @@ class Policy:
         # wallwm_jax.data.tasks.state_layout): the environment must be built to provide it.
         self.privileged_state = bool(config.data.get("privileged_state", False))
         self.action_dim = self.io.action_dim
-        model_cfg = config.model
+        model_cfg = self.model_config
         self.num_slots = int(model_cfg.max_captions)
+        # Unified mode: at most this many tokens decoded per caption (a latency bound; a
+        # caption cut short has no EOS). A traced argument: changing it recompiles nothing.
+        self.max_caption_tokens = int(config.data.caption_len) - 1
         self._sample = jax.jit(
             lambda p, obs, rng: wallwm.sample_actions(model_cfg, p, obs, rng))
         self._decode = None
         if self.num_slots >= 2:
             bos_id, eos_id = self.tokenizer.bos_id, self.tokenizer.eos_id  # Gemma's: 2, 1
             # Slot 0 of obs.caption: the caption still in effect (all 0: decode a new one).
-            self._decode = jax.jit(lambda p, obs, rng: staircase_decode(
+            self._decode = jax.jit(lambda p, obs, rng, max_steps: staircase_decode(
                 model_cfg, p, obs, rng, max_len=config.data.caption_len, bos_id=bos_id,
-                eos_id=eos_id, current_caption=obs.caption[:, 0]))
+                eos_id=eos_id, current_caption=obs.caption[:, 0], max_steps=max_steps))
 
     def reset(self, seed: int) -> None:
         """Restart the sampling noise from `seed` (the evaluator seeds every episode)."""
@@ -144,8 +150,11 @@ class Policy:
         obs = self.observation(image, state, instruction, caption, mode=mode,
                                in_effect=in_effect)
         self._rng, rng = jax.random.split(self._rng)
-        fn = self._decode if mode == "unified" else self._sample
-        out = jax.device_get(fn(self.params, obs, rng))
+        if mode == "unified":
+            out = self._decode(self.params, obs, rng, np.int32(self.max_caption_tokens))
+        else:
+            out = self._sample(self.params, obs, rng)
+        out = jax.device_get(out)
         chunk = self.io.actions(np.asarray(out["actions"][0]))
         bins = np.asarray(out["duration_bin"][0])
         world = np.clip((np.asarray(out["world"][0]) + 1.0) * 127.5, 0, 255).astype(np.uint8)

@@ -193,3 +193,31 @@ def test_unrolled_layers_is_the_unscanned_models_tree(unified_cfg):
     np.testing.assert_array_equal(
         jax.tree.leaves(split["decoder"][f"layers_{last}"])[0], jax.tree.leaves(stack)[0][last])
     assert unrolled_layers(cfg, split)[1] is split  # already unrolled: unchanged
+
+
+def test_staircase_decode_max_steps_cuts_captions_in_one_program(unified_cfg, batch_factory):
+    """`max_steps` (traced: one compiled program for every value) cuts each caption after
+    that many decoded tokens, the tokens before the cut unchanged; the chunk is denoised over
+    K/V and durations equal to a fresh encode of those captions (the loop fed the cut
+    caption's last token too)."""
+    from wallwm_jax.models.decoding import staircase_decode
+
+    params = wallwm.init_params(unified_cfg, jax.random.key(0))
+    obs = jax.tree.map(jnp.asarray, batch_factory(unified_cfg, batch_size=2, seed=5).obs)
+    rng = jax.random.key(4)
+    run = jax.jit(lambda p, o, r, n: staircase_decode(unified_cfg, p, o, r, max_len=MAX_LEN,
+                                                      num_steps=2, max_steps=n))
+    full = run(params, obs, rng, jnp.int32(MAX_LEN - 1))
+    cut = run(params, obs, rng, jnp.int32(2))
+    assert run._cache_size() == 1
+    got, want = np.asarray(cut["captions"]), np.asarray(full["captions"])
+    assert (want[:, 0] != 0).all()  # random weights: no EOS, every slot-0 caption is full
+    np.testing.assert_array_equal(got[:, 0, :3], want[:, 0, :3])
+    assert not got[:, :, 3:].any()
+    again = wallwm.sample_actions(unified_cfg, params, obs.replace(caption=cut["captions"]),
+                                  jax.random.fold_in(rng, unified_cfg.max_captions),
+                                  num_steps=2, action_events=cut["action_events"])
+    present = got[:, :, 0] != 0
+    np.testing.assert_array_equal(np.asarray(again["duration_bin"])[present],
+                                  np.asarray(cut["duration_bin"])[present])
+    np.testing.assert_allclose(again["actions"], cut["actions"], atol=1e-5, rtol=0)

@@ -4,8 +4,8 @@ A caption slot uses the training layout (`Observation.caption[:, k]`): [BOS, tok
 then 0 padding; token i predicts token i + 1. Decoding caption slot k prefills [image |
 instruction | captions 0..k-1] once (`WallWM.encode`), then feeds one caption token per step
 through `WallWM.decode_step` against a fixed-size cache [L, B, prefix + max_len, K, H]. A row
-stops at EOS (later tokens are 0); the loop ends when every row has stopped or `max_len` is
-reached.
+stops at EOS (later tokens are 0) once it has fed it too (its K/V, and the slot's duration read
+there); the loop ends when every row has stopped or `max_len` is reached.
 
 Positions and masks equal those of the training forward (`WallWM._layout`): slot k's token i
 sits at P + k * Lc + i, padding is never attended, so the cached logits equal the uncached
@@ -42,9 +42,11 @@ def unrolled_layers(model_cfg: Any, params: Any) -> tuple[ml_collections.FrozenC
 
     Token-by-token decoding runs the backbone once per token; under `nn.scan` every step
     dynamic-slices each layer's weights out of the stack, which XLA copies, so a batch-1 step
-    moves the weights twice more than it reads them. Split once per call (static slices,
-    outside the token loop), the steps read the weights in place. Same values: only the
-    loop over layers changes."""
+    moves the weights twice more than it reads them. Split (static slices, outside the token
+    loop), the steps read the weights in place. Same values: only the loop over layers
+    changes. Inside a jitted call the split is a copy of every weight per call (~110 ms at
+    `small` on CPU), so `Policy` splits once when it loads; already split params pass
+    through unchanged."""
     cfg = _frozen(model_cfg)
     if not cfg.get("scan_layers", False):
         return cfg, params
@@ -108,7 +110,7 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
     real_prefix = n_img + jnp.sum(obs.instruction != 0, axis=1).astype(jnp.int32)
     slot_start = real_prefix + k * max_len
 
-    tokens, logits_out, _, _ = _decode_slot(
+    tokens, logits_out, *_ = _decode_slot(
         model, variables, cache, cache_mask, n_prefix, slot_start, rng, max_len=max_len,
         temperature=temperature, bos_id=bos_id, eos_id=eos_id)
     return (tokens, logits_out) if return_logits else tokens
@@ -117,51 +119,91 @@ def decode_caption(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array
 def _decode_slot(model: WallWM, variables: Any, cache: Any, cache_mask: jax.Array,
                  offset: int, slot_start: jax.Array, rng: jax.Array, *, max_len: int,
                  temperature: float, bos_id: int, eos_id: int,
-                 given: jax.Array | None = None, with_logits: bool = True):
+                 skip: jax.Array | None = None, with_logits: bool = True,
+                 max_steps: int | jax.Array | None = None):
     """Decode one caption slot token by token into a fixed-size cache whose entries
     [offset, offset + max_len) hold the slot; the token at i sits at position slot_start + i.
-    Rows of `given` int32 [B, max_len] that hold a caption (token 0 != 0) keep it and are not
-    decoded; the loop stops once every row is done (given, EOS, or `max_len`).
+
+    Every token a row decodes goes through the backbone, its last one too (EOS, or the token
+    at the step limit: max_len - 1 decoded tokens, or `max_steps`, which may be traced), so
+    the cache ends up holding the whole slot and the slot's duration is read at its last
+    token, as `WallWM.extend_slot` reads it, without a second pass over the slot. Rows where
+    `skip` bool [B] is set are not decoded (all-0 tokens, their slot entries stay invalid).
     Returns (tokens int32 [B, max_len], logits f32 [B, max_len - 1, vocab] (zeros unless
-    `with_logits`), cache, cache_mask) with the fed tokens' K/V written into the cache."""
+    `with_logits`; [:, i] chose token i + 1), duration logits f32 [B, bins], cache,
+    cache_mask)."""
     batch = cache_mask.shape[0]
-    tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(bos_id)
-    done = jnp.zeros((batch,), bool)
-    if given is not None:
-        done = given[:, 0] != 0
-        tokens = jnp.where(done[:, None], given.astype(jnp.int32), tokens)
+    active = jnp.ones((batch,), bool) if skip is None else ~skip
+    tokens = jnp.zeros((batch, max_len), jnp.int32).at[:, 0].set(jnp.where(active, bos_id, 0))
     # Carried through the loop only when asked for: [B, max_len - 1, vocab] per step is the
     # loop's largest update for a real vocabulary.
     logits_len = max(max_len - 1, 0) if with_logits else 0
     logits_out = jnp.zeros((batch, logits_len, model.cfg.vocab_size), jnp.float32)
-    state = (jnp.int32(0), tokens[:, 0], done, cache, cache_mask, tokens, logits_out)
+    duration = jnp.zeros((batch, model.cfg.num_duration_bins), jnp.float32)
+    limit = jnp.int32(max_len - 1)
+    if max_steps is not None:
+        limit = jnp.minimum(limit, jnp.asarray(max_steps, jnp.int32))
+    state = (jnp.int32(0), active, cache, cache_mask, tokens, logits_out, duration)
 
     def cond(state):
-        i, _, done, *_ = state
-        return (i < max_len - 1) & ~jnp.all(done)
+        i, active, *_ = state
+        return (i <= limit) & jnp.any(active)
 
     def body(state):
-        i, token, done, cache, cache_mask, tokens, logits_out = state
-        real = token != 0
-        position = slot_start + i
-        logits, kv = model.apply(variables, cache, token[:, None], position[:, None],
-                                 cache_mask, method=WallWM.decode_step)
+        i, active, cache, cache_mask, tokens, logits_out, duration = state
+        token = jnp.where(active, jax.lax.dynamic_index_in_dim(tokens, i, 1, False), 0)
+        logits, step_duration, kv = model.apply(
+            variables, cache, token[:, None], (slot_start + i)[:, None], cache_mask,
+            method=WallWM.decode_step)
         slot = offset + i
         cache = jax.tree.map(
             lambda c, new: jax.lax.dynamic_update_slice_in_dim(c, new.astype(c.dtype), slot, 2),
             cache, kv)
-        cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, real[:, None], slot, 1)
-        chosen = jnp.where(done, 0, _choose(logits, rng, i, temperature))
-        # A given row keeps its own tokens (its K/V here are unused: `extend_slot` rewrites).
-        nxt = jnp.where(done, jax.lax.dynamic_index_in_dim(tokens, i + 1, 1, False), chosen)
-        done = done | (chosen == eos_id)
-        tokens = jax.lax.dynamic_update_slice_in_dim(tokens, nxt[:, None], i + 1, 1)
-        if with_logits:
-            logits_out = jax.lax.dynamic_update_slice_in_dim(logits_out, logits[:, None], i, 1)
-        return i + 1, nxt, done, cache, cache_mask, tokens, logits_out
+        cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, (token != 0)[:, None],
+                                                         slot, 1)
+        last = active & ((token == eos_id) | (i == limit))
+        duration = jnp.where(last[:, None], step_duration.astype(jnp.float32), duration)
+        active = active & ~last
+        chosen = _choose(logits, rng, i, temperature)
+        # Masked writes, not dynamic_update_slice: at i = max_len - 1 that would clamp onto
+        # the last token.
+        at = (jnp.arange(max_len) == i + 1)[None] & active[:, None]
+        tokens = jnp.where(at, chosen[:, None], tokens)
+        if with_logits:  # a step's logits count while it chooses a token for some row
+            at = (jnp.arange(logits_len) == i)[None, :, None] & jnp.any(active)
+            logits_out = jnp.where(at, logits[:, None], logits_out)
+        return i + 1, active, cache, cache_mask, tokens, logits_out, duration
 
-    _, _, _, cache, cache_mask, tokens, logits_out = jax.lax.while_loop(cond, body, state)
-    return tokens, logits_out, cache, cache_mask
+    _, _, cache, cache_mask, tokens, logits_out, duration = jax.lax.while_loop(cond, body, state)
+    return tokens, logits_out, duration, cache, cache_mask
+
+
+def _keep_given(model: WallWM, variables: Any, cache: Any, cache_mask: jax.Array,
+                offset: int, slot_start: jax.Array, tokens: jax.Array, duration: jax.Array,
+                given: jax.Array) -> tuple[jax.Array, jax.Array, Any, jax.Array]:
+    """Put the captions of `given` int32 [B, max_len] (rows whose token 0 != 0; the decoder
+    skipped them) into the slot at `offset`: one `extend_slot` pass for their K/V and
+    duration, run only when some row has one. Returns (tokens, duration, cache, cache_mask)."""
+    has = given[:, 0] != 0
+    tokens = jnp.where(has[:, None], given.astype(jnp.int32), tokens)
+    max_len = tokens.shape[1]
+
+    def extend(args):
+        cache, duration = args
+        seen = jax.tree.map(lambda c: c[:, :, :offset], cache)  # prefix + earlier slots
+        logits, kv = model.apply(variables, seen, tokens,
+                                 slot_start[:, None] + jnp.arange(max_len)[None],
+                                 cache_mask[:, :offset], method=WallWM.extend_slot)
+        cache = jax.tree.map(lambda c, new: jax.lax.dynamic_update_slice_in_dim(
+            c, jnp.where(has[None, :, None, None, None], new.astype(c.dtype),
+                         c[:, :, offset:offset + max_len]), offset, 2), cache, kv)
+        return cache, jnp.where(has[:, None], logits.astype(jnp.float32), duration)
+
+    cache, duration = jax.lax.cond(jnp.any(has), extend, lambda args: args, (cache, duration))
+    slot_mask = jnp.where(has[:, None], tokens != 0,
+                          jax.lax.dynamic_slice_in_dim(cache_mask, offset, max_len, 1))
+    cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, slot_mask, offset, 1)
+    return tokens, duration, cache, cache_mask
 
 
 def _context(obs: Observation, max_len: int) -> Observation:
@@ -215,19 +257,25 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
                      max_len: int, temperature: float = 0.0,
                      num_steps: int | None = None, bos_id: int = BOS_ID,
                      eos_id: int = EOS_ID,
-                     current_caption: jax.Array | None = None) -> dict[str, jax.Array]:
+                     current_caption: jax.Array | None = None,
+                     max_steps: int | jax.Array | None = None) -> dict[str, jax.Array]:
     """Unified-mode inference (Staircase Decoding); `obs.caption` is ignored.
 
     Encodes [image | instruction] once into a cache with room for K caption slots. Decodes
     caption 0 (the current event) token by token into it (rows of `current_caption` int32
     [B, max_len] that hold a caption, [BOS, ..., EOS, 0...], keep it instead: the caption still
-    in effect, in slot 0 as in training), then runs the finished slot through the backbone
-    once (its K/V and its duration); caption k+1 follows for the rows
+    in effect, in slot 0 as in training: one pass through the backbone gives its K/V and
+    duration). Decoding feeds each caption's last token too, so its K/V and its duration
+    come out of the token loop with no second pass over the slot; caption k+1 follows for
+    the rows
     whose predicted steps of events 0..k are fewer than the chunk length Tmax (other rows get
     an absent, all-0 slot), up to `model.max_captions` slots; then denoises the Tmax-step
     chunk once over that cache. Same outputs as `staircase_decode_reference` (which
     re-encodes the prefix per caption): `sample_actions`'s outputs plus `captions` int32
     [B, K, max_len]. Jittable. `bos_id`/`eos_id`: the tokenizer's (`Tokenizer.bos_id`).
+    `max_steps` (int or traced int32 scalar; default max_len - 1): at most this many tokens
+    decoded per caption, a caption cut there has no EOS (a latency bound, and what
+    benchmarks/serve.py uses to time typical caption lengths in the same compiled program).
     """
     _check(max_len, temperature)
     cfg, params = unrolled_layers(model_cfg, params)
@@ -248,21 +296,17 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
     need = jnp.ones((batch,), bool)
     for k in range(num_slots):
         offset, slot_start = n_prefix + k * max_len, real_prefix + k * max_len
-        tokens, *_ = _decode_slot(
+        skip = ~need if k else (None if current_caption is None else current_caption[:, 0] != 0)
+        tokens, _, duration, cache, cache_mask = _decode_slot(
             model, variables, cache, cache_mask, offset, slot_start, jax.random.fold_in(rng, k),
             max_len=max_len, temperature=temperature, bos_id=bos_id, eos_id=eos_id,
-            given=current_caption if k == 0 else None, with_logits=False)
-        tokens = jnp.where(need[:, None], tokens, 0)
-        # The finished slot in one pass: K/V of every token (EOS included) and its duration.
-        seen = jax.tree.map(lambda c, n=offset: c[:, :, :n], cache)  # prefix + slots < k
-        logits, kv = model.apply(variables, seen,
-                                 tokens, slot_start[:, None] + jnp.arange(max_len)[None],
-                                 cache_mask[:, :offset], method=WallWM.extend_slot)
-        cache = jax.tree.map(lambda c, new, n=offset: jax.lax.dynamic_update_slice_in_dim(
-            c, new.astype(c.dtype), n, 2), cache, kv)
-        cache_mask = jax.lax.dynamic_update_slice_in_dim(cache_mask, tokens != 0, offset, 1)
+            skip=skip, with_logits=False, max_steps=max_steps)
+        if k == 0 and current_caption is not None:
+            tokens, duration, cache, cache_mask = _keep_given(
+                model, variables, cache, cache_mask, offset, slot_start, tokens, duration,
+                current_caption)
         captions = captions.at[:, k].set(tokens)
-        bins = bins.at[:, k].set(jnp.argmax(logits, -1).astype(jnp.int32))
+        bins = bins.at[:, k].set(jnp.argmax(duration, -1).astype(jnp.int32))
         present = captions[:, :k + 1, 0] != 0
         covered = jnp.sum(jnp.where(present, duration_steps(cfg, bins[:, :k + 1]), 0), axis=1)
         need = need & (covered < cfg.max_event_len)

@@ -260,20 +260,23 @@ class WallWM(nn.Module):
         return self.caption_logits(h_vlm, obs)
 
     def decode_step(self, cache: KVCache, tokens: jax.Array, positions: jax.Array,
-                    cache_mask: jax.Array) -> tuple[jax.Array, KVCache]:
+                    cache_mask: jax.Array) -> tuple[jax.Array, jax.Array, KVCache]:
         """One incremental backbone step over a fixed-size K/V cache.
 
         cache: [L, B, S, K, H]; tokens, positions: int [B, 1]; cache_mask: bool [B, S] (the
         cache slots this token may attend to). The token also attends to itself unless it is
-        padding (id 0), as in `_layout`. Returns logits f32 [B, vocab] for the next token and
-        this token's (k, v), each [L, B, 1, K, H], for the caller to write into the cache.
+        padding (id 0), as in `_layout`. Returns logits f32 [B, vocab] for the next token, the
+        duration logits [B, bins] read at this token (a caption's, when it is its EOS, as
+        `vlm_heads` reads them) and this token's (k, v), each [L, B, 1, K, H], for the caller
+        to write into the cache.
         """
         x = self.embed_tokens(tokens)
         mask = AttentionMask.of(np.ones((1, cache_mask.shape[1] + 1), bool),
                                 jnp.concatenate([cache_mask, tokens != 0], axis=1))
         h, _, new_cache = self.decoder(x, None, (positions, None), mask, cache)
         logits = self.lm_logits(h[:, 0]).astype(jnp.float32)
-        return logits, jax.tree.map(lambda c: c[:, :, -1:], new_cache)
+        return (logits, self.duration_head(h[:, 0]),
+                jax.tree.map(lambda c: c[:, :, -1:], new_cache))
 
     def extend_slot(self, cache: KVCache, tokens: jax.Array, positions: jax.Array,
                     cache_mask: jax.Array) -> tuple[jax.Array, KVCache]:
