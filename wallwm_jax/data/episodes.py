@@ -247,7 +247,7 @@ class EpisodeSource:
         self._source = builder.as_data_source(split=split, decoders=skip)
         self.store = None
         if step_store is not False:
-            from wallwm_jax.data.step_store import open_store
+            from wallwm_jax.data.step_records import open_store
 
             self.store = open_store(self.dataset_dir, split, len(self._source))
             if step_store and self.store is None:
