@@ -218,7 +218,7 @@ def keep_encoded_decoder():
 class EpisodeSource:
     """Grain-compatible random-access source of validated flat episodes of one split.
 
-    Reads the dataset's step store (`step_store.py`: frames read one by one, no episode
+    Reads the dataset's step store (`step_records.py`: frames read one by one, no episode
     parse) when it has one and `step_store` is not False, else the TFDS episode records."""
 
     def __init__(self, dataset_dir: str, split: str = "train", *,

@@ -289,7 +289,8 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         log = EpisodeLog(workdir, _identity(spec, suite, mode, planner, split), resume=resume)
     except LogMismatch as err:
         raise EvaluationError(str(err)) from None
-    todo = [job for job in jobs if (job[3], job[4], job[5]) not in log.done]
+    keys = [(task, ep, seed) for _, _, _, task, ep, seed, _, _ in jobs]  # episode_key's
+    todo = [job for job, key in zip(jobs, keys, strict=True) if key not in log.done]
     t0 = time.perf_counter()
     pbar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="episode",
                 desc=f"eval {suite.name} ({mode})", disable=not progress)
@@ -308,7 +309,7 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
             pool.terminate()
             pool.join()
     pbar.close()
-    episodes = [log.done[(job[3], job[4], job[5])] for job in jobs]
+    episodes = [log.done[key] for key in keys]
     protocol = dict(suite.protocol(), camera_view=observation_note(suite),
                     image_size=suite.image_size or (actor.config.data.image_size
                                                     if actor else 64))
