@@ -158,6 +158,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
                                                          jitter=0.15))
     config.data.num_workers = 0
+    # Grain's read-ahead in each reading process: threads computing batches ahead of the
+    # consumer, and how many batches they may hold. Grain's own defaults (16 threads, 500
+    # batches) compute ~500 batches at start whatever the run needs and hold them in memory
+    # (a 224-px batch of 32 is tens of MB); the training loop's device prefetch sits after it.
+    config.data.read_threads = 2
+    config.data.read_ahead = 4
     # Privileged simulator state: the state vector carries MetaWorld's object and goal
     # positions after the 4-D agent state (wallwm_jax.data.tasks.state_layout), read from a
     # dataset built with --privileged_state and provided by the evaluator's environment.

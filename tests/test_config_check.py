@@ -67,6 +67,7 @@ def test_demo_recipe_is_the_demo_config(mode):
     ("checkpoint.every_steps", 0, "config.checkpoint.every_steps=0: expected an integer >= 1"),
     ("init_from", "/no/such/run", "config.init_from='/no/such/run' does not exist"),
     ("on_nonfinite", "ignore", "config.on_nonfinite='ignore': expected one of 'stop', 'skip'"),
+    ("data.read_ahead", -1, "config.data.read_ahead=-1: expected an integer >= 0"),
     ("data.action_target_gain", -10.0,
      "config.data.action_target_gain=-10.0: expected a number >= 0"),
     ("data.action_target_gain", float("nan"), "config.data.action_target_gain=nan: expected a "

@@ -200,6 +200,14 @@ def model_widths(data_cfg: ml_collections.ConfigDict, dirs: list[str]) -> tuple[
     return max(s.state_dim for s in specs), max(s.action_dim for s in specs)
 
 
+def read_options(data_cfg: ml_collections.ConfigDict) -> grain.ReadOptions:
+    """Grain's read-ahead for one reading process, from `data.read_threads` and
+    `data.read_ahead` (batches). Grain's defaults (16 threads, 500 batches) would compute
+    ~500 batches as soon as the first is asked for, whatever the run needs, and hold them."""
+    return grain.ReadOptions(num_threads=int(data_cfg.get("read_threads", 2)),
+                             prefetch_buffer_size=int(data_cfg.get("read_ahead", 4)))
+
+
 def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, seed: int,
                   split: str = "train", dataset_dir: str | None = None,
                   tokenizer_path: str | None = None,
@@ -238,7 +246,7 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     ds = grain.MapDataset.range(_MAX_SAMPLES // process_count).map(
         HostRows(per_host, global_batch, process_index))
     ds = ds.map(fn).batch(per_host, drop_remainder=True)
-    it_ds = ds.to_iter_dataset()
+    it_ds = ds.to_iter_dataset(read_options(data_cfg))
     if data_cfg.num_workers > 0:
         if not flags.FLAGS.is_parsed():  # Grain workers read absl flags (e.g. under pytest)
             flags.FLAGS.mark_as_parsed()
