@@ -163,9 +163,12 @@ class EventSampler:
         starts, ends = np.asarray(ep["events/start"]), np.asarray(ep["events/end"])
         episode_len = len(ep["steps/action"])
         stop = min(int(ends[k]) if layout == "event" else episode_len, t + tmax)
-        rel = np.searchsorted(ends, np.arange(t, stop), side="right") - k  # event - k per step
-        n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
-        rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
+        if layout == "unified":  # event - k of each step; steps past the K-th event masked
+            rel = np.searchsorted(ends, np.arange(t, stop), side="right") - k
+            n = int(np.sum(rel < num_slots))
+            rel = rel[:n]
+        else:  # every step is event k's (event) or none has a caption (chunk): slot 0
+            n = stop - t
 
         if derived is None:  # nothing is kept: this sample's steps only (elementwise, so
             # the same numbers as the whole episode's)
@@ -182,11 +185,11 @@ class EventSampler:
         if layout == "unified":
             action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: monotone
             action_events[:n] = rel
-        else:  # every step is event k's: slot 0
+        else:
             action_events = np.zeros((tmax,), np.int32)
         texts, durations = [], np.zeros((num_slots,), np.int32)
         for c in range(num_slots):
-            if c > 0 and not np.any(rel == c):
+            if c > 0 and (layout != "unified" or not np.any(rel == c)):
                 break
             texts.append(ep["events/caption"][k + c])
             length = int(ends[k] - t) if c == 0 else int(ends[k + c] - starts[k + c])
