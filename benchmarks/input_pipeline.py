@@ -25,10 +25,14 @@ pipeline was made faster) runs the same rows in alternating rounds, so before/af
 measured in the same run under the same load. So does this code reading the same episodes
 from the dataset's step store (`wallwm_jax.data.step_store`, written into the dataset if
 missing; `--step_store=false`: no such rows): "steps" beside "after" (the TFDS episode
-records), and the H100 margin of each. The accelerator estimate: the `small` step
-on one H100 from its analytic FLOPs at 40% MFU of the bf16 dense peak (989 TFLOP/s), the
-samples/s that step consumes x 3 (margin), against 16 x the per-core rate (a linear
-extrapolation to a 16-core host, not a measurement).
+records; `--records=false`: no such rows), and the H100 margin of each. "steps_device"
+(`--device_augment`, on by default) is the step store with `data.augment.placement=device`:
+the sampler without augmentation, which the train step does instead; its margin counts the
+augmentation's estimated time on the H100 (`augment_cost`: XLA's cost analysis of
+`device_augment.augment_images` on one batch, printed as `h100_small.augment`).
+The accelerator estimate: the `small` step on one H100 from its analytic FLOPs at 40% MFU of
+the bf16 dense peak (989 TFLOP/s), the samples/s that step consumes x 3 (margin), against 16 x
+the per-core rate (a linear extrapolation to a 16-core host, not a measurement).
 """
 
 from __future__ import annotations
