@@ -23,6 +23,7 @@ import ml_collections
 from wallwm_jax.data.augment import GREY, RATIO
 
 STREAM = 0x417567  # folded into the step's key: augmentation draws apart from the model's
+_SHIFT = 22  # PIL's fixed-point precision of 8-bit resampling (PRECISION_BITS)
 
 
 def crop_boxes(key: jax.Array, n: int, h: int, w: int, scale: float) -> jax.Array:
@@ -45,9 +46,6 @@ def jitter_factors(key: jax.Array, n: int, amount: float) -> jax.Array:
     return jax.random.uniform(key, (n, 3), minval=1.0 - amount, maxval=1.0 + amount)
 
 
-_SHIFT = 22  # PIL's fixed-point precision of 8-bit resampling (PRECISION_BITS)
-
-
 def _taps(size: int, start: jax.Array, length: jax.Array
           ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """PIL's bilinear upscale of the window [start, start + length) of a row (or column) of
@@ -56,8 +54,10 @@ def _taps(size: int, start: jax.Array, length: jax.Array
 
     Output y samples the window at (y + 0.5) * length / size - 0.5 (half-pixel centres),
     clamped to the window. In units of 1 / (2 size) that is an integer, so the weights are
-    exact rationals and their rounding is PIL's (which computes them in double: a weight times
-    2**22 is never within 1 / 448 of a half for sizes <= 2**21, so both round alike)."""
+    exact rationals j / (2 size) and their rounding is PIL's: PIL computes them in double, and
+    j 2**22 / (2 size) is never within double rounding of a half (its fraction is a multiple
+    of 1 / size's odd part), so both round alike. int32 holds every step for sizes < 2**14.
+    """
     y = jnp.arange(size, dtype=jnp.int32)[None]
     length = length.astype(jnp.int32)[:, None]
     src = jnp.clip((2 * y + 1) * length - size, 0, (length - 1) * (2 * size))
