@@ -25,10 +25,14 @@ pipeline was made faster) runs the same rows in alternating rounds, so before/af
 measured in the same run under the same load. So does this code reading the same episodes
 from the dataset's step store (`wallwm_jax.data.step_store`, written into the dataset if
 missing; `--step_store=false`: no such rows): "steps" beside "after" (the TFDS episode
-records), and the H100 margin of each. The accelerator estimate: the `small` step
-on one H100 from its analytic FLOPs at 40% MFU of the bf16 dense peak (989 TFLOP/s), the
-samples/s that step consumes x 3 (margin), against 16 x the per-core rate (a linear
-extrapolation to a 16-core host, not a measurement).
+records; `--records=false`: no such rows), and the H100 margin of each. "steps_device"
+(`--device_augment`, on by default) is the step store with `data.augment.placement=device`:
+the sampler without augmentation, which the train step does instead; its margin counts the
+augmentation's estimated time on the H100 (`augment_cost`: XLA's cost analysis of
+`device_augment.augment_images` on one batch, printed as `h100_small.augment`).
+The accelerator estimate: the `small` step on one H100 from its analytic FLOPs at 40% MFU of
+the bf16 dense peak (989 TFLOP/s), the samples/s that step consumes x 3 (margin), against 16 x
+the per-core rate (a linear extrapolation to a 16-core host, not a measurement).
 """
 
 from __future__ import annotations
@@ -143,9 +147,11 @@ def mixture_rows(config, second: str, batches: int, rounds: int) -> dict:
 # -- per-core stage profile ---------------------------------------------------------------
 BASELINE_REV = "42a347901e49f632d369d06340782e083d7c7ec5"  # before the pipeline was made faster
 H100_PEAK, H100_MFU, MARGIN, HOST_CORES = 989e12, 0.4, 3.0, 16
+H100_HBM, H100_INT32 = 3.35e12, 33.5e12  # bytes/s of HBM3 and int32 ops/s (SXM, no tensor cores)
 # cProfile functions whose cumulative time is a stage: (file suffix, function, caller or None)
 STAGES = {"read": [("episodes.py", "__getitem__", "_episode")],
-          "decode": [("episodes.py", "_decode", None), ("step_store.py", "_decode", None)],
+          "decode": [("episodes.py", "_decode", None), ("step_store.py", "_decode", None),
+                     ("step_records.py", "_decode", None)],
           "augment": [("augment.py", "augment_frame", None)],
           "resize": [("Image.py", "resize", "make_sample")],
           "tokenise": [("tokenizer.py", "encode", None)]}
@@ -184,8 +190,10 @@ def core_rates(spec: dict) -> dict:
     data, n, batch = config.data, spec["samples"], spec["batch_size"]
 
     def sampler_with(cache_size: int):
+        # placement "device": the sampler ships frames as they are (the train step augments)
         sampler = make_sampler(data, spec["data_dir"], "train", seed=0,
-                               augment=data.augment.enabled, balanced=True)
+                               augment=data.augment.enabled
+                               and spec.get("placement", "host") == "host", balanced=True)
         sampler.cache_size = cache_size
         if "step_store" in spec:  # this code: the TFDS episode records or the step store
             from wallwm_jax.data.episodes import open_dataset
@@ -284,23 +292,51 @@ def h100_estimate(layout: str, image_size: int) -> dict[str, float]:
             "needed_samples_per_s": MARGIN * config.batch_size / step_s}
 
 
+def augment_cost(batch: int, image_size: int, crop_scale: float, jitter: float,
+                 step_s: float) -> dict[str, float]:
+    """XLA's cost analysis of `device_augment.augment_images` on a [batch, size, size, 3]
+    batch (compiled for this machine's CPU: the op count, and bytes counted per unfused op,
+    an upper bound of what a GPU's fused kernels move), and its estimated time on one H100:
+    the larger of bytes at HBM3's 3.35 TB/s and operations at 33.5 T integer ops/s (no tensor
+    cores), against the `small` step's `step_s`."""
+    import jax.numpy as jnp
+
+    from wallwm_jax.data.device_augment import augment_images
+
+    images = jax.ShapeDtypeStruct((batch, image_size, image_size, 3), jnp.uint8)
+    compiled = jax.jit(lambda x, k: augment_images(x, k, crop_scale=crop_scale, jitter=jitter)
+                       ).lower(images, jax.random.PRNGKey(0)).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops, moved = float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0))
+    seconds = max(moved / H100_HBM, flops / H100_INT32)
+    return {"flops": flops, "bytes_accessed": moved, "h100_s_estimate": seconds,
+            "share_of_step": seconds / step_s}
+
+
 def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: str,
                  samples: int, batch: int, rounds: int, steps: bool = True,
-                 malloc_env: bool = True) -> list[dict]:
-    """Per image size: the per-core rows of this code on the TFDS episode records ("after"),
-    on the step store ("steps", with `steps`) and of `baseline` ("before"), in alternating
-    rounds (medians), the speed-ups, and the 16-core host against the H100 estimate."""
+                 malloc_env: bool = True, device: bool = True,
+                 records: bool = True) -> list[dict]:
+    """Per image size: the per-core rows of this code on the TFDS episode records ("after",
+    with `records`), on the step store ("steps", with `steps`; "steps_device" with `device`:
+    augmentation left to the train step, `data.augment.placement=device`) and of `baseline`
+    ("before"), in alternating rounds (medians), the speed-ups, and the 16-core host against
+    the H100 estimate (for "steps_device" the step's time includes the augmentation's
+    estimate, `augment_cost`)."""
     here = code_root("")
-    roots = {"after": (here, {"step_store": False})}
-    if steps:
+    roots = {"after": (here, {"step_store": False})} if records else {}
+    if steps or device:
         from wallwm_jax.data.step_store import write_step_store
-
+    if steps:
         roots["steps"] = (here, {"step_store": True})
+    if device:
+        roots["steps_device"] = (here, {"step_store": True, "placement": "device"})
     if baseline:
         roots["before"] = (code_root(baseline), {})
     rows = []
     for size in sizes:
-        if steps:
+        if steps or device:
             write_step_store(dirs[size])
         spec = {"data_dir": dirs[size], "image_size": size, "layout": layout,
                 "samples": samples, "batch_size": batch}
@@ -308,8 +344,13 @@ def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: 
         for _ in range(rounds):
             for name, (root, extra) in roots.items():
                 runs[name].append(run_core_rates(root, {**spec, **extra}, malloc_env))
-        row = {"image_size": size, "rounds": rounds, "h100_small": h100_estimate(layout, size),
+        h100 = h100_estimate(layout, size)
+        row = {"image_size": size, "rounds": rounds, "h100_small": h100,
                "malloc_env": MALLOC_ENV if malloc_env else {}}
+        if device:
+            aug = get_config(f"size=small,mode={layout}").data.augment
+            h100["augment"] = augment_cost(h100["batch_size"], size, aug.crop_scale, aug.jitter,
+                                           h100["step_s"])
         for name, results in runs.items():
             # each cache's row (rate and stages) from its own median round
             med = {c: sorted(results, key=lambda r: r[c]["samples_per_s"])[len(results) // 2]
@@ -319,16 +360,24 @@ def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: 
                                                              for r in results],
                          "round_cold_samples_per_s": [r["cold"]["samples_per_s"]
                                                       for r in results]}
-        need = row["h100_small"]["needed_samples_per_s"]
+        # samples/s the step consumes: the model alone, or with the augmentation on the device
+        consumes = {name: h100["consumes_samples_per_s"] for name in roots}
+        if device:
+            consumes["steps_device"] = h100["batch_size"] / (
+                h100["step_s"] + h100["augment"]["h100_s_estimate"])
         for cache in ("warm", "cold"):
-            for name, tag in (("after", ""), ("steps", "steps_")):
+            for name, tag in (("after", ""), ("steps", "steps_"),
+                              ("steps_device", "steps_device_")):
                 if name not in row:
                     continue
                 per_core = row[name][cache]["samples_per_s"]
                 row[f"host16_{tag}{cache}_samples_per_s"] = HOST_CORES * per_core
-                row[f"host16_{tag}{cache}_margin"] = HOST_CORES * per_core / (need / MARGIN)
+                row[f"host16_{tag}{cache}_margin"] = HOST_CORES * per_core / consumes[name]
             for name, base, key in (("after", "before", "speedup"),
-                                    ("steps", "after", "steps_speedup")):
+                                    ("steps", "after", "steps_speedup"),
+                                    ("steps", "before", "steps_vs_before"),
+                                    ("steps_device", "steps", "device_speedup"),
+                                    ("steps_device", "before", "device_vs_before")):
                 if name in row and base in row:
                     row[f"{key}_{cache}"] = float(np.median([
                         a[cache]["samples_per_s"] / b[cache]["samples_per_s"]
@@ -347,26 +396,34 @@ def profile_datasets(sizes: list[int]) -> dict[int, str]:
             for s in sizes}
 
 
+ROW_LABELS = {"before": "before", "after": "episode records", "steps": "step store",
+              "steps_device": "step store, augment on device"}
+
+
 def profile_summary(rows: list[dict]) -> str:
-    """One line: per-core rates before/after and the 16-core host's margin per image size."""
+    """One line: per-core rates (warm / cold) of each row, the 16-core host's margin over an
+    H100 `small` step's need, and the speed-ups over "before"."""
     parts = []
     for r in rows:
-        w, c = r["after"]["warm"], r["after"]["cold"]
-        before = (f" (before {r['before']['warm']['samples_per_s']:.0f} / "
-                  f"{r['before']['cold']['samples_per_s']:.0f}: x{r['speedup_warm']:.2f} / "
-                  f"x{r['speedup_cold']:.2f})" if "before" in r else "")
-        parts.append(f"{r['image_size']} px: {w['samples_per_s']:.0f} warm / "
-                     f"{c['samples_per_s']:.0f} cold samples/s per core{before}; 16 cores "
-                     f"{r['host16_warm_margin']:.2f}x / {r['host16_cold_margin']:.2f}x of an "
-                     f"H100 small step's need (est. {1e3 * r['h100_small']['step_s']:.1f} "
-                     f"ms/step at 40% MFU; target 3x)")
-        if "steps" in r:
-            w, c = r["steps"]["warm"], r["steps"]["cold"]
-            parts[-1] += (f"; step store {w['samples_per_s']:.0f} warm / "
-                          f"{c['samples_per_s']:.0f} cold (x{r['steps_speedup_warm']:.2f} / "
-                          f"x{r['steps_speedup_cold']:.2f} of the episode records), 16 cores "
-                          f"{r['host16_steps_warm_margin']:.2f}x / "
-                          f"{r['host16_steps_cold_margin']:.2f}x")
+        rates = []
+        for name, label in ROW_LABELS.items():
+            if name not in r:
+                continue
+            text = (f"{label} {r[name]['warm']['samples_per_s']:.0f} / "
+                    f"{r[name]['cold']['samples_per_s']:.0f}")
+            tag = {"after": "", "steps": "steps_", "steps_device": "steps_device_"}.get(name)
+            if tag is not None:
+                text += (f" (16 cores {r[f'host16_{tag}warm_margin']:.2f}x / "
+                         f"{r[f'host16_{tag}cold_margin']:.2f}x")
+                key = {"after": "speedup", "steps": "steps_vs_before",
+                       "steps_device": "device_vs_before"}[name]
+                if f"{key}_warm" in r:
+                    text += f"; x{r[f'{key}_warm']:.2f} / x{r[f'{key}_cold']:.2f} of before"
+                text += ")"
+            rates.append(text)
+        parts.append(f"{r['image_size']} px warm / cold samples/s per core: " + ", ".join(rates)
+                     + f" [H100 small step est. {1e3 * r['h100_small']['step_s']:.1f} ms at 40% "
+                     "MFU; target 3x]")
     return "per core: " + "; ".join(parts)
 
 
@@ -391,6 +448,10 @@ def define_flags() -> None:
     flags.DEFINE_integer("rounds", 3, "Alternating before/after rounds of the per-core rows.")
     flags.DEFINE_bool("step_store", True, "Per-core rows on the step store too ('steps'; "
                       "written into the datasets of the per-core rows if missing).")
+    flags.DEFINE_bool("device_augment", True, "Per-core rows on the step store with the "
+                      "augmentation left to the train step ('steps_device', "
+                      "data.augment.placement=device), and its cost on the device.")
+    flags.DEFINE_bool("records", True, "Per-core rows on the TFDS episode records ('after').")
     flags.DEFINE_bool("malloc_env", True, "Per-core processes with glibc's mmap/trim "
                       "thresholds at 256 MiB (MALLOC_ENV); false: the allocator's defaults.")
 
@@ -416,7 +477,8 @@ def main(argv: list[str]) -> None:
         dirs = {**profile_datasets([s for s in sizes if s not in given]), **given}
         profile = profile_rows(args.layout, sizes, dirs, args.baseline_rev,
                                args.profile_samples, args.batch_size, args.rounds,
-                               args.step_store, args.malloc_env)
+                               args.step_store, args.malloc_env, args.device_augment,
+                               args.records)
     rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers]
     mixture = None
     if args.mixture_dir != "none":

@@ -154,9 +154,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # a pretrained backbone's tokenizer (Gemma's 256k tokenizer.model) so token ids mean what
     # the imported embedding learnt. model.vocab_size must cover it.
     config.data.tokenizer = ""
-    # Train-split image augmentation, seeded per sample (off for val/eval pipelines).
+    # Train-split image augmentation, seeded per sample (off for val/eval pipelines); placement
+    # "host" (the sampler, numpy/PIL) or "device" (the jitted train step; docs/data.md).
     config.data.augment = ml_collections.ConfigDict(dict(enabled=True, crop_scale=0.85,
-                                                         jitter=0.15))
+                                                         jitter=0.15, placement="host"))
     config.data.num_workers = 0
     # Grain's read-ahead in each reading process: threads computing batches ahead of the
     # consumer, and how many batches they may hold. Grain's own defaults (16 threads, 500

@@ -14,6 +14,7 @@ from typing import Any
 import ml_collections
 
 from wallwm_jax.cli import UserError
+from wallwm_jax.data.augment import PLACEMENTS
 from wallwm_jax.data.checks import check_dataset_fits
 
 MODES = ("event", "unified", "chunk")
@@ -224,6 +225,8 @@ def _data(config: ml_collections.ConfigDict) -> None:
     if augment.get("enabled"):
         _number(config, "data.augment.crop_scale", low=0.0, high=1.0, open_low=True)
         _number(config, "data.augment.jitter", low=0.0)
+        if "placement" in augment:  # configs saved before the field run on the host
+            _choice(config, "data.augment.placement", PLACEMENTS)
 
 
 def check_dataset_dir(path: str, field: str = "data.data_dir") -> None:

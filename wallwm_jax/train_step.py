@@ -22,6 +22,8 @@ import optax
 from jax.sharding import Mesh
 
 from wallwm_jax import sharding
+from wallwm_jax.data import device_augment
+from wallwm_jax.data.augment import placement
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.models import wallwm
 from wallwm_jax.models.layers import activation_sharding, compute_dtype, resolve_attention
@@ -251,10 +253,16 @@ def _build_train_step(config: ml_collections.ConfigDict, mesh: Mesh,
     if on_nonfinite not in ("stop", "skip"):
         raise ValueError(f"on_nonfinite='{on_nonfinite}' must be 'stop' or 'skip'")
     skip_nonfinite = on_nonfinite == "skip"
+    # data.augment.placement=device: the pipeline ships frames un-augmented; this step crops
+    # and jitters them with its own key (a resumed run draws the same)
+    augment = config.data.get("augment")
+    augment = augment if placement(augment) == "device" else None
 
     def update(params: Any, state: TrainState, batch: Any, run: RunInputs
                ) -> tuple[Any, TrainState, dict]:
         rng = jax.random.fold_in(run.rng, state.step)
+        if augment is not None:
+            batch = device_augment.augment_batch(batch, rng, augment)
         grad_fn = jax.value_and_grad(
             lambda p: wallwm.compute_loss(model_cfg, p, batch, rng, train=True), has_aux=True)
         with activation_sharding(mesh, activation_rules):  # the model's constraints apply

@@ -335,3 +335,23 @@ def test_decoded_frames_stay_within_their_budget(tiny_config):
                    for f in derived["frames"].values())
         assert held == sampler._frame_bytes <= 5 * frame_bytes
     assert sampler._frame_bytes > 0 and len(sampler._cache) == 2
+
+
+@pytest.mark.parametrize("layout,slots", [("event", 1), ("unified", 2), ("chunk", 0)])
+def test_samples_without_an_episode_cache_equal_cached_ones(tiny_config, layout, slots):
+    """Without an episode cache (a dataset far larger than it) a sample computes only its own
+    steps' targets and keeps nothing; every field equals the cached path's, augmented too."""
+    from wallwm_jax.data.sampler import make_sampler
+
+    cfg = tiny_config.data
+    cfg.layout, cfg.max_captions = layout, slots
+    cached = make_sampler(cfg, cfg.data_dir, "train", seed=6, augment=True)
+    cold = make_sampler(cfg, cfg.data_dir, "train", seed=6, augment=True)
+    cold.cache_size = 0
+    for i in range(12):
+        a, b = cached(i), cold(i)
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+            assert a[key].dtype == b[key].dtype, key
+    assert len(cached._cache) > 0 and len(cold._cache) == 0

@@ -21,6 +21,7 @@ import numpy as np
 from absl import flags
 
 from wallwm_jax.data import balance
+from wallwm_jax.data.augment import placement
 from wallwm_jax.data.batches import EventBatch, Observation, uses_masks
 from wallwm_jax.data.checks import (
     check_data_config,
@@ -224,7 +225,8 @@ def make_pipeline(data_cfg: ml_collections.ConfigDict, *, global_batch: int, see
     per_host = global_batch // process_count
     check_data_config(data_cfg)
     entries = [(dataset_dir, 1.0)] if dataset_dir else mixture_entries(data_cfg)
-    augment = split == "train" and data_cfg.augment.enabled
+    # data.augment.placement=device: frames leave as they are, the train step augments them
+    augment = split == "train" and placement(data_cfg.augment) == "host"
     balanced = split == "train" and data_cfg.get("balance_alpha") is not None
     dirs = [d for d, _ in entries]
     widths = (widths or model_widths(data_cfg, dirs)) if uses_masks(data_cfg) else None

@@ -56,6 +56,7 @@ class EventSampler:
         self.widths = widths  # the model's (state_dim, action_dim) in masked mode, else None
         self._tokenizer: Tokenizer | None = None
         self._io: ModelIO | None = None
+        self._plan: tuple | None = None  # the config fields make_sample reads, as plain values
         # episode -> (its flat dict, what its samples derive from it once)
         self._cache: OrderedDict[int, tuple[dict, dict]] = OrderedDict()
 
@@ -63,6 +64,7 @@ class EventSampler:
         state = dict(self.__dict__)
         state["_tokenizer"] = None
         state["_io"] = None
+        state["_plan"] = None
         state["_cache"] = OrderedDict()
         state["_frame_bytes"] = 0
         return state
@@ -81,12 +83,15 @@ class EventSampler:
                                embodiment=self.embodiment, widths=self.widths)
         return self._io
 
-    def _episode(self, e: int) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Episode e and what samples derive from it once (`derived`), LRU-cached together."""
+    def _episode(self, e: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Episode e and what samples derive from it once (`derived`), LRU-cached together
+        (without a cache, `derived` is None: nothing is kept)."""
         if e in self._cache:
             self._cache.move_to_end(e)
             return self._cache[e]
-        entry = (self.source[e], {"frames": {}} if self.cache_size else {})
+        if not self.cache_size:
+            return self.source[e], None
+        entry = (self.source[e], {"frames": {}})
         self._cache[e] = entry
         if len(self._cache) > self.cache_size:
             _, (_, derived) = self._cache.popitem(last=False)
@@ -142,45 +147,61 @@ class EventSampler:
         (steps past the K-th event are masked). chunk: Tmax steps, no caption. The world
         target is always the last frame of event k. `derived` (kept with the cached episode)
         holds what every sample of the episode shares, computed once: its normalised action
-        targets and the low-resolution end frame of each event.
+        targets and the low-resolution end frame of each event; None (no cache: nothing is
+        kept) computes only this sample's steps.
         """
-        cfg = self.cfg
-        tmax, layout, num_slots = cfg.max_event_len, cfg.layout, cfg.max_captions
+        if self._plan is None:  # ConfigDict lookups cost microseconds each: read them once
+            cfg = self.cfg
+            self._plan = (int(cfg.max_event_len), cfg.layout, int(cfg.max_captions),
+                          int(cfg.world_size), tuple(cfg.cameras),
+                          (int(cfg.image_size), int(cfg.image_size), 3))
+        tmax, layout, num_slots, world, names, frame_shape = self._plan
         io = self.io
-        derived = {} if derived is None else derived
-        cameras = [self._camera(ep, name) if here else None
-                   for name, here in zip(cfg.cameras, io.present, strict=True)]
+        cameras = [self._camera(ep, name, frame_shape) if here else None
+                   for name, here in zip(names, io.present, strict=True)]
         images = cameras[0]  # the world target is the first camera's frame
         starts, ends = np.asarray(ep["events/start"]), np.asarray(ep["events/end"])
         episode_len = len(ep["steps/action"])
         stop = min(int(ends[k]) if layout == "event" else episode_len, t + tmax)
-        rel = np.searchsorted(ends, np.arange(t, stop), side="right") - k  # event - k per step
-        n = int(np.sum(rel < num_slots)) if layout == "unified" else stop - t
-        rel = rel[:n] if layout == "unified" else np.zeros(n, np.int64)
+        if layout == "unified":  # event - k of each step; steps past the K-th event masked
+            rel = np.searchsorted(ends, np.arange(t, stop), side="right") - k
+            n = int(np.sum(rel < num_slots))
+            rel = rel[:n]
+        else:  # every step is event k's (event) or none has a caption (chunk): slot 0
+            n = stop - t
 
-        if "actions" not in derived:  # the episode's targets, normalised in one pass
-            derived["actions"] = io.normalize_actions(io.model_actions(
-                ep["steps/action"], ep["steps/observation/state"]))
-        targets = derived["actions"]
-        chunk = np.zeros((tmax, targets.shape[-1]), np.float32)
-        chunk[:n] = targets[t:t + n]
+        if derived is None:  # nothing is kept: this sample's steps only (elementwise, so
+            # the same numbers as the whole episode's)
+            window = io.normalize_actions(io.model_actions(
+                ep["steps/action"][t:t + n], ep["steps/observation/state"][t:t + n]))
+        else:
+            if "actions" not in derived:  # the episode's targets, normalised in one pass
+                derived["actions"] = io.normalize_actions(io.model_actions(
+                    ep["steps/action"], ep["steps/observation/state"]))
+            window = derived["actions"][t:t + n]
+        chunk = np.zeros((tmax, window.shape[-1]), np.float32)
+        chunk[:n] = window
         mask = np.arange(tmax) < n
-        action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: stay monotone
-        action_events[:n] = rel
+        if layout == "unified":
+            action_events = np.full((tmax,), rel[-1] if n else 0, np.int32)  # pad: monotone
+            action_events[:n] = rel
+        else:
+            action_events = np.zeros((tmax,), np.int32)
         texts, durations = [], np.zeros((num_slots,), np.int32)
         for c in range(num_slots):
-            if c > 0 and not np.any(rel == c):
+            if c > 0 and (layout != "unified" or not np.any(rel == c)):
                 break
             texts.append(ep["events/caption"][k + c])
             length = int(ends[k] - t) if c == 0 else int(ends[k + c] - starts[k + c])
             durations[c] = io.duration_bin(length)
-        ends_seen = derived.setdefault("end_image", {})
+        ends_seen = {} if derived is None else derived.setdefault("end_image", {})
         if k not in ends_seen:  # decoded and resized once per event, not once per sample
             ends_seen[k] = np.asarray(Image.fromarray(images[int(ends[k]) - 1]).resize(
-                (cfg.world_size, cfg.world_size), Image.BILINEAR), np.uint8)
-        memo = derived.get("frames")
+                (world, world), Image.BILINEAR), np.uint8)
+        end_image = ends_seen[k] if derived is None else ends_seen[k].copy()
+        memo = None if derived is None else derived.get("frames")
         inputs = io.inputs({name: self._frame(name, frames, t, memo)
-                            for name, frames in zip(cfg.cameras, cameras, strict=True)
+                            for name, frames in zip(names, cameras, strict=True)
                             if frames is not None},
                            ep["steps/observation/state"][t],
                            ep["episode_metadata/instruction"], texts, num_slots)
@@ -190,22 +211,23 @@ class EventSampler:
             "action_mask": mask,
             "action_events": action_events,
             "duration_bin": durations,
-            "end_image": ends_seen[k].copy(),
+            "end_image": end_image,
         }
 
-    def _camera(self, ep: dict[str, Any], name: str) -> np.ndarray:
-        """Frames [T, H, W, 3] of camera feature `steps/observation/<name>`, shape-checked."""
+    def _camera(self, ep: dict[str, Any], name: str,
+                frame_shape: tuple[int, int, int] | None = None) -> np.ndarray:
+        """Frames [T, H, W, 3] of camera feature `steps/observation/<name>`, shape-checked
+        against `frame_shape` (default: from data.image_size)."""
         key = f"steps/observation/{name}"
         if key not in ep:
             raise ValueError(f"{self.source.dataset_dir}: data.cameras names '{name}' but the "
                              f"episodes have no field '{key}' (cameras in the data: "
                              f"{sorted(k.split('/')[-1] for k in ep if 'observation/image' in k)})")
         frames = ep[key]
-        if frames.shape[1:] != (self.cfg.image_size, self.cfg.image_size, 3):
+        want = frame_shape or (self.cfg.image_size, self.cfg.image_size, 3)
+        if tuple(frames.shape[1:]) != want:
             raise ValueError(f"{self.source.dataset_dir}: field '{key}' has frames of shape "
-                             f"{frames.shape[1:]}, expected "
-                             f"{(self.cfg.image_size, self.cfg.image_size, 3)} from "
-                             f"data.image_size")
+                             f"{frames.shape[1:]}, expected {want} from data.image_size")
         return frames
 
 

@@ -101,6 +101,9 @@ class ModelIO:
         self.cameras = tuple(data_cfg.get("cameras", ("image",)))
         self.image_size = int(data_cfg.image_size)
         self.edges = tuple(int(e) for e in data_cfg.duration_bins)
+        # read once: a ConfigDict lookup costs microseconds, and every sample makes several
+        self.norm_mode = data_cfg.norm_mode
+        self.instruction_len, self.caption_len = data_cfg.instruction_len, data_cfg.caption_len
         self.embodiment = embodiment
         gain = float(data_cfg.get("action_target_gain", 0.0) or 0.0)
         self.target_gain = gain if embodiment is None or embodiment.position_targets else 0.0
@@ -165,22 +168,22 @@ class ModelIO:
         """Raw state float [S] (or [..., S]) -> normalised float32 (padded with zeros to the
         model's width in masked mode)."""
         x = np.asarray(statistics.normalize(np.asarray(state, np.float32),
-                                            self.norm_stats["state"], self.cfg.norm_mode),
+                                            self.norm_stats["state"], self.norm_mode),
                        np.float32)
         return pad(x, self.widths[0]) if self.masked else x
 
     def instruction(self, text: str) -> np.ndarray:
         """Instruction -> int32 [instruction_len]: BOS pieces EOS, 0-padded."""
-        return self.tokens(text, self.cfg.instruction_len)
+        return self.tokens(text, self.instruction_len)
 
     def captions(self, texts: list[str], num_slots: int) -> np.ndarray:
         """Captions of the current and next events -> int32 [num_slots, caption_len]; slots
         past `texts` are absent (all 0)."""
         if len(texts) > num_slots:
             raise ValueError(f"{len(texts)} captions for {num_slots} caption slot(s)")
-        out = np.zeros((num_slots, self.cfg.caption_len), np.int32)
+        out = np.zeros((num_slots, self.caption_len), np.int32)
         for c, text in enumerate(texts):
-            out[c] = self.tokens(text, self.cfg.caption_len)
+            out[c] = self.tokens(text, self.caption_len)
         return out
 
     def inputs(self, frames: dict[str, np.ndarray], state: np.ndarray, instruction: str,
@@ -211,7 +214,7 @@ class ModelIO:
         """Raw actions float [..., A] -> normalised float32 (training targets; padded with
         zeros to the model's width in masked mode)."""
         x = np.asarray(statistics.normalize(np.asarray(actions, np.float32),
-                                            self.norm_stats["action"], self.cfg.norm_mode),
+                                            self.norm_stats["action"], self.norm_mode),
                        np.float32)
         return pad(x, self.widths[1]) if self.masked else x
 
@@ -221,7 +224,7 @@ class ModelIO:
         chunk = np.asarray(chunk, np.float32)[..., :self.action_dim]
         return np.asarray(statistics.unnormalize(chunk,
                                                  self.norm_stats["action"],
-                                                 self.cfg.norm_mode), np.float32)
+                                                 self.norm_mode), np.float32)
 
     def duration_bin(self, steps: int) -> int:
         """Steps -> duration bin (the label the duration head learns)."""
