@@ -63,7 +63,9 @@ def _free_port() -> int:
 def _serve_and_drive(export: str, mode: str, client_dir: str) -> dict:
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "wallwm_jax.serve", "--policy", export,
-                               "--port", str(port), "--host", "127.0.0.1", "--mode", mode],
+                               "--port", str(port), "--host", "127.0.0.1", "--mode", mode,
+                               # One compiled program (batching: tests/test_serve_batching.py)
+                               "--max_batch", "1"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:

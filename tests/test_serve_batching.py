@@ -90,10 +90,16 @@ def test_refused_request_beside_a_batch_gets_its_error_alone(policies):
 
 def test_act_batch_padded_equals_act_of_each(policies):
     """`Policy.act_batch` with the batch padded (3 rows to 4) gives each row what `act` gives
-    it alone with the same key; the padding rows' results are dropped."""
+    it alone with the same key; the padding rows' results are dropped. `warm_up` compiles
+    every padded size a server runs (1, 2, 4 for max_batch 4)."""
     import jax
 
+    from wallwm_jax.serve import warm_up
+
     policy = policies["event"]
+    warm_up(policy, "event", max_batch=4)
+    compiled = policy._sample._cache_size()
+    assert compiled >= 3
     obs = [varied(i) for i in range(3)]
     args = [({"image": o["observation/image"]}, o["observation/state"], o["prompt"],
              o["caption"]) for o in obs]
@@ -104,3 +110,4 @@ def test_act_batch_padded_equals_act_of_each(policies):
         want = policy.act(*a, rng=key)
         np.testing.assert_allclose(row["actions"], want["actions"], rtol=0, atol=1e-5)
         np.testing.assert_array_equal(row["duration_bin"], want["duration_bin"])
+    assert policy._sample._cache_size() == compiled  # sizes 1 and 4: nothing new compiled

@@ -61,8 +61,9 @@ from wallwm_jax.serve_messages import (  # noqa: F401 -- re-exported for clients
 DEFAULT_MAX_MESSAGE_MB = 16  # a 2048 x 2048 RGB frame fits, with room for a second camera
 DEFAULT_REQUEST_TIMEOUT_S = 60.0  # the small model's unified p99 on a 2-core CPU is ~32 s
 DEFAULT_MAX_BATCH = 8
-# How long the first request of a batch waits for others: a lone request's added latency.
-DEFAULT_BATCH_WAIT_MS = 2.0
+# The longest the first request of a batch waits for others (only while another client could
+# still send one: a lone client never waits).
+DEFAULT_BATCH_WAIT_MS = 5.0
 log = logging.getLogger(__name__)
 
 
@@ -183,8 +184,11 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
     received, decoded and checked on its own (event loop, worker threads); only the model call
     is serialised, on one model thread, so a large or slow request does not hold up the others'
     reading and checking. Checked requests queue for the model; each model call takes those
-    that arrived within `batch_wait_ms` of the first (and all that queued meanwhile), up to
-    `max_batch`, stacked and padded to a `batch_sizes` size."""
+    that queued while the model was busy and those that arrive within `batch_wait_ms` of the
+    first, up to `max_batch`, stacked and padded to a `batch_sizes` size. It waits for more
+    only while one could still come: a request being checked, or a connection with none
+    outstanding (a connection sends its next request after its reply), so a lone client
+    never waits."""
     from websockets.asyncio.server import serve as ws_serve
     from websockets.exceptions import ConnectionClosed
 
@@ -193,6 +197,16 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[_Pending] = asyncio.Queue()
     sizes, connections = batch_sizes(max_batch), itertools.count()
+    # Connections open, requests received and not yet answered, requests being checked; the
+    # batcher wakes on every change.
+    counts, changed = {"open": 0, "outstanding": 0, "preparing": 0}, asyncio.Event()
+
+    def note(name: str, delta: int) -> None:
+        counts[name] += delta
+        changed.set()
+
+    def more_may_come() -> bool:
+        return counts["preparing"] > 0 or counts["open"] > counts["outstanding"]
 
     async def run(group: list[_Pending]) -> None:
         """One model call for `group` (same signature); each future gets its reply, or the
@@ -222,11 +236,12 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
                     batch.append(queue.get_nowait())
                     continue
                 left = window_end - loop.time()
-                if left <= 0:
+                if left <= 0 or not more_may_come():
                     break
+                changed.clear()
                 try:
                     async with asyncio.timeout(left):
-                        batch.append(await queue.get())
+                        await changed.wait()
                 except TimeoutError:
                     break
             groups: dict[tuple, list[_Pending]] = {}
@@ -249,9 +264,13 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
     async def answer(message: bytes | str, connection: int, number: int) -> bytes | str:
         try:
             async with asyncio.timeout(request_timeout_s):
-                request, key = await asyncio.to_thread(lambda: (
-                    prepare(policy, decode(message), mode),
-                    request_key(policy.seed, connection, number)))
+                note("preparing", 1)
+                try:
+                    request, key = await asyncio.to_thread(lambda: (
+                        prepare(policy, decode(message), mode),
+                        request_key(policy.seed, connection, number)))
+                finally:
+                    note("preparing", -1)
                 # The model's turn; a request still queued when its time is up never runs.
                 future = loop.create_future()
                 queue.put_nowait(_Pending(request, key, future, loop.time()))
@@ -271,15 +290,23 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
     async def handler(ws: Any) -> None:
         peer, pending = ":".join(map(str, ws.remote_address[:2])), False
         connection, number = next(connections), 0
+        note("open", 1)
         try:
             await ws.send(meta)
             async for message in ws:
                 pending = True
-                await ws.send(await answer(message, connection, number))
+                note("outstanding", 1)
+                try:
+                    reply = await answer(message, connection, number)
+                finally:
+                    note("outstanding", -1)
+                await ws.send(reply)
                 number, pending = number + 1, False
         except ConnectionClosed as closed:  # gone mid-frame or mid-request: one line, no trace
             log.warning("client %s disconnected%s (%s)", peer,
                         " before its reply" if pending else "", closed)
+        finally:
+            note("open", -1)
 
     def health(connection: Any, request: Any) -> Any:
         if request.path == "/healthz":
@@ -417,7 +444,7 @@ if __name__ == "__main__":
                          "Most requests run in one model call (1: one at a time); batches are "
                          "padded to 1, 2, 4, ... max_batch rows, each size compiled at start.")
     flags.DEFINE_float("batch_wait_ms", DEFAULT_BATCH_WAIT_MS,
-                       "How long a request waits for others to batch with it (milliseconds; "
-                       "requests that queued while the model was busy never wait).")
+                       "The longest a request waits for others to batch with it (ms), while "
+                       "another client could still send one (a lone client never waits).")
     flags.mark_flags_as_required(["policy"])
     cli.run(main)
