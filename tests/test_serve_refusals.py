@@ -154,6 +154,8 @@ def test_check_flags_names_each_bad_flag(trained_policies, tmp_path):
            ({"request_timeout_s": -5}, "--request_timeout_s -5: expected seconds > 0"),
            ({"max_batch": 0}, "--max_batch 0: expected requests per model call >= 1"),
            ({"batch_wait_ms": -1}, "--batch_wait_ms -1: expected milliseconds >= 0"),
+           ({"max_caption_tokens": -1}, "--max_caption_tokens -1: expected tokens"),
+           ({"max_caption_tokens": 99}, "--max_caption_tokens 99: this export decodes at most"),
            ({"policy_dir": str(tmp_path / "nowhere")}, "no such directory"),
            ({"policy_dir": str(partial)}, "is missing model.safetensors"),
            ({"mode": "chunk"}, "--mode chunk: this export can run event")]

@@ -332,7 +332,8 @@ async def serve(policy: Policy, mode: str, host: str = "127.0.0.1", port: int = 
 def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: float,
                 request_timeout_s: float, embodiment: str | None = None,
                 max_batch: int = DEFAULT_MAX_BATCH,
-                batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS) -> None:
+                batch_wait_ms: float = DEFAULT_BATCH_WAIT_MS,
+                max_caption_tokens: int = 0) -> None:
     """Refuse flags the server cannot run with (UserError naming the flag), before the model
     loads: a port outside 0-65535, non-positive limits, a batch size under 1 or a negative
     batch wait, an export directory that is missing or incomplete, a --mode the export cannot
@@ -343,6 +344,9 @@ def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: fl
         raise UserError(f"--max_batch {max_batch}: expected requests per model call >= 1")
     if not batch_wait_ms >= 0:
         raise UserError(f"--batch_wait_ms {batch_wait_ms:g}: expected milliseconds >= 0")
+    if max_caption_tokens < 0:
+        raise UserError(f"--max_caption_tokens {max_caption_tokens}: expected tokens per "
+                        f"caption >= 1 (0: the model's caption length)")
     if not max_message_mb > 0:
         raise UserError(f"--max_message_mb {max_message_mb:g}: expected a size > 0 (MiB)")
     if not request_timeout_s > 0:
@@ -361,6 +365,10 @@ def check_flags(policy_dir: str, port: int, mode: str | None, max_message_mb: fl
                         f"({type(err).__name__}: {err})") from None
     if mode is not None and mode not in modes:
         raise UserError(f"--mode {mode}: this export can run {', '.join(modes)}")
+    longest = int(read_config(policy_dir).data.caption_len) - 1
+    if max_caption_tokens > longest:
+        raise UserError(f"--max_caption_tokens {max_caption_tokens}: this export decodes at "
+                        f"most {longest} tokens per caption (data.caption_len - 1)")
     if embodiment is not None:
         try:
             known = read_embodiments(policy_dir)
@@ -403,11 +411,13 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments {argv[1:]}")
     fl = flags.FLAGS
     check_flags(fl.policy, fl.port, fl.mode, fl.max_message_mb, fl.request_timeout_s,
-                fl.embodiment, fl.max_batch, fl.batch_wait_ms)
+                fl.embodiment, fl.max_batch, fl.batch_wait_ms, fl.max_caption_tokens)
     sock = bind(fl.host, fl.port)
     try:
         policy = load_policy(fl.policy, mode=fl.mode, seed=fl.seed, embodiment=fl.embodiment)
         mode = policy.mode
+        if fl.max_caption_tokens:  # a traced argument: the compiled program is the same
+            policy.max_caption_tokens = fl.max_caption_tokens
         seconds = warm_up(policy, mode, fl.max_batch)
         sizes = ", ".join(map(str, batch_sizes(fl.max_batch)))
         asyncio.run(serve(
@@ -446,5 +456,9 @@ if __name__ == "__main__":
     flags.DEFINE_float("batch_wait_ms", DEFAULT_BATCH_WAIT_MS,
                        "The longest a request waits for others to batch with it (ms), while "
                        "another client could still send one (a lone client never waits).")
+    flags.DEFINE_integer("max_caption_tokens", 0,
+                         "Unified mode: at most this many tokens decoded per caption, a "
+                         "latency bound (e.g. the training data's longest caption; a caption "
+                         "cut there has no EOS). 0: data.caption_len - 1.")
     flags.mark_flags_as_required(["policy"])
     cli.run(main)
