@@ -337,7 +337,7 @@ def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 
 def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: int,
-               typical: int) -> dict:
+               typical: int, longest: int) -> dict:
     """`Policy.act` of event and unified mode (worst case, `typical` tokens per caption, and
     with a caption in effect), the jitted decoders alone (cached vs re-encoding) and `batch`
     requests decoded at once, in alternating rounds."""
@@ -358,6 +358,10 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
         with capped(unified, typical):
             return unified.act(frames, state, prompt)
 
+    def longest_act() -> object:  # capped at the builders' longest caption
+        with capped(unified, longest):
+            return unified.act(frames, state, prompt)
+
     def one_token_act() -> object:  # the fixed part: prefix, 2 x 2 token steps, denoising
         with capped(unified, 1):
             return unified.act(frames, state, prompt)
@@ -366,6 +370,7 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
            "unified_act": lambda: unified.act(frames, state, prompt),
            "unified_typical_act": typical_act,
            "unified_1_token_act": one_token_act,
+           "unified_longest_caption_act": longest_act,
            "unified_act_caption_in_effect": lambda: unified.act(frames, state, prompt,
                                                                 in_effect=caption),
            "decode_cached": lambda: done(unified._decode(unified.params, x, key, worst)),
@@ -377,6 +382,8 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
     out = {name: percentiles(t) for name, t in times.items()}
     out["unified_over_event"] = ratio(out["unified_act"], out["event_act"])
     out["unified_typical_over_event"] = ratio(out["unified_typical_act"], out["event_act"])
+    out["unified_longest_caption_over_event"] = ratio(out["unified_longest_caption_act"],
+                                                      out["event_act"])
     out["caption_in_effect_over_event"] = ratio(out["unified_act_caption_in_effect"],
                                                 out["event_act"])
     # Where the worst case's time goes: `max_caption_tokens` 1 runs 2 token steps per caption
@@ -461,7 +468,7 @@ def main(argv: list[str]) -> None:
                         "builders' captions, same compiled program; 2 captions per chunk"}
             report["server"] = through_servers(policies, args.requests, args.rounds, typical)
             report["act"] = in_process(policies, args.requests, args.rounds, args.batch,
-                                       typical)
+                                       typical, int(lengths["max"]))
     print(json.dumps(report, indent=1))
     c = report.get("event_with_large_client")
     concurrent = (f"small event requests p99 {c['alone']['p99_ms']} ms alone, "
@@ -481,7 +488,12 @@ def main(argv: list[str]) -> None:
           f"{t['p99_ms']} ms ({s['unified_typical_over_event']['p50']}x / "
           f"{s['unified_typical_over_event']['p99']}x); act unified/event "
           f"{a['unified_over_event']['p50']}x p50, {a['unified_over_event']['p99']}x p99, with "
-          f"a caption in effect {a['caption_in_effect_over_event']['p50']}x p50; unified decode "
+          f"a caption in effect {a['caption_in_effect_over_event']['p50']}x p50, capped at the "
+          f"longest builder caption ({int(report['caption_tokens']['builder_captions']['max'])} "
+          f"tokens) {a['unified_longest_caption_over_event']['p50']}x p50; worst case: "
+          f"{a['worst_case_split']['token_steps']} token steps of "
+          f"{a['worst_case_split']['token_step_ms']} ms + {a['worst_case_split']['rest_ms']} ms "
+          f"rest; unified decode "
           f"p50 {a['decode_cached']['p50_ms']} ms vs {a['decode_reencoding']['p50_ms']} ms "
           f"re-encoding, {a[f'decode_batch{args.batch}_per_request']['p50_ms']} ms per request "
           f"in a batch of {args.batch}; {concurrent}"
