@@ -19,8 +19,9 @@ one-line text reply (openpi clients raise it) and the connection stays open; a f
 the size limit closes the connection with code 1009. Flags are checked and the port bound
 before the model loads; the model is compiled before the port accepts connections.
 
-Requests that arrive together (within --batch_wait_ms of the first, up to --max_batch) run as
-one batched model call, padded to a power-of-two size (1, 2, 4, ... --max_batch: one compiled
+Requests that arrive together (those that queued while the model was busy, and those that
+arrive within --batch_wait_ms of the first while another could still come; up to --max_batch)
+run as one batched model call, padded to a power-of-two size (1, 2, 4, ... --max_batch: one compiled
 program each, all compiled at start). A request's sampling noise comes from its own key
 (`request_key`: the seed, its connection's number and its number on that connection), so a
 client gets the same actions whatever else was batched with it.
@@ -94,7 +95,7 @@ def prepare(policy: Policy, obs: Any, mode: str) -> tuple:
     return policy.observation(frames, state, prompt, caption, mode=mode), caption
 
 
-def request_key(seed: int, connection: int, number: int) -> jax.Array:
+def request_key(seed: int, connection: int, number: int) -> np.ndarray:
     """The sampling key of request `number` (0, 1, ...) on connection `connection` (in the
     order the server accepted them) of a server started with `seed`: a client's noise does
     not depend on other clients or on how requests were batched."""
@@ -150,6 +151,7 @@ def warm_up(policy: Policy, mode: str, max_batch: int = 1) -> float:
                   "prompt": "warm up", "caption": "warm up"})
     t0 = time.perf_counter()
     request = prepare(policy, blank, mode)
+    request_key(policy.seed, 0, 0)  # its own small CPU programs
     for rows in batch_sizes(max_batch):
         respond_batch(policy, [request], mode, pad_to=rows)
     return time.perf_counter() - t0
