@@ -177,9 +177,7 @@ class Policy:
             raise ValueError(f"{n} observations but {len(keys)} keys")
         rows = max(n, pad_to or n)
         obs = jax.tree.map(lambda *x: np.concatenate(x + x[-1:] * (rows - n)), *observations)
-        key = np.stack([np.asarray(jax.random.key_data(k) if jax.dtypes.issubdtype(
-            k.dtype, jax.dtypes.prng_key) else k, np.uint32) for k in keys + keys[-1:] *
-            (rows - n)])
+        key = np.stack([_raw_key(k) for k in keys + keys[-1:] * (rows - n)])  # uint32 [rows, 2]
         if mode == "unified":
             out = self._decode(self.params, obs, key, np.int32(self.max_caption_tokens))
         else:
@@ -233,6 +231,13 @@ class Policy:
         the step it is executed at: unchanged, or gain * (target - hand) for a policy that
         predicts position targets (hand = state dims 0-2)."""
         return self.io.env_action(action, state)
+
+
+def _raw_key(key: jax.Array) -> np.ndarray:
+    """A PRNG key, typed (`jax.random.key`) or raw (`PRNGKey`) -> its raw uint32 data."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key, np.uint32)
 
 
 METAWORLD_EMBODIMENT = "metaworld_sawyer"  # what data_builders.metaworld_events writes
