@@ -13,7 +13,7 @@ float32 [n, A] in raw units (for a model trained with `data.action_target_gain` 
 targets: the metadata says `action_space` "position_targets" and `action_target_gain` g, and
 the client executes g * (target - hand) with the hand of each step), `duration` (n),
 `caption` (unified: the first decoded caption; event: the one given), `captions` (unified:
-every decoded caption), `server_timing` {infer_ms}. A request the server refuses (a bad
+every decoded caption), `server_timing` {infer_ms, batch_size}. A request the server refuses (a bad
 observation naming the key, an undecodable frame, a request over the time limit) gets a
 one-line text reply (openpi clients raise it) and the connection stays open; a frame over
 the size limit closes the connection with code 1009. Flags are checked and the port bound
