@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import http
 import itertools
@@ -99,7 +100,11 @@ def request_key(seed: int, connection: int, number: int) -> np.ndarray:
     """The sampling key of request `number` (0, 1, ...) on connection `connection` (in the
     order the server accepted them) of a server started with `seed`: a client's noise does
     not depend on other clients or on how requests were batched."""
-    with jax.default_device(jax.devices("cpu")[0]):  # a few bytes: never the accelerator
+    try:  # a few bytes: on the host, not the accelerator (when JAX has its CPU backend)
+        host = jax.default_device(jax.devices("cpu")[0])
+    except RuntimeError:  # JAX_PLATFORMS without cpu
+        host = contextlib.nullcontext()
+    with host:
         key = jax.random.fold_in(jax.random.PRNGKey(seed), connection)
         return np.asarray(jax.random.fold_in(key, number))
 
