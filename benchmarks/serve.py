@@ -4,11 +4,16 @@ alternating rounds (event, unified, event, ...) so both see the same machine loa
 unified / event ratio per row. Also: unified mode with a caption still in effect (only the
 next caption is decoded), the Staircase decoder alone vs the re-encoding reference, a batch
 of requests decoded at once, and small event requests with and without another client
-sending the largest frame the server accepts (alternating rounds, p99 ratio).
+sending the largest frame the server accepts (alternating rounds, p99 ratio). Concurrent
+clients (`--clients 1,4,8`): each client sends requests back to back to a batching server
+(`--max_batch`) and to a one-at-a-time one (`max_batch 1`), alternating rounds; p50/p99 per
+request, requests/s and the mean batch size, event and unified (worst case).
 
     python benchmarks/serve.py                    # tiny model on CPU
-    python benchmarks/serve.py --size small --requests 3 --rounds 2 --batch 2 --noconcurrent
+    python benchmarks/serve.py --size small --requests 3 --rounds 2 --batch 2 --noconcurrent \
+        --client_requests 2
     python benchmarks/serve.py --only_concurrent --requests 100 --rounds 3
+    python benchmarks/serve.py --only_clients --client_requests 10   # concurrent clients only
 
 Weights are random. Latency depends on them in unified mode only through the caption
 lengths: random weights never emit EOS, so every caption runs to `data.caption_len` tokens
@@ -46,7 +51,14 @@ from wallwm_jax.data.tokenizer import Tokenizer, train_tokenizer
 from wallwm_jax.models import wallwm
 from wallwm_jax.models.decoding import staircase_decode_reference
 from wallwm_jax.policy import Policy
-from wallwm_jax.serve import DEFAULT_MAX_MESSAGE_MB, packb, serve, unpackb, warm_up
+from wallwm_jax.serve import (
+    DEFAULT_BATCH_WAIT_MS,
+    DEFAULT_MAX_MESSAGE_MB,
+    packb,
+    serve,
+    unpackb,
+    warm_up,
+)
 
 TEXTS = ["reach the goal", "push the puck to the goal", "move the gripper to the puck",
          "close the gripper", "lift the puck", "open the gripper", "move the gripper up"]
@@ -147,6 +159,91 @@ def round_trips(policy: Policy, port: int, requests: int, caption: bool = True) 
     return times
 
 
+def clients_at_once(policy: Policy, port: int, clients: int, requests: int,
+                    caption: bool) -> tuple[list[float], float, list[int]]:
+    """`clients` sync clients (threads), each connected first, then all sending `requests`
+    observations back to back. Returns (seconds per request, wall seconds from the start to
+    the last reply, the batch size each reply ran in)."""
+    from websockets.sync.client import connect
+
+    start = threading.Barrier(clients + 1)
+    times: list[float] = []
+    sizes: list[int] = []
+    errors: list[BaseException] = []
+
+    def one(seed: int) -> None:
+        rng = np.random.default_rng(100 + seed)
+        messages = []
+        for _ in range(requests):
+            obs = observation(policy, rng)
+            if not caption:
+                del obs["caption"]
+            messages.append(packb(obs))
+        try:
+            with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+                unpackb(ws.recv())  # metadata
+                start.wait(120)
+                for message in messages:
+                    t0 = time.perf_counter()
+                    ws.send(message)
+                    reply = unpackb(ws.recv())
+                    times.append(time.perf_counter() - t0)
+                    sizes.append(int(reply["server_timing"]["batch_size"]))
+                    assert np.all(np.isfinite(reply["actions"]))
+        except BaseException as err:  # noqa: BLE001 -- re-raised in the caller's thread
+            errors.append(err)
+            start.abort()
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    start.wait(120)
+    t0 = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return times, wall, sizes
+
+
+def concurrent_clients(policies: dict[str, Policy], counts: list[int], requests: int,
+                       rounds: int, max_batch: int) -> dict:
+    """Per mode and client count: a batching server (`max_batch`) vs a one-at-a-time one,
+    alternating rounds on servers that are both up; p50/p99 per request, requests/s, mean
+    batch size; ratios batched / one at a time (p50: lower is better; requests/s: higher)."""
+    out: dict = {}
+    for mode, policy in policies.items():
+        caption = mode == "event"
+        with running_server(policy, mode, max_batch=max_batch) as batched, \
+                running_server(policy, mode, max_batch=1) as single:
+            ports = {"batched": batched, "max_batch_1": single}
+            for port in ports.values():
+                clients_at_once(policy, port, 1, 1, caption)  # untimed
+            rows = {}
+            for n in counts:
+                times = {name: [] for name in ports}
+                walls = {name: 0.0 for name in ports}
+                sizes = {name: [] for name in ports}
+                for _ in range(rounds):
+                    for name, port in ports.items():
+                        t, wall, size = clients_at_once(policy, port, n, requests, caption)
+                        times[name] += t
+                        walls[name] += wall
+                        sizes[name] += size
+                row = {name: {**percentiles(times[name]),
+                              "requests_per_s": round(len(times[name]) / walls[name], 2),
+                              "mean_batch": round(float(np.mean(sizes[name])), 2)}
+                       for name in ports}
+                b, one = row["batched"], row["max_batch_1"]
+                row["batched_over_one_at_a_time"] = {
+                    **ratio(b, one),
+                    "requests_per_s": round(b["requests_per_s"] / one["requests_per_s"], 2)}
+                rows[f"{n}_clients"] = row
+            out[mode] = rows
+    return out
+
+
 # Its own process, so its packing and sending do not share this process's GIL: sends the
 # frame in argv[2] (a file) and waits for each reply until argv[3] exists; prints the round
 # trip seconds as JSON.
@@ -240,7 +337,7 @@ def ratio(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
 
 
 def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: int,
-               typical: int) -> dict:
+               typical: int, longest: int) -> dict:
     """`Policy.act` of event and unified mode (worst case, `typical` tokens per caption, and
     with a caption in effect), the jitted decoders alone (cached vs re-encoding) and `batch`
     requests decoded at once, in alternating rounds."""
@@ -261,9 +358,19 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
         with capped(unified, typical):
             return unified.act(frames, state, prompt)
 
+    def longest_act() -> object:  # capped at the builders' longest caption
+        with capped(unified, longest):
+            return unified.act(frames, state, prompt)
+
+    def one_token_act() -> object:  # the fixed part: prefix, 2 x 2 token steps, denoising
+        with capped(unified, 1):
+            return unified.act(frames, state, prompt)
+
     fns = {"event_act": lambda: event.act(frames, state, prompt, caption),
            "unified_act": lambda: unified.act(frames, state, prompt),
            "unified_typical_act": typical_act,
+           "unified_1_token_act": one_token_act,
+           "unified_longest_caption_act": longest_act,
            "unified_act_caption_in_effect": lambda: unified.act(frames, state, prompt,
                                                                 in_effect=caption),
            "decode_cached": lambda: done(unified._decode(unified.params, x, key, worst)),
@@ -275,8 +382,21 @@ def in_process(policies: dict[str, Policy], requests: int, rounds: int, batch: i
     out = {name: percentiles(t) for name, t in times.items()}
     out["unified_over_event"] = ratio(out["unified_act"], out["event_act"])
     out["unified_typical_over_event"] = ratio(out["unified_typical_act"], out["event_act"])
+    out["unified_longest_caption_over_event"] = ratio(out["unified_longest_caption_act"],
+                                                      out["event_act"])
     out["caption_in_effect_over_event"] = ratio(out["unified_act_caption_in_effect"],
                                                 out["event_act"])
+    # Where the worst case's time goes: `max_caption_tokens` 1 runs 2 token steps per caption
+    # (BOS and one token), the worst case max + 1; two captions per chunk either way.
+    steps = 2 * (int(worst) - 1)
+    per_step = (out["unified_act"]["p50_ms"] - out["unified_1_token_act"]["p50_ms"]) / steps
+    fixed = out["unified_1_token_act"]["p50_ms"] - 4 * per_step
+    out["worst_case_split"] = {
+        "token_step_ms": round(per_step, 2), "token_steps": 2 * (int(worst) + 1),
+        "token_steps_ms": round(2 * (int(worst) + 1) * per_step, 1),
+        "rest_ms": round(fixed, 1),
+        "note": "from p50s: (worst - 1-token cap) / the token steps between them; rest = "
+                "prefix encode, denoising and host work"}
     return out
 
 
@@ -314,10 +434,25 @@ def main(argv: list[str]) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         modes = ("event",) if args.only_concurrent else ("event", "unified")
         policies = {mode: make_policy(args.size, mode, scratch) for mode in modes}
+        counts = [int(n) for n in args.clients] if not args.only_concurrent else []
         for mode, policy in policies.items():
             on_device = all(isinstance(x, jax.Array) for x in jax.tree.leaves(policy.params))
             report[mode] = {"params_on_device": on_device,
                             "compile_s": round(warm_up(policy, mode), 2)}
+            if counts:
+                report[mode]["compile_batches_s"] = round(
+                    warm_up(policy, mode, args.max_batch), 2)
+        if counts:
+            report["clients"] = concurrent_clients(policies, counts, args.client_requests,
+                                                   args.rounds, args.max_batch)
+            report["clients"]["note"] = (
+                f"each client sends {args.client_requests} requests back to back per round; "
+                f"batched: max_batch {args.max_batch}, batch_wait_ms "
+                f"{DEFAULT_BATCH_WAIT_MS:g}; unified at the worst case")
+        if args.only_clients:
+            print(json.dumps(report, indent=1))
+            print(f"serve {args.size} on {report['backend']}: " + clients_summary(report))
+            return
         if args.concurrent:
             report["event_with_large_client"] = time_with_large_client(
                 policies["event"], args.requests, args.rounds, args.max_message_mb)
@@ -333,7 +468,7 @@ def main(argv: list[str]) -> None:
                         "builders' captions, same compiled program; 2 captions per chunk"}
             report["server"] = through_servers(policies, args.requests, args.rounds, typical)
             report["act"] = in_process(policies, args.requests, args.rounds, args.batch,
-                                       typical)
+                                       typical, int(lengths["max"]))
     print(json.dumps(report, indent=1))
     c = report.get("event_with_large_client")
     concurrent = (f"small event requests p99 {c['alone']['p99_ms']} ms alone, "
@@ -353,10 +488,30 @@ def main(argv: list[str]) -> None:
           f"{t['p99_ms']} ms ({s['unified_typical_over_event']['p50']}x / "
           f"{s['unified_typical_over_event']['p99']}x); act unified/event "
           f"{a['unified_over_event']['p50']}x p50, {a['unified_over_event']['p99']}x p99, with "
-          f"a caption in effect {a['caption_in_effect_over_event']['p50']}x p50; unified decode "
+          f"a caption in effect {a['caption_in_effect_over_event']['p50']}x p50, capped at the "
+          f"longest builder caption ({int(report['caption_tokens']['builder_captions']['max'])} "
+          f"tokens) {a['unified_longest_caption_over_event']['p50']}x p50; worst case: "
+          f"{a['worst_case_split']['token_steps']} token steps of "
+          f"{a['worst_case_split']['token_step_ms']} ms + {a['worst_case_split']['rest_ms']} ms "
+          f"rest; unified decode "
           f"p50 {a['decode_cached']['p50_ms']} ms vs {a['decode_reencoding']['p50_ms']} ms "
           f"re-encoding, {a[f'decode_batch{args.batch}_per_request']['p50_ms']} ms per request "
-          f"in a batch of {args.batch}; {concurrent}")
+          f"in a batch of {args.batch}; {concurrent}"
+          + (f"; {clients_summary(report)}" if "clients" in report else ""))
+
+
+def clients_summary(report: dict) -> str:
+    """One line of the concurrent-client rows: per mode and count, p50 and requests/s of the
+    batching server over the one-at-a-time one."""
+    parts = []
+    for mode in ("event", "unified"):
+        for rows, row in report["clients"].get(mode, {}).items():
+            r = row["batched_over_one_at_a_time"]
+            parts.append(f"{mode} {rows.replace('_', ' ')}: batched p50 "
+                         f"{row['batched']['p50_ms']} ms vs {row['max_batch_1']['p50_ms']} ms "
+                         f"({r['p50']}x), {row['batched']['requests_per_s']} vs "
+                         f"{row['max_batch_1']['requests_per_s']} req/s ({r['requests_per_s']}x)")
+    return "; ".join(parts)
 
 
 if __name__ == "__main__":
@@ -369,4 +524,8 @@ if __name__ == "__main__":
                        "The server's message limit; the large client's frame fills it.")
     flags.DEFINE_bool("only_concurrent", False, "Only the large-client rows.")
     flags.DEFINE_bool("concurrent", True, "The large-client rows (--noconcurrent: skip them).")
+    flags.DEFINE_list("clients", ["1", "4", "8"], "Concurrent-client counts (empty: skip).")
+    flags.DEFINE_integer("client_requests", 5, "Requests per concurrent client and round.")
+    flags.DEFINE_integer("max_batch", 8, "The batching server's --max_batch.")
+    flags.DEFINE_bool("only_clients", False, "Only the concurrent-client rows.")
     cli.run(main)

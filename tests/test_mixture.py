@@ -190,7 +190,7 @@ print(json.dumps({"metadata": meta, "actions": np.asarray(reply["actions"]).toli
 
 def test_export_serves_each_embodiment_in_its_own_width(mixture, tmp_path):
     from wallwm_jax.policy import load_policy
-    from wallwm_jax.serve import warm_up
+    from wallwm_jax.serve import request_key, warm_up
 
     export = mixture["export"]
     assert set(json.load(open(os.path.join(export, "embodiments.json")))) == {
@@ -198,7 +198,7 @@ def test_export_serves_each_embodiment_in_its_own_width(mixture, tmp_path):
     port = _free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "wallwm_jax.serve", "--policy", export, "--port", str(port),
-         "--host", "127.0.0.1", "--embodiment", "arm7"],
+         "--host", "127.0.0.1", "--embodiment", "arm7", "--max_batch", "1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         line = ""
@@ -221,12 +221,13 @@ def test_export_serves_each_embodiment_in_its_own_width(mixture, tmp_path):
     actions = np.asarray(out["actions"], np.float32)
     assert actions.ndim == 2 and actions.shape[1] == 7
     policy = load_policy(export, embodiment="arm7")
-    warm_up(policy, policy.mode)  # the server's first act, as here
+    warm_up(policy, policy.mode)
     rng = np.random.default_rng(0)
     frames = {"image": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
               "image_wrist": rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)}
     want = policy.act(frames, np.linspace(-1, 1, 14).astype(np.float32),
-                      "reach the goal point", "move the gripper to the goal")["actions"]
+                      "reach the goal point", "move the gripper to the goal",
+                      rng=request_key(0, 0, 0))["actions"]  # the server's first request's key
     np.testing.assert_allclose(actions, want, atol=1e-6)
     # The other robot, in its own width and with its own statistics.
     sawyer = load_policy(export, embodiment="metaworld_sawyer")

@@ -63,7 +63,9 @@ def _free_port() -> int:
 def _serve_and_drive(export: str, mode: str, client_dir: str) -> dict:
     port = _free_port()
     server = subprocess.Popen([sys.executable, "-m", "wallwm_jax.serve", "--policy", export,
-                               "--port", str(port), "--host", "127.0.0.1", "--mode", mode],
+                               "--port", str(port), "--host", "127.0.0.1", "--mode", mode,
+                               # One compiled program (batching: tests/test_serve_batching.py)
+                               "--max_batch", "1"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True)
     try:
@@ -90,7 +92,7 @@ def _serve_and_drive(export: str, mode: str, client_dir: str) -> dict:
 
 def test_openpi_client_drives_event_policy(trained_policies, openpi_client):
     from wallwm_jax.policy import load_policy
-    from wallwm_jax.serve import warm_up
+    from wallwm_jax.serve import request_key, warm_up
 
     trained = trained_policies["event"]
     out = _serve_and_drive(trained.export, "event", openpi_client)
@@ -106,13 +108,14 @@ def test_openpi_client_drives_event_policy(trained_policies, openpi_client):
     assert 1 <= n <= trained.config.data.max_event_len and np.all(np.isfinite(actions))
     assert out["caption"] == "move the gripper to the goal"
     assert out["second_shape"][1] == 4 and out["other_shape"][1] == 4
-    # The server's first reply is what the in-process policy gives for the same request.
+    # The server's first reply is what the in-process policy gives for the same request with
+    # that request's key (seed 0, the first connection, its first request).
     policy = load_policy(trained.export)
     warm_up(policy, "event")
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
     want = policy.act(image, np.array([0.0, 0.6, 0.2, 1.0], np.float32), "reach the goal",
-                      "move the gripper to the goal")["actions"]
+                      "move the gripper to the goal", rng=request_key(0, 0, 0))["actions"]
     np.testing.assert_allclose(actions, want, atol=1e-6)
 
 

@@ -39,7 +39,7 @@ def policy(trained_policies):
 
 
 @contextlib.contextmanager
-def running(policy, **limits):
+def running(policy, mode="event", **limits):
     """`serve` on 127.0.0.1, a free port, in a thread; yields the port; always stopped."""
     from wallwm_jax.serve import serve
 
@@ -47,7 +47,7 @@ def running(policy, **limits):
 
     async def until_cancelled():
         with contextlib.suppress(asyncio.CancelledError):  # how the test stops it
-            await serve(policy, "event", "127.0.0.1", 0, on_listen=lambda p: (
+            await serve(policy, mode, "127.0.0.1", 0, on_listen=lambda p: (
                 ports.append(p), listening.set()), **limits)
 
     task = loop.create_task(until_cancelled())
@@ -152,6 +152,10 @@ def test_check_flags_names_each_bad_flag(trained_policies, tmp_path):
            ({"policy_dir": str(broken)}, "config.json is not a training config"),
            ({"max_message_mb": 0}, "--max_message_mb 0: expected a size > 0"),
            ({"request_timeout_s": -5}, "--request_timeout_s -5: expected seconds > 0"),
+           ({"max_batch": 0}, "--max_batch 0: expected requests per model call >= 1"),
+           ({"batch_wait_ms": -1}, "--batch_wait_ms -1: expected milliseconds >= 0"),
+           ({"max_caption_tokens": -1}, "--max_caption_tokens -1: expected tokens"),
+           ({"max_caption_tokens": 99}, "--max_caption_tokens 99: this export decodes at most"),
            ({"policy_dir": str(tmp_path / "nowhere")}, "no such directory"),
            ({"policy_dir": str(partial)}, "is missing model.safetensors"),
            ({"mode": "chunk"}, "--mode chunk: this export can run event")]
@@ -252,8 +256,9 @@ def test_frame_over_the_size_limit_closes_with_1009(policy):
 
 @contextlib.contextmanager
 def model_held(policy, monkeypatch):
-    """Hold the model's turn: `policy.act` waits until the yielded event is set."""
-    gate, entered, calls, act = threading.Event(), threading.Event(), [], policy.act
+    """Hold the model's turn: `policy.act_batch` (the server's model call) waits until the
+    yielded event is set."""
+    gate, entered, calls, act = threading.Event(), threading.Event(), [], policy.act_batch
 
     def held(*args, **kwargs):
         calls.append(args)
@@ -261,7 +266,7 @@ def model_held(policy, monkeypatch):
         assert gate.wait(60)
         return act(*args, **kwargs)
 
-    monkeypatch.setattr(policy, "act", held)
+    monkeypatch.setattr(policy, "act_batch", held)
     try:
         yield gate, entered, calls
     finally:
@@ -298,7 +303,7 @@ def test_request_over_the_time_limit_is_answered_and_never_runs(policy, monkeypa
         assert entered.wait(30)
         reply = ask(second, observation())
         assert reply == ("request timed out: no reply within 0.5 s (--request_timeout_s); "
-                         "requests wait for the model one at a time")
+                         "requests wait for the model's turn")
         assert first.recv(timeout=60).startswith("request timed out")
         gate.set()
         assert_serves(second)

@@ -24,8 +24,7 @@ from wallwm_jax.data.embodiment import Embodiment, read_embodiments
 from wallwm_jax.data.tokenizer import Tokenizer
 from wallwm_jax.data.transforms import ModelIO
 from wallwm_jax.export import load_bundle, runnable_modes, trained_mode
-from wallwm_jax.models import wallwm
-from wallwm_jax.models.decoding import staircase_decode, unrolled_layers
+from wallwm_jax.models.decoding import sample_rows, staircase_decode, unrolled_layers
 
 MODES = ("event", "unified", "chunk")
 T = TypeVar("T")
@@ -33,7 +32,8 @@ __all__ = ["MODES", "Policy", "load_policy", "runnable_modes", "trained_mode"]
 
 
 class Policy:
-    """A jitted policy over one set of params (batch of one observation), any mode.
+    """A jitted policy over one set of params, any mode: one observation (`act`) or several
+    stacked into one call (`act_batch`, what the server runs for concurrent requests).
 
     Inputs go through `wallwm_jax.data.transforms.ModelIO`, the preprocessing the training
     pipeline uses, so the model sees what it saw in training.
@@ -59,6 +59,7 @@ class Policy:
         self.io = ModelIO(config.data, norm_stats, self.tokenizer, embodiment=embodiment,
                           widths=widths)
         self.norm_stats = self.io.norm_stats
+        self.seed = seed
         self._rng = jax.random.PRNGKey(seed)
         self.modes = runnable_modes(config)
         self.mode = mode or self.modes[0]
@@ -77,8 +78,9 @@ class Policy:
         # Unified mode: at most this many tokens decoded per caption (a latency bound; a
         # caption cut short has no EOS). A traced argument: changing it recompiles nothing.
         self.max_caption_tokens = int(config.data.caption_len) - 1
-        self._sample = jax.jit(
-            lambda p, obs, rng: wallwm.sample_actions(model_cfg, p, obs, rng))
+        # `rng`: one key per row (uint32 [B, 2]): a row's noise is its own key's, whatever
+        # else is in the batch (`decoding.denoise_rows`).
+        self._sample = jax.jit(lambda p, obs, rng: sample_rows(model_cfg, p, obs, rng))
         self._decode = None
         if self.num_slots >= 2:
             bos_id, eos_id = self.tokenizer.bos_id, self.tokenizer.eos_id  # Gemma's: 2, 1
@@ -89,7 +91,13 @@ class Policy:
 
     def reset(self, seed: int) -> None:
         """Restart the sampling noise from `seed` (the evaluator seeds every episode)."""
+        self.seed = seed
         self._rng = jax.random.PRNGKey(seed)
+
+    def next_key(self) -> jax.Array:
+        """The next sampling key of the policy's own stream (what `act` uses by default)."""
+        self._rng, rng = jax.random.split(self._rng)
+        return rng
 
     def frames(self, image: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A single frame (the first camera) or {camera: frame} -> {camera: frame}."""
@@ -130,8 +138,8 @@ class Policy:
 
     def act(self, image: np.ndarray | dict[str, np.ndarray], state: np.ndarray,
             instruction: str, caption: str | None = None, *,
-            mode: str | None = None,
-            in_effect: str | np.ndarray | None = None) -> dict[str, Any]:
+            mode: str | None = None, in_effect: str | np.ndarray | None = None,
+            rng: jax.Array | None = None) -> dict[str, Any]:
         """image uint8 [H,W,3] (or {camera: image}, any size: resized to the model's),
         state float [S] -> `actions` [n, A] in raw units: the robot's actions, or position
         targets for a model trained with `data.action_target_gain` (run each through
@@ -144,20 +152,44 @@ class Policy:
         `duration_bin` per caption slot, `world` (uint8 [w,w,3], the predicted event-end
         frame) and, in unified mode, the `captions` (text, and their token ids `caption_ids`;
         the one in effect first when one was given) and `event_steps` per caption (the first:
-        the current event's remaining steps).
+        the current event's remaining steps). `rng`: the sampling key (default: the next of
+        the policy's own stream, `next_key`).
         """
         mode = self._check_mode(mode)
         obs = self.observation(image, state, instruction, caption, mode=mode,
                                in_effect=in_effect)
-        self._rng, rng = jax.random.split(self._rng)
+        return self.act_batch([obs], mode=mode, rngs=None if rng is None else [rng])[0]
+
+    def act_batch(self, observations: Sequence[Observation], *, mode: str | None = None,
+                  rngs: Sequence[jax.Array] | None = None,
+                  pad_to: int | None = None) -> list[dict[str, Any]]:
+        """Batch-of-one observations (`observation`, all of one mode) -> `act`'s result for
+        each, from one model call: a row's result equals `act` of it alone with its key
+        (`rngs`, one per observation; default the policy's next keys in order). `pad_to`
+        rows (>= len(observations)) fills the batch with copies of the last observation, so
+        callers compile one program per padded size; the copies' results are dropped."""
+        mode = self._check_mode(mode)
+        n = len(observations)
+        if n == 0:
+            return []
+        keys = [self.next_key() for _ in range(n)] if rngs is None else list(rngs)
+        if len(keys) != n:
+            raise ValueError(f"{n} observations but {len(keys)} keys")
+        rows = max(n, pad_to or n)
+        obs = jax.tree.map(lambda *x: np.concatenate(x + x[-1:] * (rows - n)), *observations)
+        key = np.stack([_raw_key(k) for k in keys + keys[-1:] * (rows - n)])  # uint32 [rows, 2]
         if mode == "unified":
-            out = self._decode(self.params, obs, rng, np.int32(self.max_caption_tokens))
+            out = self._decode(self.params, obs, key, np.int32(self.max_caption_tokens))
         else:
-            out = self._sample(self.params, obs, rng)
+            out = self._sample(self.params, obs, key)
         out = jax.device_get(out)
-        chunk = self.io.actions(np.asarray(out["actions"][0]))
-        bins = np.asarray(out["duration_bin"][0])
-        world = np.clip((np.asarray(out["world"][0]) + 1.0) * 127.5, 0, 255).astype(np.uint8)
+        return [self._result({k: v[i] for k, v in out.items()}, mode) for i in range(n)]
+
+    def _result(self, out: dict[str, np.ndarray], mode: str) -> dict[str, Any]:
+        """One row of the model's outputs -> `act`'s result (raw units, steps, captions)."""
+        chunk = self.io.actions(np.asarray(out["actions"]))
+        bins = np.asarray(out["duration_bin"])
+        world = np.clip((np.asarray(out["world"]) + 1.0) * 127.5, 0, 255).astype(np.uint8)
         result: dict[str, Any] = {"chunk": chunk, "duration_bin": bins, "world": world}
         steps = self.io.steps(bins)
         if mode == "chunk":
@@ -165,7 +197,7 @@ class Policy:
         elif mode == "event":
             n = int(steps[0])
         else:
-            captions = np.asarray(out["captions"][0])
+            captions = np.asarray(out["captions"])
             present = captions[:, 0] != 0
             result["captions"] = [self.tokenizer.decode(c) for c in captions[present]]
             result["caption_ids"] = captions[present]  # [n, caption_len], BOS first
@@ -199,6 +231,13 @@ class Policy:
         the step it is executed at: unchanged, or gain * (target - hand) for a policy that
         predicts position targets (hand = state dims 0-2)."""
         return self.io.env_action(action, state)
+
+
+def _raw_key(key: jax.Array) -> np.ndarray:
+    """A PRNG key, typed (`jax.random.key`) or raw (`PRNGKey`) -> its raw uint32 data."""
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        key = jax.random.key_data(key)
+    return np.asarray(key, np.uint32)
 
 
 METAWORLD_EMBODIMENT = "metaworld_sawyer"  # what data_builders.metaworld_events writes

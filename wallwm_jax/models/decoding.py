@@ -63,14 +63,66 @@ def unrolled_layers(model_cfg: Any, params: Any) -> tuple[ml_collections.FrozenC
     return ml_collections.FrozenConfigDict(config), params
 
 
+def per_row(rng: jax.Array) -> bool:
+    """Whether `rng` holds one key per batch row ([B] typed keys or uint32 [B, 2] raw ones)
+    rather than one key for the batch."""
+    typed = jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key)
+    return rng.ndim == (1 if typed else 2)
+
+
+def fold_in(rng: jax.Array, data: int | jax.Array) -> jax.Array:
+    """`jax.random.fold_in` of one key, or of each row's key (`per_row`)."""
+    if per_row(rng):
+        return jax.vmap(lambda key: jax.random.fold_in(key, data))(rng)
+    return jax.random.fold_in(rng, data)
+
+
 def _choose(logits: jax.Array, rng: jax.Array, step: int | jax.Array,
             temperature: float) -> jax.Array:
     """Next token int32 [B] from logits [B, V]: greedy at temperature 0, else sampled with
-    the key fold_in(rng, step) (the same key in cached and uncached decoding)."""
+    the key fold_in(rng, step) (the same key in cached and uncached decoding; with a key per
+    row, each row samples with its own)."""
     if temperature == 0.0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    key = jax.random.fold_in(rng, step)
+    key = fold_in(rng, step)
+    if per_row(rng):
+        return jax.vmap(lambda k, x: jax.random.categorical(k, x / temperature))(
+            key, logits).astype(jnp.int32)
     return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
+
+
+def denoise_rows(cfg: ml_collections.FrozenConfigDict, params: Any, obs: Observation,
+                 cache: Any, duration_bin: jax.Array, world: jax.Array, rng: jax.Array, *,
+                 num_steps: int | None = None) -> dict[str, jax.Array]:
+    """`wallwm.denoise` where `rng` may hold a key per row (`per_row`): each row then draws
+    its noise as a batch of one with its own key, so a request's actions do not depend on
+    the batch it was run in (the policy server stacks concurrent requests)."""
+    if not per_row(rng):
+        return denoise(cfg, params, obs, cache, duration_bin, world, rng, num_steps=num_steps)
+    if rng.shape[0] == 1:  # the batch-of-one program, as with a single key
+        return denoise(cfg, params, obs, cache, duration_bin, world, rng[0],
+                       num_steps=num_steps)
+
+    def one(obs, cache, duration_bin, world, key):
+        row = functools.partial(jax.tree.map, lambda x: x[None])
+        out = denoise(cfg, params, row(obs), jax.tree.map(lambda c: c[:, None], cache),
+                      row(duration_bin), row(world), key, num_steps=num_steps)
+        return jax.tree.map(lambda x: x[0], out)
+
+    cache_axes = jax.tree.map(lambda _: 1, cache)  # [L, B, N, K, H]
+    return jax.vmap(one, in_axes=(0, cache_axes, 0, 0, 0))(obs, cache, duration_bin, world,
+                                                           rng)
+
+
+def sample_rows(model_cfg: Any, params: Any, obs: Observation, rng: jax.Array, *,
+                num_steps: int | None = None) -> dict[str, jax.Array]:
+    """`wallwm.sample_actions` (event and chunk mode) with `rng` one key or a key per row
+    (`denoise_rows`): the prefix is encoded for the whole batch at once."""
+    cfg = _frozen(model_cfg)
+    cache, heads = WallWM(cfg).apply({"params": params}, obs, method=WallWM.encode)
+    duration_bin = jnp.argmax(heads["duration_logits"], -1).astype(jnp.int32)
+    return denoise_rows(cfg, params, obs, cache, duration_bin, heads["world"], rng,
+                        num_steps=num_steps)
 
 
 def _check(max_len: int, temperature: float) -> None:
@@ -276,6 +328,8 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
     `max_steps` (int or traced int32 scalar; default max_len - 1): at most this many tokens
     decoded per caption, a caption cut there has no EOS (a latency bound, and what
     benchmarks/serve.py uses to time typical caption lengths in the same compiled program).
+    `rng`: one key, or one per row (`per_row`: each row's captions and action noise then
+    equal those of the row decoded alone with its key).
     """
     _check(max_len, temperature)
     cfg, params = unrolled_layers(model_cfg, params)
@@ -298,7 +352,7 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
         offset, slot_start = n_prefix + k * max_len, real_prefix + k * max_len
         skip = ~need if k else (None if current_caption is None else current_caption[:, 0] != 0)
         tokens, _, duration, cache, cache_mask = _decode_slot(
-            model, variables, cache, cache_mask, offset, slot_start, jax.random.fold_in(rng, k),
+            model, variables, cache, cache_mask, offset, slot_start, fold_in(rng, k),
             max_len=max_len, temperature=temperature, bos_id=bos_id, eos_id=eos_id,
             skip=skip, with_logits=False, max_steps=max_steps)
         if k == 0 and current_caption is not None:
@@ -310,8 +364,8 @@ def staircase_decode(model_cfg: Any, params: Any, obs: Observation, rng: jax.Arr
         present = captions[:, :k + 1, 0] != 0
         covered = jnp.sum(jnp.where(present, duration_steps(cfg, bins[:, :k + 1]), 0), axis=1)
         need = need & (covered < cfg.max_event_len)
-    out = denoise(cfg, params, obs.replace(caption=captions), cache, bins, heads["world"],
-                  jax.random.fold_in(rng, num_slots), num_steps=num_steps)
+    out = denoise_rows(cfg, params, obs.replace(caption=captions), cache, bins, heads["world"],
+                       fold_in(rng, num_slots), num_steps=num_steps)
     return dict(out, captions=captions)
 
 
