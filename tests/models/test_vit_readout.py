@@ -83,6 +83,11 @@ def test_readout_none_keeps_patch_tokens_and_bad_name_fails():
     p_plain = plain.init(jax.random.key(0), image)
     p_keyed = keyed.init(jax.random.key(0), image)
     assert set(p_plain["params"]) < set(p_keyed["params"])
+    for readout in ("patch_keypoints", "pixel_keypoints"):  # logical axes name every dim
+        boxed = ViT(patch_size=8, width=8, depth=1, num_heads=2, mlp_dim=16, out_width=4,
+                    readout=readout).init(jax.random.key(0), image)["params"]
+        for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+            assert isinstance(leaf, nn.Partitioned) and len(leaf.names) == leaf.value.ndim
     a = plain.apply(p_plain, image)
     b = keyed.apply({"params": {**p_keyed["params"], **p_plain["params"]}}, image)
     assert a.shape == (2, 4, 4) and b.shape == (2, 4 + 5, 4)

@@ -3,6 +3,8 @@ optionally followed by keypoint tokens (a spatial-softmax read-out of where thin
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -167,10 +169,12 @@ class ViT(nn.Module):
                            name="keypoint_logits")(patches).reshape(-1, gh, gw, k)
         else:
             x = image.astype(jnp.float32) / 127.5 - 1.0
-            x = nn.gelu(nn.Conv(16, (3, 3), padding="SAME", dtype=self.dtype,
-                                param_dtype=jnp.float32, name="keypoint_conv")(x))
-            logits = nn.Conv(k, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                             name="keypoint_logits")(x)
+            conv = functools.partial(
+                nn.Conv, dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=partitioned(nn.initializers.lecun_normal(), (None,) * 4),
+                bias_init=partitioned(nn.initializers.zeros_init(), (None,)))
+            x = nn.gelu(conv(16, (3, 3), padding="SAME", name="keypoint_conv")(x))
+            logits = conv(k, (1, 1), name="keypoint_logits")(x)
         scale = self.param("keypoint_scale", partitioned(nn.initializers.ones_init(), (None,)),
                            (k,), jnp.float32)
         xy = spatial_softmax(logits, scale)  # [N, K, 2]
