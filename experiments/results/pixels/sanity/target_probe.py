@@ -5,6 +5,7 @@ step (the reset frame draws the goal where it was before, docs/pixels.md). RÂ² â
 policy predicts no better than the scenes' mean offset, i.e. it ignores the scene.
 
     python experiments/results/pixels/sanity/target_probe.py CHECKPOINT_DIR... [--scenes 20]
+        [--step N]   (a checkpoint's step: the latest by default)
 
 Prints one JSON line per policy and task. The expert's offset is read through the
 simulator (privileged): this is a diagnosis, not an evaluation.
@@ -32,9 +33,10 @@ def r2(pred: np.ndarray, true: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else round(float(v), 2) for v in out]
 
 
-def probe(path: str, task: str, scenes: int) -> dict:
-    """First-step target offsets of the policy at `path` and of the expert on `task`."""
-    policy = load_actor(PolicySpec(path))
+def probe(path: str, task: str, scenes: int, step: int | None = None) -> dict:
+    """First-step target offsets of the policy at `path` (checkpoint `step`, None: the
+    latest) and of the expert on `task`."""
+    policy = load_actor(PolicySpec(path, step=step))
     pred, true = [], []
     for seed in scene_seeds("mt10_seen", task, "dev", scenes):
         env = MetaWorldTask(task, seed=seed, image_size=policy.config.data.image_size,
@@ -50,7 +52,7 @@ def probe(path: str, task: str, scenes: int) -> dict:
         finally:
             env.close()
     pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-    return {"policy": path, "task": task, "scenes": scenes, "r2_xy": r2(pred, true),
+    return {"policy": path, "step": step, "task": task, "scenes": scenes, "r2_xy": r2(pred, true),
             "expert_std_xy": true.std(0).round(3).tolist(),
             "policy_std_xy": pred.std(0).round(3).tolist()}
 
@@ -60,10 +62,11 @@ def main() -> None:
     parser.add_argument("policies", nargs="+", help="checkpoint directories or exports")
     parser.add_argument("--tasks", default="reach-v3,push-v3")
     parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
     args = parser.parse_args()
     for path in args.policies:
         for task in args.tasks.split(","):
-            print(json.dumps(probe(path, task, args.scenes)), flush=True)
+            print(json.dumps(probe(path, task, args.scenes, args.step)), flush=True)
 
 
 if __name__ == "__main__":
