@@ -27,6 +27,12 @@ def _reference(logits: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return out
 
 
+def _assert_named(params) -> None:
+    """Every param carries one logical axis name per dim (the sharding rules zip them)."""
+    for leaf in jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
+        assert isinstance(leaf, nn.Partitioned) and len(leaf.names) == leaf.value.ndim
+
+
 def test_spatial_softmax_matches_loops_and_places_peaks():
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(2, 3, 5, 4)).astype(np.float32)
@@ -51,7 +57,9 @@ def test_pixel_keypoints_find_a_red_pixel_and_follow_each_camera():
     image = np.zeros((1, 2, 48, 48, 3), np.uint8)
     image[0, 0, 5, 40, 0] = 255  # camera 0: row 5, column 40
     image[0, 1, 30, 2, 0] = 255  # camera 1: row 30, column 2
-    params = jax.tree.map(np.array, nn.unbox(vit.init(jax.random.key(0), image))["params"])
+    boxed = vit.init(jax.random.key(0), image)["params"]
+    _assert_named(boxed)
+    params = jax.tree.map(np.array, nn.unbox(boxed))
     conv = params["keypoint_conv"]  # hidden 0 = 5 (r - g - b - 1), inputs in [-1, 1]:
     conv["kernel"][:] = 0.0  # 10 at a red pixel, 0 at black, -10 at white
     conv["bias"][:] = 0.0
@@ -83,11 +91,7 @@ def test_readout_none_keeps_patch_tokens_and_bad_name_fails():
     p_plain = plain.init(jax.random.key(0), image)
     p_keyed = keyed.init(jax.random.key(0), image)
     assert set(p_plain["params"]) < set(p_keyed["params"])
-    for readout in ("patch_keypoints", "pixel_keypoints"):  # logical axes name every dim
-        boxed = ViT(patch_size=8, width=8, depth=1, num_heads=2, mlp_dim=16, out_width=4,
-                    readout=readout).init(jax.random.key(0), image)["params"]
-        for leaf in jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.Partitioned)):
-            assert isinstance(leaf, nn.Partitioned) and len(leaf.names) == leaf.value.ndim
+    _assert_named(p_keyed["params"])
     a = plain.apply(p_plain, image)
     b = keyed.apply({"params": {**p_keyed["params"], **p_plain["params"]}}, image)
     assert a.shape == (2, 4, 4) and b.shape == (2, 4 + 5, 4)
