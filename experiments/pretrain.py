@@ -179,6 +179,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.image_size = config.data.get_ref("image_size")
     config.model.cameras = len(config.data.cameras)  # set both when changing cameras
     config.model.patch_size = s["patch"]
+    # Keypoint tokens after each camera's patches (wallwm_jax/models/vit.py READOUTS): none |
+    # patch_keypoints | pixel_keypoints (spatial softmax over patches or pixels, docs/pixels.md)
+    config.model.vision_readout = "none"
+    config.model.vision_keypoints = 16
     config.model.vit_width = s["vit_width"]
     config.model.vit_depth = s["vit_depth"]
     config.model.vit_heads = s["vit_heads"]

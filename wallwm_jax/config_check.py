@@ -25,6 +25,7 @@ REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_save
 ATTENTION = ("auto", "xla", "cudnn", "splash")
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 CAPTION_MASKS = ("staircase", "causal")
+VISION_READOUTS = ("none", "patch_keypoints", "pixel_keypoints")  # models.vit.READOUTS
 NORM_MODES = ("mean_std", "quantile")
 ON_NONFINITE = ("stop", "skip")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -294,6 +295,9 @@ def _model(config: ml_collections.ConfigDict) -> None:
     _choice(config, "model.attention", ATTENTION)
     _choice(config, "model.dtype", DTYPES)
     _choice(config, "model.caption_mask", CAPTION_MASKS)
+    if "vision_readout" in config.model:
+        _choice(config, "model.vision_readout", VISION_READOUTS)
+        _int(config, "model.vision_keypoints", low=1)
     _number(config, "model.flow_beta_a", low=0.0, open_low=True)
     _number(config, "model.flow_beta_b", low=0.0, open_low=True)
     for name in ("action", "caption", "duration", "world"):

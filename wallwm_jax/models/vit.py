@@ -1,6 +1,9 @@
-"""SigLIP-style vision encoder: uint8 camera image -> image tokens at the backbone width."""
+"""SigLIP-style vision encoder: uint8 camera image -> image tokens at the backbone width,
+optionally followed by keypoint tokens (a spatial-softmax read-out of where things are)."""
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -16,6 +19,26 @@ from wallwm_jax.models.layers import (
     remat_policy,
     resolve_attention,
 )
+
+# `model.vision_readout`: none (patch tokens only) | patch_keypoints (softmax over the ViT's
+# output patches) | pixel_keypoints (softmax over the pixels of a small conv on the image).
+READOUTS = ("none", "patch_keypoints", "pixel_keypoints")
+
+
+def spatial_softmax(logits: jax.Array, scale: jax.Array | float = 1.0) -> jax.Array:
+    """Per channel, the expected (x, y) of a softmax over the grid positions.
+
+    logits [N, H, W, K] -> f32 [N, K, 2]; coordinates in [-1, 1] at cell centres (x: column,
+    left to right; y: row, top to bottom); `scale` [K] (or a number) multiplies the logits
+    (an inverse temperature). Why: it turns "which cells light up" into two numbers per channel
+    that a linear map can read, with sub-cell precision (Levine et al. 2016, deep spatial
+    autoencoders)."""
+    n, h, w, k = logits.shape
+    prob = jax.nn.softmax(logits.astype(jnp.float32).reshape(n, h * w, k) * scale, axis=1)
+    xs = (jnp.arange(w, dtype=jnp.float32) + 0.5) / w * 2 - 1
+    ys = (jnp.arange(h, dtype=jnp.float32) + 0.5) / h * 2 - 1
+    grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1).reshape(h * w, 2)
+    return jnp.einsum("npk,pc->nkc", prob, grid)
 
 
 class ViTBlock(nn.Module):
@@ -54,6 +77,8 @@ class ViT(nn.Module):
 
     Several cameras: image [B, C, H, W, 3] -> tokens [B, C*(H/p)*(W/p), out_width]; every
     camera goes through the same weights, plus a learned per-camera embedding (C = cameras).
+    With a keypoint `readout` each camera's tokens are its patches then `keypoints` tokens
+    (still camera-major): (H/p)*(W/p) + keypoints per camera.
     """
 
     patch_size: int
@@ -67,6 +92,8 @@ class ViT(nn.Module):
     remat_policy: str = "none"
     attention_impl: str = "auto"  # config.model.attention
     cameras: int = 1
+    readout: str = "none"  # READOUTS: keypoint tokens appended to each camera's patch tokens
+    keypoints: int = 16  # K keypoint tokens per camera (readout != "none")
 
     @nn.compact
     def __call__(self, image: jax.Array, project: bool = True) -> jax.Array:
@@ -99,11 +126,13 @@ class ViT(nn.Module):
                          partitioned(nn.initializers.normal(0.02), ("patch", "embed")),
                          (gh * gw, d), jnp.float32)
         x = x + pos.astype(self.dtype)[None]
-        if self.cameras > 1:  # which camera a patch comes from
+        cam = 0.0
+        if self.cameras > 1:  # which camera a patch (and a keypoint token) comes from
             cam = self.param("camera_embedding",
                              partitioned(nn.initializers.normal(0.02), (None, "embed")),
                              (self.cameras, d), jnp.float32)
-            x = x + jnp.tile(cam.astype(self.dtype), (b // self.cameras, 1))[:, None, :]
+            cam = jnp.tile(cam.astype(self.dtype), (b // self.cameras, 1))[:, None, :]
+            x = x + cam
         block_args = (self.num_heads, self.mlp_dim, self.dtype, self.attention_impl, self.scan)
         if self.scan:
             block = ViTBlock
@@ -119,7 +148,39 @@ class ViT(nn.Module):
             for i in range(self.depth):
                 x = block(*block_args, name=f"block_{i}")(x)
         x = layer_norm("embed", self.dtype, name="ln_final")(x)
+        if self.readout != "none":
+            x = jnp.concatenate([x, self._keypoint_tokens(image, x, gh, gw) + cam], axis=1)
         if not project:
             return x
         return dense(self.out_width, (None, "embed"), dtype=self.dtype, use_bias=True,
                      name="to_backbone")(x)
+
+    def _keypoint_tokens(self, image: jax.Array, patches: jax.Array, gh: int,
+                         gw: int) -> jax.Array:
+        """K keypoint tokens [N, K, vit_width]: token k = W (x_k, y_k) + e_k, (x_k, y_k) the
+        spatial softmax of channel k over the patches (patch_keypoints) or the pixels
+        (pixel_keypoints: a 3x3 conv, GELU, a 1x1 conv on the image, which can place a
+        one-pixel goal that a whole 8-px patch blurs)."""
+        if self.readout not in READOUTS:
+            raise ValueError(f"model.vision_readout={self.readout!r}: expected one of {READOUTS}")
+        k, d = self.keypoints, patches.shape[-1]
+        if self.readout == "patch_keypoints":
+            logits = dense(k, ("embed", None), dtype=self.dtype, use_bias=True,
+                           name="keypoint_logits")(patches).reshape(-1, gh, gw, k)
+        else:
+            x = image.astype(jnp.float32) / 127.5 - 1.0
+            conv = functools.partial(
+                nn.Conv, dtype=self.dtype, param_dtype=jnp.float32,
+                kernel_init=partitioned(nn.initializers.lecun_normal(), (None,) * 4),
+                bias_init=partitioned(nn.initializers.zeros_init(), (None,)))
+            x = nn.gelu(conv(16, (3, 3), padding="SAME", name="keypoint_conv")(x))
+            logits = conv(k, (1, 1), name="keypoint_logits")(x)
+        scale = self.param("keypoint_scale", partitioned(nn.initializers.ones_init(), (None,)),
+                           (k,), jnp.float32)
+        xy = spatial_softmax(logits, scale)  # [N, K, 2]
+        emb = self.param("keypoint_embedding",
+                         partitioned(nn.initializers.normal(0.02), (None, "embed")), (k, d),
+                         jnp.float32)
+        tokens = dense(d, (None, "embed"), dtype=self.dtype, use_bias=True,
+                       name="keypoint_in")(xy.astype(self.dtype))
+        return tokens + emb.astype(self.dtype)[None]

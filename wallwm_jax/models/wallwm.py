@@ -87,7 +87,9 @@ class WallWM(nn.Module):
                        cfg.vit_mlp_dim, cfg.width, dtype, scan=cfg.scan_layers,
                        remat_policy=cfg.remat_policy,
                        attention_impl=cfg.get("attention", "auto"),
-                       cameras=cfg.get("cameras", 1))
+                       cameras=cfg.get("cameras", 1),
+                       readout=cfg.get("vision_readout", "none"),
+                       keypoints=cfg.get("vision_keypoints", 16))
         self.embedder = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
                                  embedding_init=partitioned(nn.initializers.normal(0.02),
                                                             ("vocab", "embed")))

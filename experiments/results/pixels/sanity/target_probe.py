@@ -5,6 +5,10 @@ step (the reset frame draws the goal where it was before, docs/pixels.md). R² �
 policy predicts no better than the scenes' mean offset, i.e. it ignores the scene.
 
     python experiments/results/pixels/sanity/target_probe.py CHECKPOINT_DIR... [--scenes 20]
+        [--step N]   (a checkpoint's step: the latest by default)
+        [--samples K]   (the mean of K sampled chunks per scene: 1 by default, as executed;
+                         K > 1 removes the flow sampler's noise, so R² then says whether the
+                         policy's mean action follows the scene)
 
 Prints one JSON line per policy and task. The expert's offset is read through the
 simulator (privileged): this is a diagnosis, not an evaluation.
@@ -32,9 +36,11 @@ def r2(pred: np.ndarray, true: np.ndarray) -> list[float | None]:
     return [None if np.isnan(v) else round(float(v), 2) for v in out]
 
 
-def probe(path: str, task: str, scenes: int) -> dict:
-    """First-step target offsets of the policy at `path` and of the expert on `task`."""
-    policy = load_actor(PolicySpec(path))
+def probe(path: str, task: str, scenes: int, step: int | None = None,
+          samples: int = 1) -> dict:
+    """First-step target offsets of the policy at `path` (checkpoint `step`, None: the
+    latest; the mean of `samples` sampled chunks) and of the expert on `task`."""
+    policy = load_actor(PolicySpec(path, step=step))
     pred, true = [], []
     for seed in scene_seeds("mt10_seen", task, "dev", scenes):
         env = MetaWorldTask(task, seed=seed, image_size=policy.config.data.image_size,
@@ -44,13 +50,15 @@ def probe(path: str, task: str, scenes: int) -> dict:
             obs, _ = env.step(np.zeros(4, np.float32))
             policy.reset(seed % 2**31)
             images = {k: v for k, v in obs.items() if k.startswith("image")}
-            out = policy.act(images, obs["state"], captions.instruction(task, variant=0))
-            pred.append(out["chunk"][0, :2] - obs["state"][:2])
+            first = [policy.act(images, obs["state"], captions.instruction(task, variant=0))
+                     ["chunk"][0, :2] for _ in range(samples)]
+            pred.append(np.mean(first, axis=0) - obs["state"][:2])
             true.append(np.clip(env.expert_action(), -1, 1)[:2] / 10)
         finally:
             env.close()
     pred, true = np.asarray(pred, np.float64), np.asarray(true, np.float64)
-    return {"policy": path, "task": task, "scenes": scenes, "r2_xy": r2(pred, true),
+    return {"policy": path, "step": step, "samples": samples, "task": task, "scenes": scenes,
+            "r2_xy": r2(pred, true),
             "expert_std_xy": true.std(0).round(3).tolist(),
             "policy_std_xy": pred.std(0).round(3).tolist()}
 
@@ -60,10 +68,12 @@ def main() -> None:
     parser.add_argument("policies", nargs="+", help="checkpoint directories or exports")
     parser.add_argument("--tasks", default="reach-v3,push-v3")
     parser.add_argument("--scenes", type=int, default=20)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (latest)")
+    parser.add_argument("--samples", type=int, default=1, help="chunks averaged per scene")
     args = parser.parse_args()
     for path in args.policies:
         for task in args.tasks.split(","):
-            print(json.dumps(probe(path, task, args.scenes)), flush=True)
+            print(json.dumps(probe(path, task, args.scenes, args.step, args.samples)), flush=True)
 
 
 if __name__ == "__main__":
