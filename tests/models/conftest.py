@@ -38,7 +38,9 @@ def make_batch(cfg, batch_size=4, seed=0):
         cuts = np.sort(rng.integers(1, tmax, max(int(present[b].sum()) - 1, 0)))
         events[b] = np.searchsorted(cuts, np.arange(tmax), side="right")
     obs = Observation(
-        image=rng.integers(0, 256, (batch_size, cfg.image_size, cfg.image_size, 3), np.uint8),
+        image=rng.integers(0, 256, (batch_size, *([cfg.cameras] if cfg.get("cameras", 1) > 1
+                                                  else []), cfg.image_size, cfg.image_size, 3),
+                             np.uint8),
         state=rng.normal(size=(batch_size, cfg.state_dim)).astype(np.float32),
         instruction=tokens((batch_size,), rng.integers(1, li + 1, batch_size)),
         caption=caption)

@@ -22,11 +22,14 @@ def _xla_train_step_flops(cfg, batch):
     return float(cost["flops"])
 
 
-@pytest.mark.parametrize("variant", ["tiny", "tiny_unified", "small_depth2"])
+@pytest.mark.parametrize("variant", ["tiny", "tiny_unified", "small_depth2",
+                                     "tiny_2cams_keypoints"])
 def test_analytic_flops_match_xla(variant, batch_factory):
     arg = {"tiny": "size=tiny", "tiny_unified": "size=tiny,mode=unified",
-           "small_depth2": "size=small"}[variant]
+           "small_depth2": "size=small", "tiny_2cams_keypoints": "size=tiny"}[variant]
     cfg = get_config(arg).model
+    if variant == "tiny_2cams_keypoints":  # attention per camera; keypoint tokens reach the
+        cfg.cameras, cfg.vision_readout = 2, "pixel_keypoints"  # backbone (docs/pixels.md)
     if variant == "small_depth2":
         cfg.depth, cfg.vit_depth = 2, 2
     cfg.scan_layers = False

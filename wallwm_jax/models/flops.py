@@ -19,7 +19,11 @@ def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
     """Forward matmul FLOPs per component of `WallWM.__call__` with `num_captions` caption
     slots of `caption_len` tokens (1 in event mode, `model.max_captions` in unified, 0 chunk)."""
     c, b = model_cfg, float(batch_size)
-    n_img = (c.image_size // c.patch_size) ** 2 * c.get("cameras", 1)
+    cams = c.get("cameras", 1)
+    n_patch = (c.image_size // c.patch_size) ** 2 * cams  # what the ViT's blocks see
+    readout = c.get("vision_readout", "none")
+    k = c.get("vision_keypoints", 16) if readout != "none" else 0
+    n_img = n_patch + k * cams  # what reaches the backbone: patches, then keypoint tokens
     n_caption = num_captions * caption_len
     n_vlm = n_img + instruction_len + n_caption
     n_act = c.max_event_len
@@ -29,11 +33,18 @@ def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
         return 2.0 * m * k * n
 
     vw = c.vit_width
-    vit = mm(b * n_img, c.patch_size ** 2 * 3, vw)  # patch embedding (a strided conv)
+    n_cam = n_patch // cams  # the ViT attends within one camera's patches
+    vit = mm(b * n_patch, c.patch_size ** 2 * 3, vw)  # patch embedding (a strided conv)
     vit += c.vit_depth * (
-        4 * mm(b * n_img, vw, vw)  # q, k, v, out (heads * head_dim = width)
-        + 2 * mm(b * c.vit_heads * n_img, vw // c.vit_heads, n_img)  # QK^T and AV
-        + 2 * mm(b * n_img, vw, c.vit_mlp_dim))
+        4 * mm(b * n_patch, vw, vw)  # q, k, v, out (heads * head_dim = width)
+        + 2 * mm(b * c.vit_heads * n_patch, vw // c.vit_heads, n_cam)  # QK^T and AV
+        + 2 * mm(b * n_patch, vw, c.vit_mlp_dim))
+    if readout == "patch_keypoints":  # keypoint logits from the output patches
+        vit += mm(b * n_patch, vw, k)
+    elif readout == "pixel_keypoints":  # 3x3 conv (3 -> 16) and 1x1 conv (16 -> K) per pixel
+        pixels = b * cams * c.image_size ** 2
+        vit += mm(pixels, 27, 16) + mm(pixels, 16, k)
+    vit += mm(b * cams * k, 2, vw)  # keypoint_in: (x, y) -> a token
     vit += mm(b * n_img, vw, c.width)  # to_backbone
 
     qkv_out = c.num_heads * c.head_dim
