@@ -1,4 +1,7 @@
-"""Grain event pipeline: sample contents, determinism, worker-count independence, resume."""
+"""Grain event pipeline: sample contents, determinism, worker-count independence, resume,
+Grain's read-ahead bounded by the config."""
+
+import time
 
 import jax
 import numpy as np
@@ -9,9 +12,11 @@ from wallwm_jax.data.episodes import open_dataset
 from wallwm_jax.data.pipeline import (
     duration_bin,
     make_pipeline,
+    read_options,
     scan_events,
     to_event_batch,
 )
+from wallwm_jax.data.sampler import EventSampler
 
 
 def test_duration_bins_use_upper_edges():
@@ -355,3 +360,24 @@ def test_samples_without_an_episode_cache_equal_cached_ones(tiny_config, layout,
             np.testing.assert_array_equal(a[key], b[key], err_msg=key)
             assert a[key].dtype == b[key].dtype, key
     assert len(cached._cache) > 0 and len(cold._cache) == 0
+
+
+def test_read_options_come_from_the_config(tiny_config):
+    tiny_config.data.read_threads, tiny_config.data.read_ahead = 3, 5
+    options = read_options(tiny_config.data)
+    assert (options.num_threads, options.prefetch_buffer_size) == (3, 5)
+
+
+def test_one_batch_computes_at_most_read_ahead_more(tiny_config, monkeypatch):
+    calls = []
+    real = EventSampler.__call__
+    monkeypatch.setattr(EventSampler, "__call__",
+                        lambda self, i: calls.append(i) or real(self, i))
+    cfg = tiny_config.data
+    cfg.read_threads, cfg.read_ahead = 2, 3
+    pipe = make_pipeline(cfg, global_batch=8, seed=0)
+    next(pipe.iterator)
+    # Grain's defaults would go on computing batches on 16 threads for seconds (4,000 samples
+    # of this dataset in ~2 CPU-s); bounded, the count stops at (1 + read_ahead) batches.
+    time.sleep(1.5)
+    assert 8 <= len(calls) <= (1 + 3) * 8
