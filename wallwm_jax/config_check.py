@@ -189,7 +189,7 @@ def _data(config: ml_collections.ConfigDict) -> None:
                  "data.world_size"):
         _int(config, path, low=1)
     _int(config, "data.num_workers", low=0)
-    if "read_threads" in config.data:  # configs saved before the field keep Grain's reading
+    if "read_threads" in config.data:  # configs saved before the field read with the defaults
         _int(config, "data.read_threads", low=0)
         _int(config, "data.read_ahead", low=0)
     _choice(config, "data.norm_mode", NORM_MODES)
