@@ -13,7 +13,13 @@ import contextlib
 import numpy as np
 import pytest
 
-from tests.test_serve_refusals import ask, client, observation, running
+from tests.test_serve_refusals import (  # noqa: F401 -- timeout_impl is a fixture
+    ask,
+    client,
+    observation,
+    running,
+    timeout_impl,
+)
 
 # One worker runs the module: its policies compile once.
 pytestmark = pytest.mark.xdist_group("serve_batching")
@@ -69,9 +75,11 @@ def test_concurrent_clients_get_the_one_at_a_time_actions(policies, mode, client
     assert np.abs(batched[0]["actions"][:n] - batched[1]["actions"][:n]).max() > 1e-3
 
 
+@pytest.mark.usefixtures("timeout_impl")
 def test_refused_request_beside_a_batch_gets_its_error_alone(policies):
     """Three clients wait in a batch of four; the fourth sends a NaN state (refused at once,
-    while the others wait), then a good request, which completes the batch."""
+    while the others wait), then a good request, which completes the batch. With Python
+    3.10's timeout too: a batch that closed early (at 3) would fail the batch-size check."""
     policy = policies["event"]
     nan = observation(**{"observation/state": np.array([0.0, np.nan, 0.2, 1.0], np.float32)})
     requests = [[varied(0)], [varied(1)], [varied(2)], [nan, varied(3)]]

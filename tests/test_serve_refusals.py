@@ -292,9 +292,53 @@ def test_checks_do_not_wait_for_the_model(policy, monkeypatch):
         assert len(calls) == 2
 
 
-def test_request_over_the_time_limit_is_answered_and_never_runs(policy, monkeypatch):
+@pytest.fixture(params=["asyncio.timeout", "deadline"])
+def timeout_impl(request, monkeypatch):
+    """The server's timeouts as Python 3.11+ runs them (`asyncio.timeout`) and as 3.10 runs
+    them (`serve.deadline`), both on this interpreter."""
+    import wallwm_jax.serve as serve_module
+
+    impl = asyncio.timeout if request.param == "asyncio.timeout" else serve_module.deadline
+    monkeypatch.setattr(serve_module, "timeout", impl)
+    return request.param
+
+
+def test_deadline_raises_timeout_and_keeps_other_cancellations():
+    """Python 3.10's stand-in for `asyncio.timeout`: the builtin TimeoutError when the time is
+    up, nothing when the body finishes in time, and a cancellation from elsewhere stays one."""
+    from wallwm_jax.serve import deadline
+
+    async def late():
+        async with deadline(0.05):
+            await asyncio.sleep(30)
+
+    async def in_time():
+        async with deadline(30):
+            await asyncio.sleep(0)
+        await asyncio.sleep(0.1)  # the cancelled timer never fires afterwards
+        return "done"
+
+    async def cancelled_from_outside():
+        task = asyncio.ensure_future(late_long())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def late_long():
+        async with deadline(30):
+            await asyncio.sleep(30)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(late())
+    assert asyncio.run(in_time()) == "done"
+    asyncio.run(cancelled_from_outside())
+
+
+def test_request_over_the_time_limit_is_answered_and_never_runs(policy, monkeypatch,
+                                                                 timeout_impl):
     """A request still waiting for the model when its time is up gets a one-line reply and is
-    dropped from the queue; the server serves the next one."""
+    dropped from the queue; the server serves the next one (with either timeout)."""
     from wallwm_jax.serve import packb
 
     with running(policy, request_timeout_s=0.5) as port, client(port) as first, \
