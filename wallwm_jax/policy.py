@@ -24,7 +24,12 @@ from wallwm_jax.data.embodiment import Embodiment, read_embodiments
 from wallwm_jax.data.tokenizer import Tokenizer
 from wallwm_jax.data.transforms import ModelIO
 from wallwm_jax.export import load_bundle, runnable_modes, trained_mode
-from wallwm_jax.models.decoding import sample_rows, staircase_decode, unrolled_layers
+from wallwm_jax.models.decoding import (
+    cast_for_inference,
+    sample_rows,
+    staircase_decode,
+    unrolled_layers,
+)
 
 MODES = ("event", "unified", "chunk")
 T = TypeVar("T")
@@ -45,6 +50,8 @@ class Policy:
         # Layer stacks split once here, not per call: a batch-1 step then reads each layer's
         # weights in place (`unrolled_layers`); `model_config` is the config they fit.
         self.model_config, params = unrolled_layers(config.model, params)
+        # bf16 compute: the decoder's weights stored in bf16 once, not cast per token step.
+        params = cast_for_inference(self.model_config, params)
         # On the device once: a numpy tree here would be copied host->device on every act().
         self.params = jax.device_put(params)
         self.config = config

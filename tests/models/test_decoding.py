@@ -221,3 +221,49 @@ def test_staircase_decode_max_steps_cuts_captions_in_one_program(unified_cfg, ba
     np.testing.assert_array_equal(np.asarray(again["duration_bin"])[present],
                                   np.asarray(cut["duration_bin"])[present])
     np.testing.assert_allclose(again["actions"], cut["actions"], atol=1e-5, rtol=0)
+
+
+def test_bf16_policy_casts_decoder_weights_once_with_the_same_outputs(trained_policies,
+                                                                      monkeypatch):
+    """With bf16 compute (forced here on CPU), `Policy` stores the decoder layers' kernels and
+    the embedding in bf16 (`cast_for_inference`): the unified decode (captions, durations,
+    actions) is the same bit for bit as with fp32-stored weights, and the compiled program
+    casts no weight of that shape to bf16 any more (before: every token step did)."""
+    import re
+
+    import wallwm_jax.policy as policy_module
+    from wallwm_jax.bundle import load_bundle
+    from wallwm_jax.policy import Policy
+    from wallwm_jax.tree_names import path_name
+
+    params, config, norm_stats, tokenizer = load_bundle(trained_policies["unified"].export)
+    config.model.dtype = "bfloat16"
+
+    def build():
+        policy = Policy(params, config, norm_stats, tokenizer, mode="unified")
+        obs = policy.observation({"image": np.full((32, 32, 3), 90, np.uint8)},
+                                 np.array([0.1, 0.2, 0.3, 0.4], np.float32), "reach the goal", "")
+        compiled = policy._decode.lower(policy.params, obs, jax.random.PRNGKey(3)[None],
+                                        jnp.int32(MAX_LEN)).compile()
+        out = compiled(policy.params, obs, jax.random.PRNGKey(3)[None], jnp.int32(MAX_LEN))
+        return policy, compiled.as_text(), jax.tree.map(np.asarray, out)
+
+    cast, cast_hlo, cast_out = build()
+    monkeypatch.setattr(policy_module, "cast_for_inference", lambda cfg, p: p)
+    kept, kept_hlo, kept_out = build()
+
+    stored = {path_name(k): v.dtype for k, v in jax.tree_util.tree_leaves_with_path(cast.params)}
+    assert stored["decoder/layers_0/backbone/mlp/up/kernel"] == jnp.bfloat16
+    assert stored["embedder/embedding"] == jnp.bfloat16
+    assert stored["decoder/layers_0/backbone/attn_norm/scale"] == jnp.float32
+    assert stored["action_out/kernel"] == jnp.float32  # an fp32 head stays fp32
+    assert jax.tree.structure(cast_out) == jax.tree.structure(kept_out)
+    for a, b in zip(jax.tree.leaves(cast_out), jax.tree.leaves(kept_out), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+    kernel = kept.params["decoder"]["layers_0"]["backbone"]["mlp"]["up"]["kernel"]
+    shape = ",".join(map(str, kernel.shape))
+    # a cast of a decoder weight of that shape to bf16 (the ViT's, once per request, may stay)
+    pattern = rf"= bf16\[{shape}\]\S* convert\([^\n]*decoder/layers"
+    assert re.search(pattern, kept_hlo), "the fp32-stored policy should cast this weight"
+    assert not re.search(pattern, cast_hlo)

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from wallwm_jax.data.batches import Observation
+from wallwm_jax.models.layers import compute_dtype
 from wallwm_jax.models.wallwm import (
     WallWM,
     _frozen,
@@ -61,6 +62,29 @@ def unrolled_layers(model_cfg: Any, params: Any) -> tuple[ml_collections.FrozenC
                      for i in range(depth)})
         params[module] = tree
     return ml_collections.FrozenConfigDict(config), params
+
+
+def cast_for_inference(model_cfg: Any, params: Any, platform: str | None = None) -> Any:
+    """`params` with the decoder layers' matmul weights and the token embedding stored in the
+    compute dtype (`model.dtype` on `platform`) when that is not float32; unchanged otherwise.
+
+    Those weights are only read in the compute dtype (each layer casts its fp32 kernel before
+    the matmul), so the outputs are the same bit for bit; but inside the token loop XLA casts
+    them again at every token step (the casts sit in the loop body, fused with the dots), so a
+    batch-1 token step read the fp32 weights and wrote bf16 copies of them. Cast once here,
+    a step reads half the bytes and casts nothing. Norm scales and the fp32 heads stay fp32."""
+    dtype = compute_dtype(_frozen(model_cfg).dtype, platform)
+    if dtype == jnp.float32:
+        return params
+
+    def cast(path: tuple, leaf: Any) -> Any:
+        names = [getattr(k, "key", str(k)) for k in path]
+        in_layers = names[0] == "decoder" and names[1].startswith("layers")
+        matmul = in_layers and names[-1] == "kernel" or names[:2] == ["embedder", "embedding"]
+        return leaf.astype(dtype) if matmul and jnp.issubdtype(leaf.dtype, jnp.floating) \
+            else leaf
+
+    return jax.tree_util.tree_map_with_path(cast, params)
 
 
 def per_row(rng: jax.Array) -> bool:
