@@ -16,8 +16,9 @@ padded into 14-D state / 7-D actions with masks and one tokenizer, against the s
 (aim >= 0.9).
 
 Per-core rows (`--profile`, on by default): one core (one process, one thread) running the
-sampler and Grain's collation, at each of `--profile_sizes` (64 and 224 px, each on a small
-reach-v3 dataset built once), where a sample's time goes by stage (read an episode from
+sampler and the collation into batches (the pipeline's `stack_samples`; Grain's `batch` for
+older code), at each of `--profile_sizes` (64 and 224 px, each on a small reach-v3 dataset
+built once), where a sample's time goes by stage (read an episode from
 ArrayRecord, image decode, resize/augment, tokenise, collate, the rest), with a warm episode
 cache (this small dataset) and a cold one (every sample reads its episode again: a dataset
 much larger than the cache). The code at `--baseline_rev` (default: the commit before the
@@ -174,7 +175,7 @@ def _stage_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 
 def core_rates(spec: dict) -> dict:
-    """CPU seconds one core spends per sample (sampler + Grain collation) on
+    """CPU seconds one core spends per sample (sampler + collation into batches) on
     `spec["data_dir"]` -> samples/s per core, with a warm episode cache (after a warm-up pass:
     the small dataset held in it) and a cold one (every sample reads its episode: a dataset much
     larger than the cache), and where the time goes (`STAGES`, shares of a profiled pass
@@ -202,6 +203,23 @@ def core_rates(spec: dict) -> dict:
                                           step_store=spec["step_store"])
         return sampler
 
+    from wallwm_jax.data import pipeline
+
+    def collate_seconds(samples: list[dict], batch: int) -> float:
+        """CPU seconds per sample of making `samples` into batches as the pipeline does: its
+        `stack_samples` (this code), or Grain's `batch` (older code)."""
+        stack = getattr(pipeline, "stack_samples", None)
+        if stack is None:
+            list(grain.MapDataset.source(samples[:batch]).batch(batch))  # Grain's first use
+            t0 = time.process_time()
+            batches = list(grain.MapDataset.source(samples).batch(batch, drop_remainder=True))
+        else:
+            stack(samples[:batch])
+            t0 = time.process_time()
+            batches = [stack(samples[j:j + batch])
+                       for j in range(0, len(samples) - batch + 1, batch)]
+        return (time.process_time() - t0) / (len(batches) * batch)
+
     source = sampler_with(0).source
     episodes = [source[e] for e in range(len(source))]  # files opened
     t0 = time.process_time()
@@ -215,10 +233,7 @@ def core_rates(spec: dict) -> dict:
         t0, wall = time.process_time(), time.perf_counter()
         samples = [sampler(i) for i in range(n)]
         sample_s, wall_s = (time.process_time() - t0) / n, (time.perf_counter() - wall) / n
-        list(grain.MapDataset.source(samples[:batch]).batch(batch))  # Grain's first use
-        t0 = time.process_time()
-        batches = list(grain.MapDataset.source(samples).batch(batch, drop_remainder=True))
-        collate_s = (time.process_time() - t0) / (len(batches) * batch)
+        collate_s = collate_seconds(samples, batch)
         profile = cProfile.Profile(time.process_time)
         profile.enable()
         for i in range(n, 2 * n):
