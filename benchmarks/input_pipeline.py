@@ -16,10 +16,10 @@ padded into 14-D state / 7-D actions with masks and one tokenizer, against the s
 (aim >= 0.9).
 
 Per-core rows (`--profile`, on by default): one core (one process, one thread) running the
-sampler and the collation into batches (the pipeline's `stack_samples`; Grain's `batch` for
-older code), at each of `--profile_sizes` (64 and 224 px, each on a small reach-v3 dataset
-built once), where a sample's time goes by stage (read an episode from
-ArrayRecord, image decode, resize/augment, tokenise, collate, the rest), with a warm episode
+sampler and Grain's collation (its `batch`, read by index as a read thread does), at each of
+`--profile_sizes` (64 and 224 px, each on a small reach-v3 dataset built once), where a
+sample's time goes by stage (read an episode from ArrayRecord, image decode, resize/augment,
+tokenise, collate, the rest), with a warm episode
 cache (this small dataset) and a cold one (every sample reads its episode again: a dataset
 much larger than the cache). The code at `--baseline_rev` (default: the commit before the
 pipeline was made faster) runs the same rows in alternating rounds, so before/after are
@@ -203,22 +203,16 @@ def core_rates(spec: dict) -> dict:
                                           step_store=spec["step_store"])
         return sampler
 
-    from wallwm_jax.data import pipeline
-
     def collate_seconds(samples: list[dict], batch: int) -> float:
-        """CPU seconds per sample of making `samples` into batches as the pipeline does: its
-        `stack_samples` (this code), or Grain's `batch` (older code)."""
-        stack = getattr(pipeline, "stack_samples", None)
-        if stack is None:
-            list(grain.MapDataset.source(samples[:batch]).batch(batch))  # Grain's first use
-            t0 = time.process_time()
-            batches = list(grain.MapDataset.source(samples).batch(batch, drop_remainder=True))
-        else:
-            stack(samples[:batch])
-            t0 = time.process_time()
-            batches = [stack(samples[j:j + batch])
-                       for j in range(0, len(samples) - batch + 1, batch)]
-        return (time.process_time() - t0) / (len(batches) * batch)
+        """CPU seconds per sample of Grain's `batch` of `samples`, each batch read by index
+        (what a pipeline's read thread runs; iterating the dataset instead would start a
+        16-thread read-ahead whose CPU, 0.1-0.8 ms per sample here, lands on the sample)."""
+        batched = grain.MapDataset.source(samples).batch(batch, drop_remainder=True)
+        batched[0]  # Grain's first use
+        t0 = time.process_time()
+        for j in range(len(batched)):
+            batched[j]
+        return (time.process_time() - t0) / (len(batched) * batch)
 
     source = sampler_with(0).source
     episodes = [source[e] for e in range(len(source))]  # files opened

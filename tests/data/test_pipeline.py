@@ -386,30 +386,6 @@ def test_one_batch_computes_at_most_read_ahead_more(tiny_config, monkeypatch):
     assert 8 <= len(calls) <= (1 + 3) * 8
 
 
-def test_batches_equal_grains_batch_of_the_samples(tiny_config):
-    """The pipeline makes each host batch in one call (`SampleBatch`: its samples in order,
-    then one `np.stack` per field): the arrays equal Grain's batch of the same samples, and
-    the iterator state counts batches as it did (checkpoints resume across the change)."""
-    import cloudpickle
-    import grain
-
-    from wallwm_jax.data.pipeline import HostRows
-
-    cfg = tiny_config.data
-    cfg.layout, cfg.max_captions = "unified", 2
-    pipe = make_pipeline(cfg, global_batch=8, seed=7)
-    sampler = cloudpickle.loads(cloudpickle.dumps(pipe.sampler))  # its own, as a worker gets
-    sampler.cache_size = 0  # the per-sample path, cold
-    grain_batches = grain.MapDataset.range(64).map(HostRows(8, 8, 0)).map(sampler).batch(8)
-    for j in range(2):
-        got, want = next(pipe.iterator), grain_batches[j]
-        assert got.keys() == want.keys()
-        for name in want:
-            assert got[name].dtype == want[name].dtype, name
-            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
-    assert pipe.get_state() == {"next_index": 2}
-
-
 def test_end_frames_are_resized_as_pil_resizes_an_array():
     """The sampler hands PIL the event-end frame without `Image.fromarray`'s wrapping; the
     pixels are PIL's bilinear resize of the array, bit for bit, at every size it meets."""
