@@ -16,9 +16,10 @@ padded into 14-D state / 7-D actions with masks and one tokenizer, against the s
 (aim >= 0.9).
 
 Per-core rows (`--profile`, on by default): one core (one process, one thread) running the
-sampler and Grain's collation, at each of `--profile_sizes` (64 and 224 px, each on a small
-reach-v3 dataset built once), where a sample's time goes by stage (read an episode from
-ArrayRecord, image decode, resize/augment, tokenise, collate, the rest), with a warm episode
+sampler and Grain's collation (its `batch`, read by index as a read thread does), at each of
+`--profile_sizes` (64 and 224 px, each on a small reach-v3 dataset built once), where a
+sample's time goes by stage (read an episode from ArrayRecord, image decode, resize/augment,
+tokenise, collate, the rest), with a warm episode
 cache (this small dataset) and a cold one (every sample reads its episode again: a dataset
 much larger than the cache). The code at `--baseline_rev` (default: the commit before the
 pipeline was made faster) runs the same rows in alternating rounds, so before/after are
@@ -174,7 +175,7 @@ def _stage_seconds(stats: pstats.Stats) -> dict[str, float]:
 
 
 def core_rates(spec: dict) -> dict:
-    """CPU seconds one core spends per sample (sampler + Grain collation) on
+    """CPU seconds one core spends per sample (sampler + collation into batches) on
     `spec["data_dir"]` -> samples/s per core, with a warm episode cache (after a warm-up pass:
     the small dataset held in it) and a cold one (every sample reads its episode: a dataset much
     larger than the cache), and where the time goes (`STAGES`, shares of a profiled pass
@@ -202,6 +203,17 @@ def core_rates(spec: dict) -> dict:
                                           step_store=spec["step_store"])
         return sampler
 
+    def collate_seconds(samples: list[dict], batch: int) -> float:
+        """CPU seconds per sample of Grain's `batch` of `samples`, each batch read by index
+        (what a pipeline's read thread runs; iterating the dataset instead would start a
+        16-thread read-ahead whose CPU, 0.1-0.8 ms per sample here, lands on the sample)."""
+        batched = grain.MapDataset.source(samples).batch(batch, drop_remainder=True)
+        batched[0]  # Grain's first use
+        t0 = time.process_time()
+        for j in range(len(batched)):
+            batched[j]
+        return (time.process_time() - t0) / (len(batched) * batch)
+
     source = sampler_with(0).source
     episodes = [source[e] for e in range(len(source))]  # files opened
     t0 = time.process_time()
@@ -215,10 +227,7 @@ def core_rates(spec: dict) -> dict:
         t0, wall = time.process_time(), time.perf_counter()
         samples = [sampler(i) for i in range(n)]
         sample_s, wall_s = (time.process_time() - t0) / n, (time.perf_counter() - wall) / n
-        list(grain.MapDataset.source(samples[:batch]).batch(batch))  # Grain's first use
-        t0 = time.process_time()
-        batches = list(grain.MapDataset.source(samples).batch(batch, drop_remainder=True))
-        collate_s = (time.process_time() - t0) / (len(batches) * batch)
+        collate_s = collate_seconds(samples, batch)
         profile = cProfile.Profile(time.process_time)
         profile.enable()
         for i in range(n, 2 * n):
@@ -317,11 +326,12 @@ def augment_cost(batch: int, image_size: int, crop_scale: float, jitter: float,
 def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: str,
                  samples: int, batch: int, rounds: int, steps: bool = True,
                  malloc_env: bool = True, device: bool = True,
-                 records: bool = True) -> list[dict]:
+                 records: bool = True, baseline_placement: str = "host") -> list[dict]:
     """Per image size: the per-core rows of this code on the TFDS episode records ("after",
     with `records`), on the step store ("steps", with `steps`; "steps_device" with `device`:
     augmentation left to the train step, `data.augment.placement=device`) and of `baseline`
-    ("before"), in alternating rounds (medians), the speed-ups, and the 16-core host against
+    ("before", with `baseline_placement`), in alternating rounds (medians), the speed-ups, and
+    the 16-core host against
     the H100 estimate (for "steps_device" the step's time includes the augmentation's
     estimate, `augment_cost`)."""
     here = code_root("")
@@ -333,7 +343,8 @@ def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: 
     if device:
         roots["steps_device"] = (here, {"step_store": True, "placement": "device"})
     if baseline:
-        roots["before"] = (code_root(baseline), {})
+        # the baseline reads what its code reads by default (the store when written)
+        roots["before"] = (code_root(baseline), {"placement": baseline_placement})
     rows = []
     for size in sizes:
         if steps or device:
@@ -365,9 +376,11 @@ def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: 
         if device:
             consumes["steps_device"] = h100["batch_size"] / (
                 h100["step_s"] + h100["augment"]["h100_s_estimate"])
+            if baseline_placement == "device" and "before" in roots:
+                consumes["before"] = consumes["steps_device"]
         for cache in ("warm", "cold"):
             for name, tag in (("after", ""), ("steps", "steps_"),
-                              ("steps_device", "steps_device_")):
+                              ("steps_device", "steps_device_"), ("before", "before_")):
                 if name not in row:
                     continue
                 per_core = row[name][cache]["samples_per_s"]
@@ -411,12 +424,13 @@ def profile_summary(rows: list[dict]) -> str:
                 continue
             text = (f"{label} {r[name]['warm']['samples_per_s']:.0f} / "
                     f"{r[name]['cold']['samples_per_s']:.0f}")
-            tag = {"after": "", "steps": "steps_", "steps_device": "steps_device_"}.get(name)
+            tag = {"after": "", "steps": "steps_", "steps_device": "steps_device_",
+                   "before": "before_"}.get(name)
             if tag is not None:
                 text += (f" (16 cores {r[f'host16_{tag}warm_margin']:.2f}x / "
                          f"{r[f'host16_{tag}cold_margin']:.2f}x")
                 key = {"after": "speedup", "steps": "steps_vs_before",
-                       "steps_device": "device_vs_before"}[name]
+                       "steps_device": "device_vs_before", "before": ""}[name]
                 if f"{key}_warm" in r:
                     text += f"; x{r[f'{key}_warm']:.2f} / x{r[f'{key}_cold']:.2f} of before"
                 text += ")"
@@ -444,6 +458,9 @@ def define_flags() -> None:
                       "a 4-episode reach-v3 dataset built per size).")
     flags.DEFINE_string("baseline_rev", BASELINE_REV, "Git revision timed as 'before' in "
                         "alternating rounds ('' for none).")
+    flags.DEFINE_enum("baseline_placement", "host", ["host", "device"], "Augmentation of the "
+                      "'before' rows: on the host, or left to the train step (a baseline with "
+                      "data.augment.placement=device, to compare with 'steps_device').")
     flags.DEFINE_integer("profile_samples", 96, "Samples timed per per-core measurement.")
     flags.DEFINE_integer("rounds", 3, "Alternating before/after rounds of the per-core rows.")
     flags.DEFINE_bool("step_store", True, "Per-core rows on the step store too ('steps'; "
@@ -478,7 +495,7 @@ def main(argv: list[str]) -> None:
         profile = profile_rows(args.layout, sizes, dirs, args.baseline_rev,
                                args.profile_samples, args.batch_size, args.rounds,
                                args.step_store, args.malloc_env, args.device_augment,
-                               args.records)
+                               args.records, args.baseline_placement)
     rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers]
     mixture = None
     if args.mixture_dir != "none":

@@ -161,8 +161,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         while step < config.total_steps:
             t0 = time.perf_counter()
             item = feed.next()
-            timer.add(data_s=time.perf_counter() - t0)
+            got = time.perf_counter()
             params, state, metrics = update_fn(params, state, item.batch, step_fns.run_inputs)
+            # data_time: the part of the wait after the previous step was computed
+            timer.add(data_s=got - t0, waited=(t0, got), outputs=metrics)
             if step == first_step:  # compiled now: the bar's rate and ETA start from here
                 pbar.unpause()
             step += 1
@@ -209,6 +211,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
         late.fetch(keep_newest=False)
+    timer.close()
     pbar.close()
     manager.wait_until_finished()
     manager.close()

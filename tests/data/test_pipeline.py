@@ -6,6 +6,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 from wallwm_jax.data.batches import EventBatch, abstract_batch
 from wallwm_jax.data.episodes import open_dataset
@@ -54,7 +55,9 @@ def test_samples_hold_the_rest_of_their_event(tiny_config):
         assert np.all(sample["actions"][n_real:] == 0)
         assert sample["duration_bin"].tolist() == [duration_bin(end - t,
                                                                 tuple(cfg.duration_bins))]
-        assert sample["end_image"].shape == (cfg.world_size, cfg.world_size, 3)
+        last = Image.fromarray(np.asarray(ep["steps/observation/image"][end - 1]))
+        np.testing.assert_array_equal(sample["end_image"], np.asarray(last.resize(
+            (cfg.world_size, cfg.world_size), Image.BILINEAR)))  # the event's end, resized
         assert sample["caption"].shape == (1, cfg.caption_len)
         assert sampler.tokenizer.decode(sample["caption"][0]) == ep["events/caption"][k]
         assert not sample["action_events"].any()
@@ -381,3 +384,17 @@ def test_one_batch_computes_at_most_read_ahead_more(tiny_config, monkeypatch):
     # of this dataset in ~2 CPU-s); bounded, the count stops at (1 + read_ahead) batches.
     time.sleep(1.5)
     assert 8 <= len(calls) <= (1 + 3) * 8
+
+
+def test_end_frames_are_resized_as_pil_resizes_an_array():
+    """The sampler hands PIL the event-end frame without `Image.fromarray`'s wrapping; the
+    pixels are PIL's bilinear resize of the array, bit for bit, at every size it meets."""
+    from wallwm_jax.data.sampler import _resize_rgb
+
+    rng = np.random.default_rng(0)
+    for side, size in ((32, 16), (64, 16), (48, 48), (224, 16), (50, 16)):
+        frame = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+        want = np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
+        got = _resize_rgb(frame[:, ::-1][:, ::-1], size)  # a strided view is taken too
+        assert got.dtype == np.uint8 and got.shape == (size, size, 3)
+        np.testing.assert_array_equal(got, want)

@@ -101,3 +101,19 @@ def test_a_store_of_another_build_is_refused(stored, tmp_path):
 def test_command_names_a_directory_without_a_dataset(tmp_path):
     with pytest.raises(cli.UserError, match="no built dataset"):
         step_store.main(["step_store", str(tmp_path)])
+
+
+@pytest.mark.parametrize("kind", ["episodes", "frames"])
+def test_a_damaged_store_file_is_named(stored, tmp_path, kind):
+    """Overwritten bytes in a store file (the episode records, or a frame's) fail the read
+    with an error naming the file, not a wrong sample."""
+    copy = str(tmp_path / "dataset")
+    shutil.copytree(stored, copy)
+    path = os.path.join(step_store.store_dir(copy), f"train-{kind}.array_record")
+    with open(path, "r+b") as f:  # the first records' chunks: zeros over their data
+        f.seek(64)
+        f.write(b"\0" * 4096)
+    source = open_dataset(copy, "train")
+    with pytest.raises(ValueError, match=f"step store file {path} is damaged"):
+        for e in range(len(source)):
+            np.asarray(source[e]["steps/observation/image"][:4])

@@ -196,8 +196,7 @@ class EventSampler:
             durations[c] = io.duration_bin(length)
         ends_seen = {} if derived is None else derived.setdefault("end_image", {})
         if k not in ends_seen:  # decoded and resized once per event, not once per sample
-            ends_seen[k] = np.asarray(Image.fromarray(images[int(ends[k]) - 1]).resize(
-                (world, world), Image.BILINEAR), np.uint8)
+            ends_seen[k] = _resize_rgb(images[int(ends[k]) - 1], world)
         end_image = ends_seen[k] if derived is None else ends_seen[k].copy()
         memo = None if derived is None else derived.get("frames")
         inputs = io.inputs({name: self._frame(name, frames, t, memo)
@@ -229,6 +228,17 @@ class EventSampler:
             raise ValueError(f"{self.source.dataset_dir}: field '{key}' has frames of shape "
                              f"{frames.shape[1:]}, expected {want} from data.image_size")
         return frames
+
+
+def _resize_rgb(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3], PIL's bilinear resize (what
+    `Image.fromarray(frame).resize(...)` gives, bit for bit, with less wrapping around it:
+    a third of the call at 64 px)."""
+    frame = np.ascontiguousarray(frame, np.uint8)
+    height, width = frame.shape[:2]
+    image = Image.frombuffer("RGB", (width, height), frame, "raw", "RGB", 0, 1)
+    return np.frombuffer(image.resize((size, size), Image.BILINEAR).tobytes(),
+                         np.uint8).reshape(size, size, 3)
 
 
 def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000,

@@ -17,8 +17,10 @@ writer reads datasets through `EpisodeSource`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
+import threading
 
 import numpy as np
 
@@ -59,42 +61,98 @@ def pack_episode(episode: dict, frame_offset: int) -> bytes:
     return struct.pack("<I", len(head)) + head + b"".join(a.tobytes() for a in arrays)
 
 
-def unpack_episode(record: bytes) -> tuple[dict, int]:
-    """(the flat episode without frames, its first frame record) of a `pack_episode` record."""
+def unpack_episode(record: bytes, layouts: dict | None = None) -> tuple[dict, int]:
+    """(the flat episode without frames, its first frame record) of a `pack_episode` record.
+
+    `layouts` (a reader's, kept across reads): each array's (name, dtype) is checked and its
+    dtype parsed once, not on every read; a record's byte count is checked on every read."""
     (n,) = struct.unpack_from("<I", record)
     header = json.loads(record[4:4 + n])
+    layouts = {} if layouts is None else layouts
     episode, at = dict(header["texts"]), 4 + n
     for name, dtype, shape in header["arrays"]:
-        dtype = np.dtype(dtype)
-        size = dtype.itemsize * int(np.prod(shape))
-        episode[name] = np.frombuffer(record, dtype, int(np.prod(shape)), at).reshape(shape).copy()
-        at += size
+        parsed = layouts.get((name, dtype))
+        if parsed is None:
+            if name not in _ARRAYS:
+                raise ValueError(f"episode record has an unknown array '{name}'")
+            parsed = layouts[(name, dtype)] = np.dtype(dtype)
+        count = math.prod(shape)
+        episode[name] = np.frombuffer(record, parsed, count, at).reshape(shape).copy()
+        at += parsed.itemsize * count
     if at != len(record):
         raise ValueError(f"episode record has {len(record)} bytes, its header says {at}")
     return episode, int(header["frame_offset"])
+
+
+class RecordFile:
+    """Random access to the records of one ArrayRecord file, through one reader opened on
+    first use in each process (picklable; reads from several threads share it, as Grain's
+    `ArrayRecordDataSource` shares its readers), without the data source's per-read Python
+    (it maps a key across files; a store split is one file)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._reader = None
+        self._len = 0
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+    def _open(self):
+        with self._lock:
+            if self._reader is None:
+                from array_record.python.array_record_module import ArrayRecordReader
+
+                # the data source's reader settings: no read-ahead (random access)
+                reader = ArrayRecordReader(self.path, options="readahead_buffer_size:0",
+                                           file_reader_buffer_size=32768)
+                self._len = reader.num_records()
+                self._reader = reader
+        return self._reader
+
+    def __len__(self) -> int:
+        if self._reader is None:
+            self._open()
+        return self._len
+
+    def __getitem__(self, index: int) -> bytes:
+        reader = self._reader or self._open()
+        index = int(index)
+        if not 0 <= index < self._len:
+            raise IndexError(f"record {index} of {self._len}")
+        return reader.read([index])[0]
 
 
 class StoredFrames:
     """Frames [T, H, W, 3] uint8 of one camera of one episode, read from the store on access:
     `frames[t]` reads one record; same interface as `episodes.LazyFrames`."""
 
-    def __init__(self, frames, first: int, camera: int, num_cameras: int,
+    def __init__(self, frames: RecordFile, first: int, camera: int, num_cameras: int,
                  shape: tuple[int, ...], where: str):
         self._frames, self._first, self._camera, self._num = frames, first, camera, num_cameras
         self.shape = tuple(shape)
         self.dtype = np.dtype(np.uint8)
         self.ndim = len(self.shape)
         self.where = where
+        self._size = math.prod(self.shape[1:])
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def _decode(self, t: int) -> np.ndarray:
-        record = self._frames[(self._first + t) * self._num + self._camera]
-        size = int(np.prod(self.shape[1:]))
-        if len(record) != size:
+        try:
+            record = self._frames[(self._first + t) * self._num + self._camera]
+        except Exception as err:  # a corrupt/truncated record file
+            raise ValueError(f"{self.where} step {t}: step store file {self._frames.path} is "
+                             f"damaged: {type(err).__name__}: {err}") from None
+        if len(record) != self._size:
             raise ValueError(f"{self.where} step {t}: stored frame has {len(record)} bytes, "
-                             f"expected {size} for shape {self.shape[1:]}")
+                             f"expected {self._size} for shape {self.shape[1:]} (step store "
+                             f"file {self._frames.path})")
         return np.frombuffer(record, np.uint8).reshape(self.shape[1:]).copy()
 
     def __getitem__(self, index):
@@ -112,18 +170,17 @@ class StoredFrames:
 
 
 class StepStore:
-    """Random access to one split of a dataset's step store (picklable: ArrayRecord's data
-    source opens its files lazily, in each process that reads)."""
+    """Random access to one split of a dataset's step store (picklable: its files are opened
+    lazily, in each process that reads)."""
 
     def __init__(self, dataset_dir: str, split: str, info: dict):
         self.dir = store_dir(dataset_dir)
         self.split = split
         self.cameras = {name: tuple(shape) for name, shape in info["cameras"].items()}
         self.num_episodes = int(info["splits"][split]["episodes"])
-        from array_record.python.array_record_data_source import ArrayRecordDataSource
-
-        self._episodes = ArrayRecordDataSource(self.path("episodes"))
-        self._frames = ArrayRecordDataSource(self.path("frames"))
+        self._episodes = RecordFile(self.path("episodes"))
+        self._frames = RecordFile(self.path("frames"))
+        self._layouts: dict = {}  # (array name, dtype) -> parsed dtype: checked once
 
     def path(self, kind: str) -> str:
         """The ArrayRecord file of `kind` ("episodes" or "frames") of this split."""
@@ -132,7 +189,7 @@ class StepStore:
     def episode(self, index: int, where: str) -> dict:
         """Episode `index` as `EpisodeSource` returns it, frames as `StoredFrames`."""
         try:
-            episode, first = unpack_episode(self._episodes[index])
+            episode, first = unpack_episode(self._episodes[index], self._layouts)
         except Exception as err:  # a corrupt/truncated record file
             raise ValueError(f"{where}: step store file {self.path('episodes')} is damaged: "
                              f"{type(err).__name__}: {err}; rewrite it with python -m "
