@@ -1,6 +1,8 @@
 """The loop never waits on the device between log steps: metrics are fetched (one step late)
 only at log, checkpoint and eval steps; NaN/Inf is still caught, named and skipped."""
 
+import threading
+
 import jax
 import numpy as np
 import pytest
@@ -48,6 +50,8 @@ def test_nonfinite_stop_names_the_step_and_keeps_the_last_checkpoint(tiny_config
     with pytest.raises(NonFiniteLossError, match=r"step 4: .*loss/world"):
         train_and_evaluate(tiny_config, str(tmp_path))
     assert fetches == [2]
+    # the step timer's watching thread stopped with the loop (train_log.StepTimer)
+    assert not [t for t in threading.enumerate() if t.name == "step-watch"]
     ckpt_dir = str(tmp_path / "checkpoints")
     manager = ckpt.make_manager(ckpt_dir, tiny_config.checkpoint)
     assert manager.all_steps() == [3]

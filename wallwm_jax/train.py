@@ -11,6 +11,7 @@ host:port --num_processes N --process_id i` (or the JAX_* environment variables)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -156,8 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         tqdm.write(f"compiling the train step ({config.get('size', 'custom')}, {config.mode} "
                    f"mode, batch {config.batch_size}, mesh {dict(mesh.shape)})",
                    file=sys.stdout)
+    # The timer's watching thread stops however the loop ends (a NaN stop raises).
     with _Preemption() as preemption, Prefetcher(pipeline, mesh, expected_host_batch,
-                                                    rules=step_fns.rules) as feed:
+                                                    rules=step_fns.rules) as feed, \
+            contextlib.closing(timer):
         while step < config.total_steps:
             t0 = time.perf_counter()
             item = feed.next()
@@ -211,7 +214,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 print(f"interrupted: saved checkpoint at step {step}; exiting")
                 break
         late.fetch(keep_newest=False)
-    timer.close()
     pbar.close()
     manager.wait_until_finished()
     manager.close()
