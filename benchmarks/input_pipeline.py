@@ -25,7 +25,9 @@ much larger than the cache). The code at `--baseline_rev` (default: the commit b
 pipeline was made faster) runs the same rows in alternating rounds, so before/after are
 measured in the same run under the same load. So does this code reading the same episodes
 from the dataset's step store (`wallwm_jax.data.step_store`, written into the dataset if
-missing; `--step_store=false`: no such rows): "steps" beside "after" (the TFDS episode
+missing, with each event's end frame at the config's world size, `--end_frames`; a baseline
+that predates them reads and resizes the frame; `--step_store=false`: no such rows): "steps"
+beside "after" (the TFDS episode
 records; `--records=false`: no such rows), and the H100 margin of each. "steps_device"
 (`--device_augment`, on by default) is the step store with `data.augment.placement=device`:
 the sampler without augmentation, which the train step does instead; its margin counts the
@@ -152,9 +154,11 @@ H100_HBM, H100_INT32 = 3.35e12, 33.5e12  # bytes/s of HBM3 and int32 ops/s (SXM,
 # cProfile functions whose cumulative time is a stage: (file suffix, function, caller or None)
 STAGES = {"read": [("episodes.py", "__getitem__", "_episode")],
           "decode": [("episodes.py", "_decode", None), ("step_store.py", "_decode", None),
-                     ("step_records.py", "_decode", None)],
+                     ("step_records.py", "_decode", None),
+                     ("step_records.py", "end_frame", None)],
           "augment": [("augment.py", "augment_frame", None)],
-          "resize": [("Image.py", "resize", "make_sample")],
+          "resize": [("Image.py", "resize", "make_sample"), ("Image.py", "resize", "_resize_rgb"),
+                     ("Image.py", "resize", "resize_rgb")],
           "tokenise": [("tokenizer.py", "encode", None)]}
 
 
@@ -326,14 +330,16 @@ def augment_cost(batch: int, image_size: int, crop_scale: float, jitter: float,
 def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: str,
                  samples: int, batch: int, rounds: int, steps: bool = True,
                  malloc_env: bool = True, device: bool = True,
-                 records: bool = True, baseline_placement: str = "host") -> list[dict]:
+                 records: bool = True, baseline_placement: str = "host",
+                 end_frames: bool = True) -> list[dict]:
     """Per image size: the per-core rows of this code on the TFDS episode records ("after",
     with `records`), on the step store ("steps", with `steps`; "steps_device" with `device`:
     augmentation left to the train step, `data.augment.placement=device`) and of `baseline`
     ("before", with `baseline_placement`), in alternating rounds (medians), the speed-ups, and
     the 16-core host against
     the H100 estimate (for "steps_device" the step's time includes the augmentation's
-    estimate, `augment_cost`)."""
+    estimate, `augment_cost`). With `end_frames` the store gets each event's end frame at the
+    config's `data.world_size` (read by this code; a baseline that predates them ignores them)."""
     here = code_root("")
     roots = {"after": (here, {"step_store": False})} if records else {}
     if steps or device:
@@ -348,7 +354,8 @@ def profile_rows(layout: str, sizes: list[int], dirs: dict[int, str], baseline: 
     rows = []
     for size in sizes:
         if steps or device:
-            write_step_store(dirs[size])
+            world = int(get_config(f"size=small,mode={layout}").data.world_size)
+            write_step_store(dirs[size], world if end_frames else ())
         spec = {"data_dir": dirs[size], "image_size": size, "layout": layout,
                 "samples": samples, "batch_size": batch}
         runs: dict[str, list[dict]] = {k: [] for k in roots}
@@ -468,6 +475,10 @@ def define_flags() -> None:
     flags.DEFINE_bool("device_augment", True, "Per-core rows on the step store with the "
                       "augmentation left to the train step ('steps_device', "
                       "data.augment.placement=device), and its cost on the device.")
+    flags.DEFINE_bool("end_frames", True, "The step store of the per-core rows with each "
+                      "event's end frame at the config's world size (added if missing; this "
+                      "code reads it instead of resizing a frame). A store that has them keeps "
+                      "them: for rows without, point --profile_dirs at a store without.")
     flags.DEFINE_bool("records", True, "Per-core rows on the TFDS episode records ('after').")
     flags.DEFINE_bool("malloc_env", True, "Per-core processes with glibc's mmap/trim "
                       "thresholds at 256 MiB (MALLOC_ENV); false: the allocator's defaults.")
@@ -495,7 +506,7 @@ def main(argv: list[str]) -> None:
         profile = profile_rows(args.layout, sizes, dirs, args.baseline_rev,
                                args.profile_samples, args.batch_size, args.rounds,
                                args.step_store, args.malloc_env, args.device_augment,
-                               args.records, args.baseline_placement)
+                               args.records, args.baseline_placement, args.end_frames)
     rows = [pipeline_rate(config, int(w), args.batches) for w in args.workers]
     mixture = None
     if args.mixture_dir != "none":

@@ -32,12 +32,18 @@ flags.DEFINE_enum("camera_setup", "ours", ["ours", "lerobot"], "Scene camera: ou
 flags.DEFINE_bool("step_store", False, "Also write the step store: raw frames readable one "
                   "step at a time (fast reads of a dataset larger than the sampler's cache; "
                   "~1.5x the dataset's bytes more). Adds it to an existing build too.")
+flags.DEFINE_integer("end_frame_size", 0, "With --step_store: also store each event's end "
+                     "frame resized to this side, the world size of the models that read it "
+                     "(data.world_size, 16 in the recipes): the sampler then reads it instead "
+                     "of resizing a frame. 0: none.")
 FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
     """Build and print the dataset's version directory."""
     cli.positional(argv)
+    if FLAGS.end_frame_size < 0 or (FLAGS.end_frame_size and not FLAGS.step_store):
+        raise cli.UserError("--end_frame_size takes a positive side and needs --step_store")
     quiet_tfds()
     path = build(FLAGS.data_dir, config=FLAGS.config, episodes_per_task=FLAGS.episodes_per_task,
                  image_size=FLAGS.image_size, seed=FLAGS.seed, num_workers=FLAGS.workers,
@@ -45,7 +51,8 @@ def main(argv: list[str]) -> None:
                  cameras=tuple(c for c in FLAGS.cameras if c),
                  keep_failures=FLAGS.keep_failures, strict=FLAGS.strict,
                  privileged_state=FLAGS.privileged_state, action_noise=FLAGS.action_noise,
-                 camera_setup=FLAGS.camera_setup, step_store=FLAGS.step_store)
+                 camera_setup=FLAGS.camera_setup, step_store=FLAGS.step_store,
+                 end_frame_size=FLAGS.end_frame_size)
     print(path)
 
 

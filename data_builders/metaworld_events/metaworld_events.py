@@ -217,7 +217,8 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
           tasks: tuple[str, ...] | None = None, cameras: tuple[str, ...] = (),
           keep_failures: bool = False, strict: bool = False,
           privileged_state: bool = False, action_noise: float = 0.0,
-          camera_setup: str = "ours", step_store: bool = False) -> str:
+          camera_setup: str = "ours", step_store: bool = False,
+          end_frame_size: int = 0) -> str:
     """Build (or reuse) the dataset; write norm stats, tokenizer and build report; return the
     version dir.
 
@@ -236,10 +237,16 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     `mt50_lerobot` evaluation suite does (config name `-viewlerobot`). `step_store=True` also
     writes the step store (`wallwm_jax.data.step_store`: raw frames addressable per step, read
     without parsing the episode; about 1.5x the TFDS bytes more), to a new or an existing
-    build; the TFDS records are the same either way. With
+    build; the TFDS records are the same either way. `end_frame_size > 0` (with `step_store`)
+    also stores each event's end frame at that side, the world size of the models that will
+    read it (`data.world_size`, 16 in the recipes): the sampler reads it instead of resizing a
+    frame. With
     `num_workers > 1` rollouts run in spawned processes (results kept in job order, so the
     output does not depend on it); call from under `if __name__ == "__main__":` in scripts.
     """
+    if end_frame_size and not step_store:
+        raise ValueError("end_frame_size writes the step store's end frames: it needs "
+                         "step_store=True")
     cfg = make_config(config, episodes_per_task=episodes_per_task, image_size=image_size,
                       seed=seed, tasks=tasks, cameras=cameras, keep_failures=keep_failures,
                       privileged_state=privileged_state, action_noise=action_noise,
@@ -266,7 +273,7 @@ def build(data_dir: str, *, config: str = "demo", episodes_per_task: int = 10,
     if not os.path.exists(embodiment_path(version_dir)):
         write_embodiment(version_dir, metaworld_embodiment(cfg))
     if step_store:
-        write_step_store(version_dir)
+        write_step_store(version_dir, end_frame_size or ())
     paraphrase_path = os.path.join(version_dir, PARAPHRASES_FILE)
     if not os.path.exists(paraphrase_path):
         write_json(paraphrase_path, paraphrase_record(cfg.tasks))

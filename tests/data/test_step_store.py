@@ -117,3 +117,94 @@ def test_a_damaged_store_file_is_named(stored, tmp_path, kind):
     with pytest.raises(ValueError, match=f"step store file {path} is damaged"):
         for e in range(len(source)):
             np.asarray(source[e]["steps/observation/image"][:4])
+
+
+@pytest.fixture(scope="module")
+def ended(stored, tmp_path_factory):
+    """A copy of `stored` given the event-end frames at the tiny config's world size by the
+    MetaWorld builder's `end_frame_size` (the build is found finished: only they are written)."""
+    world = int(tiny_config(stored).data.world_size)
+    config_dir = os.path.dirname(stored)  # <root>/metaworld_events/<config>/<version>
+    root = tmp_path_factory.mktemp("ended")
+    version = root / "metaworld_events" / os.path.basename(config_dir) / os.path.basename(stored)
+    shutil.copytree(config_dir, version.parent)
+    from data_builders.metaworld_events import build
+
+    out = build(str(root), config="demo", tasks=("reach-v3", "push-v3"), episodes_per_task=4,
+                image_size=32, seed=0, num_workers=1, step_store=True, end_frame_size=world)
+    assert out == str(version)
+    return out
+
+
+def _copy_store(dataset: str, tmp_path) -> str:
+    copy = str(tmp_path / "dataset")
+    shutil.copytree(dataset, copy)
+    return copy
+
+
+def test_end_frames_are_the_resized_last_frames(ended):
+    world = int(tiny_config(ended).data.world_size)
+    info = step_store.read_info(ended)
+    assert info["format"] == step_store.FORMAT and info["end_frame_sizes"] == [world]
+    for split in ("train", "val"):
+        source = open_dataset(ended, split)
+        assert set(source.store.end_frames) == {world}
+        for e in range(len(source)):
+            ep = source[e]
+            frames = ep["steps/observation/image"]
+            for k, end in enumerate(ep["events/end"]):
+                want = step_store.resize_rgb(np.asarray(frames[int(end) - 1]), world)
+                got = frames.end_frame(k, world)
+                assert got.dtype == np.uint8 and got.flags.writeable
+                np.testing.assert_array_equal(got, want, err_msg=f"{split} {e} event {k}")
+                assert frames.end_frame(k, world + 1) is None
+
+
+@pytest.mark.parametrize("layout", ["event", "unified"])
+def test_samples_with_end_frames_equal_those_without(stored, ended, layout):
+    """Cold (through a pickle, as a Grain worker gets the sampler) and warm: every field."""
+    cfg = tiny_config(stored).data
+    cfg.layout = layout
+    old = make_sampler(cfg, stored, "train", seed=5, augment=True)
+    new = cloudpickle.loads(cloudpickle.dumps(make_sampler(cfg, ended, "train", seed=5,
+                                                           augment=True)))
+    assert not old.source.store.end_frames and new.source.store.end_frames
+    for cache in (0, 64):
+        old.cache_size = new.cache_size = cache
+        for i in range(12):
+            _same(old(i), new(i), f"cache {cache} sample {i}")
+
+
+def test_the_sampler_reads_the_stored_end_frames(ended, tmp_path):
+    """Zeroed stored end frames give zero world targets (they are read, not recomputed)."""
+    copy = _copy_store(ended, tmp_path)
+    cfg = tiny_config(copy).data
+    path = step_store.end_frames_path(step_store.store_dir(copy), "train", cfg.world_size)
+    zeroed = np.load(path, mmap_mode="r+")
+    zeroed[:] = 0
+    zeroed.flush()
+    del zeroed
+    sampler = make_sampler(cfg, copy, "train", seed=5)
+    sampler.cache_size = 0
+    assert all(not sampler(i)["end_image"].any() for i in range(4))
+
+
+def test_end_frames_of_another_size_fall_back(stored, tmp_path):
+    """End frames at a size the config does not use are ignored: the frame is resized."""
+    copy = _copy_store(stored, tmp_path)
+    cfg = tiny_config(copy).data
+    other = int(cfg.world_size) + 3
+    info = step_store.write_step_store(copy, [other])
+    assert info["end_frame_sizes"] == [other] and step_store.read_info(copy) == info
+    old, new = (make_sampler(cfg, d, "train", seed=2) for d in (stored, copy))
+    assert set(new.source.store.end_frames) == {other}
+    new.cache_size = 0
+    for i in range(6):
+        _same(old(i), new(i), f"sample {i}")
+
+
+def test_end_frame_size_without_the_store_is_refused(tmp_path):
+    from data_builders.metaworld_events import build
+
+    with pytest.raises(ValueError, match="needs step_store=True"):
+        build(str(tmp_path), end_frame_size=16)

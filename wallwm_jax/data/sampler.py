@@ -9,7 +9,6 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from PIL import Image
 
 from wallwm_jax.data import statistics
 from wallwm_jax.data.augment import augment_frame
@@ -17,6 +16,7 @@ from wallwm_jax.data.checks import dataset_embodiment
 from wallwm_jax.data.embodiment import EMBODIMENTS_FILE, Embodiment, read_embodiments
 from wallwm_jax.data.episodes import EpisodeSource, open_dataset
 from wallwm_jax.data.event_index import EventIndex, load_for_training, scan_events
+from wallwm_jax.data.step_records import resize_rgb
 from wallwm_jax.data.tokenizer import Tokenizer
 from wallwm_jax.data.transforms import ModelIO, position_targets
 
@@ -196,7 +196,12 @@ class EventSampler:
             durations[c] = io.duration_bin(length)
         ends_seen = {} if derived is None else derived.setdefault("end_image", {})
         if k not in ends_seen:  # decoded and resized once per event, not once per sample
-            ends_seen[k] = _resize_rgb(images[int(ends[k]) - 1], world)
+            # (or read already resized, when the step store holds end frames at `world`)
+            stored = getattr(images, "end_frame", None)
+            frame = None if stored is None else stored(k, world)
+            if frame is None:
+                frame = _resize_rgb(images[int(ends[k]) - 1], world)
+            ends_seen[k] = frame
         end_image = ends_seen[k] if derived is None else ends_seen[k].copy()
         memo = None if derived is None else derived.get("frames")
         inputs = io.inputs({name: self._frame(name, frames, t, memo)
@@ -230,15 +235,7 @@ class EventSampler:
         return frames
 
 
-def _resize_rgb(frame: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> [size, size, 3], PIL's bilinear resize (what
-    `Image.fromarray(frame).resize(...)` gives, bit for bit, with less wrapping around it:
-    a third of the call at 64 px)."""
-    frame = np.ascontiguousarray(frame, np.uint8)
-    height, width = frame.shape[:2]
-    image = Image.frombuffer("RGB", (width, height), frame, "raw", "RGB", 0, 1)
-    return np.frombuffer(image.resize((size, size), Image.BILINEAR).tobytes(),
-                         np.uint8).reshape(size, size, 3)
+_resize_rgb = resize_rgb  # the world target's resize, shared with the step store's writer
 
 
 def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000,

@@ -8,7 +8,13 @@ and one record per (step, camera) holding the raw uint8 frame, both in ArrayReco
 record per chunk (random access). `EpisodeSource` reads it when present; the TFDS records
 stay as they are, so every other reader, and datasets without a store, are unchanged.
 
-    python -m wallwm_jax.data.step_store <dataset version dir>   # add a store to a dataset
+Optionally (`end_frame_sizes` in step_store.json) each event's end frame of every camera
+already resized to a world size (`resize_rgb`, what the sampler's world target is made with),
+one uncompressed array per size read by memory map, with each episode's first event: a cold
+sample then reads one frame less and resizes none. Optional and additive (format 1 still):
+a reader that predates them, or a store without them, reads and resizes the frame instead.
+
+    python -m wallwm_jax.data.step_store <dataset version dir> [--end_frame_size 16]
 
 Reading lives here, apart from the writer, because `EpisodeSource` reads stores and the
 writer reads datasets through `EpisodeSource`.
@@ -23,6 +29,7 @@ import struct
 import threading
 
 import numpy as np
+from PIL import Image
 
 STORE_DIR = "step_store"
 STORE_FILE = "step_store.json"
@@ -33,6 +40,28 @@ _ARRAYS = ("steps/observation/state", "steps/action", "steps/is_first", "steps/i
            "events/start", "events/end")
 _TEXTS = ("events/caption", "events/phase", "episode_metadata/task",
           "episode_metadata/instruction", "episode_metadata/success")
+
+
+def resize_rgb(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3], PIL's bilinear resize (what
+    `Image.fromarray(frame).resize(...)` gives, bit for bit, with less wrapping around it:
+    a third of the call at 64 px). The store's end frames and the sampler's world target
+    are both made with it, so they are the same bytes."""
+    frame = np.ascontiguousarray(frame, np.uint8)
+    height, width = frame.shape[:2]
+    image = Image.frombuffer("RGB", (width, height), frame, "raw", "RGB", 0, 1)
+    return np.frombuffer(image.resize((size, size), Image.BILINEAR).tobytes(),
+                         np.uint8).reshape(size, size, 3)
+
+
+def end_frames_path(directory: str, split: str, size: int) -> str:
+    """The array [events, cameras, size, size, 3] of a split's event-end frames at `size`."""
+    return os.path.join(directory, f"{split}-end_frames-{size}.npy")
+
+
+def event_offsets_path(directory: str, split: str) -> str:
+    """The array [episodes + 1] of a split's first event of each episode (then the total)."""
+    return os.path.join(directory, f"{split}-event_offsets.npy")
 
 
 def store_dir(dataset_dir: str) -> str:
@@ -127,13 +156,51 @@ class RecordFile:
         return reader.read([index])[0]
 
 
+class EndFrames:
+    """A split's event-end frames at one size, [events, cameras, size, size, 3] uint8,
+    memory-mapped on first use in each process (picklable: the path travels, not the map)."""
+
+    def __init__(self, path: str, shape: tuple[int, ...]):
+        self.path, self.shape = path, tuple(shape)
+        self._array = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "shape": self.shape}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["shape"])
+
+    def _open(self) -> np.ndarray:
+        with self._lock:
+            if self._array is None:
+                try:
+                    array = np.load(self.path, mmap_mode="r")
+                except Exception as err:  # missing, truncated or not an array
+                    raise ValueError(f"step store file {self.path} is damaged: "
+                                     f"{type(err).__name__}: {err}") from None
+                if array.dtype != np.uint8 or array.shape != self.shape:
+                    raise ValueError(f"step store file {self.path} holds {array.dtype} "
+                                     f"{array.shape}, step_store.json says uint8 {self.shape}")
+                self._array = array
+        return self._array
+
+    def frame(self, event: int, camera: int) -> np.ndarray:
+        """End frame [size, size, 3] of `camera` of the split's `event`-th event (a copy)."""
+        array = self._array if self._array is not None else self._open()
+        return np.array(array[event, camera])
+
+
 class StoredFrames:
     """Frames [T, H, W, 3] uint8 of one camera of one episode, read from the store on access:
-    `frames[t]` reads one record; same interface as `episodes.LazyFrames`."""
+    `frames[t]` reads one record; same interface as `episodes.LazyFrames`, plus `end_frame`
+    (an event's last frame resized, when the store holds it at that size)."""
 
     def __init__(self, frames: RecordFile, first: int, camera: int, num_cameras: int,
-                 shape: tuple[int, ...], where: str):
+                 shape: tuple[int, ...], where: str,
+                 ends: tuple[dict[int, EndFrames], int] | None = None):
         self._frames, self._first, self._camera, self._num = frames, first, camera, num_cameras
+        self._ends = ends  # ({size: the split's end frames}, the episode's first event)
         self.shape = tuple(shape)
         self.dtype = np.dtype(np.uint8)
         self.ndim = len(self.shape)
@@ -154,6 +221,13 @@ class StoredFrames:
                              f"expected {self._size} for shape {self.shape[1:]} (step store "
                              f"file {self._frames.path})")
         return np.frombuffer(record, np.uint8).reshape(self.shape[1:]).copy()
+
+    def end_frame(self, event: int, size: int) -> np.ndarray | None:
+        """Event `event`'s last frame resized to [size, size, 3] by `resize_rgb` at write
+        time, or None when the store holds no end frames at `size` (then resize a frame)."""
+        if self._ends is None or size not in self._ends[0]:
+            return None
+        return self._ends[0][size].frame(self._ends[1] + event, self._camera)
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -181,6 +255,20 @@ class StepStore:
         self._episodes = RecordFile(self.path("episodes"))
         self._frames = RecordFile(self.path("frames"))
         self._layouts: dict = {}  # (array name, dtype) -> parsed dtype: checked once
+        # the event-end frames at each size written (optional: stores may have none)
+        self.end_frames: dict[int, EndFrames] = {}
+        self._event_offsets = None
+        sizes = [int(s) for s in info.get("end_frame_sizes", [])]
+        if sizes:
+            self._event_offsets = np.load(event_offsets_path(self.dir, split))
+            if self._event_offsets.shape != (self.num_episodes + 1,):
+                raise ValueError(f"{event_offsets_path(self.dir, split)}: "
+                                 f"{self._event_offsets.shape[0]} offsets for "
+                                 f"{self.num_episodes} episodes; rewrite the store")
+            events = int(self._event_offsets[-1])
+            self.end_frames = {s: EndFrames(end_frames_path(self.dir, split, s),
+                                            (events, len(self.cameras), s, s, 3))
+                               for s in sizes}
 
     def path(self, kind: str) -> str:
         """The ArrayRecord file of `kind` ("episodes" or "frames") of this split."""
@@ -195,9 +283,16 @@ class StepStore:
                              f"{type(err).__name__}: {err}; rewrite it with python -m "
                              f"wallwm_jax.data.step_store {os.path.dirname(self.dir)}") from None
         t = len(episode["steps/action"])
+        ends = None
+        if self.end_frames:
+            at, stop = (int(v) for v in self._event_offsets[index:index + 2])
+            if stop - at != len(episode["events/end"]):
+                raise ValueError(f"{where}: {stop - at} end frames in the step store for "
+                                 f"{len(episode['events/end'])} events; rewrite the store")
+            ends = (self.end_frames, at)
         for c, (name, shape) in enumerate(self.cameras.items()):
             episode[name] = StoredFrames(self._frames, first, c, len(self.cameras), (t, *shape),
-                                         f"{where} field '{name}'")
+                                         f"{where} field '{name}'", ends)
         return episode
 
 
