@@ -153,8 +153,10 @@ def probe(args: argparse.Namespace) -> dict:
             if image is not None:
                 tower = ViT(patch_size=args.patch, width=64, depth=2, num_heads=2, mlp_dim=128,
                             out_width=64, cameras=len(cameras), readout=args.readout,
-                            stem=args.stem, name="vit")
+                            stem=args.stem, scan=True, name="vit")  # the policy's layout
                 tokens = tower(image, project=False)
+                if args.freeze:
+                    tokens = jax.lax.stop_gradient(tokens)
                 feats.append(tokens.reshape(tokens.shape[0], -1))
             return nn.Dense(len(names), name="head")(jnp.concatenate(feats, -1))
 
@@ -162,7 +164,14 @@ def probe(args: argparse.Namespace) -> dict:
     rng = np.random.default_rng(args.seed)
     tr_idx = np.flatnonzero(train)
     sample = images[:2] if images is not None else None
-    params = model.init(jax.random.PRNGKey(args.seed), sample, side[:2])
+    params = nn.unbox(model.init(jax.random.PRNGKey(args.seed), sample, side[:2]))
+    if args.init_tower:  # a trained policy's tower (its checkpoint), without to_backbone
+        from wallwm_jax.export import read_checkpoint
+
+        trained = read_checkpoint(args.init_tower, None)[0]["vit"]
+        params["params"]["vit"] = jax.tree.map(
+            lambda ours, theirs: np.asarray(theirs).reshape(ours.shape),
+            params["params"]["vit"], {k: trained[k] for k in params["params"]["vit"]})
     sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, 50, args.steps)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
     opt_state = opt.init(params)
@@ -173,7 +182,10 @@ def probe(args: argparse.Namespace) -> dict:
             return jnp.mean((model.apply(p, image, side) - target) ** 2)
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = opt.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+        new = optax.apply_updates(params, updates)
+        if args.freeze and "vit" in params["params"]:  # no weight decay either
+            new = {"params": {**new["params"], "vit": params["params"]["vit"]}}
+        return new, opt_state, loss
 
     predict = jax.jit(model.apply)
 
@@ -192,7 +204,8 @@ def probe(args: argparse.Namespace) -> dict:
         return out
 
     arm = {k: getattr(args, k) for k in ("size", "cameras", "patch", "readout", "stem",
-                                         "augment", "steps", "target", "state", "lr", "seed")}
+                                         "augment", "steps", "target", "state", "lr", "seed",
+                                         "init_tower", "freeze")}
     t0, cpu0 = time.time(), time.process_time()
     log, losses = [], []
     for i in range(1, args.steps + 1):
@@ -212,11 +225,44 @@ def probe(args: argparse.Namespace) -> dict:
                    "cpu_s": round(time.process_time() - cpu0, 1)}
             log.append(rec)
             print(json.dumps(rec), flush=True)
+    if args.save_tower:  # layout "wallwm": config.init_pretrained=((PATH, "wallwm"),)
+        from wallwm_jax.models.pretrained import save_wallwm
+
+        save_wallwm({"vit": params["params"]["vit"]}, args.save_tower)
     if args.out:
         with open(args.out, "a") as f:
             for rec in log:
                 f.write(json.dumps(rec) + "\n")
     return log[-1]
+
+
+COLUMNS = {"positions": (("push-v3", "obj_x"), ("push-v3", "obj_y"), ("push-v3", "goal_x"),
+                         ("push-v3", "goal_y"), ("reach-v3", "goal_x"), ("reach-v3", "goal_y"),
+                         ("reach-v3", "goal_z")),
+           "offset": (("push-v3", "dx"), ("push-v3", "dy"), ("reach-v3", "dx"),
+                      ("reach-v3", "dz"))}
+
+
+def table(paths: list[str]) -> str:
+    """Markdown tables (one per target) of each probe JSONL's last record: frame-0 val R²."""
+    runs = []
+    for path in paths:
+        with open(path) as f:
+            runs.append((path, [json.loads(line) for line in f if line.strip()][-1]))
+    out = []
+    for target, columns in COLUMNS.items():
+        rows = [(p, r) for p, r in runs if r["arm"]["target"] == target]
+        if not rows:
+            continue
+        out += ["| run | steps | " + " | ".join(f"{t[:-3]} {c}" for t, c in columns)
+                + " | CPU s |", "|" + "---|" * (len(columns) + 3)]
+        for path, rec in rows:
+            cells = [rec["val_r2"][t]["frame0"][c] for t, c in columns]
+            out.append(f"| {os.path.basename(path).removesuffix('.jsonl')} | {rec['step']} | "
+                       + " | ".join("–" if v is None else f"{v:.2f}" for v in cells)
+                       + f" | {rec['cpu_s']:.0f} |")
+        out.append("")
+    return "\n".join(out)
 
 
 def main() -> None:
@@ -246,7 +292,18 @@ def main() -> None:
     pr.add_argument("--eval_every", type=int, default=250)
     pr.add_argument("--seed", type=int, default=0)
     pr.add_argument("--out", default="")
+    pr.add_argument("--init_tower", default="",
+                    help="a policy's checkpoint directory: start from its trained tower")
+    pr.add_argument("--freeze", type=int, default=0,
+                    help="1: the tower stays as initialised, only the linear head trains")
+    pr.add_argument("--save_tower", default="",
+                    help="write the trained tower (.npz, layout wallwm) to init a policy's")
+    tb = sub.add_parser("table", help="markdown table of probe runs (frame-0 val R²)")
+    tb.add_argument("runs", nargs="+", help="probe JSONL files")
     args = parser.parse_args()
+    if args.cmd == "table":
+        print(table(args.runs))
+        return
     if args.cmd == "frames":
         make_frames(args.out, [int(s) for s in args.sizes.split(",")], args.train, args.val,
                     args.workers)
