@@ -82,7 +82,7 @@ def r2(pred: np.ndarray, true: np.ndarray) -> list[float | None]:
     ss = ((true - true.mean(0)) ** 2).sum(0)
     res = ((pred - true) ** 2).sum(0)
     return [None if sd < 1e-3 else round(float(1 - r / s), 3)
-            for r, s, sd in zip(res, ss, true.std(0))]
+            for r, s, sd in zip(res, ss, true.std(0), strict=True)]
 
 
 def targets(frames: dict, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -198,8 +198,8 @@ def probe(args: argparse.Namespace) -> dict:
         for t in args.tasks.split(","):
             m = frames["task"][idx] == TASKS.index(t)
             first = m & (frames["t"][idx] == 0)
-            out[t] = {"all": dict(zip(names, r2(pred[m], y[idx][m]))),
-                      "frame0": dict(zip(names, r2(pred[first], y[idx][first]))),
+            out[t] = {"all": dict(zip(names, r2(pred[m], y[idx][m]), strict=True)),
+                      "frame0": dict(zip(names, r2(pred[first], y[idx][first]), strict=True)),
                       "frames": int(m.sum()), "scenes": int(first.sum())}
         return out
 
@@ -243,12 +243,15 @@ COLUMNS = {"positions": (("push-v3", "obj_x"), ("push-v3", "obj_y"), ("push-v3",
                       ("reach-v3", "dz"))}
 
 
-def table(paths: list[str]) -> str:
-    """Markdown tables (one per target) of each probe JSONL's last record: frame-0 val R²."""
+def table(paths: list[str], step: int | None = None) -> str:
+    """Markdown tables (one per target) of each probe JSONL's record at `step` (None: the
+    last): frame-0 val R²."""
     runs = []
     for path in paths:
         with open(path) as f:
-            runs.append((path, [json.loads(line) for line in f if line.strip()][-1]))
+            recs = [json.loads(line) for line in f if line.strip()]
+        runs.append((path, recs[-1] if step is None else
+                     next(r for r in recs if r["step"] == step)))
     out = []
     for target, columns in COLUMNS.items():
         rows = [(p, r) for p, r in runs if r["arm"]["target"] == target]
@@ -300,9 +303,10 @@ def main() -> None:
                     help="write the trained tower (.npz, layout wallwm) to init a policy's")
     tb = sub.add_parser("table", help="markdown table of probe runs (frame-0 val R²)")
     tb.add_argument("runs", nargs="+", help="probe JSONL files")
+    tb.add_argument("--step", type=int, default=None, help="the records at this step (last)")
     args = parser.parse_args()
     if args.cmd == "table":
-        print(table(args.runs))
+        print(table(args.runs, args.step))
         return
     if args.cmd == "frames":
         make_frames(args.out, [int(s) for s in args.sizes.split(",")], args.train, args.val,
