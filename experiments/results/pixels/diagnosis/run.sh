@@ -51,5 +51,9 @@ policy tower_offset
 probe --size 48 --init_tower "$WORK/tower_offset/run/checkpoints" --freeze 1 \
   --out "$RUNS/p48_both_frozen_tower_offset_policy.jsonl"
 policy tower_offset_beta4 --config.model.flow_beta_a=4.0
-# Closed loop (tuning/run.sh's) only for an arm whose probe R² exceeds 0.3: none did.
+# Closed loop on 20 mt10_seen dev scenes per task, only for an arm whose probe R² exceeds
+# 0.3 (the gate): tower_offset_beta4 (push x 0.56); tower_offset (0.18, 0.15) did not pass.
+python -m wallwm_jax.evaluation --policy "$WORK/tower_offset_beta4/run/checkpoints" \
+  --suite mt10_seen --tasks reach-v3,push-v3 --episodes_per_task 20 --split dev --workers 2 \
+  --execute_steps 8 --workdir "$WORK/tower_offset_beta4/eval"
 python -m experiments.pixel_localisation table "$RUNS"/p*.jsonl
