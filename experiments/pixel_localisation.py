@@ -12,7 +12,11 @@ the diagnostic's target: no policy reads them.
     # 2. one probe run per arm: prints one JSON line per evaluation, then a summary line
     python -m experiments.pixel_localisation probe --frames FRAMES --size 48 \
         --cameras image,image_gripper [--patch 8] [--readout none] [--stem none] \
-        [--augment none] [--steps 1500] [--target positions] --out RUN.jsonl
+        [--steps 1500] [--target positions|offset] --out RUN.jsonl \
+        [--init_tower CKPT --freeze 1]   (a trained policy's tower, only the head trains)
+        [--save_tower T.npz]   (the trained tower, for config.init_pretrained=((T, "wallwm"),))
+    # 3. frame-0 val R² tables of probe runs
+    python -m experiments.pixel_localisation table RUN.jsonl...
 
 R² is over held-out scenes: all kept frames, and frame 0 alone (the hand at its start pose,
 so the state says nothing there and only the images can). `--cameras none` trains the head
@@ -29,6 +33,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
+
+from wallwm_jax.models.vit import READOUTS, STEMS
 
 TASKS = ("reach-v3", "push-v3")
 # Target columns: privileged state slices (object xyz, goal xyz) of the 10-D state vector.
@@ -96,31 +102,6 @@ def targets(frames: dict, kind: str) -> tuple[np.ndarray, tuple[str, ...]]:
     raise ValueError(f"--target {kind!r}: expected positions or offset")
 
 
-def shift_augment(rng: np.random.Generator, images: np.ndarray, pad: int) -> np.ndarray:
-    """Random shift by up to `pad` pixels per example (edge padding, same shift per camera)."""
-    if pad == 0:
-        return images
-    b, c, h, w, _ = images.shape
-    padded = np.pad(images, ((0, 0), (0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
-    dy, dx = rng.integers(0, 2 * pad + 1, (2, b))
-    return np.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
-
-
-def crop_augment(rng: np.random.Generator, images: np.ndarray, scale: float) -> np.ndarray:
-    """Random resized crop of area fraction in [scale, 1] back to full size (nearest), as the
-    data pipeline's augmentation with crop_scale=scale does (same crop per camera)."""
-    b, c, h, w, _ = images.shape
-    out = np.empty_like(images)
-    for i in range(b):
-        s = np.sqrt(rng.uniform(scale, 1.0))
-        ch, cw = max(1, round(h * s)), max(1, round(w * s))
-        y0, x0 = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        ys = y0 + (np.arange(h) * ch // h)
-        xs = x0 + (np.arange(w) * cw // w)
-        out[i] = images[i][:, ys][:, :, xs]
-    return out
-
-
 def probe(args: argparse.Namespace) -> dict:
     """Train tower + linear head on the train scenes; evaluate R² on the val scenes."""
     import flax.linen as nn
@@ -172,7 +153,7 @@ def probe(args: argparse.Namespace) -> dict:
         params["params"]["vit"] = jax.tree.map(
             lambda ours, theirs: np.asarray(theirs).reshape(ours.shape),
             params["params"]["vit"], {k: trained[k] for k in params["params"]["vit"]})
-    sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, 50, args.steps)
+    sched = optax.warmup_cosine_decay_schedule(0.0, args.lr, min(50, args.steps // 10), args.steps)
     opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(sched, weight_decay=1e-4))
     opt_state = opt.init(params)
 
@@ -204,19 +185,13 @@ def probe(args: argparse.Namespace) -> dict:
         return out
 
     arm = {k: getattr(args, k) for k in ("size", "cameras", "patch", "readout", "stem",
-                                         "augment", "steps", "target", "state", "lr", "seed",
+                                         "steps", "target", "state", "lr", "seed",
                                          "init_tower", "freeze")}
     t0, cpu0 = time.time(), time.process_time()
     log, losses = [], []
     for i in range(1, args.steps + 1):
         b = rng.choice(tr_idx, args.batch)
-        img = None
-        if images is not None:
-            img = images[b]
-            if args.augment.startswith("shift"):
-                img = shift_augment(rng, img, int(args.augment[5:] or 4))
-            elif args.augment.startswith("crop"):
-                img = crop_augment(rng, img, float(args.augment[4:] or 0.85))
+        img = None if images is None else images[b]
         params, opt_state, loss = step(params, opt_state, img, side[b], yn[b])
         losses.append(float(loss))
         if i % args.eval_every == 0 or i == args.steps:
@@ -284,10 +259,9 @@ def main() -> None:
     pr.add_argument("--cameras", default="image,image_gripper",
                     help="comma-separated camera features, or none (state-only floor)")
     pr.add_argument("--patch", type=int, default=8)
-    pr.add_argument("--readout", default="none")
-    pr.add_argument("--stem", default="none")
-    pr.add_argument("--augment", default="none", help="none | shiftN | cropS (e.g. crop0.85)")
-    pr.add_argument("--target", default="positions", help="positions | offset")
+    pr.add_argument("--readout", default="none", choices=READOUTS)
+    pr.add_argument("--stem", default="none", choices=STEMS)
+    pr.add_argument("--target", default="positions", choices=("positions", "offset"))
     pr.add_argument("--state", type=int, default=1, help="1: the head also sees the 4-D state")
     pr.add_argument("--steps", type=int, default=1500)
     pr.add_argument("--batch", type=int, default=64)
