@@ -94,6 +94,8 @@ def apply_pixels_recipe(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.data.image_size = 48  # model.image_size follows (a reference)
     config.data.cameras = ("image", "image_gripper")
     config.model.cameras = len(config.data.cameras)
+    # Optional conv stem in the vision tower (models/vit.py STEMS; docs/pixels.md): off.
+    config.model.vision_stem = "none"
     return config
 
 

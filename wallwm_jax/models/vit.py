@@ -23,6 +23,9 @@ from wallwm_jax.models.layers import (
 # `model.vision_readout`: none (patch tokens only) | patch_keypoints (softmax over the ViT's
 # output patches) | pixel_keypoints (softmax over the pixels of a small conv on the image).
 READOUTS = ("none", "patch_keypoints", "pixel_keypoints")
+# `model.vision_stem`: none (one p x p patchify conv) | conv (log2 p stride-2 3x3 convs, GELU,
+# then a 1x1 conv to the width: the same patch grid, features built over overlapping windows)
+STEMS = ("none", "conv")
 
 
 def spatial_softmax(logits: jax.Array, scale: jax.Array | float = 1.0) -> jax.Array:
@@ -94,6 +97,7 @@ class ViT(nn.Module):
     cameras: int = 1
     readout: str = "none"  # READOUTS: keypoint tokens appended to each camera's patch tokens
     keypoints: int = 16  # K keypoint tokens per camera (readout != "none")
+    stem: str = "none"  # STEMS: how pixels become patch tokens
 
     @nn.compact
     def __call__(self, image: jax.Array, project: bool = True) -> jax.Array:
@@ -115,6 +119,10 @@ class ViT(nn.Module):
         """[N, H, W, 3] (N = batch x cameras, camera-major inside an example) -> tokens."""
         x = image.astype(jnp.float32) / 127.5 - 1.0
         p = self.patch_size
+        if self.stem not in STEMS:
+            raise ValueError(f"model.vision_stem={self.stem!r}: expected one of {STEMS}")
+        if self.stem == "conv":
+            x, p = self._conv_stem(x), 1
         x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                     param_dtype=jnp.float32, name="patch_embed",
                     kernel_init=partitioned(nn.initializers.lecun_normal(),
@@ -154,6 +162,22 @@ class ViT(nn.Module):
             return x
         return dense(self.out_width, (None, "embed"), dtype=self.dtype, use_bias=True,
                      name="to_backbone")(x)
+
+    def _conv_stem(self, x: jax.Array) -> jax.Array:
+        """[N, H, W, 3] in [-1, 1] -> [N, H/p, W/p, C]: log2(p) 3x3 convs of stride 2 with
+        GELU, 16 channels doubling per conv up to the width (Xiao et al. 2021, "Early
+        convolutions help transformers see better"). Why: an 8-px patchify sees a one-pixel
+        object as one of 64 inputs of a linear map; overlapping 3x3 windows detect it first."""
+        p = self.patch_size
+        if p < 2 or p & (p - 1):
+            raise ValueError(f"model.vision_stem='conv' needs a power-of-2 patch_size, got {p}")
+        for i in range(p.bit_length() - 1):
+            x = nn.Conv(min(self.width, 16 * 2 ** i), (3, 3), strides=(2, 2), padding="SAME",
+                        dtype=self.dtype, param_dtype=jnp.float32, name=f"stem_conv_{i}",
+                        kernel_init=partitioned(nn.initializers.lecun_normal(), (None,) * 4),
+                        bias_init=partitioned(nn.initializers.zeros_init(), (None,)))(x)
+            x = nn.gelu(x)
+        return x
 
     def _keypoint_tokens(self, image: jax.Array, patches: jax.Array, gh: int,
                          gw: int) -> jax.Array:

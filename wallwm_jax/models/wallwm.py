@@ -89,7 +89,8 @@ class WallWM(nn.Module):
                        attention_impl=cfg.get("attention", "auto"),
                        cameras=cfg.get("cameras", 1),
                        readout=cfg.get("vision_readout", "none"),
-                       keypoints=cfg.get("vision_keypoints", 16))
+                       keypoints=cfg.get("vision_keypoints", 16),
+                       stem=cfg.get("vision_stem", "none"))
         self.embedder = nn.Embed(cfg.vocab_size, cfg.width, dtype=dtype, param_dtype=jnp.float32,
                                  embedding_init=partitioned(nn.initializers.normal(0.02),
                                                             ("vocab", "embed")))
