@@ -94,8 +94,6 @@ def apply_pixels_recipe(config: ml_collections.ConfigDict) -> ml_collections.Con
     config.data.image_size = 48  # model.image_size follows (a reference)
     config.data.cameras = ("image", "image_gripper")
     config.model.cameras = len(config.data.cameras)
-    # Optional conv stem in the vision tower (models/vit.py STEMS; docs/pixels.md): off.
-    config.model.vision_stem = "none"
     return config
 
 
@@ -185,6 +183,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # patch_keypoints | pixel_keypoints (spatial softmax over patches or pixels, docs/pixels.md)
     config.model.vision_readout = "none"
     config.model.vision_keypoints = 16
+    # How pixels become patch tokens (models/vit.py STEMS; docs/pixels.md): none (one patchify
+    # conv) | conv (stride-2 3x3 convs down to the patch size)
+    config.model.vision_stem = "none"
     config.model.vit_width = s["vit_width"]
     config.model.vit_depth = s["vit_depth"]
     config.model.vit_heads = s["vit_heads"]

@@ -62,6 +62,7 @@ def test_demo_recipe_is_the_demo_config(mode):
     ("data.balance_alpha", -1.0, "config.data.balance_alpha=-1.0: expected a number >= 0"),
     ("data.layout", "chunk", "config.mode='event' but config.data.layout='chunk'"),
     ("model.remat_policy", "some", "config.model.remat_policy='some': expected one of 'none'"),
+    ("model.vision_stem", "resnet", "config.model.vision_stem='resnet': expected one of 'none'"),
     ("model.cameras", 2, "config.model.cameras=2 but config.data.cameras has 1"),
     ("mesh.fsdp", 0, "axis sizes >= 1, or -1"),
     ("checkpoint.every_steps", 0, "config.checkpoint.every_steps=0: expected an integer >= 1"),
@@ -105,3 +106,13 @@ def test_dataset_dir_messages(tmp_path):
         config_check.check_dataset_dir(str(tmp_path))
     with pytest.raises(cli.UserError, match="is not set: pass --config.data.data_dir=DIR"):
         config_check.check_dataset_dir("")
+
+
+def test_model_choices_match_the_models():
+    """config_check keeps its own copies of the vision tower's choices (so a config error comes
+    before any JAX import); they must be the tower's."""
+    from wallwm_jax import config_check
+    from wallwm_jax.models import vit
+
+    assert config_check.VISION_READOUTS == vit.READOUTS
+    assert config_check.VISION_STEMS == vit.STEMS

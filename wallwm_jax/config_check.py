@@ -26,6 +26,7 @@ ATTENTION = ("auto", "xla", "cudnn", "splash")
 DTYPES = ("auto", "bfloat16", "float32", "float16")
 CAPTION_MASKS = ("staircase", "causal")
 VISION_READOUTS = ("none", "patch_keypoints", "pixel_keypoints")  # models.vit.READOUTS
+VISION_STEMS = ("none", "conv")  # models.vit.STEMS
 NORM_MODES = ("mean_std", "quantile")
 ON_NONFINITE = ("stop", "skip")
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -298,6 +299,8 @@ def _model(config: ml_collections.ConfigDict) -> None:
     if "vision_readout" in config.model:
         _choice(config, "model.vision_readout", VISION_READOUTS)
         _int(config, "model.vision_keypoints", low=1)
+    if "vision_stem" in config.model:
+        _choice(config, "model.vision_stem", VISION_STEMS)
     _number(config, "model.flow_beta_a", low=0.0, open_low=True)
     _number(config, "model.flow_beta_b", low=0.0, open_low=True)
     for name in ("action", "caption", "duration", "world"):
