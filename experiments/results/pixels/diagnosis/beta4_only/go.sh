@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# flow_beta_a=4 alone (no tower init): separates the two changes of tower_offset_beta4. Dev only.
+set -euo pipefail
+cd /work/main
+DATASET=/work/pix_data/metaworld_events/mt10-e100-i48-s0-t337a5002-cgripper-dart0.3/1.0.0
+W=/work/see_work/beta4_only
+PY=/work/main/.venv-test/bin/python
+$PY -m wallwm_jax.train --config experiments/pretrain.py:size=tiny,mode=chunk,recipe=pixels \
+  --workdir "$W/run" --config.data.data_dir="$DATASET" --config.total_steps=1500 \
+  --config.eval_every_steps=1500 --config.model.flow_beta_a=4.0 > "$W/train.log" 2>&1
+$PY experiments/results/pixels/sanity/target_probe.py "$W/run/checkpoints" --samples 8 > "$W/probe.jsonl" 2> "$W/probe.err"
+$PY -m wallwm_jax.evaluation --policy "$W/run/checkpoints" --suite mt10_seen --tasks reach-v3,push-v3 \
+  --episodes_per_task 20 --split dev --workers 2 --execute_steps 8 --workdir "$W/eval" > "$W/eval.log" 2>&1
+echo done > "$W/DONE"
