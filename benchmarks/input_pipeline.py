@@ -157,6 +157,7 @@ STAGES = {"read": [("episodes.py", "__getitem__", "_episode")],
                      ("step_records.py", "_decode", None),
                      ("step_records.py", "end_frame", None)],
           "augment": [("augment.py", "augment_frame", None)],
+          # `_resize_rgb`: the sampler's name for it in baseline revisions
           "resize": [("Image.py", "resize", "make_sample"), ("Image.py", "resize", "_resize_rgb"),
                      ("Image.py", "resize", "resize_rgb")],
           "tokenise": [("tokenizer.py", "encode", None)]}

@@ -389,12 +389,12 @@ def test_one_batch_computes_at_most_read_ahead_more(tiny_config, monkeypatch):
 def test_end_frames_are_resized_as_pil_resizes_an_array():
     """The sampler hands PIL the event-end frame without `Image.fromarray`'s wrapping; the
     pixels are PIL's bilinear resize of the array, bit for bit, at every size it meets."""
-    from wallwm_jax.data.sampler import _resize_rgb
+    from wallwm_jax.data.step_records import resize_rgb
 
     rng = np.random.default_rng(0)
     for side, size in ((32, 16), (64, 16), (48, 48), (224, 16), (50, 16)):
         frame = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
         want = np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
-        got = _resize_rgb(frame[:, ::-1][:, ::-1], size)  # a strided view is taken too
+        got = resize_rgb(frame[:, ::-1][:, ::-1], size)  # a strided view is taken too
         assert got.dtype == np.uint8 and got.shape == (size, size, 3)
         np.testing.assert_array_equal(got, want)

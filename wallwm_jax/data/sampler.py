@@ -200,7 +200,7 @@ class EventSampler:
             stored = getattr(images, "end_frame", None)
             frame = None if stored is None else stored(k, world)
             if frame is None:
-                frame = _resize_rgb(images[int(ends[k]) - 1], world)
+                frame = resize_rgb(images[int(ends[k]) - 1], world)
             ends_seen[k] = frame
         end_image = ends_seen[k] if derived is None else ends_seen[k].copy()
         memo = None if derived is None else derived.get("frames")
@@ -233,9 +233,6 @@ class EventSampler:
             raise ValueError(f"{self.source.dataset_dir}: field '{key}' has frames of shape "
                              f"{frames.shape[1:]}, expected {want} from data.image_size")
         return frames
-
-
-_resize_rgb = resize_rgb  # the world target's resize, shared with the step store's writer
 
 
 def target_action_stats(dataset_dir: str, gain: float, max_episodes: int = 1000,
