@@ -398,3 +398,43 @@ def test_end_frames_are_resized_as_pil_resizes_an_array():
         got = resize_rgb(frame[:, ::-1][:, ::-1], size)  # a strided view is taken too
         assert got.dtype == np.uint8 and got.shape == (size, size, 3)
         np.testing.assert_array_equal(got, want)
+
+
+def test_concurrent_reads_share_the_cache_safely(tiny_config):
+    """Grain's read threads call one sampler at once: with a 2-episode cache evicting all the
+    time, every sample still equals a fresh read and the frame count stays exact."""
+    import sys
+    import threading
+
+    sampler = make_pipeline(tiny_config.data, global_batch=8, seed=3).sampler
+    fresh = make_pipeline(tiny_config.data, global_batch=8, seed=3).sampler
+    fresh.cache_size = 0
+    sampler.cache_size, sampler.frame_cache_bytes = 2, 6 * 32 * 32 * 3
+    indices = list(range(48))
+    want = {i: fresh(i) for i in indices}
+    errors, got = [], {}
+
+    def read(offset):
+        try:
+            for i in indices[offset:] + indices[:offset]:
+                got[(offset, i)] = sampler(i)
+        except Exception as e:  # noqa: BLE001  (reported by the assertion below)
+            errors.append(repr(e))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=read, args=(k * 6,)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+    for (_, i), sample in got.items():
+        for key in want[i]:
+            np.testing.assert_array_equal(sample[key], want[i][key], err_msg=key)
+    held = sum(f.nbytes for _, derived in sampler._cache.values()
+               for f in derived["frames"].values())
+    assert held == sampler._frame_bytes <= sampler.frame_cache_bytes

@@ -4,6 +4,7 @@ dataset the same way for training and for both offline evaluators."""
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from typing import Any
 
@@ -28,7 +29,8 @@ class EventSampler:
     Picklable, so Grain worker processes can run it; episodes are kept in a small
     per-process LRU cache because consecutive samples often hit the same episode, with what
     their samples derive from them once, and decoded frames up to `frame_cache_bytes` per
-    process (a small dataset is then decoded once, not once per sample).
+    process (a small dataset is then decoded once, not once per sample). Grain's read threads
+    call one sampler at once: a lock guards the cache and the frame count, never a read.
     """
 
     def __init__(self, source: EpisodeSource, index: EventIndex, tokenizer_path: str,
@@ -59,6 +61,7 @@ class EventSampler:
         self._plan: tuple | None = None  # the config fields make_sample reads, as plain values
         # episode -> (its flat dict, what its samples derive from it once)
         self._cache: OrderedDict[int, tuple[dict, dict]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -67,7 +70,12 @@ class EventSampler:
         state["_plan"] = None
         state["_cache"] = OrderedDict()
         state["_frame_bytes"] = 0
+        del state["_lock"]
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -86,32 +94,40 @@ class EventSampler:
     def _episode(self, e: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Episode e and what samples derive from it once (`derived`), LRU-cached together
         (without a cache, `derived` is None: nothing is kept)."""
-        if e in self._cache:
-            self._cache.move_to_end(e)
-            return self._cache[e]
+        with self._lock:
+            entry = self._cache.get(e)
+            if entry is not None:
+                self._cache.move_to_end(e)
+                return entry
         if not self.cache_size:
             return self.source[e], None
-        entry = (self.source[e], {"frames": {}})
-        self._cache[e] = entry
-        if len(self._cache) > self.cache_size:
-            _, (_, derived) = self._cache.popitem(last=False)
-            self._frame_bytes -= sum(f.nbytes for f in derived.get("frames", {}).values())
+        loaded = (self.source[e], {"frames": {}, "cached": True})  # read outside the lock
+        with self._lock:
+            entry = self._cache.setdefault(e, loaded)  # another thread may have read it first
+            self._cache.move_to_end(e)
+            while len(self._cache) > self.cache_size:
+                _, (_, derived) = self._cache.popitem(last=False)
+                derived["cached"] = False  # a thread still using it keeps no more frames in it
+                self._frame_bytes -= sum(f.nbytes for f in derived["frames"].values())
         return entry
 
-    def _frame(self, name: str, frames: Any, t: int, memo: dict | None) -> np.ndarray:
+    def _frame(self, name: str, frames: Any, t: int, derived: dict | None) -> np.ndarray:
         """Frame t of camera `name`'s `frames`, decoded once while the episode is cached and
-        the decoded frames fit `frame_cache_bytes` (`memo`: the episode's decoded frames; a
-        copy is returned, so a sample never aliases the cache)."""
-        if memo is None:
+        the decoded frames fit `frame_cache_bytes` (`derived`: what the cached episode keeps;
+        a copy is returned, so a sample never aliases the cache)."""
+        if derived is None:
             return frames[t]
-        key = (name, t)
-        if key not in memo:
-            frame = np.asarray(frames[t])
-            if self._frame_bytes + frame.nbytes > self.frame_cache_bytes:
-                return frame
-            memo[key] = frame
-            self._frame_bytes += frame.nbytes
-        return memo[key].copy()
+        memo = derived["frames"]
+        frame = memo.get((name, t))
+        if frame is None:
+            frame = np.asarray(frames[t])  # decoded outside the lock
+            with self._lock:
+                if (not derived["cached"] or (name, t) in memo
+                        or self._frame_bytes + frame.nbytes > self.frame_cache_bytes):
+                    return frame
+                memo[(name, t)] = frame
+                self._frame_bytes += frame.nbytes
+        return frame.copy()
 
     def draw(self, i: int) -> tuple[int, int, np.random.Generator]:
         """(event row, step t, the sample's generator) of global sample i: a pure function
@@ -203,8 +219,7 @@ class EventSampler:
                 frame = resize_rgb(images[int(ends[k]) - 1], world)
             ends_seen[k] = frame
         end_image = ends_seen[k] if derived is None else ends_seen[k].copy()
-        memo = None if derived is None else derived.get("frames")
-        inputs = io.inputs({name: self._frame(name, frames, t, memo)
+        inputs = io.inputs({name: self._frame(name, frames, t, derived)
                             for name, frames in zip(names, cameras, strict=True)
                             if frames is not None},
                            ep["steps/observation/state"][t],
