@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging as py_logging
 import os
 import re
@@ -175,6 +176,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise SystemExit(143)
 
 
+def fewer_collections() -> None:
+    """Collect cyclic garbage every 50,000 allocations instead of Python's 700, and never
+    rescan what exists now (the imports). Tracing a model allocates millions of short-lived
+    objects, and the default collector keeps rescanning the imported modules: this takes ~10%
+    off a tiny training command's CPU (docs/performance.md). Memory is still freed by
+    reference counting as before; only cycles wait a little longer."""
+    gc.freeze()
+    gc.set_threshold(50_000, *gc.get_threshold()[1:])
+
+
 def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True,
         flags_parser: Callable[[list[str]], list[str]] = parse_flags,
         compilation_cache: bool | None = None) -> None:
@@ -209,4 +220,5 @@ def run(main: Callable[[list[str]], Any], *, sigterm_unwinds: bool = True,
             print("interrupted", file=sys.stderr)
             sys.exit(130)
 
+    fewer_collections()
     app.run(wrapped, flags_parser=flags_parser)
