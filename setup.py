@@ -13,6 +13,9 @@ setup(
     ),
     install_requires=[
         "jax>=0.10.0,<0.13",
+        # ml_dtypes 0.7 registers ufunc promoters at import: 0.85 CPU-s for every process that
+        # imports JAX (0.15 s with 0.6; docs/performance.md). JAX needs >= 0.5.
+        "ml_dtypes>=0.5.0,<0.7",
         "flax>=0.12.0,<0.13",
         "optax>=0.2.5,<0.3",
         "orbax-checkpoint>=0.12.0,<0.13",
