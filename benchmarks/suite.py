@@ -3,6 +3,7 @@
     python benchmarks/suite.py --out results.json        # small,base on GPU/TPU; tiny,small on CPU
     python benchmarks/suite.py --sizes tiny --steps 2 --batch_size 8 --out /tmp/results.json
     python benchmarks/suite.py --optimizer muon                # the table for a Muon recipe
+    python benchmarks/suite.py --data_dir DIR --image_size 32  # rows at the dataset's size
 
 Per model size: the train step (compile time, step time, the analytic FLOP count MFU uses,
 MFU where the device peak is known), the same step with Muon vs AdamW and Muon's update share
@@ -14,6 +15,8 @@ pipeline (Grain over a built dataset, `--data_dir`; by default a small demo data
 and its host share (`benchmarks/train_step.py --loop`), checkpoint blocking (async save),
 and inference latency p50/p99 at batch 1 in event mode (`sample_actions`) and unified mode
 (Staircase Decoding). A size that does not fit is reported as such and the next is tried.
+Each size's train step is traced and compiled once; the loop, data-wait (at the same image
+size) and checkpoint rows reuse it.
 Prints the table as Markdown, one JSON object (also to `--out`) and a one-line summary.
 """
 
@@ -46,7 +49,7 @@ from wallwm_jax.models import wallwm  # noqa: E402
 from wallwm_jax.models.decoding import staircase_decode  # noqa: E402
 from wallwm_jax.optim.factory import make_optimizer  # noqa: E402
 from wallwm_jax.prefetch import IteratorState  # noqa: E402
-from wallwm_jax.train_step import make_train_step  # noqa: E402
+from wallwm_jax.train_step import StepCache, make_train_step  # noqa: E402
 
 
 def _config(size: str, args: Any, mode: str = "event") -> Any:
@@ -55,6 +58,8 @@ def _config(size: str, args: Any, mode: str = "event") -> Any:
         config.batch_size = args.batch_size
     if getattr(args, "optimizer", None):
         config.optimizer.name = args.optimizer
+    if getattr(args, "image_size", None):
+        config.data.image_size = config.model.image_size = args.image_size
     return config
 
 
@@ -64,12 +69,14 @@ def _with_optimizer(config: Any, name: str) -> Any:
     return config
 
 
-def train_steps(config: Any, steps: int, rounds: int) -> dict[str, Any]:
+def train_steps(config: Any, steps: int, rounds: int,
+                cache: StepCache | None = None) -> dict[str, Any]:
     """The config's train step, the same step with AdamW and with Muon, and Muon's update
     alone (sharded as in training), timed in alternating rounds: one step-time figure per
-    configuration, and every ratio (Muon/AdamW, Muon's update share) taken within a round."""
-    adamw = step_bench.Variant(_with_optimizer(config, "adamw"))
-    muon = step_bench.Variant(_with_optimizer(config, "muon"))
+    configuration, and every ratio (Muon/AdamW, Muon's update share) taken within a round.
+    Both steps go into `cache` (the row's later measurements reuse the config's)."""
+    adamw = step_bench.Variant(_with_optimizer(config, "adamw"), cache=cache)
+    muon = step_bench.Variant(_with_optimizer(config, "muon"), cache=cache)
     tx = make_optimizer(muon.config.optimizer, muon.config.total_steps,
                         wallwm.param_logical_axes(config.model), muon.fns.param_sharding)
     grads = jax.tree.map(lambda p: p * 1e-3, muon.params)
@@ -115,11 +122,11 @@ def newton_schulz_row(config: Any) -> dict[str, Any]:
     return out
 
 
-def checkpoint_blocking(config: Any) -> dict[str, float]:
+def checkpoint_blocking(config: Any, cache: StepCache | None = None) -> dict[str, float]:
     """Seconds the loop is blocked by an async save of params + optimizer state, and until
-    the save is complete."""
+    the save is complete (the state's initialisation reused from `cache` when there)."""
     mesh = sharding.make_mesh(config.mesh)
-    fns = make_train_step(config, mesh)
+    fns = make_train_step(config, mesh, cache=cache)
     params, state = fns.init_fn(jax.random.PRNGKey(0))
     jax.block_until_ready(params)
     with tempfile.TemporaryDirectory() as d:
@@ -172,22 +179,24 @@ def wait_dataset(image_size: int) -> str:
                      tasks=("reach-v3",), episodes_per_task=4, image_size=image_size)
 
 
-def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10) -> dict[str, Any]:
+def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10,
+              cache: StepCache | None = None) -> dict[str, Any]:
     """Share of the training loop's time spent waiting for the real input pipeline (Grain over
     `data_dir`, the prefetch thread of train.py, metrics fetched a step late at log steps),
     after one untimed step (compile); at the dataset's image size when it differs from the
-    config's (the step is compiled at that size)."""
+    config's (the step is compiled at that size). The step's program does not depend on
+    `data_dir`, so at the config's size it is the one in `cache` (not compiled again)."""
     from wallwm_jax.data.batches import abstract_batch
     from wallwm_jax.data.checks import dataset_spec
     from wallwm_jax.data.pipeline import make_pipeline
     from wallwm_jax.prefetch import Prefetcher
 
     config = config.copy_and_resolve_references()
-    config.data.data_dir = data_dir
     size = dataset_spec(data_dir).cameras["image"][0]
     config.data.image_size = config.model.image_size = size
     mesh = sharding.make_mesh(config.mesh)
-    fns = make_train_step(config, mesh)
+    fns = make_train_step(config, mesh, cache=cache)
+    config.data.data_dir = data_dir  # the pipeline's
     per_host = config.batch_size // jax.process_count()
     carry = list(fns.init_fn(jax.random.PRNGKey(0)))
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=0)
@@ -223,11 +232,14 @@ def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10) -> di
 def size_row(size: str, args: Any) -> dict[str, Any]:
     """Every figure of the table for one model size."""
     config = _config(size, args)
-    fns = make_train_step(config, sharding.make_mesh(config.mesh))
+    # Every measurement below that runs the config's own step (loop, data wait at the same
+    # image size, checkpoint) reuses the one traced and compiled here once.
+    cache = StepCache()
+    fns = make_train_step(config, sharding.make_mesh(config.mesh), cache=cache)
     row: dict[str, Any] = {"size": size, "batch_size": config.batch_size,
                            "optimizer": config.optimizer.name,
                            "params": wallwm.count_params(fns.abstract_params), **fns.precision}
-    train = train_steps(config, args.steps, args.rounds)
+    train = train_steps(config, args.steps, args.rounds, cache=cache)
     row.update({k: train[k] for k in ("compile_s", "step_time_s",
                                       "flops_per_step", "memory_bytes_per_device",
                                       "tokens_per_s", "model_flops_per_s", "adamw_step_s",
@@ -237,15 +249,16 @@ def size_row(size: str, args: Any) -> dict[str, Any]:
     row["mfu"] = train.get("mfu")
     row.update(newton_schulz_row(config))
     # The loop's shares come from its own alternating rounds (device only / loop).
-    loop = step_bench.loop_bench(config, max(args.steps, 2), log_every=10, rounds=args.rounds)
+    loop = step_bench.loop_bench(config, max(args.steps, 2), log_every=10, rounds=args.rounds,
+                                 cache=cache)
     row.update({k: loop[k] for k in ("host_share_after", "host_share_before")})
     row["data_wait_share_synthetic"] = loop["data_wait_share"]  # host-made random batches
     row.update(data_wait(config, args.data_dir or wait_dataset(config.data.image_size),
-                         max(args.steps * args.rounds, 6)))
+                         max(args.steps * args.rounds, 6), cache=cache))
     if row["host_share_after"] < 0:
         row["host_share_note"] = ("negative: the loop ran faster than the device-only timing "
                                   "of the same rounds (noise), not clamped")
-    row.update(checkpoint_blocking(config))
+    row.update(checkpoint_blocking(config, cache=cache))
     for mode in ("event", "unified"):
         row.update(inference_latency(size, mode, args))
     return row
@@ -277,6 +290,9 @@ def define_flags() -> None:
     flags.DEFINE_list("sizes", None, "Model sizes; default small,base on GPU/TPU, tiny,small "
                       "on CPU.")
     flags.DEFINE_integer("batch_size", None, "Global batch (default: the config's).")
+    flags.DEFINE_integer("image_size", None, "Image side for every row (default: the "
+                         "config's); at `--data_dir`'s size the data wait reuses the row's "
+                         "compiled step.")
     flags.DEFINE_integer("steps", 3, "Timed steps per round.")
     flags.DEFINE_integer("rounds", 3, "Alternating rounds for every ratio (A/B/A/B...).")
     flags.DEFINE_integer("latency_repeats", 20, "Inference calls per latency figure.")
@@ -290,14 +306,15 @@ def define_flags() -> None:
 def run_suite(sizes: Sequence[str] | str | None = None, batch_size: int | None = None,
               steps: int = 3, latency_repeats: int = 20, out: str | None = None,
               optimizer: str | None = None, rounds: int = 3,
-              data_dir: str | None = None) -> dict[str, Any]:
+              data_dir: str | None = None, image_size: int | None = None) -> dict[str, Any]:
     """Measure every size, print the table and the JSON report, return the report.
 
     `sizes`: model sizes, as `--sizes` gives them or as one comma list ("tiny,small");
-    `data_dir`: the dataset the data-wait row reads (`wait_dataset` when None)."""
+    `data_dir`: the dataset the data-wait row reads (`wait_dataset` when None);
+    `image_size`: every row's image side (default: the config's)."""
     args = SimpleNamespace(sizes=sizes, batch_size=batch_size, steps=steps,
                            latency_repeats=latency_repeats, out=out, optimizer=optimizer,
-                           rounds=rounds, data_dir=data_dir)
+                           rounds=rounds, data_dir=data_dir, image_size=image_size)
     jax.config.update("jax_threefry_partitionable", True)
     backend = jax.default_backend()
     if isinstance(sizes, str):
@@ -334,7 +351,7 @@ def main(argv: list[str]) -> None:
     cli.positional(argv)
     fl = flags.FLAGS
     run_suite(fl.sizes, fl.batch_size, fl.steps, fl.latency_repeats, fl.out, fl.optimizer,
-              fl.rounds, fl.data_dir)
+              fl.rounds, fl.data_dir, fl.image_size)
 
 
 if __name__ == "__main__":

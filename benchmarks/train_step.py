@@ -35,7 +35,7 @@ from wallwm_jax.data.batches import abstract_batch, check_batch  # noqa: E402
 from wallwm_jax.data.pipeline import to_event_batch  # noqa: E402
 from wallwm_jax.models import wallwm  # noqa: E402
 from wallwm_jax.prefetch import Prefetcher  # noqa: E402
-from wallwm_jax.train_step import make_train_step  # noqa: E402
+from wallwm_jax.train_step import StepCache, make_train_step  # noqa: E402
 from wallwm_jax.tree_names import path_name  # noqa: E402
 
 
@@ -96,15 +96,16 @@ class SyntheticSource:
 
 
 def loop_bench(config: Any, steps: int, log_every: int = 10,
-               rounds: int = 3) -> dict[str, Any]:
+               rounds: int = 3, cache: StepCache | None = None) -> dict[str, Any]:
     """Steps/s of the same compiled step driven three ways on the same kind of host batches:
     the device alone (one batch, no host work), the former loop (load, check, put, step and
     fetch the metrics every step, all on the main thread) and the current one (prefetch
     thread, metrics fetched a step late at log steps). The three alternate for `rounds`
     rounds (medians reported), so a change in machine load hits them alike.
-    Host share = 1 - device time / loop time."""
+    Host share = 1 - device time / loop time. With a `cache` holding this config's step (e.g.
+    a `Variant`'s), that step and its compiled program are reused."""
     mesh = sharding.make_mesh(config.mesh)
-    fns = make_train_step(config, mesh)
+    fns = make_train_step(config, mesh, cache=cache)
     per_host = config.batch_size // jax.process_count()
     expected = abstract_batch(config, per_host)
     carry = list(fns.init_fn(jax.random.PRNGKey(0)))
@@ -177,12 +178,14 @@ def attention_switch(config: Any) -> str:
 
 
 class Variant:
-    """One config's train step, compiled, with its state and a fixed batch, ready to time."""
+    """One config's train step, compiled, with its state and a fixed batch, ready to time.
+    With a `cache`, later builds of the same program in the process (`loop_bench`, the
+    suite's other rows) reuse this step and its compiled program."""
 
-    def __init__(self, config: Any, warmup: int = 1) -> None:
+    def __init__(self, config: Any, warmup: int = 1, cache: StepCache | None = None) -> None:
         self.config = config
         self.mesh = sharding.make_mesh(config.mesh)
-        self.fns = make_train_step(config, self.mesh)
+        self.fns = make_train_step(config, self.mesh, cache=cache)
         t0 = time.perf_counter()
         self.compiled = self.fns.update_fn.lower(*self.fns.abstract_inputs).compile()
         self.compile_s = time.perf_counter() - t0

@@ -88,6 +88,7 @@ def tiny_steps():
     return config, out
 
 
+@pytest.mark.xdist_group("hlo_tiny_steps")  # one worker compiles them
 def test_scan_layers_on_and_off_same_totals(tiny_steps):
     _, stats = tiny_steps
     scanned, unrolled = stats[True], stats[False]
@@ -105,6 +106,7 @@ def test_scan_layers_on_and_off_same_totals(tiny_steps):
             > 1.3 * unrolled.collective_bytes["all-gather"] > 0)
 
 
+@pytest.mark.xdist_group("hlo_tiny_steps")  # one worker compiles them
 def test_compiled_flops_match_analytic(tiny_steps):
     config, stats = tiny_steps
     analytic_per_device = throughput.step_flops(config) / 8

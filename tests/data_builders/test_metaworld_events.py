@@ -22,6 +22,7 @@ def built(tmp_path_factory):
     return data_dir, mwe.build(data_dir, episodes_per_task=2, image_size=32)
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_layout_and_no_tensorflow(built):
     data_dir, version_dir = built
     assert version_dir == os.path.join(
@@ -32,6 +33,7 @@ def test_layout_and_no_tensorflow(built):
     assert "tensorflow" not in sys.modules
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_features_from_data_source(built):
     _, version_dir = built
     builder = tfds.builder_from_directory(version_dir)
@@ -54,6 +56,7 @@ def test_features_from_data_source(built):
     assert len(ep["events"]["caption"]) == len(ep["events"]["phase"]) == len(start)
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_train_split_uses_only_train_wording(built):
     _, version_dir = built
     source = tfds.builder_from_directory(version_dir).as_data_source(split="train")
@@ -69,6 +72,7 @@ def test_train_split_uses_only_train_wording(built):
     assert seen and not seen & heldout
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_norm_stats_equal_numpy_on_train_split(built):
     _, version_dir = built
     source = tfds.builder_from_directory(version_dir).as_data_source(split="train")
@@ -81,6 +85,7 @@ def test_norm_stats_equal_numpy_on_train_split(built):
     assert stats["state"]["std"].shape == (4,)
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_tokenizer_stored_with_dataset(built):
     _, version_dir = built
     tok = Tokenizer(version_dir)
@@ -88,6 +93,7 @@ def test_tokenizer_stored_with_dataset(built):
     assert tok.decode(tok.encode(text, 32)) == text
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_rebuild_is_skipped(built):
     data_dir, version_dir = built
     record = [f for f in os.listdir(version_dir) if "train.array_record" in f][0]
@@ -142,6 +148,7 @@ def test_overrides_get_their_own_config_name():
         mwe.make_config("demo", episodes_per_task=1)
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_dataset_info_records_config(built):
     _, version_dir = built
     with open(os.path.join(version_dir, "dataset_info.json")) as f:
@@ -160,6 +167,7 @@ def test_worker_pool_gives_the_same_dataset(tmp_path):
     assert list(a["events"]["caption"]) == list(b["events"]["caption"])
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_build_report_is_stored_and_adds_up(built):
     _, version_dir = built
     with open(os.path.join(version_dir, mwe.REPORT_FILE)) as f:
@@ -252,6 +260,7 @@ def test_gripper_camera_is_stored_and_fed_to_the_model(tmp_path):
         make_pipeline(config.data, global_batch=2, seed=0).sampler(0)
 
 
+@pytest.mark.xdist_group("mw_events_built")  # one worker builds `built`
 def test_paraphrase_split_is_recorded_and_heldout_never_used(built):
     _, version_dir = built
     with open(os.path.join(version_dir, mwe.PARAPHRASES_FILE)) as f:

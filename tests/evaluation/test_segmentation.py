@@ -28,6 +28,7 @@ def real_episodes():
     return list(rollout_episodes(REAL, episodes=1, seed=2000))
 
 
+@pytest.mark.xdist_group("segmentation_rollouts")  # one worker rolls out
 def test_metaworld_f1_beats_uniform_cuts(real_episodes):
     assert [ep["task"] for ep in real_episodes] == list(REAL)
     overall = evaluate(real_episodes, tolerances=(3,))["overall"]
@@ -41,6 +42,7 @@ def test_metaworld_f1_beats_uniform_cuts(real_episodes):
         assert len(uniform_starts(len(ep["actions"]), len(starts))) == len(starts)
 
 
+@pytest.mark.xdist_group("segmentation_rollouts")  # one worker rolls out
 def test_metaworld_captions_name_the_grasp(real_episodes):
     push = real_episodes[0]
     starts = segment_events(push["actions"], push["states"], **MW)

@@ -91,13 +91,22 @@ def _force_duration(params, bin_index):
     return dict(params, duration_head=head)
 
 
+@pytest.fixture(scope="module")
+def unified_decode():
+    """The tiny unified config with its jitted Staircase decode and `sample_actions` (2
+    denoising steps), traced once for the module's parametrized cases."""
+    cfg = get_config("size=tiny,mode=unified").model
+    return (cfg, jax.jit(functools.partial(staircase_decode, cfg, max_len=6, num_steps=2)),
+            jax.jit(functools.partial(wallwm.sample_actions, cfg, num_steps=2)))
+
+
 @pytest.mark.parametrize("bin_index,expect_second", [(0, True), (-1, False)])
 def test_staircase_decode_adds_the_next_caption_only_when_the_event_ends_in_the_chunk(
-        unified_cfg, batch_factory, bin_index, expect_second):
+        unified_decode, batch_factory, bin_index, expect_second):
+    unified_cfg, decode, sample_actions = unified_decode
     params = wallwm.init_params(unified_cfg, jax.random.key(0))
     params = _force_duration(params, bin_index)  # bin 0 = 1 step; last bin = 32 >= Tmax
     obs = batch_factory(unified_cfg, batch_size=3, seed=4).obs
-    decode = jax.jit(functools.partial(staircase_decode, unified_cfg, max_len=6, num_steps=2))
     out = decode(params, obs, jax.random.key(0))
     b, tmax = 3, unified_cfg.max_event_len
     chex.assert_shape(out["captions"], (b, unified_cfg.max_captions, 6))
@@ -111,7 +120,7 @@ def test_staircase_decode_adds_the_next_caption_only_when_the_event_ends_in_the_
     else:
         assert not events.any()
     # Denoising ran over exactly these captions and events.
-    again = jax.jit(functools.partial(wallwm.sample_actions, unified_cfg, num_steps=2))(
+    again = sample_actions(
         params, obs.replace(caption=out["captions"]), jax.random.fold_in(jax.random.key(0), 2),
         action_events=out["action_events"])
     np.testing.assert_allclose(again["actions"], out["actions"], atol=1e-5)
