@@ -332,6 +332,25 @@ def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path
         assert run["losses"][0] < straight["losses"][1], name
 
 
+def test_loop_settings_share_one_traced_step():
+    """Runs that differ only in where the weights start from, checkpointing, logging or
+    evaluation run one program (the init_from and every-step-checkpoint runs here reuse the
+    straight run's traced step); a model field is another program."""
+    from jax.sharding import Mesh
+
+    from wallwm_jax.train_step import program_key
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    base = _config("/data")
+    loop = _config("/data", every_steps=1, async_save=False)
+    loop.init_from, loop.log_every_steps, loop.eval_every_steps = "/runs/a/checkpoints", 7, 3
+    loop.eval.num_batches += 1
+    assert program_key(loop, mesh, 8) == program_key(base, mesh, 8)
+    other = _config("/data")
+    other.model.depth += 1
+    assert program_key(other, mesh, 8) != program_key(base, mesh, 8)
+
+
 # ------------------------------------------------------------------ damaged finished steps
 def _largest(step_dir, item):
     root = os.path.join(step_dir, item, "ocdbt.process_0")
