@@ -2,7 +2,9 @@
 (checkpoint or export bundle), and the async-save blocking time in metrics.jsonl.
 
 Every run uses total_steps=TOTAL (shorter runs use `stop_after`): long enough for a signal
-sent after step 3 (or 4) to land mid-run, short enough that the runs and saves stay cheap.
+sent after step 3 (or 4) to land mid-run (SIGTERM stops the loop at its next step; SIGKILL
+has the async saves of steps 4 to 12 to land in), short enough that the runs and saves stay
+cheap (each step a CLI run resumes costs ~0.3 CPU-s, each save more).
 """
 
 import os
@@ -26,7 +28,7 @@ from wallwm_jax.train import train_and_evaluate
 from wallwm_jax.train_log import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL = 20
+TOTAL = 12
 TMP_SUFFIX = ckpt.TMP_DIR_SUFFIX
 
 
