@@ -2,7 +2,9 @@
 (checkpoint or export bundle), and the async-save blocking time in metrics.jsonl.
 
 Every run uses total_steps=TOTAL (shorter runs use `stop_after`): long enough for a signal
-sent after step 3 (or 4) to land mid-run, short enough that the runs and saves stay cheap.
+sent after step 3 (or 4) to land mid-run (SIGTERM stops the loop at its next step; SIGKILL
+has the async saves of steps 4 to 12 to land in), short enough that the runs and saves stay
+cheap (each step a CLI run resumes costs ~0.3 CPU-s, each save more).
 """
 
 import os
@@ -26,7 +28,7 @@ from wallwm_jax.train import train_and_evaluate
 from wallwm_jax.train_log import read_metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TOTAL = 20
+TOTAL = 12
 TMP_SUFFIX = ckpt.TMP_DIR_SUFFIX
 
 
@@ -330,6 +332,25 @@ def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path
         assert _saved_steps(tmp_path / name / "checkpoints") == [1]
         # Not the source's loss at step 1 (that was random init): a trained model's.
         assert run["losses"][0] < straight["losses"][1], name
+
+
+def test_loop_settings_share_one_traced_step():
+    """Runs that differ only in where the weights start from, checkpointing, logging or
+    evaluation run one program (the init_from and every-step-checkpoint runs here reuse the
+    straight run's traced step); a model field is another program."""
+    from jax.sharding import Mesh
+
+    from wallwm_jax.train_step import program_key
+
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    base = _config("/data")
+    loop = _config("/data", every_steps=1, async_save=False)
+    loop.init_from, loop.log_every_steps, loop.eval_every_steps = "/runs/a/checkpoints", 7, 3
+    loop.eval.num_batches += 1
+    assert program_key(loop, mesh, 8) == program_key(base, mesh, 8)
+    other = _config("/data")
+    other.model.depth += 1
+    assert program_key(other, mesh, 8) != program_key(base, mesh, 8)
 
 
 # ------------------------------------------------------------------ damaged finished steps

@@ -11,6 +11,15 @@ host:port --num_processes N --process_id i` (or the JAX_* environment variables)
 
 from __future__ import annotations
 
+# ruff: noqa: E402  (the command line below is dispatched before the imports)
+if __name__ == "__main__":
+    # `python -m wallwm_jax.train`: the flags, --workdir and the config are checked before the
+    # imports below (JAX, the model) load; then this file is imported as `wallwm_jax.train` to
+    # train (train_cli.py). run() exits.
+    from wallwm_jax import train_cli
+
+    train_cli.run()
+
 import contextlib
 import json
 import os
@@ -24,10 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 from absl import flags
-from ml_collections import config_flags
 from tqdm.auto import tqdm
 
-from wallwm_jax import bundle, cli, config_check, sharding, throughput
+from wallwm_jax import bundle, cli, config_check, sharding, throughput, train_cli
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.pipeline import make_pipeline, run_tokenizer
@@ -437,11 +445,7 @@ def main(argv: list[str]) -> None:
     checkpoint before the last step (rerun the same command to resume), 2 on a user error."""
     del argv
     fl = flags.FLAGS
-    if os.path.exists(fl.workdir) and not os.path.isdir(fl.workdir):
-        raise cli.UserError(f"--workdir {fl.workdir} is a file; expected a directory (new or "
-                            f"a run's, to resume)")
-    config = cli.config_value("config")
-    config_check.validate(config)  # before joining other processes
+    config = train_cli.checked_config()  # done already by `python -m`: cheap to repeat
     initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
     summary = train_and_evaluate(config, fl.workdir)
     losses = summary["losses"]
@@ -452,19 +456,3 @@ def main(argv: list[str]) -> None:
         # A scheduler requeues on this code; 0 means the run is finished.
         raise SystemExit(cli.EXIT_PREEMPTED)
 
-
-if __name__ == "__main__":
-    # Flags are defined only when run as a program, so importing this module (the demo,
-    # tests) never clashes with the importer's own flags.
-    config_flags.DEFINE_config_file(
-        "config", None, "Experiment config, e.g. experiments/pretrain.py:size=tiny,mode=event")
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-    flags.DEFINE_string("coordinator_address", None,
-                        "host:port of process 0 for a multi-process run "
-                        "(default: $JAX_COORDINATOR_ADDRESS).")
-    flags.DEFINE_integer("num_processes", None,
-                         "Number of processes (default: $JAX_NUM_PROCESSES, else 1).")
-    flags.DEFINE_integer("process_id", None, "This process's index (default: $JAX_PROCESS_ID).")
-    flags.mark_flags_as_required(["config", "workdir"])
-    # SIGTERM stays with the loop, which turns it into a checkpoint and a clean exit.
-    cli.run(main, sigterm_unwinds=False)

@@ -1,4 +1,8 @@
-"""One logging path for training: `metrics.jsonl` plus TensorBoard event files (tensorboardX)."""
+"""One logging path for training: `metrics.jsonl` plus TensorBoard event files (tensorboardX).
+
+JAX and tensorboardX are imported where they are used, so the readers of `metrics.jsonl`
+(`read_metrics`: the sweep's table, plots and report) start without them.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,8 @@ import threading
 import time
 from typing import Any
 
-import jax
 import ml_collections
 import numpy as np
-from tensorboardX import SummaryWriter
 
 
 class MetricLogger:
@@ -28,6 +30,8 @@ class MetricLogger:
         self.active = active
         if not active:
             return
+        from tensorboardX import SummaryWriter
+
         self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")  # noqa: SIM115
         self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -100,6 +104,8 @@ class StepTimer:
         Waits for the window's next-to-last step to be computed (the device still has the
         last one), to split the waits."""
         if block_on is not None:
+            import jax
+
             jax.block_until_ready(block_on)
         now = time.perf_counter()
         for previous, start, end in self._pending:
@@ -134,6 +140,8 @@ class _Watcher:
         self._queue.put((n, outputs))
 
     def _run(self) -> None:
+        import jax
+
         while True:
             n, outputs = self._queue.get()
             if n is None:

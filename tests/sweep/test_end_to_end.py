@@ -38,9 +38,15 @@ def get_sweep(h):
     return h.zip([h.sweep("config.data.balance_alpha", [0.0, 1.0]),
                   h.sweep("config.data.augment.enabled", [True, False])])
 '''
+# The crash sweep's trial that finishes needs to train, not to train long: one step, no
+# offline evaluation (what the 2x2 sweep above checks). total_steps is an input of the
+# compiled step, so it still loads the step the sweep above compiled.
 CRASH = SWEEP.replace('''h.zip([h.sweep("config.data.balance_alpha", [0.0, 1.0]),
                   h.sweep("config.data.augment.enabled", [True, False])])''',
-                      '''h.sweep("config.mesh.tensor", [1, 3])''')
+                      '''h.sweep("config.mesh.tensor", [1, 3])''').replace(
+    "c.total_steps = 4", "c.total_steps = 1").replace("c.eval_every_steps = 4",
+                                                      "c.eval_every_steps = 0")
+assert "c.total_steps = 1" in CRASH and "c.eval_every_steps = 0" in CRASH
 # Two trials, each naming two swept fields (how product and zip expand: tests/sweep/test_hyper.py).
 NAMES = ["balance_alpha=0,enabled=True", "balance_alpha=1,enabled=False"]
 

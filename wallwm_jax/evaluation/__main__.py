@@ -54,7 +54,6 @@ def main(argv: list[str]) -> None:
     warnings.filterwarnings("ignore", module="metaworld")  # "Constant(s) may be too high"
     from wallwm_jax.envs import metaworld  # noqa: F401  (sets MUJOCO_GL first)
     from wallwm_jax.evaluation import suites
-    from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
 
     if _LIST.value:
         for name in suites.names():
@@ -71,6 +70,10 @@ def main(argv: list[str]) -> None:
         if _LIMIT.value < 1:
             raise ValueError(f"--episode_limit must be >= 1, got {_LIMIT.value}")
         suite = dataclasses.replace(suite, episode_limit=_LIMIT.value)
+    # Imported after the flags and the suite are checked: a bad suite or task name fails
+    # before JAX loads.
+    from wallwm_jax.evaluation.runner import PolicySpec, evaluate_suite
+
     spec = PolicySpec(path=_POLICY.value, step=_STEP.value, mode=_MODE.value,
                       planner=_PLANNER.value, execute_steps=_EXECUTE.value)
     results = evaluate_suite(spec, suite, _WORKDIR.value, workers=_WORKERS.value,

@@ -16,7 +16,6 @@ import numpy as np
 
 from wallwm_jax.data import captions
 from wallwm_jax.data.tasks import TASK_OBJECTS
-from wallwm_jax.evaluation.caption_metrics import best_match, closed_loop_scores
 from wallwm_jax.evaluation.suites import Suite
 
 
@@ -312,6 +311,8 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
         record["error"] = "".join(traceback.format_exc().splitlines(True)[-12:])
         record["success"] = False
     if mode == "unified":
+        from wallwm_jax.evaluation.caption_metrics import closed_loop_scores
+
         record["caption_scores"] = closed_loop_scores(record["replans"])
     return record
 
@@ -331,6 +332,8 @@ def _score_replan(env: GuardedEnv, task: str, wording: Wording, actor: Any,
         return replan  # no caption for this phase (the hold after success): not scored
     length = out["caption_ids"].shape[1]
     truth = [actor.tokenizer.encode(text, length) for text in wordings]
+    from wallwm_jax.evaluation.caption_metrics import best_match
+
     replan.update(phase=phase, **best_match(out["caption_ids"][0], truth))
     return replan
 

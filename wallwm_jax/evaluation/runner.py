@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from wallwm_jax.data import captions
 from wallwm_jax.evaluation import pictures, stats
-from wallwm_jax.evaluation.caption_metrics import closed_loop_scores
 from wallwm_jax.evaluation.episode_log import EpisodeLog, LogMismatch, weights_digest
 from wallwm_jax.evaluation.harness import (
     PLANNERS,
@@ -239,18 +238,19 @@ def _identity(spec: PolicySpec, suite: Suite, mode: str, planner: str | None,
     """What must match for a rerun to keep a stopped run's episodes: the policy (an export's
     weights digest, a checkpoint's step), how it acts, and the suite's protocol and split
     (not its task list or episode count: those only say which episodes to play)."""
-    from wallwm_jax.bundle import WEIGHTS_FILE
-    from wallwm_jax.checkpoint import finished_steps
-
     if spec.path in (EXPERT, ""):
         policy: dict[str, Any] = {"path": spec.path or "in-memory"}
-    elif os.path.isfile(os.path.join(spec.path, WEIGHTS_FILE)):
-        policy = {"path": os.path.abspath(spec.path),
-                  "weights_sha256": weights_digest(os.path.join(spec.path, WEIGHTS_FILE))}
-    else:  # a checkpoint directory (load_actor checked it has finished steps)
-        steps = finished_steps(_checkpoint_dir(spec.path) or spec.path)
-        policy = {"path": os.path.abspath(spec.path),
-                  "step": spec.step if spec.step is not None else steps[-1]}
+    else:  # a model's (these modules load JAX, which an expert run never needs)
+        from wallwm_jax.bundle import WEIGHTS_FILE
+        from wallwm_jax.checkpoint import finished_steps
+
+        if os.path.isfile(os.path.join(spec.path, WEIGHTS_FILE)):
+            policy = {"path": os.path.abspath(spec.path),
+                      "weights_sha256": weights_digest(os.path.join(spec.path, WEIGHTS_FILE))}
+        else:  # a checkpoint directory (load_actor checked it has finished steps)
+            steps = finished_steps(_checkpoint_dir(spec.path) or spec.path)
+            policy = {"path": os.path.abspath(spec.path),
+                      "step": spec.step if spec.step is not None else steps[-1]}
     protocol = {k: v for k, v in suite.protocol().items() if k != "episodes_per_task"}
     return {"policy": policy, "mode": mode, "planner": planner,
             "execute_steps": spec.execute_steps, "suite": suite.name, "split": split,
@@ -329,6 +329,8 @@ def evaluate_suite(spec: PolicySpec, suite: Suite, workdir: str, *, workers: int
         "summary": stats.summarise(episodes, suite.groups),
     }
     if mode == "unified":  # the model's captions and event ends against the scripted phase
+        from wallwm_jax.evaluation.caption_metrics import closed_loop_scores
+
         results["caption_scores"] = closed_loop_scores(
             [r for ep in episodes for r in ep.get("replans", [])])
     # The episodes are the costly part: written first; the expert column is optional.
