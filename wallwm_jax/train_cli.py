@@ -47,6 +47,7 @@ def main(argv: list[str]) -> None:
     checked_config()
     from wallwm_jax import train
 
+    cli.fewer_collections()  # again: what the trainer's imports made is never rescanned
     train.main(argv)
 
 
