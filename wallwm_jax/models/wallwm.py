@@ -150,15 +150,6 @@ class WallWM(nn.Module):
                                                  dtype)
 
     # -- inputs -----------------------------------------------------------------------------
-    def aux_actions(self, image_tokens: jax.Array, obs: Observation) -> jax.Array:
-        """The auxiliary action head (`model.aux_action_weight` > 0, a training aid): the image
-        tokens as they enter the backbone [B, N, width] and the state -> the chunk's first
-        `model.aux_action_steps` actions f32 [B, steps, A], normalised as the flow target."""
-        return self.aux_action_head(image_tokens, obs.state,
-                                    None if obs.camera_mask is None
-                                    else _image_token_mask(obs, image_tokens.shape[1]),
-                                    obs.state_mask)
-
     def embed_vlm(self, obs: Observation) -> tuple[jax.Array, jax.Array, int]:
         """-> tokens [B, Nv, width], valid bool [B, Nv] (False on padding), #image tokens.
 
@@ -245,6 +236,15 @@ class WallWM(nn.Module):
         b, k, lc = obs.caption.shape
         logits = self.lm_logits(h_vlm[:, h_vlm.shape[1] - k * lc:])
         return logits.astype(jnp.float32).reshape(b, k, lc, logits.shape[-1])
+
+    def aux_actions(self, image_tokens: jax.Array, obs: Observation) -> jax.Array:
+        """The auxiliary action head (`model.aux_action_weight` > 0, a training aid): the image
+        tokens as they enter the backbone [B, N, width] and the state -> the chunk's first
+        `model.aux_action_steps` actions f32 [B, steps, A], normalised as the flow target."""
+        return self.aux_action_head(image_tokens, obs.state,
+                                    None if obs.camera_mask is None
+                                    else _image_token_mask(obs, image_tokens.shape[1]),
+                                    obs.state_mask)
 
     # -- passes -----------------------------------------------------------------------------
     def __call__(self, obs: Observation, x_t: jax.Array, t: jax.Array,
