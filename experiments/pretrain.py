@@ -230,6 +230,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dtype = "auto"
     config.model.loss_weights = ml_collections.ConfigDict(
         dict(action=1.0, caption=0.1, duration=0.1, world=0.1))
+    # Auxiliary action head (a training aid, docs/model.md): > 0 adds an MSE of a linear
+    # read-out of the image tokens + state to the chunk's first `aux_action_steps` actions,
+    # times this weight, so the vision tower gets a direct signal. 0: no head, no parameters.
+    config.model.aux_action_weight = 0.0
+    config.model.aux_action_steps = 1
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adamw"

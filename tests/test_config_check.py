@@ -73,6 +73,10 @@ def test_demo_recipe_is_the_demo_config(mode):
      "config.data.action_target_gain=-10.0: expected a number >= 0"),
     ("data.action_target_gain", float("nan"), "config.data.action_target_gain=nan: expected a "
      "finite number"),
+    ("model.aux_action_weight", -1.0, "config.model.aux_action_weight=-1.0: expected a number "
+     ">= 0"),
+    ("model.aux_action_weight", float("nan"), "config.model.aux_action_weight=nan: expected a "
+     "finite number"),
 ])
 def test_a_bad_field_is_named(field, value, message):
     config = get_config("size=tiny,mode=event")

@@ -303,6 +303,12 @@ def _model(config: ml_collections.ConfigDict) -> None:
         _choice(config, "model.vision_stem", VISION_STEMS)
     _number(config, "model.flow_beta_a", low=0.0, open_low=True)
     _number(config, "model.flow_beta_b", low=0.0, open_low=True)
+    if "aux_action_weight" in config.model:  # configs saved before the field: no head
+        if _number(config, "model.aux_action_weight", low=0.0) > 0:
+            steps = _int(config, "model.aux_action_steps", low=1)
+            if steps > config.model.max_event_len:
+                raise _bad("model.aux_action_steps", steps,
+                           f"an integer <= model.max_event_len ({config.model.max_event_len})")
     for name in ("action", "caption", "duration", "world"):
         # Not required finite: a NaN weight is how the on_nonfinite handling is exercised.
         weight = _get(config, f"model.loss_weights.{name}")

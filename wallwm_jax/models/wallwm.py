@@ -22,6 +22,7 @@ from wallwm_jax.models.layers import (
     compute_dtype,
     constrain_activation,
     dense,
+    layer_norm,
     partitioned,
     sinusoidal_embedding,
 )
@@ -76,6 +77,41 @@ def events_from_durations(steps: jax.Array, present: jax.Array, horizon: int) ->
     return jnp.minimum(passed, last).astype(jnp.int32)
 
 
+def aux_action_enabled(model_cfg: Any) -> bool:
+    """Whether the model has the auxiliary action head (`model.aux_action_weight` > 0)."""
+    return model_cfg.get("aux_action_weight", 0.0) > 0
+
+
+class AuxActionHead(nn.Module):
+    """A deterministic read-out of the first action(s) straight from the image tokens: a
+    training aid whose MSE gives the vision tower a direct signal (the flow loss gives it
+    ~1/13 of the action expert's gradient, experiments/results/pixels/diagnosis/results.md).
+
+    LayerNorm per token, then one linear map over all the image tokens (flattened: where a
+    token is matters, and a linear head over all of them is the probe that learnt push's first
+    action from these pixels) plus one over the state. Inference never calls it."""
+
+    steps: int
+    action_dim: int
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, state: jax.Array, token_mask: jax.Array | None = None,
+                 state_mask: jax.Array | None = None) -> jax.Array:
+        """tokens [B, N, D], state [B, S]; token_mask bool [B, N] (False: a missing camera's
+        tokens, read as 0), state_mask bool [B, S] -> f32 [B, steps, action_dim]."""
+        h = layer_norm("embed", self.dtype, name="norm")(tokens)
+        if token_mask is not None:
+            h = jnp.where(token_mask[:, :, None], h, 0.0)
+        if state_mask is not None:
+            state = jnp.where(state_mask, state, 0.0)
+        out = self.steps * self.action_dim
+        y = dense(out, (None, "embed", None), axis=(-2, -1), dtype=jnp.float32,
+                  use_bias=True, name="from_tokens")(h)
+        y = y + dense(out, (None, None), dtype=jnp.float32, name="from_state")(state)
+        return y.reshape(-1, self.steps, self.action_dim)
+
+
 class WallWM(nn.Module):
     """ViT + mixture-of-transformers decoder + caption/duration/world/velocity heads."""
 
@@ -109,6 +145,9 @@ class WallWM(nn.Module):
         self.world_hidden = dense(cfg.width, ("embed", "mlp"), dtype=dtype, use_bias=True)
         self.world_out = dense(cfg.world_size * cfg.world_size * 3, ("mlp", None),
                                dtype=jnp.float32, use_bias=True)
+        if aux_action_enabled(cfg):  # else no parameters: the model is as without the field
+            self.aux_action_head = AuxActionHead(cfg.get("aux_action_steps", 1), cfg.action_dim,
+                                                 dtype)
 
     # -- inputs -----------------------------------------------------------------------------
     def embed_vlm(self, obs: Observation) -> tuple[jax.Array, jax.Array, int]:
@@ -198,6 +237,15 @@ class WallWM(nn.Module):
         logits = self.lm_logits(h_vlm[:, h_vlm.shape[1] - k * lc:])
         return logits.astype(jnp.float32).reshape(b, k, lc, logits.shape[-1])
 
+    def aux_actions(self, image_tokens: jax.Array, obs: Observation) -> jax.Array:
+        """The auxiliary action head (`model.aux_action_weight` > 0, a training aid): the image
+        tokens as they enter the backbone [B, N, width] and the state -> the chunk's first
+        `model.aux_action_steps` actions f32 [B, steps, A], normalised as the flow target."""
+        return self.aux_action_head(image_tokens, obs.state,
+                                    None if obs.camera_mask is None
+                                    else _image_token_mask(obs, image_tokens.shape[1]),
+                                    obs.state_mask)
+
     # -- passes -----------------------------------------------------------------------------
     def __call__(self, obs: Observation, x_t: jax.Array, t: jax.Array,
                  action_events: jax.Array | None = None) -> dict[str, jax.Array]:
@@ -211,9 +259,12 @@ class WallWM(nn.Module):
         x_act = constrain_activation(x_act)
         mask, positions = self._layout(obs, valid, n_img, action_events)
         h_vlm, h_act, _ = self.decoder(x_vlm, x_act, positions, mask)
-        return {"velocity": self.action_out(h_act),
-                "caption_logits": self.caption_logits(h_vlm, obs),
-                **self.vlm_heads(h_vlm, obs, n_img)}
+        out = {"velocity": self.action_out(h_act),
+               "caption_logits": self.caption_logits(h_vlm, obs),
+               **self.vlm_heads(h_vlm, obs, n_img)}
+        if aux_action_enabled(self.cfg):
+            out["aux_actions"] = self.aux_actions(x_vlm[:, :n_img], obs)
+        return out
 
     def encode(self, obs: Observation) -> tuple[KVCache, dict[str, jax.Array]]:
         """VLM tokens alone -> per-layer K/V cache [L, B, Nv, K, H] and the VLM heads."""
@@ -398,9 +449,23 @@ def _sample_flow_time(rng: jax.Array, a: float, b: float, n: int) -> jax.Array:
     return jax.random.beta(rng, a, b, (n,))
 
 
+def _aux_action_loss(pred: jax.Array, actions: jax.Array, action_mask: jax.Array,
+                     dims: jax.Array | None) -> jax.Array:
+    """MSE of the auxiliary head's [B, k, A] against the chunk's first k (normalised) actions,
+    over the steps `action_mask` keeps and the dims `dims` [B, 1, A] (None: all) keeps."""
+    k = pred.shape[1]
+    sq_err = jnp.square(pred.astype(jnp.float32) - actions[:, :k])
+    if dims is None:
+        err = jnp.mean(sq_err, -1)
+    else:
+        err = jnp.sum(jnp.where(dims, sq_err, 0.0), -1) / jnp.maximum(jnp.sum(dims, -1), 1)
+    return _masked_mean(err, action_mask[:, :k])
+
+
 def compute_loss(model_cfg: Any, params: Any, batch: EventBatch, rng: jax.Array, *,
                  train: bool = True) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted sum of flow-matching, caption CE, duration CE and world MSE; scalar metrics.
+    """Weighted sum of flow-matching, caption CE, duration CE and world MSE (plus the auxiliary
+    action MSE with `model.aux_action_weight` > 0, metric loss/aux_action); scalar metrics.
 
     One path for every mode: the caption slots and `batch.action_events` decide the Staircase
     mask (event mode = one slot, chunk = none; absent terms are 0). `train` is reserved for
@@ -441,6 +506,10 @@ def compute_loss(model_cfg: Any, params: Any, batch: EventBatch, rng: jax.Array,
     }
     loss = sum(cfg.loss_weights[k] * v for k, v in terms.items())
     metrics = {f"loss/{k}": v for k, v in terms.items()}
+    if aux_action_enabled(cfg):
+        metrics["loss/aux_action"] = aux = _aux_action_loss(out["aux_actions"], actions,
+                                                            batch.action_mask, dims)
+        loss = loss + cfg.aux_action_weight * aux
     metrics["loss"] = loss
     return loss, metrics
 
