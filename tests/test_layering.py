@@ -23,14 +23,26 @@ def _modules() -> dict[str, str]:
     return out
 
 
+def _is_main_block(node: ast.stmt) -> bool:
+    """`if __name__ == "__main__":` at the top level of a file."""
+    test = getattr(node, "test", None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare)
+            and isinstance(test.left, ast.Name) and test.left.id == "__name__"
+            and any(isinstance(c, ast.Constant) and c.value == "__main__"
+                    for c in test.comparators))
+
+
 def import_graph() -> dict[str, set[str]]:
     """Module -> the wallwm_jax modules it imports anywhere in its source. `from pkg import
-    submodule` is an edge to the submodule, not to the package's __init__."""
+    submodule` is an edge to the submodule, not to the package's __init__. Imports under
+    `if __name__ == "__main__":` are not the module's: that block runs only in the script
+    `python -m` makes of the file (the module `__main__`), never when it is imported."""
     modules = _modules()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for module, path in modules.items():
         with open(path) as f:
             tree = ast.parse(f.read())
+        tree.body = [n for n in tree.body if not _is_main_block(n)]
         for node in ast.walk(tree):
             targets = []
             if isinstance(node, ast.Import):

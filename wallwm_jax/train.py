@@ -13,9 +13,9 @@ from __future__ import annotations
 
 # ruff: noqa: E402  (the command line below is dispatched before the imports)
 if __name__ == "__main__":
-    # `python -m wallwm_jax.train`: the flags, --workdir and the config are checked before the
-    # imports below (JAX, the model) load; then this file is imported as `wallwm_jax.train` to
-    # train (train_cli.py). run() exits.
+    # `python -m wallwm_jax.train`: the command (train_cli.py) checks the flags, --workdir and
+    # the config before the imports below (JAX, the model) load, then imports this file as
+    # `wallwm_jax.train` to train. run() exits.
     from wallwm_jax import train_cli
 
     train_cli.run()
@@ -32,10 +32,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-from absl import flags
 from tqdm.auto import tqdm
 
-from wallwm_jax import bundle, cli, config_check, sharding, throughput, train_cli
+from wallwm_jax import bundle, cli, config_check, sharding, throughput
 from wallwm_jax import checkpoint as ckpt
 from wallwm_jax.data.batches import abstract_batch
 from wallwm_jax.data.pipeline import make_pipeline, run_tokenizer
@@ -437,22 +436,4 @@ def initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize(coordinator_address=coordinator_address,
                                num_processes=num_processes, process_id=process_id)
     return True
-
-
-def main(argv: list[str]) -> None:
-    """CLI entry point: `--config`, `--workdir` and the optional multi-process flags. Exits 0
-    when the run is finished, 3 (`cli.EXIT_PREEMPTED`) when SIGTERM stopped it with a
-    checkpoint before the last step (rerun the same command to resume), 2 on a user error."""
-    del argv
-    fl = flags.FLAGS
-    config = train_cli.checked_config()  # done already by `python -m`: cheap to repeat
-    initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
-    summary = train_and_evaluate(config, fl.workdir)
-    losses = summary["losses"]
-    if losses and jax.process_index() == 0:
-        print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
-              f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
-    if summary["preempted"] and summary["last_step"] < config.total_steps:
-        # A scheduler requeues on this code; 0 means the run is finished.
-        raise SystemExit(cli.EXIT_PREEMPTED)
 

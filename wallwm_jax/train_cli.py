@@ -1,7 +1,7 @@
 """`python -m wallwm_jax.train`'s command line: its flags and the checks of `--workdir` and the
 config, run before JAX and the model are imported, so a bad command line is one `error:` line
-in a fraction of a second instead of after the imports (~3 CPU-s); `wallwm_jax.train.main`
-then trains.
+in a fraction of a second instead of after the imports (~3 CPU-s); then it imports
+`wallwm_jax.train` and trains.
 """
 
 from __future__ import annotations
@@ -43,12 +43,26 @@ def checked_config() -> ml_collections.ConfigDict:
 
 
 def main(argv: list[str]) -> None:
-    """Check the command line, then import the trainer (JAX, the model) and train."""
-    checked_config()
+    """Check the command line, then import the trainer (JAX, the model) and train. Exits 0
+    when the run is finished, 3 (`cli.EXIT_PREEMPTED`) when SIGTERM stopped it with a
+    checkpoint before the last step (rerun the same command to resume), 2 on a user error."""
+    del argv
+    config = checked_config()
+    import jax
+
     from wallwm_jax import train
 
     cli.fewer_collections()  # again: what the trainer's imports made is never rescanned
-    train.main(argv)
+    fl = flags.FLAGS
+    train.initialize_distributed(fl.coordinator_address, fl.num_processes, fl.process_id)
+    summary = train.train_and_evaluate(config, fl.workdir)
+    losses = summary["losses"]
+    if losses and jax.process_index() == 0:
+        print(f"trained steps {summary['first_step']}..{summary['last_step']}, "
+              f"loss {losses[0]:.4f} -> {losses[-1]:.4f}")
+    if summary["preempted"] and summary["last_step"] < config.total_steps:
+        # A scheduler requeues on this code; 0 means the run is finished.
+        raise SystemExit(cli.EXIT_PREEMPTED)
 
 
 def run() -> None:
