@@ -2,11 +2,12 @@
 
 A matmul of [m, k] x [k, n] costs 2·m·n·k FLOPs forward; the backward pass needs two of the
 same size (input and weight gradients), so a train step counts 3x the forward matmul FLOPs.
-Counted: ViT (patch embedding, blocks, projection to the backbone), backbone and action-expert
-projections and gated MLPs, the joint attention (QK^T and AV over the full
+Counted: ViT (patch embedding or the conv stem, blocks, projection to the backbone), backbone
+and action-expert projections and gated MLPs, the joint attention (QK^T and AV over the full
 [image | instruction | captions | actions] square, as the dense kernel computes it), the
-flow-time/state/action embeddings and all heads. Not counted: norms, softmax, activations,
-rotary embeddings, losses (elementwise; a few percent at the tiny size, less when wider).
+flow-time/state/action embeddings and all heads (the auxiliary action head when on). Not
+counted: norms, softmax, activations, rotary embeddings, losses (elementwise; a few percent at
+the tiny size, less when wider).
 """
 
 from __future__ import annotations
@@ -34,7 +35,15 @@ def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
 
     vw = c.vit_width
     n_cam = n_patch // cams  # the ViT attends within one camera's patches
-    vit = mm(b * n_patch, c.patch_size ** 2 * 3, vw)  # patch embedding (a strided conv)
+    if c.get("vision_stem", "none") == "conv":  # log2(p) stride-2 3x3 convs, then 1x1 to vw
+        side, c_in, vit = c.image_size, 3, 0.0
+        for i in range(c.patch_size.bit_length() - 1):
+            side, c_out = side // 2, min(vw, 16 * 2 ** i)
+            vit += mm(b * cams * side * side, 9 * c_in, c_out)
+            c_in = c_out
+        vit += mm(b * n_patch, c_in, vw)
+    else:
+        vit = mm(b * n_patch, c.patch_size ** 2 * 3, vw)  # patch embedding (a strided conv)
     vit += c.vit_depth * (
         4 * mm(b * n_patch, vw, vw)  # q, k, v, out (heads * head_dim = width)
         + 2 * mm(b * c.vit_heads * n_patch, vw // c.vit_heads, n_cam)  # QK^T and AV
@@ -65,6 +74,9 @@ def forward_flops(model_cfg: Any, batch_size: int, *, instruction_len: int,
     heads = (mm(b * n_caption, c.width, c.vocab_size)  # caption logits (tied embedding)
              + mm(b * num_captions, c.width, c.num_duration_bins)
              + mm(b, c.width, c.width) + mm(b, c.width, c.world_size ** 2 * 3))
+    if c.get("aux_action_weight", 0.0) > 0:  # the auxiliary action head (a training aid)
+        aux_out = c.get("aux_action_steps", 1) * c.action_dim
+        heads += mm(b, n_img * c.width, aux_out) + mm(b, c.state_dim, aux_out)
     return {"vit": vit, "backbone": backbone, "expert": expert, "attention": attention,
             "heads": heads + action_io}
 
