@@ -184,19 +184,19 @@ def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10,
     """Share of the training loop's time spent waiting for the real input pipeline (Grain over
     `data_dir`, the prefetch thread of train.py, metrics fetched a step late at log steps),
     after one untimed step (compile); at the dataset's image size when it differs from the
-    config's (the step is compiled at that size). The step's program does not depend on
-    `data_dir`, so at the config's size it is the one in `cache` (not compiled again)."""
+    config's (the step is compiled at that size). At the config's size the step is the one in
+    `cache` (`data_dir` is not part of its program key), not compiled again."""
     from wallwm_jax.data.batches import abstract_batch
     from wallwm_jax.data.checks import dataset_spec
     from wallwm_jax.data.pipeline import make_pipeline
     from wallwm_jax.prefetch import Prefetcher
 
     config = config.copy_and_resolve_references()
+    config.data.data_dir = data_dir
     size = dataset_spec(data_dir).cameras["image"][0]
     config.data.image_size = config.model.image_size = size
     mesh = sharding.make_mesh(config.mesh)
     fns = make_train_step(config, mesh, cache=cache)
-    config.data.data_dir = data_dir  # the pipeline's
     per_host = config.batch_size // jax.process_count()
     carry = list(fns.init_fn(jax.random.PRNGKey(0)))
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=0)

@@ -335,9 +335,10 @@ def test_init_from_checkpoint_and_export_bundle(tiny_dataset, straight, tmp_path
 
 
 def test_loop_settings_share_one_traced_step():
-    """Runs that differ only in where the weights start from, checkpointing, logging or
-    evaluation run one program (the init_from and every-step-checkpoint runs here reuse the
-    straight run's traced step); a model field is another program."""
+    """Runs that differ only in where the weights start from or the data is read from,
+    checkpointing, logging or evaluation run one program (the init_from and
+    every-step-checkpoint runs here reuse the straight run's traced step); a model field is
+    another program."""
     from jax.sharding import Mesh
 
     from wallwm_jax.train_step import program_key
@@ -347,6 +348,7 @@ def test_loop_settings_share_one_traced_step():
     loop = _config("/data", every_steps=1, async_save=False)
     loop.init_from, loop.log_every_steps, loop.eval_every_steps = "/runs/a/checkpoints", 7, 3
     loop.eval.num_batches += 1
+    loop.data.data_dir = "/other_data"  # where batches come from, not their shapes
     assert program_key(loop, mesh, 8) == program_key(base, mesh, 8)
     other = _config("/data")
     other.model.depth += 1

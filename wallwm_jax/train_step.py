@@ -181,11 +181,13 @@ LOOP_FIELDS = ("init_from", "checkpoint", "log_every_steps", "eval_every_steps",
 
 
 def program_key(config: ml_collections.ConfigDict, mesh: Mesh, batch_size: int) -> str:
-    """Everything the step's program depends on: the config without `RunInputs.FIELDS` and
-    `LOOP_FIELDS`, the mesh (devices, axis names and sizes) and the global batch."""
+    """Everything the step's program depends on: the config without `RunInputs.FIELDS`,
+    `LOOP_FIELDS` and `data.data_dir` (where batches are read from; their shapes are in the
+    other fields), the mesh (devices, axis names and sizes) and the global batch."""
     fields = json.loads(config.to_json_best_effort(sort_keys=True))
     for name in RunInputs.FIELDS + LOOP_FIELDS:
         fields.pop(name, None)
+    fields.get("data", {}).pop("data_dir", None)
     devices = [d.id for d in mesh.devices.flat]
     return json.dumps([fields, devices, list(mesh.shape.items()), batch_size], sort_keys=True)
 
