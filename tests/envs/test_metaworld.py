@@ -123,3 +123,51 @@ def test_mt50_tasks_get_privileged_phases_from_object_motion(task, phases):
     assert phases <= set(names) and names[-1] == "hold"
     assert ep["events"][0][0] == 0 and ep["events"][-1][1] == len(ep["actions"])
     assert all(a[1] == b[0] for a, b in zip(ep["events"][:-1], ep["events"][1:], strict=True))
+
+
+def _assert_same_rollout(a, b):
+    assert a.keys() == b.keys() and a["phases"] == b["phases"] and a["events"] == b["events"]
+    for key in ("images", "states", "actions", "images_gripper"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+@pytest.mark.parametrize("task", ["push-v3", "peg-insert-side-v3"])
+def test_a_reused_environment_runs_each_episode_as_a_new_one(task):
+    """`episode_env` hands an episode the idle environment of its configuration (no second
+    MuJoCo model or GL context), and what that computes is what a new one computes: the
+    same seed after another episode gives the same frames (scene and gripper camera),
+    states, actions and phases, bit for bit. A failed episode's environment is not reused."""
+    from wallwm_jax.envs import metaworld
+
+    options = {"image_size": 32, "max_steps": 30, "extra_cameras": ("gripper",),
+               "action_noise": 0.1}
+    new = {}
+    for seed in (3, 4):
+        metaworld.close_idle_envs()
+        new[seed] = rollout_expert(task, seed=seed, **options)  # in a new environment
+    assert len(metaworld._IDLE) == 1  # the one seed 4 ran in, kept
+    for seed in (3, 4):  # both again in that environment, after another scene
+        _assert_same_rollout(rollout_expert(task, seed=seed, **options), new[seed])
+    assert len(metaworld._IDLE) == 1
+    assert not np.array_equal(new[3]["states"], new[4]["states"])
+    # Another thread gets a new environment of its own (its GL context current there).
+    from concurrent.futures import ThreadPoolExecutor
+
+    idle = dict(metaworld._IDLE)
+    with ThreadPoolExecutor(1) as pool:
+        _assert_same_rollout(pool.submit(rollout_expert, task, seed=3, **options).result(),
+                             new[3])
+    assert metaworld._IDLE == idle
+    with metaworld.episode_env(task, seed=5, image_size=32, extra_cameras=("gripper",),
+                               privileged_state=False, camera_setup="ours") as env:
+        reused = env
+        env.discard()
+    with metaworld.episode_env(task, seed=5, image_size=32, extra_cameras=("gripper",),
+                               privileged_state=False, camera_setup="ours") as env:
+        assert env is not reused  # the discarded one was closed
+        kept = env
+    with metaworld.episode_env(task, seed=6, image_size=32, extra_cameras=("gripper",),
+                               privileged_state=False, camera_setup="ours") as env:
+        assert env is kept
+    metaworld.close_idle_envs()
+    assert metaworld._IDLE == {}

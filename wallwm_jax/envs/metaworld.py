@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import os
 import sys
+import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
@@ -318,6 +321,78 @@ class MetaWorldTask:
     def close(self) -> None:
         self._env.close()
 
+    def discard(self) -> None:
+        """Not to be reused by `episode_env` (an episode failed in it): closed when it ends."""
+        self._discarded = True
+
+    def _reuse(self, seed: int) -> None:
+        """Ready for another episode at `seed`, as a new instance would be: `reset` rebuilds
+        the simulation state (MuJoCo data, positions, phase tracker); this clears the rest."""
+        self._seed = seed
+        self.render_images = True
+        self._obs = None
+        self._succeeded = False
+
+
+# Idle environments kept between episodes, one per configuration: making one compiles the
+# task's MuJoCo model (~0.14 s) and, at its first frame, a GL context that uploads the scene
+# (~0.5 s on software GL), against ~22 ms a frame after that. An episode takes one out and
+# returns it when it ends normally. Only the main thread keeps them: a GL context is current
+# in the thread that made it (episodes run in the main thread of each process today).
+_IDLE: dict[tuple, MetaWorldTask] = {}
+_IDLE_LOCK = threading.Lock()
+_CLOSE_AT_EXIT: list[bool] = []  # whether close_idle_envs is registered to run at exit
+
+
+@contextlib.contextmanager
+def episode_env(task: str, *, seed: int, **options) -> Iterator[MetaWorldTask]:
+    """A `MetaWorldTask(task, seed=seed, **options)` for one episode: this process's idle one
+    of the same configuration if there is one (what it computes is a new one's: tests/envs),
+    else a new one. Kept for the next episode when the block ends; closed if it raised or
+    was discarded (and always, outside the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        env = MetaWorldTask(task, seed=seed, **options)
+        try:
+            yield env
+        finally:
+            env.close()
+        return
+    key = (task, tuple(sorted((k, tuple(v) if isinstance(v, list) else v)
+                              for k, v in options.items())))
+    with _IDLE_LOCK:
+        env = _IDLE.pop(key, None)
+    if env is None:
+        env = MetaWorldTask(task, seed=seed, **options)
+    else:
+        env._reuse(seed)
+    try:
+        yield env
+    except BaseException:
+        env.close()
+        raise
+    if getattr(env, "_discarded", False):
+        env.close()
+        return
+    with _IDLE_LOCK:
+        if not _CLOSE_AT_EXIT:
+            # Registered after MuJoCo's EGL module registered its exit handler (which ends
+            # the EGL display, at the first GL context: the probe in _import_mujoco_envs), so
+            # it runs before that one: atexit runs handlers last-in first-out.
+            atexit.register(close_idle_envs)
+            _CLOSE_AT_EXIT.append(True)
+        spare, _IDLE[key] = _IDLE.get(key), env
+    if spare is not None:
+        spare.close()
+
+
+def close_idle_envs() -> None:
+    """Close every environment `episode_env` keeps (their GL contexts and MuJoCo models)."""
+    with _IDLE_LOCK:
+        envs = list(_IDLE.values())
+        _IDLE.clear()
+    for env in envs:
+        env.close()
+
 
 def segment_phases(phases: list[str], min_len: int = MIN_EVENT_STEPS) -> list[tuple[int, int, str]]:
     """Maximal runs of equal phase as (start, end_exclusive, phase), tiling [0, T).
@@ -357,36 +432,39 @@ def rollout_expert(task: str, *, seed: int, image_size: int = 64,
     phases (T names), events [(start, end_exclusive, phase)], success (bool), and
     `images_<name>` uint8[T,H,W,3] per extra camera.
     """
-    env = MetaWorldTask(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras,
-                        privileged_state=privileged_state, camera_setup=camera_setup)
+    with episode_env(task, seed=seed, image_size=image_size, extra_cameras=extra_cameras,
+                     privileged_state=privileged_state, camera_setup=camera_setup) as env:
+        return _rollout(env, seed=seed, max_steps=max_steps, action_noise=action_noise,
+                        extra_cameras=extra_cameras)
+
+
+def _rollout(env: MetaWorldTask, *, seed: int, max_steps: int, action_noise: float,
+             extra_cameras: tuple[str, ...]) -> dict:
     # DART-style noise injection: with action_noise > 0 the executed action is the expert's
     # plus N(0, action_noise^2) (seeded by `seed`), while the recorded action stays the
     # expert's clean one, so the data shows how the expert recovers from small deviations.
     noise_rng = np.random.default_rng(seed)
-    try:
-        obs = env.reset()
-        images, states, actions, phases = [], [], [], []
-        extra = {name: [] for name in extra_cameras}
-        success_at = None
-        for t in range(max_steps):
-            action = np.clip(env.expert_action(), -1.0, 1.0)
-            images.append(obs["image"])
-            for name, frames in extra.items():
-                frames.append(obs[f"image_{name}"])
-            states.append(obs["state"])
-            actions.append(action)
-            phases.append(env.phase())
-            executed = action
-            if action_noise > 0:
-                executed = np.clip(action + noise_rng.normal(0.0, action_noise, action.shape),
-                                   -1.0, 1.0).astype(np.float32)
-            obs, success = env.step(executed)
-            if success and success_at is None:
-                success_at = t
-            if success_at is not None and t >= success_at + SETTLE_STEPS:
-                break
-    finally:
-        env.close()
+    obs = env.reset()
+    images, states, actions, phases = [], [], [], []
+    extra = {name: [] for name in extra_cameras}
+    success_at = None
+    for t in range(max_steps):
+        action = np.clip(env.expert_action(), -1.0, 1.0)
+        images.append(obs["image"])
+        for name, frames in extra.items():
+            frames.append(obs[f"image_{name}"])
+        states.append(obs["state"])
+        actions.append(action)
+        phases.append(env.phase())
+        executed = action
+        if action_noise > 0:
+            executed = np.clip(action + noise_rng.normal(0.0, action_noise, action.shape),
+                               -1.0, 1.0).astype(np.float32)
+        obs, success = env.step(executed)
+        if success and success_at is None:
+            success_at = t
+        if success_at is not None and t >= success_at + SETTLE_STEPS:
+            break
     return {
         "images": np.stack(images), "states": np.stack(states),
         "actions": np.stack(actions).astype(np.float32), "phases": phases,

@@ -8,6 +8,7 @@ exactly what one worker gives, in the same order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -170,7 +171,7 @@ def _wording(suite: Suite, task: str, episode: int, record: dict | None) -> Word
 
 def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, episode: int,
              seed: int, picture_dir: str | None, paraphrases: dict | None) -> dict[str, Any]:
-    from wallwm_jax.envs.metaworld import MetaWorldTask
+    from wallwm_jax.envs.metaworld import episode_env
 
     planner_name = resolve_planner(spec.planner if mode != EXPERT else None, mode)
     privileged = actor is None or (planner_name is not None
@@ -179,17 +180,17 @@ def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, e
     record: dict[str, Any] = {"task": task, "group": suite.group_of(task), "episode": episode,
                               "seed": seed}
     recorder = Recorder() if picture_dir else None
-    try:
-        image_size = suite.image_size or (actor.config.data.image_size if actor else 64)
-        env = GuardedEnv(MetaWorldTask(task, seed=seed, image_size=image_size,
-                                       camera=suite.camera, camera_setup=suite.camera_setup,
-                                       extra_cameras=_env_cameras(actor),
-                                       privileged_state=reads_privileged_state(actor)),
-                         privileged=privileged)
-    except Exception as err:  # noqa: BLE001
-        return dict(record, success=False, steps=0, captions=[], chunk_lengths=[],
-                    error=f"{type(err).__name__}: {err}")
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            image_size = suite.image_size or (actor.config.data.image_size if actor else 64)
+            task_env = stack.enter_context(episode_env(
+                task, seed=seed, image_size=image_size, camera=suite.camera,
+                camera_setup=suite.camera_setup, extra_cameras=_env_cameras(actor),
+                privileged_state=reads_privileged_state(actor)))
+            env = GuardedEnv(task_env, privileged=privileged)
+        except Exception as err:  # noqa: BLE001
+            return dict(record, success=False, steps=0, captions=[], chunk_lengths=[],
+                        error=f"{type(err).__name__}: {err}")
         env.render_images = actor is not None or recorder is not None  # the expert reads state
         if actor is not None:
             actor.reset(seed % 2**31)
@@ -198,8 +199,8 @@ def _run_job(actor: Any, spec: PolicySpec, suite: Suite, mode: str, task: str, e
                                   wording=_wording(suite, task, episode, paraphrases),
                                   planner=planner,
                                   execute_steps=spec.execute_steps, recorder=recorder))
-    finally:
-        env.close()
+        if record.get("error"):
+            task_env.discard()  # the next episode starts in a new environment
     record["wall_s"] = round(time.perf_counter() - t0, 3)
     if recorder is not None and recorder.frames:
         record["pictures"] = _draw(recorder, picture_dir, task, episode, record)
