@@ -131,43 +131,44 @@ def _assert_same_rollout(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-@pytest.mark.parametrize("task", ["push-v3", "peg-insert-side-v3"])
-def test_a_reused_environment_runs_each_episode_as_a_new_one(task):
+def test_reused_environments_run_each_episode_as_a_new_one():
     """`episode_env` hands an episode the idle environment of its configuration (no second
-    MuJoCo model or GL context), and what that computes is what a new one computes: the
-    same seed after another episode gives the same frames (scene and gripper camera),
-    states, actions and phases, bit for bit. A failed episode's environment is not reused."""
-    from wallwm_jax.envs import metaworld
-
-    options = {"image_size": 32, "max_steps": 30, "extra_cameras": ("gripper",),
-               "action_noise": 0.1}
-    new = {}
-    for seed in (3, 4):
-        metaworld.close_idle_envs()
-        new[seed] = rollout_expert(task, seed=seed, **options)  # in a new environment
-    assert len(metaworld._IDLE) == 1  # the one seed 4 ran in, kept
-    for seed in (3, 4):  # both again in that environment, after another scene
-        _assert_same_rollout(rollout_expert(task, seed=seed, **options), new[seed])
-    assert len(metaworld._IDLE) == 1
-    assert not np.array_equal(new[3]["states"], new[4]["states"])
-    # Another thread gets a new environment of its own (its GL context current there).
+    MuJoCo model or GL context), and what that computes is what a new one computes: each
+    scene run again in the kept environments, two tasks taking turns (each rendering with its
+    own GL context), gives the same frames (scene and gripper camera), states, actions and
+    phases, bit for bit. Another thread gets its own environment; a discarded one is closed."""
     from concurrent.futures import ThreadPoolExecutor
 
+    from wallwm_jax.envs import metaworld
+
+    options = {"image_size": 32, "max_steps": 20, "extra_cameras": ("gripper",),
+               "action_noise": 0.1}
+    runs = [(task, seed) for seed in (3, 4) for task in ("push-v3", "peg-insert-side-v3")]
+    new = {}
+    for task, seed in runs:
+        metaworld.close_idle_envs()
+        new[task, seed] = rollout_expert(task, seed=seed, **options)  # a new environment
+    rollout_expert("push-v3", seed=5, **options)  # now one of each task is kept
+    assert len(metaworld._IDLE) == 2
+    for task, seed in runs:  # again, in the kept environments, the tasks taking turns
+        _assert_same_rollout(rollout_expert(task, seed=seed, **options), new[task, seed])
+    assert len(metaworld._IDLE) == 2
+    assert not np.array_equal(new["push-v3", 3]["states"], new["push-v3", 4]["states"])
     idle = dict(metaworld._IDLE)
     with ThreadPoolExecutor(1) as pool:
-        _assert_same_rollout(pool.submit(rollout_expert, task, seed=3, **options).result(),
-                             new[3])
+        _assert_same_rollout(pool.submit(rollout_expert, "push-v3", seed=3, **options).result(),
+                             new["push-v3", 3])
     assert metaworld._IDLE == idle
-    with metaworld.episode_env(task, seed=5, image_size=32, extra_cameras=("gripper",),
-                               privileged_state=False, camera_setup="ours") as env:
+
+    spec = {"image_size": 32, "extra_cameras": ("gripper",), "privileged_state": False,
+            "camera_setup": "ours"}
+    with metaworld.episode_env("push-v3", seed=5, **spec) as env:
         reused = env
         env.discard()
-    with metaworld.episode_env(task, seed=5, image_size=32, extra_cameras=("gripper",),
-                               privileged_state=False, camera_setup="ours") as env:
+    with metaworld.episode_env("push-v3", seed=5, **spec) as env:
         assert env is not reused  # the discarded one was closed
         kept = env
-    with metaworld.episode_env(task, seed=6, image_size=32, extra_cameras=("gripper",),
-                               privileged_state=False, camera_setup="ours") as env:
+    with metaworld.episode_env("push-v3", seed=6, **spec) as env:
         assert env is kept
     metaworld.close_idle_envs()
     assert metaworld._IDLE == {}

@@ -264,6 +264,9 @@ class MetaWorldTask:
         out = {"state": state_vector(self._obs, self.privileged_state)}
         if not self.render_images:
             return out
+        viewer = self._env.mujoco_renderer.viewer
+        if viewer is not None:  # another environment's GL context may be current (episode_env)
+            viewer.make_context_current()
         frame = self._env.render()
         # MuJoCo renders upside down; LeRobot's corner2 convention flips both axes.
         frame = frame[::-1, ::-1] if self._flip_both else frame[::-1]
