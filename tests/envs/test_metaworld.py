@@ -131,7 +131,7 @@ def _assert_same_rollout(a, b):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_reused_environments_run_each_episode_as_a_new_one():
+def test_reused_environments_run_each_episode_as_a_new_one(monkeypatch):
     """`episode_env` hands an episode the idle environment of its configuration (no second
     MuJoCo model or GL context), and what that computes is what a new one computes: each
     scene run again in the kept environments, two tasks taking turns (each rendering with its
@@ -170,5 +170,9 @@ def test_reused_environments_run_each_episode_as_a_new_one():
         kept = env
     with metaworld.episode_env("push-v3", seed=6, **spec) as env:
         assert env is kept
+    # At most MAX_IDLE are kept, the least recently used closed first.
+    monkeypatch.setattr(metaworld, "MAX_IDLE", 1)
+    rollout_expert("peg-insert-side-v3", seed=3, **options)
+    assert [key[0] for key in metaworld._IDLE] == ["peg-insert-side-v3"]
     metaworld.close_idle_envs()
     assert metaworld._IDLE == {}

@@ -342,7 +342,8 @@ class MetaWorldTask:
 # (~0.5 s on software GL), against ~22 ms a frame after that. An episode takes one out and
 # returns it when it ends normally. Only the main thread keeps them: a GL context is current
 # in the thread that made it (episodes run in the main thread of each process today).
-_IDLE: dict[tuple, MetaWorldTask] = {}
+_IDLE: dict[tuple, MetaWorldTask] = {}  # least recently returned first
+MAX_IDLE = 4  # an MT50 run visits 50 tasks: keep the last few, not 50 GL contexts
 _IDLE_LOCK = threading.Lock()
 _CLOSE_AT_EXIT: list[bool] = []  # whether close_idle_envs is registered to run at exit
 
@@ -383,9 +384,12 @@ def episode_env(task: str, *, seed: int, **options) -> Iterator[MetaWorldTask]:
             # it runs before that one: atexit runs handlers last-in first-out.
             atexit.register(close_idle_envs)
             _CLOSE_AT_EXIT.append(True)
-        spare, _IDLE[key] = _IDLE.get(key), env
-    if spare is not None:
-        spare.close()
+        spare = [_IDLE.pop(key)] if key in _IDLE else []
+        _IDLE[key] = env
+        while len(_IDLE) > MAX_IDLE:
+            spare.append(_IDLE.pop(next(iter(_IDLE))))
+    for old in spare:
+        old.close()
 
 
 def close_idle_envs() -> None:
