@@ -248,6 +248,7 @@ class MetaWorldTask:
         self.state_dim = state_dim(self.privileged_state)
         self._obs: np.ndarray | None = None
         self._succeeded = False
+        self._discarded = False  # set by discard(): episode_env closes it instead of keeping it
 
     def _obs_dict(self) -> dict[str, np.ndarray]:
         if self._fast_render_pending and self.render_images:
@@ -345,7 +346,7 @@ class MetaWorldTask:
 _IDLE: dict[tuple, MetaWorldTask] = {}  # least recently returned first
 MAX_IDLE = 4  # an MT50 run visits 50 tasks: keep the last few, not 50 GL contexts
 _IDLE_LOCK = threading.Lock()
-_CLOSE_AT_EXIT: list[bool] = []  # whether close_idle_envs is registered to run at exit
+_close_at_exit_registered = False
 
 
 @contextlib.contextmanager
@@ -374,16 +375,17 @@ def episode_env(task: str, *, seed: int, **options) -> Iterator[MetaWorldTask]:
     except BaseException:
         env.close()
         raise
-    if getattr(env, "_discarded", False):
+    if env._discarded:
         env.close()
         return
+    global _close_at_exit_registered
     with _IDLE_LOCK:
-        if not _CLOSE_AT_EXIT:
+        if not _close_at_exit_registered:
             # Registered after MuJoCo's EGL module registered its exit handler (which ends
             # the EGL display, at the first GL context: the probe in _import_mujoco_envs), so
             # it runs before that one: atexit runs handlers last-in first-out.
             atexit.register(close_idle_envs)
-            _CLOSE_AT_EXIT.append(True)
+            _close_at_exit_registered = True
         spare = [_IDLE.pop(key)] if key in _IDLE else []
         _IDLE[key] = env
         while len(_IDLE) > MAX_IDLE:
