@@ -234,7 +234,6 @@ class MetaWorldTask:
 
             cam = mujoco.mj_name2id(self._env.model, mujoco.mjtObj.mjOBJ_CAMERA, camera)
             self._env.model.cam_pos[cam] = LEROBOT_CORNER2_POS
-        self.render_images = True  # False: observations carry state only (no GL work)
         self._env.max_path_length = 10_000  # the rollout, not MetaWorld, decides the horizon
         self._fast_render_pending = fast_render
         self._policy = getattr(policies, _policy_class_name(task))()
@@ -243,12 +242,10 @@ class MetaWorldTask:
         else:
             _, _, grasps, verb, _ = MT50_EXTRA[task]
             self._phase_fn = GenericPhases(grasps, verb)
-        self._seed = seed
         self.privileged_state = bool(privileged_state)
         self.state_dim = state_dim(self.privileged_state)
-        self._obs: np.ndarray | None = None
-        self._succeeded = False
         self._discarded = False  # set by discard(): episode_env closes it instead of keeping it
+        self._start_episode_state(seed)
 
     def _obs_dict(self) -> dict[str, np.ndarray]:
         if self._fast_render_pending and self.render_images:
@@ -329,12 +326,12 @@ class MetaWorldTask:
         """Not to be reused by `episode_env` (an episode failed in it): closed when it ends."""
         self._discarded = True
 
-    def _reuse(self, seed: int) -> None:
-        """Ready for another episode at `seed`, as a new instance would be: `reset` rebuilds
-        the simulation state (MuJoCo data, positions, phase tracker); this clears the rest."""
+    def _start_episode_state(self, seed: int) -> None:
+        """The per-episode state a new instance starts with (and `episode_env` gives a reused
+        one): `reset` rebuilds the simulation (MuJoCo data, positions, phase tracker)."""
         self._seed = seed
-        self.render_images = True
-        self._obs = None
+        self.render_images = True  # False: observations carry state only (no GL work)
+        self._obs: np.ndarray | None = None
         self._succeeded = False
 
 
@@ -369,7 +366,7 @@ def episode_env(task: str, *, seed: int, **options) -> Iterator[MetaWorldTask]:
     if env is None:
         env = MetaWorldTask(task, seed=seed, **options)
     else:
-        env._reuse(seed)
+        env._start_episode_state(seed)
     try:
         yield env
     except BaseException:
