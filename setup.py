@@ -52,7 +52,7 @@ setup(
             "gymnasium>=1.1,<1.5",
             "pytest>=8,<9",  # 9.2 ignores xdist_group (xdist 3.8 renames item._nodeid)
             "pytest-timeout>=2.3,<3",
-            "pytest-xdist>=3.5,<4",  # the suite runs on 2 workers (pyproject addopts)
+            "pytest-xdist>=3.6,<4",  # 2 workers; 3.6 adds --no-loadscope-reorder (pyproject)
             "ruff>=0.6,<1",
             "apache-beam>=2.55,<3",
             "submitit>=1.5.2,<1.6",

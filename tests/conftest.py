@@ -70,14 +70,19 @@ import pytest  # noqa: E402  (imported after the environment is set)
 def pytest_collection_modifyitems(config, items):
     """Tests sharing a costly session fixture carry an xdist_group mark so one worker runs
     them all; pytest-xdist honours it by suffixing the node id with '@group'. Where a pytest
-    or xdist version drops that, every worker would build the fixture again: stop instead."""
-    if not hasattr(config, "workerinput") or config.getoption("dist", "no") != "loadgroup":
+    or xdist version drops that, every worker would build the fixture again: stop instead.
+    Then the tests are put in the order the workers are to get them (tests/xdist_order.py)."""
+    # On a worker, xdist sets `dist` to "no" and says loadgroup in its own `loadgroup` option.
+    if not hasattr(config, "workerinput") or not getattr(config.option, "loadgroup", False):
         return
     lost = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
     if lost:
         raise pytest.UsageError(
             f"pytest {pytest.__version__} with pytest-xdist ignores xdist_group marks "
             f"({lost[0]} has no '@group' suffix); install the [dev] extra's pinned versions")
+    from tests.xdist_order import two_workers_start_apart
+
+    items[:] = two_workers_start_apart(items)
 
 
 @contextlib.contextmanager
