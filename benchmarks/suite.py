@@ -11,7 +11,8 @@ MFU where the device peak is known), the same step with Muon vs AdamW and Muon's
 (`--rounds`, every ratio taken within a round, one step time per configuration), Muon's
 Newton–Schulz FLOPs as a share of the step's at batch 8/64/256 and the batch where it falls
 under 2% on 1/8/64 devices (analytic), the training loop's data wait on the real input
-pipeline (Grain over a built dataset, `--data_dir`; by default a small demo dataset is built)
+pipeline (Grain over a built dataset, `--data_dir`; by default a small demo dataset is built;
+the device's wait, as metrics.jsonl's `data_time`, and the loop's whole wait for batches)
 and its host share (`benchmarks/train_step.py --loop`), checkpoint blocking (async save),
 and inference latency p50/p99 at batch 1 in event mode (`sample_actions`) and unified mode
 (Staircase Decoding). A size that does not fit is reported as such and the next is tried.
@@ -22,6 +23,7 @@ Prints the table as Markdown, one JSON object (also to `--out`) and a one-line s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -49,6 +51,7 @@ from wallwm_jax.models import wallwm  # noqa: E402
 from wallwm_jax.models.decoding import staircase_decode  # noqa: E402
 from wallwm_jax.optim.factory import make_optimizer  # noqa: E402
 from wallwm_jax.prefetch import IteratorState  # noqa: E402
+from wallwm_jax.train_log import StepTimer  # noqa: E402
 from wallwm_jax.train_step import StepCache, make_train_step  # noqa: E402
 
 
@@ -181,11 +184,16 @@ def wait_dataset(image_size: int) -> str:
 
 def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10,
               cache: StepCache | None = None) -> dict[str, Any]:
-    """Share of the training loop's time spent waiting for the real input pipeline (Grain over
-    `data_dir`, the prefetch thread of train.py, metrics fetched a step late at log steps),
-    after one untimed step (compile); at the dataset's image size when it differs from the
-    config's (the step is compiled at that size). At the config's size the step is the one in
-    `cache` (`data_dir` is not part of its program key), not compiled again."""
+    """Share of the training loop's time the device waits for the real input pipeline (Grain
+    over `data_dir`, the prefetch thread of train.py, metrics fetched a step late at log
+    steps), after one untimed step (compile); at the dataset's image size when it differs from
+    the config's (the step is compiled at that size). At the config's size the step is the one
+    in `cache` (`data_dir` is not part of its program key), not compiled again.
+
+    Timed as train.py times it (`train_log.StepTimer`): `data_wait_share` is metrics.jsonl's
+    `data_time` over `step_time` (the part of each batch wait after the previous step was
+    computed), `data_queue_share` the loop's whole wait for batches (`queue_time`), most of
+    which overlaps a step still running on the device."""
     from wallwm_jax.data.batches import abstract_batch
     from wallwm_jax.data.checks import dataset_spec
     from wallwm_jax.data.pipeline import make_pipeline
@@ -200,31 +208,34 @@ def data_wait(config: Any, data_dir: str, steps: int, log_every: int = 10,
     per_host = config.batch_size // jax.process_count()
     carry = list(fns.init_fn(jax.random.PRNGKey(0)))
     pipeline = make_pipeline(config.data, global_batch=config.batch_size, seed=0)
-    wait, pending = 0.0, []
+    pending = []
     try:
         with Prefetcher(pipeline, mesh, abstract_batch(config, per_host),
-                        rules=fns.rules) as feed:
+                        rules=fns.rules) as feed, contextlib.closing(StepTimer()) as timer:
             item = feed.next()
             carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch,
                                                   fns.run_inputs)
             jax.block_until_ready(m)  # compiled
-            t0 = time.perf_counter()
+            timer.take()  # the clock starts now
             for i in range(1, steps + 1):
                 t = time.perf_counter()
                 item = feed.next()
-                wait += time.perf_counter() - t
+                got = time.perf_counter()
                 carry[0], carry[1], m = fns.update_fn(carry[0], carry[1], item.batch,
                                                       fns.run_inputs)
+                timer.add(data_s=got - t, waited=(t, got), outputs=m)
                 pending.append(m)
                 if (i - 1) % log_every == 0 or i == steps:  # a step late, as train.py
                     jax.device_get(pending[:-1] if i < steps else pending)
                     pending = pending[-1:] if i < steps else []
-            total = time.perf_counter() - t0
+            window = timer.take(block_on=m)
     finally:
         if config.data.num_workers:
             pipeline.iterator.close()
-    return {"data_wait_share": wait / total, "data_wait_steps": steps,
-            "data_wait_step_s": total / steps, "data_wait_image_size": size,
+    return {"data_wait_share": window["data_time"] / window["step_time"],
+            "data_queue_share": window["queue_time"] / window["step_time"],
+            "data_wait_steps": steps, "data_wait_step_s": window["step_time"],
+            "data_wait_image_size": size,
             "data_wait_source": f"real pipeline ({config.data.layout}, "
                                 f"{config.data.num_workers} Grain workers) over {data_dir}"}
 
@@ -270,7 +281,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             ("compile_s", "{:.1f}"), ("step_time_s", "{:.3f}"), ("flops_per_step", "{:.3g}"),
             ("mfu", "{:.1%}"), ("muon_vs_adamw", "{:.2f}x"), ("muon_share", "{:.0%}"),
             ("ns_share_b8", "{:.0%}"), ("ns_share_b64", "{:.0%}"), ("ns_share_b256", "{:.1%}"),
-            ("ns_2pct_batch", "{}"), ("data_wait_share", "{:.1%}"),
+            ("ns_2pct_batch", "{}"), ("data_wait_share", "{:.1%}"), ("data_queue_share", "{:.1%}"),
             ("host_share_after", "{:.0%}"), ("checkpoint_blocking_s", "{:.3f}"),
             ("event_p50_ms", "{:.1f}"), ("event_p99_ms", "{:.1f}"),
             ("unified_p50_ms", "{:.1f}"), ("unified_p99_ms", "{:.1f}")]
@@ -341,7 +352,8 @@ def run_suite(sizes: Sequence[str] | str | None = None, batch_size: int | None =
     print("; ".join(f"{r['size']}: {r['step_time_s'] * 1e3:.0f} ms/step, compile "
                     f"{r['compile_s']:.1f}s, Muon/AdamW {r['muon_vs_adamw']:.2f}x (update "
                     f"{r['muon_share']:.0%}, NS {r['ns_share_b8']:.0%} of FLOPs at batch 8), "
-                    f"data wait {r['data_wait_share']:.1%}, event p50 {r['event_p50_ms']:.1f} "
+                    f"data wait {r['data_wait_share']:.1%} "
+                    f"(queue {r['data_queue_share']:.1%}), event p50 {r['event_p50_ms']:.1f} "
                     f"ms, unified p50 {r['unified_p50_ms']:.1f} ms" for r in ok))
     return report
 

@@ -36,7 +36,10 @@ def test_suite_end_to_end_tiny(tmp_path, capsys, tiny_dataset):
     assert row["event_p50_ms"] <= row["event_p99_ms"]
     assert row["unified_p50_ms"] <= row["unified_p99_ms"]
     # The data wait is the real pipeline's over the given dataset (32 px), not synthetic.
-    assert 0 <= row["data_wait_share"] < 1 and 0 <= row["data_wait_share_synthetic"] < 1
+    assert 0 <= row["data_wait_share_synthetic"] < 1
+    # Timed as train.py times it: the device's wait is the part of the loop's batch wait after
+    # the previous step was computed, so never more than the whole wait.
+    assert 0 <= row["data_wait_share"] <= row["data_queue_share"] < 1
     assert row["data_wait_image_size"] == 32 and tiny_dataset in row["data_wait_source"]
     assert math.isfinite(row["data_wait_step_s"]) and row["data_wait_step_s"] > 0
     assert row["optimizer"] == "muon" and row["muon_step_s"] == row["step_time_s"]
