@@ -75,6 +75,33 @@ def test_concurrent_clients_get_the_one_at_a_time_actions(policies, mode, client
     assert np.abs(batched[0]["actions"][:n] - batched[1]["actions"][:n]).max() > 1e-3
 
 
+@pytest.mark.parametrize("mode", ["event", "unified"])
+def test_requests_of_different_shapes_share_a_batch(policies, mode):
+    """Frames of three sizes (none the model's), prompts and captions of different lengths,
+    sent together: each is resized and tokenised before it queues, so all three stack into
+    one model call, and each client gets what a one-at-a-time server gives it."""
+    rng = np.random.default_rng(3)
+    shapes = [(48, 40), (96, 96), (21, 77)]
+    prompts = ["reach", "push the puck to the goal", "press the button from the top, slowly"]
+    captions = ["move", "move the gripper to the goal", "close the gripper around the puck"]
+    requests = [[observation(**{"observation/image": rng.integers(0, 256, (*hw, 3), np.uint8),
+                                "observation/state": rng.normal(size=4).astype(np.float32),
+                                "prompt": prompt, "caption": caption})]
+                for hw, prompt, caption in zip(shapes, prompts, captions, strict=True)]
+    policy = policies[mode]
+    with running(policy, mode, max_batch=3, batch_wait_ms=HOLD_MS) as port:
+        batched = [r[0] for r in drive(port, requests)]
+    with running(policy, mode, max_batch=1) as port:
+        alone = [r[0] for r in drive(port, requests)]
+    for got, want in zip(batched, alone, strict=True):
+        assert isinstance(got, dict) and isinstance(want, dict), (got, want)
+        assert got["server_timing"]["batch_size"] == 3
+        assert got["actions"].shape == want["actions"].shape
+        np.testing.assert_allclose(got["actions"], want["actions"], rtol=0, atol=1e-5)
+        assert got.get("captions") == want.get("captions")
+        assert got.get("caption") == want.get("caption")
+
+
 @pytest.mark.usefixtures("timeout_impl")
 def test_refused_request_beside_a_batch_gets_its_error_alone(policies):
     """Three clients wait in a batch of four; the fourth sends a NaN state (refused at once,
