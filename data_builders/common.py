@@ -48,12 +48,25 @@ class EventsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _log_download_done(self) -> None:
         pass
 
+    def dataset_info_from_configs(self, **kwargs: Any) -> tfds.core.DatasetInfo:
+        """TFDS's DatasetInfo for `_info`, without TFDS's look for the dataset on its public
+        bucket: a dataset not built yet made TFDS leave an empty /tmp/tmp*tfds directory per
+        builder (each build, each worker), whether or not its GCS access is on; ours are
+        never on that bucket."""
+        info = super().dataset_info_from_configs(**kwargs)
+        info.initialize_from_bucket = _not_on_the_bucket
+        return info
+
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path:
         # TFDS 4.9.10's own lookup imports `importlib_resources`, which it only declares as a
         # dependency for Python < 3.9. The file of the builder class itself, not of this one.
         return epath.Path(inspect.getfile(cls))
+
+
+def _not_on_the_bucket() -> None:
+    """What `DatasetInfo.initialize_from_bucket` does for our builders: nothing."""
 
 
 def quiet_tfds() -> None:

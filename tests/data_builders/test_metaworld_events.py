@@ -132,6 +132,19 @@ def test_interrupted_build_does_not_look_finished(tmp_path, monkeypatch):
     assert not found
 
 
+def test_builder_of_an_unbuilt_dataset_leaves_no_temp_dir(tmp_path, monkeypatch):
+    """TFDS looks for an unbuilt dataset's info on its bucket through an empty temp dir it
+    never removes (one per builder made: hundreds in /tmp after a few builds); ours skip it."""
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(temp))  # this process's temp files go there
+    builder = mwe.MetaworldEvents(data_dir=str(tmp_path / "data"), config=mwe.make_config(
+        "demo", episodes_per_task=2, image_size=16, tasks=DEMO_TASKS[:1]))
+    assert not builder.is_prepared()
+    assert builder.info.features["steps"]["observation"]["image"].shape == (16, 16, 3)
+    assert os.listdir(temp) == []
+
+
 def test_splits_are_disjoint_and_seeds_distinct():
     splits = mwe.split_episodes(10)
     assert list(splits["train"]) == list(range(8)) and list(splits["val"]) == [8, 9]
