@@ -3,6 +3,7 @@ modes run without ever reading privileged state (the env raises if they try)."""
 
 import dataclasses
 
+import numpy as np
 import pytest
 
 from wallwm_jax.data.tasks import TASK_OBJECTS
@@ -13,6 +14,7 @@ from wallwm_jax.evaluation.harness import (
     GuardedEnv,
     OraclePlanner,
     PrivilegedAccessError,
+    Recorder,
     Wording,
     describe_privileged,
     other_task,
@@ -78,6 +80,51 @@ def test_non_event_modes_never_read_privileged_state(mode, trained_policies):
     if mode == "unified":  # its own decoded captions are recorded per replan
         assert len(record["captions"]) == len(record["chunk_lengths"])
         assert all(isinstance(c, list) and c for c in record["captions"])
+
+
+class _Seeing:
+    """The policy, noting every frame and state it is given (the frames it acts on)."""
+
+    def __init__(self, policy):
+        self.policy, self.seen = policy, []
+
+    def act(self, image, state, *args, **kwargs):
+        self.seen.append((np.array(image["image"] if isinstance(image, dict) else image),
+                          np.array(state)))
+        return self.policy.act(image, state, *args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+
+@pytest.mark.parametrize("mode", ["chunk", "event", "unified"])
+def test_frames_rendered_only_where_the_policy_looks_are_the_same(mode, trained_policies):
+    """Without a recorder the chunk's steps run unrendered and the frame the policy acts on
+    next is rendered after them; with one (videos) every step is rendered. Same scene, same
+    policy seed: the policy sees the same frames and states, and the records are equal."""
+    policy = load_policy(trained_policies[mode].export)
+    suite = dataclasses.replace(SHORT, episode_limit=10)
+    runs = []
+    for recorder in (None, Recorder()):
+        policy.reset(0)
+        seeing = _Seeing(policy)
+        env = _env("push-v3", privileged=mode == "event")  # the oracle reads the phase
+        try:
+            record = run_episode(env, seeing, task="push-v3", suite=suite, mode=mode,
+                                 wording=TRAIN_WORDING,
+                                 planner=OraclePlanner() if mode == "event" else None,
+                                 execute_steps=3, recorder=recorder)
+        finally:
+            env.close()
+        assert "error" not in record, record.get("error")
+        runs.append((record, seeing.seen, recorder))
+    (lazy, lazy_seen, _), (each, each_seen, recorder) = runs
+    assert len(recorder.frames) == each["steps"] + 1  # every step was rendered there
+    assert lazy == each and len(lazy["chunk_lengths"]) >= 3  # replans: frames after chunks
+    assert len(lazy_seen) == len(each_seen) == len(lazy["chunk_lengths"])
+    for (image, state), (want_image, want_state) in zip(lazy_seen, each_seen, strict=True):
+        np.testing.assert_array_equal(image, want_image)
+        np.testing.assert_array_equal(state, want_state)
 
 
 def test_event_mode_with_oracle_needs_privileged_access(trained_policies):

@@ -36,6 +36,9 @@ class GuardedEnv:
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool]:
         return self._env.step(action)
 
+    def observe(self) -> dict[str, np.ndarray]:
+        return self._env.observe()
+
     def _check(self, what: str) -> None:
         if not self.privileged:
             raise PrivilegedAccessError(f"{what} is privileged simulator state; this run "
@@ -274,6 +277,10 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
                 chunk = out["chunk"][:execute_steps] if mode == "chunk" else chunk[:execute_steps]
             record["chunk_lengths"].append(int(len(chunk)))
             start = record["steps"]
+            # Frames only where the policy looks (each step when recording): the chunk's
+            # steps run without rendering, and the frame of the state it ends in is rendered
+            # after it (`observe`), the same frame `step` would have rendered.
+            env.render_images = recorder is not None
             for action in chunk:
                 action = actor.env_action(action, obs["state"])  # targets -> actions here
                 obs, success = env.step(np.clip(action, -1.0, 1.0))
@@ -289,6 +296,10 @@ def run_episode(env: GuardedEnv, actor: Any, *, task: str, suite: Suite, mode: s
                     break
                 if planner is not None and planner(env, task, wording) != caption:
                     break  # the planner moved on to the next event
+            env.render_images = True
+            if recorder is None and not record["success"] \
+                    and record["steps"] < suite.episode_limit:
+                obs = env.observe()  # the policy acts on it next
             done = record["steps"] - start
             if mode == "unified":
                 if planner is None:  # the model's own memory: the event it predicts goes on
